@@ -1,0 +1,1 @@
+"""medmeta's deployments package: see the README's layout tour."""

@@ -1,0 +1,53 @@
+"""Errors medmeta raises about its input.
+
+A ``Rejected`` carries a short stable ``code`` (tests and people filter on it) and a message
+for people. Messages never quote values from the input, so an error can not carry PHI into a
+log, an artifact or a quarantine reason; they say what is wrong and where.
+"""
+
+from __future__ import annotations
+
+
+class MedmetaError(Exception):
+    """Something the user must fix; the CLI prints it without a traceback."""
+
+
+class Rejected(MedmetaError):
+    """An input file, entry or row that can not be ingested, and why."""
+
+    def __init__(self, code: str, message: str, location: str | None = None):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.location = location
+
+    @property
+    def reason(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+# The reasons a whole file is quarantined. Row-level reasons use the same codes.
+EMPTY_FILE = "empty_file"
+UNSUPPORTED_FILE_TYPE = "unsupported_file_type"
+NOT_DICOM = "not_dicom"
+TRUNCATED_DICOM = "truncated_dicom"
+CORRUPT_DICOM = "corrupt_dicom"
+NO_PIXEL_DATA = "no_pixel_data"
+IMAGE_TOO_LARGE = "image_too_large"
+UNDECODABLE_PIXELS = "undecodable_pixels"
+MALFORMED_JSON = "malformed_json"
+NOT_FHIR = "not_fhir"
+UNKNOWN_RESOURCE_TYPE = "unknown_resource_type"
+NON_NUMERIC_VALUE = "non_numeric_value"
+UNKNOWN_UNIT = "unknown_unit"
+FUTURE_BIRTH_DATE = "future_birth_date"
+INVALID_RECORD = "invalid_record"
+NO_VALID_RECORDS = "no_valid_records"
+UNKNOWN_SITE_LAYOUT = "unknown_site_layout"
+ZIP_PATH_ESCAPE = "zip_path_escape"
+ZIP_ENTRY_TOO_LARGE = "zip_entry_too_large"
+ZIP_TOO_LARGE = "zip_too_large"
+BAD_ARCHIVE = "bad_archive"
+NESTED_ARCHIVE = "nested_archive"
+SYMLINK_OUTSIDE_SOURCE = "symlink_outside_source"
+UNREADABLE = "unreadable"

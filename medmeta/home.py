@@ -1,0 +1,98 @@
+"""The medmeta home: where all state lives, and its layout (docs/store-layout.md).
+
+    H/
+      secrets/pseudonym.key        the local pseudonym key (0600), when not given by env or block
+      config/sites/*.yaml          per-site column and unit mappings (copied on first use)
+      store/                       the canonical, de-identified store
+        parts/<sha256>/            what one input file contributed (written once, atomically)
+        <table>.parquet            the consolidated tables of the current snapshot
+        record_quarantine.parquet  rows rejected inside otherwise good files
+        manifest.json              the current snapshot: id, counts, table hashes
+      cache/pixels/<image_id>.npy  decoded, normalised, resized pixels (float16)
+      snapshots/<id>.json          every snapshot manifest ever made
+      ledger.json                  input path -> content hash and outcome
+      quarantine/<sha256>/         a copy of a rejected file and reason.json
+      runs/<run>.json              the summary of each ingest run
+
+Nothing is written outside the home. Files are written with ``medmeta.atomic``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_HOME = ".medmeta"
+
+
+def resolve_home(home: str | os.PathLike | None = None) -> Path:
+    """The home given, else ``$MEDMETA_HOME``, else ``./.medmeta``; made absolute."""
+    chosen = home or os.environ.get("MEDMETA_HOME") or DEFAULT_HOME
+    return Path(chosen).expanduser().resolve()
+
+
+@dataclass(frozen=True)
+class Home:
+    root: Path
+
+    @classmethod
+    def at(cls, home: str | os.PathLike | None = None) -> "Home":
+        return cls(resolve_home(home))
+
+    @property
+    def secrets(self) -> Path:
+        return self.root / "secrets"
+
+    @property
+    def key_file(self) -> Path:
+        return self.secrets / "pseudonym.key"
+
+    @property
+    def sites_dir(self) -> Path:
+        return self.root / "config" / "sites"
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store"
+
+    @property
+    def parts(self) -> Path:
+        return self.store / "parts"
+
+    def table(self, name: str) -> Path:
+        return self.store / f"{name}.parquet"
+
+    @property
+    def record_quarantine(self) -> Path:
+        return self.store / "record_quarantine.parquet"
+
+    @property
+    def manifest(self) -> Path:
+        return self.store / "manifest.json"
+
+    @property
+    def pixels(self) -> Path:
+        return self.root / "cache" / "pixels"
+
+    @property
+    def snapshots(self) -> Path:
+        return self.root / "snapshots"
+
+    @property
+    def ledger(self) -> Path:
+        return self.root / "ledger.json"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    def ensure(self) -> "Home":
+        for d in (self.root, self.store, self.parts, self.pixels, self.snapshots,
+                  self.quarantine, self.runs, self.sites_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        return self

@@ -1,0 +1,61 @@
+"""Ingest settings: the defaults in medmeta/config/ingest.yaml, overridden by a user file."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from datetime import date
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from medmeta.errors import MedmetaError
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    image_size: int = 64
+    max_pixels_per_image: int = 8192 * 8192
+    max_file_bytes: int = 2 * 1024**3
+    max_zip_entry_bytes: int = 200 * 1024**2
+    max_zip_total_bytes: int = 4 * 1024**3
+    max_zip_entries: int = 100_000
+    age_reference_date: date = date(2026, 1, 1)
+    workers: int = 0
+    batch_size: int = 256
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers if self.workers > 0 else (os.cpu_count() or 1)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, **overrides) -> "IngestConfig":
+        text = resources.files("medmeta.config").joinpath("ingest.yaml").read_text()
+        values = yaml.safe_load(text)
+        if path is not None:
+            user = yaml.safe_load(Path(path).read_text()) or {}
+            if not isinstance(user, dict):
+                raise MedmetaError(f"{path}: an ingest config must be a mapping")
+            values.update(user)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_mapping(values, origin=str(path or "defaults"))
+
+    @classmethod
+    def from_mapping(cls, values: dict, origin: str = "config") -> "IngestConfig":
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise MedmetaError(f"{origin}: unknown ingest setting(s): {', '.join(unknown)}")
+        kwargs = {}
+        for name, value in values.items():
+            if name == "age_reference_date":
+                kwargs[name] = value if isinstance(value, date) else date.fromisoformat(str(value))
+            else:
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise MedmetaError(f"{origin}: {name} must be a whole number >= 0, not {value!r}")
+                kwargs[name] = value
+        cfg = cls(**kwargs)
+        if cfg.image_size < 8:
+            raise MedmetaError(f"{origin}: image_size must be at least 8")
+        return cfg

@@ -1,0 +1,102 @@
+"""Keyed pseudonyms: the same MRN always maps to the same id, and nobody without the key
+can go back or even test a guess.
+
+Every derived value (patient id, replacement UID, date offset, FHIR reference key) is an
+HMAC-SHA256 of the input under the secret, with a purpose prefix so that values made for one
+purpose never equal those made for another.
+
+The key comes from, in this order: ``$MEDMETA_PSEUDONYM_KEY``; a Prefect Secret block named
+by ``$MEDMETA_PSEUDONYM_KEY_BLOCK``; the home's ``secrets/pseudonym.key`` (created by
+``medmeta key create``, readable by its owner only). The key is never logged or written
+anywhere else; ``Pseudonymizer.fingerprint`` identifies it without revealing it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import stat
+from datetime import date, timedelta
+from pathlib import Path
+
+from medmeta.errors import MedmetaError
+
+KEY_ENV = "MEDMETA_PSEUDONYM_KEY"
+KEY_BLOCK_ENV = "MEDMETA_PSEUDONYM_KEY_BLOCK"
+MAX_DATE_SHIFT_DAYS = 365
+MIN_KEY_LENGTH = 16
+
+
+class Pseudonymizer:
+    def __init__(self, key: bytes | str):
+        if isinstance(key, str):
+            key = key.encode("utf-8")
+        if len(key) < MIN_KEY_LENGTH:
+            raise MedmetaError(f"the pseudonym key must be at least {MIN_KEY_LENGTH} bytes long")
+        self._key = key
+
+    def __repr__(self) -> str:  # never show the key
+        return f"Pseudonymizer(fingerprint={self.fingerprint})"
+
+    def _digest(self, purpose: str, value: str) -> bytes:
+        return hmac.new(self._key, f"{purpose}\x1f{value}".encode("utf-8"), hashlib.sha256).digest()
+
+    @property
+    def fingerprint(self) -> str:
+        return self._digest("fingerprint", "medmeta").hex()[:16]
+
+    def patient_id(self, mrn: str) -> str:
+        """The pseudonym of an MRN (surrounding spaces ignored)."""
+        return "P" + self._digest("patient", str(mrn).strip()).hex()[:20]
+
+    def uid(self, uid: str) -> str:
+        """A replacement DICOM UID (2.25 form), the same for the same input UID."""
+        return "2.25." + str(int.from_bytes(self._digest("uid", str(uid).strip())[:16], "big"))
+
+    def date_offset_days(self, mrn: str) -> int:
+        """The per-patient date shift: a whole number of days in [-365, 365], never 0."""
+        v = int.from_bytes(self._digest("date-shift", str(mrn).strip())[:8], "big") % (2 * MAX_DATE_SHIFT_DAYS)
+        return v - MAX_DATE_SHIFT_DAYS if v < MAX_DATE_SHIFT_DAYS else v - MAX_DATE_SHIFT_DAYS + 1
+
+    def shift_date(self, mrn: str, d: date) -> date:
+        return d + timedelta(days=self.date_offset_days(mrn))
+
+    def reference_key(self, system: str, reference: str) -> str:
+        """An opaque key for a FHIR reference such as ``Patient/123`` within one source."""
+        return "R" + self._digest("fhir-ref", f"{system}|{reference}").hex()[:24]
+
+
+def load_key(key_file: Path | None = None) -> bytes:
+    """The pseudonym key from the environment, a Prefect Secret block or the key file."""
+    value = os.environ.get(KEY_ENV)
+    if value:
+        return value.encode("utf-8")
+    block = os.environ.get(KEY_BLOCK_ENV)
+    if block:
+        from prefect.blocks.system import Secret  # only when asked for: Prefect is slow to import
+
+        return str(Secret.load(block).get()).encode("utf-8")
+    if key_file is not None and key_file.exists():
+        mode = key_file.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise MedmetaError(
+                f"{key_file} is readable by others (mode {oct(mode & 0o777)}): run chmod 600 on it"
+            )
+        return key_file.read_bytes().strip()
+    where = f" or create {key_file} with `medmeta key create`" if key_file else ""
+    raise MedmetaError(f"no pseudonym key: set {KEY_ENV}, or {KEY_BLOCK_ENV} to a Prefect Secret block{where}")
+
+
+def create_key_file(key_file: Path) -> bool:
+    """Create a random key readable by its owner only; False if one exists already."""
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(key_file.parent, 0o700)
+    try:
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32) + "\n")
+    return True

@@ -1,0 +1,1 @@
+"""medmeta's metalearn package: see the README's layout tour."""

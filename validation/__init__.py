@@ -1,0 +1,1 @@
+"""medmeta's validation package: see the README's layout tour."""
