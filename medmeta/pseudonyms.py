@@ -56,8 +56,16 @@ class Pseudonymizer:
         return "2.25." + str(int.from_bytes(self._digest("uid", str(uid).strip())[:16], "big"))
 
     def date_offset_days(self, mrn: str) -> int:
-        """The per-patient date shift: a whole number of days in [-365, 365], never 0."""
-        v = int.from_bytes(self._digest("date-shift", str(mrn).strip())[:8], "big") % (2 * MAX_DATE_SHIFT_DAYS)
+        """The per-patient date shift of an MRN's patient."""
+        return self.offset_for_token(self.patient_id(mrn))
+
+    def offset_for_token(self, token: str) -> int:
+        """A date shift in [-365, 365] days, never 0, for a pseudonym or reference key.
+
+        Keyed on the pseudonym rather than the MRN, so a FHIR row known only by its
+        reference key can be shifted provisionally and re-shifted once its patient is known.
+        """
+        v = int.from_bytes(self._digest("date-shift", token)[:8], "big") % (2 * MAX_DATE_SHIFT_DAYS)
         return v - MAX_DATE_SHIFT_DAYS if v < MAX_DATE_SHIFT_DAYS else v - MAX_DATE_SHIFT_DAYS + 1
 
     def shift_date(self, mrn: str, d: date) -> date:

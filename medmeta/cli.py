@@ -1,0 +1,151 @@
+"""The ``medmeta`` command line.
+
+Heavy modules (Prefect, pydicom, pandas, Great Expectations) are imported inside the
+commands, never at start-up, so ``medmeta --help`` answers at once. With ``--json`` a command
+prints exactly one JSON object on stdout; progress and logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="medmeta: medical data to published few-shot models.")
+key_app = typer.Typer(no_args_is_help=True, help="The pseudonym key.")
+app.add_typer(key_app, name="key")
+
+HomeOption = typer.Option(None, "--home", help="Where all state lives [default: $MEDMETA_HOME or ./.medmeta].")
+JsonOption = typer.Option(False, "--json", help="Print exactly one JSON object on stdout.")
+
+
+def _emit(result: dict, as_json: bool, human: str) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(result, default=str) + "\n")
+    else:
+        typer.echo(human)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(2)
+
+
+def _prefect_environment(home: Path) -> None:
+    """Prefect's embedded server keeps its database in the home unless told otherwise."""
+    if not os.environ.get("PREFECT_API_URL"):
+        os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+@app.command()
+def synth(
+    out: Path = typer.Option(..., "--out", help="Folder to write the landing data into."),
+    patients: int = typer.Option(240, "--patients", min=10),
+    seed: int = typer.Option(0, "--seed"),
+    faults: bool = typer.Option(False, "--faults", help="Add broken and hostile files of every kind."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Write a synthetic multi-site cohort (CSV, FHIR, Parquet, DICOM), deterministic by seed."""
+    from medmeta.synth.generate import generate_cohort
+
+    with _spinner("writing the synthetic cohort"):
+        summary = generate_cohort(out, patients=patients, seed=seed, faults=faults)
+    summary = {k: v for k, v in summary.items() if not k.startswith("expected")}
+    _emit({"out": str(out), **summary}, as_json,
+          f"wrote {summary.get('patients', patients)} patients to {out}")
+
+
+@app.command()
+def ingest(
+    source: Path = typer.Argument(..., help="A landing folder or a zip archive."),
+    home: Optional[Path] = HomeOption,
+    config: Optional[Path] = typer.Option(None, "--config", help="Ingest settings (YAML); see medmeta/config/ingest.yaml."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decode processes [default: one per core]."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Ingest, de-identify and harmonise SOURCE into the canonical store (a Prefect flow)."""
+    from medmeta.errors import MedmetaError
+    from medmeta.home import resolve_home
+
+    _prefect_environment(resolve_home(home))
+    from flows.ingest import ingest_flow
+
+    try:
+        with _progress() as reporter:
+            from medmeta import progress
+
+            progress.set_reporter(reporter)
+            summary = ingest_flow(str(source), str(home) if home else None, str(config) if config else None, workers)
+    except MedmetaError as error:
+        _fail(str(error))
+    finally:
+        from medmeta import progress
+
+        progress.set_reporter(None)
+    human = (
+        f"{summary['files_seen']} files: {summary['files_ingested']} ingested, {summary['files_unchanged']} unchanged, "
+        f"{summary['files_quarantined']} quarantined\n"
+        f"store: {summary['patients']} patients, {summary['records']} records, {summary['images']} images; "
+        f"snapshot {summary['snapshot']}"
+    )
+    for q in summary["quarantined"]:
+        human += f"\n  quarantined {q['path']}: {q['reason']}"
+    _emit(summary, as_json, human)
+
+
+@key_app.command("create")
+def key_create(home: Optional[Path] = HomeOption, as_json: bool = JsonOption) -> None:
+    """Create the home's pseudonym key file (random, readable by its owner only)."""
+    from medmeta.home import Home
+    from medmeta.pseudonyms import Pseudonymizer, create_key_file, load_key
+
+    the_home = Home.at(home)
+    created = create_key_file(the_home.key_file)
+    fingerprint = Pseudonymizer(load_key(the_home.key_file)).fingerprint
+    _emit({"key_file": str(the_home.key_file), "created": created, "fingerprint": fingerprint}, as_json,
+          f"{'created' if created else 'kept the existing'} {the_home.key_file} (fingerprint {fingerprint})")
+
+
+class _progress:
+    """A rich progress bar on stderr fed by ``medmeta.progress`` reports."""
+
+    def __enter__(self):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                             console=Console(stderr=True), transient=True)
+        self._tasks: dict[str, int] = {}
+        self._bar.__enter__()
+        return self.report
+
+    def report(self, stage: str, advance: int = 0, total: int | None = None) -> None:
+        if stage not in self._tasks:
+            self._tasks[stage] = self._bar.add_task(stage, total=total)
+        self._bar.update(self._tasks[stage], advance=advance, **({"total": total} if total is not None else {}))
+
+    def __exit__(self, *exc):
+        return self._bar.__exit__(*exc)
+
+
+def _spinner(text: str):
+    from rich.console import Console
+
+    return Console(stderr=True).status(text)
+
+
+def main() -> None:
+    from medmeta.errors import MedmetaError
+
+    try:
+        app()
+    except MedmetaError as error:
+        typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+        sys.exit(2)

@@ -1,0 +1,68 @@
+"""Parts: what one input file contributed to the store, written once under its content hash.
+
+    store/parts/<sha256>/<table>.parquet, patient_refs.parquet, record_quarantine.parquet, part.json
+
+A part is built in a temp folder and renamed into place, so it exists whole or not at all;
+its presence is what makes the same content ``unchanged`` on the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from medmeta import schema
+
+PART_FILE = "part.json"
+
+
+def part_dir(parts_root: Path, sha256: str) -> Path:
+    return parts_root / sha256
+
+
+def part_exists(parts_root: Path, sha256: str) -> bool:
+    return (part_dir(parts_root, sha256) / PART_FILE).exists()
+
+
+def write_parquet(table: pa.Table, path: Path) -> None:
+    """Deterministic bytes for the same table: no pandas metadata, fixed options."""
+    table = table.replace_schema_metadata(None)
+    pq.write_table(table, path, compression="zstd", use_dictionary=True, write_statistics=False)
+
+
+def write_part(parts_root: Path, sha256: str, tables: dict[str, pa.Table], meta: dict) -> None:
+    parts_root.mkdir(parents=True, exist_ok=True)
+    target = part_dir(parts_root, sha256)
+    if (target / PART_FILE).exists():
+        return
+    tmp = Path(tempfile.mkdtemp(prefix=f".{sha256[:12]}.", dir=parts_root))
+    try:
+        for name, table in sorted(tables.items()):
+            if table.num_rows:
+                write_parquet(table, tmp / f"{name}.parquet")
+        (tmp / PART_FILE).write_text(json.dumps(meta, sort_keys=True, indent=1))
+        if target.exists():  # a half part from a killed run (no part.json): replace it
+            shutil.rmtree(target)
+        os.rename(tmp, target)
+    except OSError:
+        if (target / PART_FILE).exists():  # another worker wrote the same content first
+            return
+        raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_part_table(parts_root: Path, sha256: str, name: str) -> pa.Table | None:
+    path = part_dir(parts_root, sha256) / f"{name}.parquet"
+    return pq.read_table(path) if path.exists() else None
+
+
+def record_quarantine_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=schema.RECORD_QUARANTINE)

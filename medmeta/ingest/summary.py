@@ -1,0 +1,51 @@
+"""The ingest summary: the JSON the CLI prints and the Markdown artifact people read.
+
+The artifact shows counts and reason codes only: file names can carry PHI, so paths stay
+in the JSON on the user's own terminal and in the home, never in Prefect.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from medmeta.ingest.outcome import INGESTED, QUARANTINED, UNCHANGED, FileOutcome
+
+
+def summarize(outcomes: list[FileOutcome], manifest: dict) -> dict:
+    status = Counter(o.status for o in outcomes)
+    counts = manifest["counts"]
+    summary = {
+        "files_seen": len(outcomes),
+        "files_ingested": status[INGESTED],
+        "files_unchanged": status[UNCHANGED],
+        "files_quarantined": status[QUARANTINED],
+        "quarantined": [{"path": o.path, "reason": o.reason} for o in outcomes if o.status == QUARANTINED],
+        "rows_quarantined": sum(o.rows_rejected for o in outcomes),
+        "patients": counts["patients"],
+        "records": counts["conditions"] + counts["observations"] + counts["medication_exposures"],
+        "images": counts["images"],
+        "tables": {k: v for k, v in counts.items()},
+        "snapshot": manifest["snapshot"],
+    }
+    assert summary["files_seen"] == sum(status[s] for s in (INGESTED, UNCHANGED, QUARANTINED))
+    return summary
+
+
+def summary_markdown(summary: dict) -> str:
+    reasons = Counter(q["reason"].split(":", 1)[0] for q in summary["quarantined"])
+    lines = [
+        f"# Ingest: snapshot `{summary['snapshot']}`",
+        "",
+        "| files seen | ingested | unchanged | quarantined | rows quarantined |",
+        "|---:|---:|---:|---:|---:|",
+        f"| {summary['files_seen']} | {summary['files_ingested']} | {summary['files_unchanged']} "
+        f"| {summary['files_quarantined']} | {summary['rows_quarantined']} |",
+        "",
+        "| table | rows |",
+        "|---|---:|",
+        *[f"| {name} | {rows} |" for name, rows in summary["tables"].items()],
+    ]
+    if reasons:
+        lines += ["", "| quarantine reason | files |", "|---|---:|",
+                  *[f"| `{code}` | {n} |" for code, n in sorted(reasons.items())]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,137 @@
+"""CSV and Parquet exports to ``RawRecords`` through a site mapping.
+
+Only the mapped columns are read; the rest (names, addresses, notes) never leave this module.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from datetime import date, datetime
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from medmeta.errors import (
+    INVALID_RECORD,
+    NON_NUMERIC_VALUE,
+    UNKNOWN_SITE_LAYOUT,
+    Rejected,
+)
+from medmeta.records.raw import RawRecords
+from medmeta.records.site_mappings import DATE_FIELDS, FieldSpec, TableMapping, find_mapping
+
+
+def read_csv(data: bytes, name: str) -> pd.DataFrame:
+    for encoding in ("utf-8-sig", "latin-1"):
+        try:
+            text = data.decode(encoding)
+            break
+        except UnicodeDecodeError:
+            continue
+    sep = max((",", ";", "\t"), key=lambda d: text.split("\n", 1)[0].count(d))
+    try:
+        return pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
+        raise Rejected(INVALID_RECORD, f"not a readable CSV table ({type(exc).__name__})") from None
+
+
+def read_parquet(data: bytes) -> pd.DataFrame:
+    try:
+        return pq.read_table(io.BytesIO(data)).to_pandas()
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise Rejected(INVALID_RECORD, f"not a readable Parquet file ({type(exc).__name__})") from None
+
+
+def parse_tabular(data: bytes, kind: str, name: str, mappings: list[TableMapping]) -> RawRecords:
+    frame = read_csv(data, name) if kind == "csv" else read_parquet(data)
+    mapping = find_mapping(mappings, set(map(str, frame.columns)), kind)
+    if mapping is None:
+        raise Rejected(UNKNOWN_SITE_LAYOUT, f"the {kind} columns match no site mapping in config/sites")
+    records = RawRecords(site=mapping.site)
+    needed = [spec.column for spec in mapping.fields.values()] + list(mapping.wide)
+    columns = {c: frame[c].tolist() for c in needed if c in frame.columns}
+    for i in range(len(frame)):
+        location = f"row {i + 2}" if kind == "csv" else f"row {i + 1}"  # CSV: count the header line
+        try:
+            row = {name: _cell(spec, name, columns, i) for name, spec in mapping.fields.items()}
+            if not row.get("mrn"):
+                raise Rejected(INVALID_RECORD, "the row has no MRN")
+            if mapping.wide:
+                _add_wide(records, mapping, row, columns, i, location)
+            else:
+                row["location"] = location
+                records.add(mapping.table, row)
+        except Rejected as error:
+            records.reject(error, location)
+    return records
+
+
+def _add_wide(records: RawRecords, mapping: TableMapping, row: dict, columns: dict, i: int, location: str):
+    for column, analyte in mapping.wide.items():
+        cell = columns.get(column, [None] * (i + 1))[i]
+        if _blank(cell):
+            continue
+        try:
+            value = _number(cell, column)
+        except Rejected as error:
+            records.reject(error, f"{location} column {column}")
+            continue
+        records.add(mapping.table, {
+            "mrn": row["mrn"], "effective_date": row.get("effective_date"),
+            "code": analyte["code"], "value": value, "unit": analyte["unit"],
+            "location": f"{location} column {column}",
+        })
+
+
+def _cell(spec: FieldSpec, name: str, columns: dict, i: int):
+    raw = columns[spec.column][i] if spec.column in columns else None
+    if _blank(raw):
+        if spec.codes and "" in spec.codes:
+            return spec.codes[""]
+        return None
+    if name in DATE_FIELDS:
+        return to_date(raw, spec.date_format, spec.column)
+    if name == "value":
+        return _number(raw, spec.column)
+    text = str(raw).strip()
+    if spec.codes is not None:
+        if text not in spec.codes:
+            raise Rejected(INVALID_RECORD, f"column {spec.column} holds a code the site mapping does not list")
+        return spec.codes[text]
+    if spec.icd10_dotless and "." not in text and len(text) > 3:
+        text = f"{text[:3]}.{text[3:]}"
+    return text
+
+
+def _blank(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or (
+        isinstance(value, str) and not value.strip()) or value is pd.NaT
+
+
+def _number(value, column: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise Rejected(NON_NUMERIC_VALUE, f"column {column} is not a number") from None
+    if not math.isfinite(number):
+        raise Rejected(NON_NUMERIC_VALUE, f"column {column} is not a finite number")
+    return number
+
+
+def to_date(value, date_format: str | None, column: str) -> date:
+    """A date from a date, a timestamp, or text (ISO 8601 or the mapping's format)."""
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    text = str(value).strip()
+    try:
+        if date_format:
+            return datetime.strptime(text, date_format).date()
+        return date.fromisoformat(text[:10])
+    except ValueError:
+        raise Rejected(INVALID_RECORD, f"column {column} is not a valid date") from None
+
+
+

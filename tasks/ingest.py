@@ -1,0 +1,58 @@
+"""Prefect tasks of the ingest flow: coarse, one batch of files each, nothing but counts logged.
+
+Results are never persisted or cached by Prefect: they hold paths from the landing zone.
+"""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from medmeta import progress
+from medmeta.atomic import write_json
+from medmeta.ingest.consolidate import consolidate
+from medmeta.ingest.ledger import Ledger
+from medmeta.ingest.outcome import FileOutcome
+from medmeta.ingest.pool import WorkerPool
+from medmeta.ingest.setup import IngestSetup
+from medmeta.ingest.summary import summary_markdown
+from medmeta.landing.walk import InputItem, discover
+
+NO_RESULTS = dict(cache_policy=NO_CACHE, persist_result=False)
+
+
+@task(name="discover-inputs", **NO_RESULTS)
+def discover_inputs(setup: IngestSetup) -> list[InputItem]:
+    items = discover(setup.source, setup.config)
+    get_run_logger().info("found %d input files", len(items))
+    progress.report("ingest", 0, len(items))
+    return items
+
+
+@task(name="ingest-batch", **NO_RESULTS)
+def ingest_batch(items: list[InputItem], pool: WorkerPool) -> list[FileOutcome]:
+    outcomes = pool.map(items)
+    get_run_logger().info("batch of %d files done", len(items))
+    progress.report("ingest", len(items))
+    return outcomes
+
+
+@task(name="build-snapshot", **NO_RESULTS)
+def build_snapshot(setup: IngestSetup, outcomes: list[FileOutcome]) -> dict:
+    ledger = Ledger.load(setup.home.ledger)
+    ledger.record(str(setup.source), outcomes)
+    ledger.save()
+    manifest = consolidate(setup.home, ledger.active_hashes(), setup.pseudonymizer)
+    get_run_logger().info("snapshot %s", manifest["snapshot"])
+    return manifest
+
+
+@task(name="report-ingest", **NO_RESULTS)
+def report_ingest(setup: IngestSetup, summary: dict, run_name: str) -> None:
+    write_json(setup.home.runs / f"ingest-{run_name}.json", summary)
+    create_markdown_artifact(key="medmeta-ingest-summary", markdown=summary_markdown(summary),
+                             description="Ingest: files accounted for and the canonical store's size")
+    create_table_artifact(key="medmeta-ingest-tables", table=[{"table": k, "rows": v} for k, v in summary["tables"].items()],
+                          description="Rows per canonical table in the new snapshot")
