@@ -57,7 +57,7 @@ def synth(
 
     with _spinner("writing the synthetic cohort"):
         summary = generate_cohort(out, patients=patients, seed=seed, faults=faults)
-    summary = {k: v for k, v in summary.items() if not k.startswith("expected")}
+    summary = {k: v for k, v in summary.items() if not k.startswith("expected") and k != "labels"}
     _emit({"out": str(out), **summary}, as_json,
           f"wrote {summary.get('patients', patients)} patients to {out}")
 
@@ -149,3 +149,7 @@ def main() -> None:
     except MedmetaError as error:
         typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
