@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from prefect import flow, unmapped
 
 from medmeta.ingest.pool import WorkerPool
-from medmeta.ingest.setup import IngestSetup
+from medmeta.ingest.setup import IngestSetup, home_lock
 from medmeta.ingest.summary import summarize
 from tasks.ingest import build_snapshot, discover_inputs, ingest_batch, report_ingest
 
@@ -16,13 +16,14 @@ from tasks.ingest import build_snapshot, discover_inputs, ingest_batch, report_i
 def ingest_flow(source: str, home: str | None = None, config: str | None = None, workers: int | None = None) -> dict:
     """Walk SOURCE, ingest every file (or quarantine it with a reason), build a snapshot."""
     setup = IngestSetup.create(source, home, config, workers)
-    items = discover_inputs(setup)
-    size = setup.config.batch_size
-    batches = [items[i:i + size] for i in range(0, len(items), size)]
-    with WorkerPool(setup.worker_context, setup.config.worker_count) as pool:
-        futures = ingest_batch.map(batches, pool=unmapped(pool))
-        outcomes = [outcome for future in futures for outcome in future.result()]
-    manifest = build_snapshot(setup, outcomes)
+    with home_lock(setup.home):
+        items = discover_inputs(setup)
+        size = setup.config.batch_size
+        batches = [items[i:i + size] for i in range(0, len(items), size)]
+        with WorkerPool(setup.worker_context, setup.config.worker_count) as pool:
+            futures = ingest_batch.map(batches, pool=unmapped(pool))
+            outcomes = [outcome for future in futures for outcome in future.result()]
+        manifest = build_snapshot(setup, outcomes)
     summary = summarize(outcomes, manifest)
     report_ingest(setup, summary, datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ"))
     return summary

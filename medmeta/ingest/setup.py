@@ -5,10 +5,15 @@ Bad configuration fails here, loudly, before any input is touched.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Iterator
 
 from medmeta.errors import MedmetaError
 from medmeta.home import Home
@@ -56,3 +61,32 @@ def _check_key_matches_store(home: Home, pseudo: Pseudonymizer) -> None:
             f"the pseudonym key differs from the one the store in {home.root} was built with "
             f"(fingerprint {pseudo.fingerprint}, store {stored}): ingesting would split every patient in two"
         )
+
+
+@contextmanager
+def home_lock(home: Home) -> Iterator[None]:
+    """One ingest at a time per home; the lock goes with the process, even on kill -9."""
+    fd = os.open(home.root / ".ingest.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise MedmetaError(f"another ingest is running on {home.root}; wait for it to finish") from None
+        remove_interrupted_writes(home)
+        yield
+    finally:
+        os.close(fd)
+
+
+def remove_interrupted_writes(home: Home) -> None:
+    """Temp files and half-built parts left by a run that was killed (all start with a dot)."""
+    for folder in (home.parts, home.pixels, home.quarantine, home.store):
+        if not folder.exists():
+            continue
+        for entry in folder.iterdir():
+            if entry.name.startswith("."):
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        if folder == home.quarantine:
+            for sub in folder.iterdir():
+                for entry in sub.glob(".*"):
+                    entry.unlink()

@@ -1,0 +1,31 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_HOME ?= .medmeta
+DEMO_DATA ?= demo-data
+PYTEST_ARGS ?=
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/medmeta key create --home $(DEMO_HOME)
+	$(BIN)/medmeta synth --out $(DEMO_DATA) --patients 240 --seed 0 --faults
+	$(BIN)/medmeta ingest $(DEMO_DATA) --home $(DEMO_HOME)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python bench/ingest.py --out BENCHMARKS.md
+
+clean:
+	rm -rf $(VENV) $(DEMO_HOME) $(DEMO_DATA) bench-data

@@ -1,0 +1,144 @@
+"""The ingest flow end to end, on a real Prefect API: the synthetic cohort with every hostile
+file, accounting, idempotency, incremental runs, and nothing written outside the home."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from medmeta.errors import MedmetaError
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+def tree_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    from medmeta.synth.generate import generate_cohort
+
+    base = tmp_path_factory.mktemp("cohort")
+    landing = base / "landing"
+    summary = generate_cohort(landing, patients=120, seed=3, faults=True)
+    return landing, summary
+
+
+@pytest.fixture(scope="module")
+def ingested(cohort, tmp_path_factory):
+    from flows.ingest import ingest_flow
+    from tests.conftest import TEST_KEY
+
+    landing, synth = cohort
+    home = tmp_path_factory.mktemp("home") / "h"
+    outside_before = tree_files(landing.parent)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDMETA_PSEUDONYM_KEY", TEST_KEY)
+        summary = ingest_flow(str(landing), str(home))
+    return landing, synth, home, summary, outside_before
+
+
+def test_every_file_is_accounted_for(ingested):
+    landing, synth, home, summary, _ = ingested
+    assert summary["files_seen"] == summary["files_ingested"] + summary["files_unchanged"] + summary["files_quarantined"]
+    assert summary["files_unchanged"] == 0 and summary["files_ingested"] > 0
+    ledger = json.loads((home / "ledger.json").read_text())["sources"][str(landing.resolve())]
+    assert len(ledger) == summary["files_seen"]
+
+
+def test_every_hostile_file_is_quarantined_with_its_reason(ingested):
+    _, synth, home, summary, _ = ingested
+    got = {q["path"]: q["reason"].split(":", 1)[0] for q in summary["quarantined"]}
+    expected = synth["expected_faults"]
+    assert {path: got.get(path) for path in expected} == expected
+    assert set(got) == set(expected), "only the planted faults are quarantined"
+    for q in summary["quarantined"]:
+        reasons = [json.loads(p.read_text()) for p in (home / "quarantine").glob("*/reason.json")]
+        assert q["path"] in {r["path"] for r in reasons}
+
+
+def test_row_faults_land_in_record_quarantine(ingested):
+    landing, synth, home, summary, _ = ingested
+    ledger = json.loads((home / "ledger.json").read_text())["sources"][str(landing.resolve())]
+    rejects = pd.read_parquet(home / "store" / "record_quarantine.parquet")
+    got = {(r.source, r.location, r.reason.split(":", 1)[0]) for r in rejects.itertuples()}
+    for fault in synth["expected_row_faults"]:
+        assert (ledger[fault["path"]]["sha256"], fault["location"], fault["code"]) in got
+    assert summary["rows_quarantined"] >= len(synth["expected_row_faults"])
+
+
+def test_store_is_canonical_and_linked(ingested):
+    _, synth, home, summary, _ = ingested
+    store = home / "store"
+    patients = pd.read_parquet(store / "patients.parquet")
+    images = pd.read_parquet(store / "images.parquet")
+    assert patients["patient_id"].is_unique
+    assert summary["patients"] == len(patients) > 0
+    assert set(images["patient_id"]) <= set(patients["patient_id"]), "every image links to a patient"
+    assert {"CT", "MR"} <= set(images["modality"])
+    observations = pd.read_parquet(store / "observations.parquet")
+    from medmeta.records.units import default_units
+
+    units = default_units()
+    for code, unit in observations[["code", "unit"]].drop_duplicates().itertuples(index=False):
+        assert unit == (units.canonical_unit(code) or unit)
+    for table in ("conditions", "observations", "medication_exposures"):
+        frame = pd.read_parquet(store / f"{table}.parquet")
+        assert len(frame) > 0 and set(frame["patient_id"]) <= set(patients["patient_id"]) | set(frame["patient_id"])
+    pixels = __import__("numpy").load(home / images["pixel_path"].iloc[0])
+    assert pixels.shape == (64, 64) and pixels.dtype.name == "float16" and 0 <= pixels.min() <= pixels.max() <= 1
+
+
+def test_nothing_is_written_outside_the_home(ingested):
+    landing, _, home, _, outside_before = ingested
+    assert landing.parent not in home.parents
+    assert tree_files(landing.parent) == outside_before, "the landing zone and its neighbours are untouched"
+    assert not list(Path("/tmp").glob("escaped.txt")) and not list(home.parent.parent.glob("escaped.txt"))
+
+
+def test_rerun_is_idempotent(ingested):
+    from flows.ingest import ingest_flow
+    from tests.conftest import TEST_KEY
+
+    landing, _, home, first, _ = ingested
+    store_before = tree_files(home / "store")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDMETA_PSEUDONYM_KEY", TEST_KEY)
+        again = ingest_flow(str(landing), str(home))
+    assert again["files_ingested"] == 0
+    assert again["files_unchanged"] == first["files_ingested"]
+    assert again["files_quarantined"] == first["files_quarantined"]
+    assert again["snapshot"] == first["snapshot"]
+    assert tree_files(home / "store") == store_before
+
+
+def test_incremental_ingest_adds_only_the_new_file(ingested, tmp_path):
+    from flows.ingest import ingest_flow
+    from tests.conftest import TEST_KEY
+
+    landing, _, home, first, _ = ingested
+    work = tmp_path / "landing"
+    shutil.copytree(landing, work, symlinks=True)
+    work_home = tmp_path / "home"
+    shutil.copytree(home, work_home)
+    (work / "site_a" / "late_diagnoses.csv").write_text("MRN,DX_CODE,DX_DATE,ATTENDING\nA9999999,J189,2024-01-05,Dr X\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDMETA_PSEUDONYM_KEY", TEST_KEY)
+        first_in_work = ingest_flow(str(work), str(work_home))  # a new SOURCE path: same contents are unchanged
+    assert first_in_work["files_ingested"] == 1
+    assert first_in_work["snapshot"] != first["snapshot"]
+    assert first_in_work["tables"]["conditions"] == first["tables"]["conditions"] + 1
+
+
+def test_a_different_key_is_refused(ingested, monkeypatch):
+    from flows.ingest import ingest_flow
+
+    landing, _, home, _, _ = ingested
+    monkeypatch.setenv("MEDMETA_PSEUDONYM_KEY", "another-key-entirely-0123456789")
+    with pytest.raises(MedmetaError, match="pseudonym key differs"):
+        ingest_flow(str(landing), str(home))
