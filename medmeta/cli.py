@@ -37,8 +37,9 @@ def _fail(message: str) -> None:
 
 def _prefect_environment(home: Path) -> None:
     """Prefect's embedded server keeps its database in the home unless told otherwise."""
-    if not os.environ.get("PREFECT_API_URL"):
-        os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+    if not os.environ.get("PREFECT_API_URL") and not os.environ.get("PREFECT_HOME"):
+        (home / "prefect").mkdir(parents=True, exist_ok=True)
+        os.environ["PREFECT_HOME"] = str(home / "prefect")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -72,9 +73,17 @@ def ingest(
 ) -> None:
     """Ingest, de-identify and harmonise SOURCE into the canonical store (a Prefect flow)."""
     from medmeta.errors import MedmetaError
-    from medmeta.home import resolve_home
+    from medmeta.home import Home
+    from medmeta.pseudonyms import load_key
 
-    _prefect_environment(resolve_home(home))
+    the_home = Home.at(home)
+    try:  # the cheap checks, before the embedded Prefect server takes its seconds to start
+        if not source.exists():
+            raise MedmetaError(f"{source}: no such file or folder")
+        load_key(the_home.key_file)
+    except MedmetaError as error:
+        _fail(str(error))
+    _prefect_environment(the_home.root)
     from flows.ingest import ingest_flow
 
     try:

@@ -25,6 +25,9 @@ class Rejected(MedmetaError):
     def reason(self) -> str:
         return f"{self.code}: {self.message}"
 
+    def __reduce__(self):  # travels between ingest worker processes
+        return (type(self), (self.code, self.message, self.location))
+
 
 # The reasons a whole file is quarantined. Row-level reasons use the same codes.
 EMPTY_FILE = "empty_file"
@@ -52,3 +55,4 @@ NESTED_ARCHIVE = "nested_archive"
 SYMLINK_OUTSIDE_SOURCE = "symlink_outside_source"
 UNREADABLE = "unreadable"
 UNRESOLVED_REFERENCE = "unresolved_patient_reference"
+INTERNAL_ERROR = "internal_error"  # a bug in medmeta, never the input's fault

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from medmeta import schema
 from medmeta.atomic import atomic_path, write_json
-from medmeta.errors import NO_VALID_RECORDS, Rejected
+from medmeta.errors import INTERNAL_ERROR, NO_VALID_RECORDS, Rejected
 from medmeta.home import Home
 from medmeta.ingest.config import IngestConfig
 from medmeta.ingest.outcome import INGESTED, QUARANTINED, UNCHANGED, FileOutcome
@@ -71,7 +71,7 @@ class Worker:
         except Rejected as error:
             return self._quarantine(item, error, sha256, data)
         except Exception as exc:  # a parser bug must not stop the batch, nor leak data
-            error = Rejected("internal_error", f"unexpected {type(exc).__name__} while ingesting")
+            error = Rejected(INTERNAL_ERROR, f"unexpected {type(exc).__name__} while ingesting")
             return self._quarantine(item, error, sha256, data)
 
     def _ingest(self, item: InputItem, data: bytes, sha256: str) -> FileOutcome:

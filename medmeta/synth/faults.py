@@ -3,7 +3,7 @@
 File faults (the whole file is quarantined) are reported as ``logical path -> code``, the
 path relative to ``out`` in POSIX form. An archive member's logical path is
 ``<archive logical path>/<member name exactly as stored>``, e.g.
-``faults/escape.zip/../../escaped.txt`` (not normalised).
+``faults/escape.zip/%2E%2E/%2E%2E/escaped.txt`` (the walker escapes "..").
 
 Row faults (the file is ingested, one line or entry is rejected) are reported as
 ``{path, location, code}``. Locations count from 1: ``line N`` is the N-th line of an NDJSON
@@ -30,6 +30,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 
 from medmeta import errors
+from medmeta.landing.walk import entry_logical_path
 from medmeta.synth.archive import write_zero_zip, write_zip
 from medmeta.synth.cohort import Cohort, Patient
 from medmeta.synth.dicom_images import ImageSpec, build_dataset, encode, image_bytes
@@ -254,7 +255,7 @@ def bundle_with_row_faults(ctx: Context, expected: Expected) -> None:
 def zip_path_escape(ctx: Context, expected: Expected) -> None:
     member = "../../escaped.txt"
     write_zip(ctx.folder / "escape.zip", {member: b"If you can read this outside the landing area, unzip escaped.\n"})
-    expected.file(f"{FOLDER}/escape.zip/{member}", errors.ZIP_PATH_ESCAPE)
+    expected.file(f"{FOLDER}/escape.zip/{entry_logical_path(member)}", errors.ZIP_PATH_ESCAPE)
 
 
 def zip_bomb(ctx: Context, expected: Expected) -> None:

@@ -1,0 +1,111 @@
+"""What kind of file is this? Decided from the content, the name only breaks ties.
+
+Only a prefix of the data is examined (plus the last bytes for Parquet), so sniffing a
+large file costs next to nothing.
+"""
+
+from __future__ import annotations
+
+import codecs
+import struct
+from pathlib import PurePosixPath
+
+from medmeta.errors import EMPTY_FILE, NOT_DICOM, UNSUPPORTED_FILE_TYPE, Rejected
+
+PREFIX_BYTES = 8192
+
+DICOM_MAGIC = b"DICM"
+DICOM_MAGIC_OFFSET = 128
+PARQUET_MAGIC = b"PAR1"
+UTF8_BOM = b"\xef\xbb\xbf"
+
+# Every DICOM value representation: an explicit-VR element carries one of these at bytes 4-5.
+DICOM_VRS = frozenset(
+    vr.encode()
+    for vr in "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR "
+    "US UT UV".split()
+)
+# A meta-less DICOM file starts with a File Meta (0002) or Identifying (0008) group element.
+_RAW_DICOM_GROUPS = (0x0002, 0x0008)
+_CSV_DELIMITERS = (",", ";", "\t")
+_TEXT_CONTROL_OK = frozenset("\t\n\r\f")
+
+
+def sniff(data: bytes, name: str) -> str:
+    """Return "dicom", "json", "ndjson", "csv" or "parquet"; raise ``Rejected`` for anything else."""
+    if not data or data.isspace():
+        raise Rejected(EMPTY_FILE, "the file is empty" if not data else "the file holds only whitespace")
+    suffix = PurePosixPath(name).suffix.lower()
+    if has_dicom_preamble(data):
+        return "dicom"
+    if data.startswith(PARQUET_MAGIC) and data.endswith(PARQUET_MAGIC) and len(data) >= 8:
+        return "parquet"
+    if looks_like_raw_dicom(data) and suffix in ("", ".dcm", ".dicom"):
+        return "dicom"
+    text = _text_prefix(data[:PREFIX_BYTES])
+    if text is not None:
+        kind = _text_kind(text, suffix)
+        if kind is not None:
+            return kind
+    if suffix in (".dcm", ".dicom"):
+        raise Rejected(NOT_DICOM, "named as DICOM but holds neither a DICM preamble nor a DICOM data set")
+    raise Rejected(UNSUPPORTED_FILE_TYPE, "not DICOM, JSON, NDJSON, CSV or Parquet")
+
+
+def has_dicom_preamble(data: bytes) -> bool:
+    """True when "DICM" follows the 128-byte preamble."""
+    return data[DICOM_MAGIC_OFFSET:DICOM_MAGIC_OFFSET + 4] == DICOM_MAGIC
+
+
+def looks_like_raw_dicom(data: bytes) -> bool:
+    """True when the data starts like a DICOM data set written without preamble and meta.
+
+    The first element must belong to group 0x0002 or 0x0008 and be followed by an explicit VR
+    or, for implicit VR little endian, by a length that fits in the data.
+    """
+    if len(data) < 8:
+        return False
+    for byte_order in "<>":
+        group, _element = struct.unpack_from(byte_order + "HH", data)
+        if group not in _RAW_DICOM_GROUPS:
+            continue
+        if data[4:6] in DICOM_VRS:
+            return True
+        if byte_order == "<" and struct.unpack_from("<I", data, 4)[0] <= len(data) - 8:
+            return True
+    return False
+
+
+def _text_prefix(prefix: bytes) -> str | None:
+    """The prefix decoded as UTF-8 (else latin-1) without its BOM; None when it looks binary."""
+    prefix = prefix.removeprefix(UTF8_BOM)
+    if b"\x00" in prefix:
+        return None
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(prefix, final=False)
+    except UnicodeDecodeError:
+        text = prefix.decode("latin-1")
+    if any(ch < " " and ch not in _TEXT_CONTROL_OK for ch in text):
+        return None
+    return text
+
+
+def _text_kind(text: str, suffix: str) -> str | None:
+    stripped = text.lstrip()
+    if stripped.startswith(("{", "[")):
+        return "ndjson" if _is_ndjson(stripped, suffix) else "json"
+    if _has_delimited_header(stripped) or (stripped and suffix in (".csv", ".tsv")):
+        return "csv"
+    return None
+
+
+def _is_ndjson(text: str, suffix: str) -> bool:
+    lines = [line.lstrip() for line in text.splitlines() if line.strip()]
+    if not all(line.startswith("{") for line in lines):
+        return False
+    return len(lines) >= 2 or suffix in (".ndjson", ".jsonl")
+
+
+def _has_delimited_header(text: str) -> bool:
+    header = text.split("\n", 1)[0]
+    return any(header.count(delimiter) >= 1 for delimiter in _CSV_DELIMITERS)
