@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 
 from medmeta.errors import (
-    CORRUPT_DICOM, EMPTY_FILE, IMAGE_TOO_LARGE, MALFORMED_JSON, NO_PIXEL_DATA, NOT_DICOM, NOT_FHIR,
+    CORRUPT_DICOM, EMPTY_FILE, IMAGE_TOO_LARGE, INVALID_RECORD, MALFORMED_JSON, NO_PIXEL_DATA, NOT_DICOM, NOT_FHIR,
     TRUNCATED_DICOM, UNDECODABLE_PIXELS, UNSUPPORTED_FILE_TYPE,
 )
 from tests.conftest import pydicom_test_files
 
-EXPECTED_CODES = {CORRUPT_DICOM, EMPTY_FILE, IMAGE_TOO_LARGE, MALFORMED_JSON, NO_PIXEL_DATA, NOT_DICOM, NOT_FHIR,
+EXPECTED_CODES = {CORRUPT_DICOM, EMPTY_FILE, IMAGE_TOO_LARGE, INVALID_RECORD, MALFORMED_JSON, NO_PIXEL_DATA, NOT_DICOM, NOT_FHIR,
                   TRUNCATED_DICOM, UNDECODABLE_PIXELS, UNSUPPORTED_FILE_TYPE}
 
 
@@ -34,13 +34,18 @@ def test_every_real_test_file_is_ingested_or_quarantined_with_a_reason(tmp_path)
     assert summary["files_seen"] == summary["files_ingested"] + summary["files_unchanged"] + summary["files_quarantined"]
     codes = {q["reason"].split(":", 1)[0] for q in summary["quarantined"]}
     assert codes <= EXPECTED_CODES, codes - EXPECTED_CODES
-    images = pd.read_parquet(tmp_path / "home" / "store" / "images.parquet")
-    assert summary["images"] == len(images) >= 100
-    syntaxes = set(images["transfer_syntax"])
+    home = tmp_path / "home"
+    images = pd.read_parquet(home / "store" / "images.parquet")
+    assert summary["images"] == len(images) == images["image_id"].nunique()
+    # One SOP instance shipped in several transfer syntaxes is one image in the store; every
+    # file's own contribution is in its part.
+    per_file = pd.concat([pd.read_parquet(p) for p in (home / "store" / "parts").glob("*/images.parquet")])
+    assert len(per_file) >= 140
+    syntaxes = set(per_file["transfer_syntax"])
     for uid in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99",
                 "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80",
                 "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"):
         assert uid in syntaxes, f"no ingested image in transfer syntax {uid}"
-    for rel in images["pixel_path"]:
-        pixels = np.load(tmp_path / "home" / rel)
+    for rel in per_file["pixel_path"]:
+        pixels = np.load(home / rel)
         assert pixels.shape == (64, 64) and np.isfinite(pixels).all()

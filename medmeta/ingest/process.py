@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import warnings
 from dataclasses import dataclass
@@ -174,11 +175,10 @@ def _dicom_date(value) -> date | None:
 
 
 def _header_json(ds) -> str:
-    try:
-        return ds.to_json(bulk_data_threshold=4096, bulk_data_element_handler=lambda _: "", suppress_invalid_tags=True,
-                          sort_keys=True)
-    except Exception:  # a header pydicom can not serialise is kept out rather than half-written
-        return "{}"
+    """The de-identified header in the DICOM JSON model; bulk data left out."""
+    header = ds.to_json_dict(bulk_data_threshold=4096, bulk_data_element_handler=lambda _: "",
+                             suppress_invalid_tags=True)
+    return json.dumps(header, sort_keys=True, separators=(",", ":"))
 
 
 _worker: Worker | None = None
