@@ -21,7 +21,7 @@ def ingest_flow(source: str, home: str | None = None, config: str | None = None,
         size = setup.config.batch_size
         batches = [items[i:i + size] for i in range(0, len(items), size)]
         with WorkerPool(setup.worker_context, setup.config.worker_count) as pool:
-            futures = ingest_batch.map(batches, pool=unmapped(pool))
+            futures = ingest_batch.map(batches, pool=unmapped(pool), setup=unmapped(setup))
             outcomes = [outcome for future in futures for outcome in future.result()]
         manifest = build_snapshot(setup, outcomes)
     summary = summarize(outcomes, manifest)

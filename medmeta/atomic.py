@@ -14,8 +14,12 @@ from typing import Any, Iterator
 
 
 @contextmanager
-def atomic_path(target: str | os.PathLike, mode: int = 0o644) -> Iterator[Path]:
-    """Yield a temp path beside ``target``; on success it is renamed onto ``target``."""
+def atomic_path(target: str | os.PathLike, mode: int = 0o644, fsync: bool = True) -> Iterator[Path]:
+    """Yield a temp path beside ``target``; on success it is renamed onto ``target``.
+
+    ``fsync=False`` is for staging files written by the thousand: a rename is still atomic
+    for other processes and after ``kill -9``; ``sync_all`` before the ledger makes them durable.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -24,8 +28,9 @@ def atomic_path(target: str | os.PathLike, mode: int = 0o644) -> Iterator[Path]:
     try:
         yield tmp_path
         os.chmod(tmp_path, mode)
-        with open(tmp_path, "rb") as fh:
-            os.fsync(fh.fileno())
+        if fsync:
+            with open(tmp_path, "rb") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
@@ -43,3 +48,8 @@ def write_text(target: str | os.PathLike, text: str, mode: int = 0o644) -> None:
 
 def write_json(target: str | os.PathLike, obj: Any, mode: int = 0o644) -> None:
     write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", mode)
+
+
+def sync_all() -> None:
+    """Flush every staged write to disk, once, before a run commits its ledger and snapshot."""
+    os.sync()

@@ -71,12 +71,12 @@ IMAGES = pa.schema(
         ("columns", pa.int32()),
         ("frames", pa.int32()),
         ("study_date", pa.date32()),  # shifted; null when the file has none
-        ("pixel_path", pa.string()),  # cached array, relative to the home
+        ("pixel_path", pa.string()),  # the snapshot's stacked pixel cache (N, height, width), relative to the home
+        ("pixel_index", pa.int32()),  # this image's index in that stack
         ("height", pa.int32()),  # cached size
         ("width", pa.int32()),
         ("pixel_min", pa.float32()),  # before normalisation, after rescale
         ("pixel_max", pa.float32()),
-        ("header", pa.string()),  # de-identified DICOM header, DICOM JSON model
         ("site", pa.string()),
         ("source", pa.string()),
     ]

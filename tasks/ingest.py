@@ -11,8 +11,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from medmeta import progress
-from medmeta.atomic import write_json
+from medmeta.atomic import sync_all, write_json
 from medmeta.ingest.consolidate import consolidate
+from medmeta.ingest.image_parts import write_image_batch
 from medmeta.ingest.ledger import Ledger
 from medmeta.ingest.outcome import FileOutcome
 from medmeta.ingest.pool import WorkerPool
@@ -32,8 +33,10 @@ def discover_inputs(setup: IngestSetup) -> list[InputItem]:
 
 
 @task(name="ingest-batch", **NO_RESULTS)
-def ingest_batch(items: list[InputItem], pool: WorkerPool) -> list[FileOutcome]:
-    outcomes = pool.map(items)
+def ingest_batch(items: list[InputItem], pool: WorkerPool, setup: IngestSetup) -> list[FileOutcome]:
+    results = pool.map(items)
+    write_image_batch(setup.home.parts, setup.config.image_size, [payload for _, payload in results if payload is not None])
+    outcomes = [outcome for outcome, _ in results]
     get_run_logger().info("batch of %d files done", len(items))
     progress.report("ingest", len(items))
     return outcomes
@@ -41,10 +44,11 @@ def ingest_batch(items: list[InputItem], pool: WorkerPool) -> list[FileOutcome]:
 
 @task(name="build-snapshot", **NO_RESULTS)
 def build_snapshot(setup: IngestSetup, outcomes: list[FileOutcome]) -> dict:
+    sync_all()  # every staged part on disk before the ledger points at it
     ledger = Ledger.load(setup.home.ledger)
     ledger.record(str(setup.source), outcomes)
     ledger.save()
-    manifest = consolidate(setup.home, ledger.active_hashes(), setup.pseudonymizer)
+    manifest = consolidate(setup.home, ledger.active_hashes(), setup.pseudonymizer, setup.config.image_size)
     get_run_logger().info("snapshot %s", manifest["snapshot"])
     return manifest
 

@@ -90,8 +90,10 @@ def test_store_is_canonical_and_linked(ingested):
     for table in ("conditions", "observations", "medication_exposures"):
         frame = pd.read_parquet(store / f"{table}.parquet")
         assert len(frame) > 0 and set(frame["patient_id"]) <= set(patients["patient_id"]) | set(frame["patient_id"])
+    assert images["pixel_path"].nunique() == 1 and list(images["pixel_index"]) == list(range(len(images)))
     pixels = __import__("numpy").load(home / images["pixel_path"].iloc[0])
-    assert pixels.shape == (64, 64) and pixels.dtype.name == "float16" and 0 <= pixels.min() <= pixels.max() <= 1
+    assert pixels.shape == (len(images), 64, 64) and pixels.dtype.name == "float16"
+    assert 0 <= pixels.min() <= pixels.max() <= 1
 
 
 def test_nothing_is_written_outside_the_home(ingested):

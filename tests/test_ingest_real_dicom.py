@@ -39,13 +39,15 @@ def test_every_real_test_file_is_ingested_or_quarantined_with_a_reason(tmp_path)
     assert summary["images"] == len(images) == images["image_id"].nunique()
     # One SOP instance shipped in several transfer syntaxes is one image in the store; every
     # file's own contribution is in its part.
-    per_file = pd.concat([pd.read_parquet(p) for p in (home / "store" / "parts").glob("*/images.parquet")])
+    per_file = pd.concat([pd.read_parquet(p) for p in (home / "store" / "parts" / "images-64").glob("*.parquet")])
     assert len(per_file) >= 140
     syntaxes = set(per_file["transfer_syntax"])
     for uid in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99",
                 "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80",
                 "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"):
         assert uid in syntaxes, f"no ingested image in transfer syntax {uid}"
-    for rel in per_file["pixel_path"]:
-        pixels = np.load(home / rel)
-        assert pixels.shape == (64, 64) and np.isfinite(pixels).all()
+    for staged in per_file["pixels"]:
+        pixels = np.frombuffer(staged, np.float16)
+        assert pixels.shape == (64 * 64,) and np.isfinite(pixels).all()
+    stack = np.load(home / images["pixel_path"].iloc[0])
+    assert stack.shape == (len(images), 64, 64) and np.isfinite(stack).all()

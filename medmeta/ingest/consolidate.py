@@ -19,6 +19,7 @@ from medmeta import schema
 from medmeta.atomic import atomic_path, write_json
 from medmeta.errors import UNRESOLVED_REFERENCE
 from medmeta.home import Home
+from medmeta.ingest.image_parts import read_image_rows, write_pixel_cache
 from medmeta.ingest.parts import read_part_table, write_parquet
 from medmeta.pseudonyms import Pseudonymizer
 from medmeta.records.canonical import DATE_COLUMNS, PATIENT_REFS
@@ -26,15 +27,21 @@ from medmeta.records.canonical import DATE_COLUMNS, PATIENT_REFS
 SCHEMA_VERSION = 1
 
 
-def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer) -> dict:
+def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer, image_size: int) -> dict:
     refs = _patient_refs(home.parts, hashes)
     quarantine = [_read(home.parts, hashes, "record_quarantine", schema.RECORD_QUARANTINE)]
     counts, digests = {}, {}
     for name, table_schema in schema.TABLES.items():
-        frame = _read(home.parts, hashes, name, table_schema.append(pa.field("patient_ref", pa.string())))
+        if name == "images":
+            frame = read_image_rows(home.parts, image_size, set(hashes)).to_pandas(date_as_object=True)
+            frame["patient_ref"] = None
+        else:
+            frame = _read(home.parts, hashes, name, table_schema.append(pa.field("patient_ref", pa.string())))
         frame, unresolved = _resolve(frame, refs, pseudo)
         quarantine.append(unresolved)
         frame = _deduplicate(name, frame)
+        if name == "images":
+            frame = _attach_pixel_cache(home, frame, image_size)
         digests[name] = _write_table(home.table(name), frame, table_schema)
         counts[name] = len(frame)
     rejects = pd.concat(quarantine, ignore_index=True).sort_values(["source", "location", "reason"])
@@ -48,6 +55,13 @@ def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer) -> dict:
     write_json(home.snapshots / f"{snapshot}.json", manifest)
     write_json(home.manifest, manifest)
     return manifest
+
+
+def _attach_pixel_cache(home: Home, frame: pd.DataFrame, image_size: int) -> pd.DataFrame:
+    """Stack the snapshot's pixels in table order; each row points at its slice."""
+    frame = frame.sort_values("image_id", kind="mergesort").reset_index(drop=True)
+    path = write_pixel_cache(home.pixels, home.root, frame["pixels"].tolist(), image_size)
+    return frame.drop(columns="pixels").assign(pixel_path=path, pixel_index=range(len(frame)))
 
 
 def _read(parts: Path, hashes: list[str], name: str, table_schema: pa.Schema) -> pd.DataFrame:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
+from medmeta.ingest.image_parts import ImagePayload
 from medmeta.ingest.outcome import FileOutcome
 from medmeta.ingest.process import Worker, WorkerContext, init_worker, process_items
 from medmeta.landing.walk import InputItem
@@ -29,7 +30,7 @@ class WorkerPool:
             mp.set_forkserver_preload(PRELOAD)
             self._executor = ProcessPoolExecutor(workers, mp_context=mp, initializer=init_worker, initargs=(ctx,))
 
-    def map(self, items: list[InputItem]) -> list[FileOutcome]:
+    def map(self, items: list[InputItem]) -> list[tuple[FileOutcome, ImagePayload | None]]:
         if self._local is not None:
             return [self._local.process(item) for item in items]
         chunk = max(1, min(32, len(items) // (self.workers * 4) or 1))

@@ -7,21 +7,17 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import warnings
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-
-from medmeta import schema
 from medmeta.atomic import atomic_path, write_json
 from medmeta.errors import INTERNAL_ERROR, NO_VALID_RECORDS, Rejected
 from medmeta.home import Home
 from medmeta.ingest.config import IngestConfig
+from medmeta.ingest.image_parts import ImagePayload
 from medmeta.ingest.outcome import INGESTED, QUARANTINED, UNCHANGED, FileOutcome
 from medmeta.ingest.parts import part_exists, record_quarantine_table, write_part
 from medmeta.landing.walk import InputItem, read_item
@@ -42,6 +38,7 @@ class WorkerContext:
     key: bytes
     mappings: tuple[TableMapping, ...]
     today: date
+    known_images: frozenset[str] = frozenset()  # content hashes already staged as images
 
     def __repr__(self) -> str:  # keep the key out of any repr or log line
         return f"WorkerContext(home={self.home})"
@@ -55,27 +52,28 @@ class Worker:
         self.canonicalize = Canonicalizer(self.pseudo, default_units(), ctx.config.age_reference_date, ctx.today)
         logging.getLogger("pydicom").setLevel(logging.CRITICAL)  # its messages can quote values
 
-    def process(self, item: InputItem) -> FileOutcome:
+    def process(self, item: InputItem) -> tuple[FileOutcome, ImagePayload | None]:
+        """The file's outcome, and for a DICOM file its image row and pixels to stage."""
         if item.problem is not None:
-            return self._quarantine(item, item.problem, sha256=None, data=None)
+            return self._quarantine(item, item.problem, sha256=None, data=None), None
         try:
             data = read_item(item, self.ctx.config)
         except Rejected as error:
-            return self._quarantine(item, error, sha256=None, data=None)
+            return self._quarantine(item, error, sha256=None, data=None), None
         sha256 = hashlib.sha256(data).hexdigest()
-        if part_exists(self.home.parts, sha256):
-            return FileOutcome(item.logical_path, UNCHANGED, sha256)
+        if sha256 in self.ctx.known_images or part_exists(self.home.parts, sha256):
+            return FileOutcome(item.logical_path, UNCHANGED, sha256), None
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return self._ingest(item, data, sha256)
         except Rejected as error:
-            return self._quarantine(item, error, sha256, data)
+            return self._quarantine(item, error, sha256, data), None
         except Exception as exc:  # a parser bug must not stop the batch, nor leak data
             error = Rejected(INTERNAL_ERROR, f"unexpected {type(exc).__name__} while ingesting")
-            return self._quarantine(item, error, sha256, data)
+            return self._quarantine(item, error, sha256, data), None
 
-    def _ingest(self, item: InputItem, data: bytes, sha256: str) -> FileOutcome:
+    def _ingest(self, item: InputItem, data: bytes, sha256: str) -> tuple[FileOutcome, ImagePayload | None]:
         from medmeta.landing.sniff import sniff
 
         kind = sniff(data, item.logical_path)
@@ -88,8 +86,9 @@ class Worker:
                 raise Rejected(codes[0], f"every record was rejected ({staged.rejects[0].message})")
             raise Rejected(NO_VALID_RECORDS, f"every record was rejected ({', '.join(codes)})")
         self._write_records_part(sha256, kind, staged)
-        return FileOutcome(item.logical_path, INGESTED, sha256, kind, records=staged.row_count,
-                           rows_rejected=len(staged.rejects))
+        outcome = FileOutcome(item.logical_path, INGESTED, sha256, kind, records=staged.row_count,
+                              rows_rejected=len(staged.rejects))
+        return outcome, None
 
     def _parse_records(self, kind: str, data: bytes, name: str):
         from medmeta.records import fhir, tabular
@@ -109,7 +108,7 @@ class Worker:
                 "rows_rejected": len(rejects)}
         write_part(self.home.parts, sha256, tables, meta)
 
-    def _ingest_dicom(self, item: InputItem, data: bytes, sha256: str) -> FileOutcome:
+    def _ingest_dicom(self, item: InputItem, data: bytes, sha256: str) -> tuple[FileOutcome, ImagePayload]:
         from medmeta.dicom.deidentify import deidentify
         from medmeta.dicom.pixels import decode_pixels, read_dicom
 
@@ -117,13 +116,6 @@ class Worker:
         pixels = decode_pixels(ds, size=self.ctx.config.image_size)
         transfer_syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
         ids = deidentify(ds, self.pseudo)
-        for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
-            if keyword in ds:
-                delattr(ds, keyword)
-        pixel_rel = f"cache/pixels/{sha256}.npy"
-        with atomic_path(self.home.root / pixel_rel) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, pixels.array, allow_pickle=False)
         row = {
             "image_id": str(ds.get("SOPInstanceUID", "") or self.pseudo.uid(sha256)),
             "patient_id": ids.patient_id,
@@ -135,17 +127,13 @@ class Worker:
             "photometric": pixels.photometric,
             "rows": pixels.rows, "columns": pixels.columns, "frames": pixels.frames,
             "study_date": _dicom_date(ds.get("StudyDate")),
-            "pixel_path": pixel_rel,
             "height": int(pixels.array.shape[0]), "width": int(pixels.array.shape[1]),
             "pixel_min": float(pixels.pixel_min), "pixel_max": float(pixels.pixel_max),
-            "header": _header_json(ds),
             "site": "dicom",  # the institution is removed by de-identification
             "source": sha256,
         }
-        images = pa.Table.from_pylist([{**row, "patient_ref": None}],
-                                      schema=schema.IMAGES.append(pa.field("patient_ref", pa.string())))
-        write_part(self.home.parts, sha256, {"images": images}, {"kind": "dicom", "rows": {"images": 1}})
-        return FileOutcome(item.logical_path, INGESTED, sha256, "dicom", images=1)
+        outcome = FileOutcome(item.logical_path, INGESTED, sha256, "dicom", images=1)
+        return outcome, ImagePayload(row, pixels.array)
 
     def _quarantine(self, item: InputItem, error: Rejected, sha256: str | None, data: bytes | None) -> FileOutcome:
         key = sha256 or hashlib.sha256(item.logical_path.encode()).hexdigest()
@@ -174,13 +162,6 @@ def _dicom_date(value) -> date | None:
     return None
 
 
-def _header_json(ds) -> str:
-    """The de-identified header in the DICOM JSON model; bulk data left out."""
-    header = ds.to_json_dict(bulk_data_threshold=4096, bulk_data_element_handler=lambda _: "",
-                             suppress_invalid_tags=True)
-    return json.dumps(header, sort_keys=True, separators=(",", ":"))
-
-
 _worker: Worker | None = None
 
 
@@ -190,7 +171,7 @@ def init_worker(ctx: WorkerContext) -> None:
     _worker = Worker(ctx)
 
 
-def process_items(items: list[InputItem]) -> list[FileOutcome]:
+def process_items(items: list[InputItem]) -> list[tuple[FileOutcome, ImagePayload | None]]:
     """Run in a pool process initialised with ``init_worker``."""
     assert _worker is not None, "init_worker was not called in this process"
     return [_worker.process(item) for item in items]

@@ -18,6 +18,7 @@ from typing import Iterator
 from medmeta.errors import MedmetaError
 from medmeta.home import Home
 from medmeta.ingest.config import IngestConfig
+from medmeta.ingest.image_parts import known_image_sources
 from medmeta.ingest.process import WorkerContext
 from medmeta.pseudonyms import Pseudonymizer, load_key
 from medmeta.records.site_mappings import install_default_sites, load_site_mappings
@@ -48,7 +49,8 @@ class IngestSetup:
         _check_key_matches_store(the_home, Pseudonymizer(key))
         install_default_sites(the_home.sites_dir)
         mappings = tuple(load_site_mappings(the_home.sites_dir))
-        ctx = WorkerContext(the_home.root, settings, key, mappings, date.today())
+        known = known_image_sources(the_home.parts, settings.image_size)
+        ctx = WorkerContext(the_home.root, settings, key, mappings, date.today(), known)
         return cls(source_path, the_home, settings, ctx)
 
 
@@ -80,13 +82,8 @@ def home_lock(home: Home) -> Iterator[None]:
 
 def remove_interrupted_writes(home: Home) -> None:
     """Temp files and half-built parts left by a run that was killed (all start with a dot)."""
-    for folder in (home.parts, home.pixels, home.quarantine, home.store):
-        if not folder.exists():
-            continue
-        for entry in folder.iterdir():
-            if entry.name.startswith("."):
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-        if folder == home.quarantine:
-            for sub in folder.iterdir():
-                for entry in sub.glob(".*"):
-                    entry.unlink()
+    folders = [home.store, home.parts, *home.parts.glob("images-*"), home.pixels]
+    folders += [d for d in home.quarantine.iterdir() if d.is_dir()] if home.quarantine.exists() else []
+    for folder in folders:
+        for entry in folder.glob(".*") if folder.exists() else ():
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
