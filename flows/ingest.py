@@ -17,10 +17,10 @@ def ingest_flow(source: str, home: str | None = None, config: str | None = None,
     """Walk SOURCE, ingest every file (or quarantine it with a reason), build a snapshot."""
     setup = IngestSetup.create(source, home, config, workers)
     with home_lock(setup.home):
-        items = discover_inputs(setup)
-        size = setup.config.batch_size
-        batches = [items[i:i + size] for i in range(0, len(items), size)]
-        with WorkerPool(setup.worker_context, setup.config.worker_count) as pool:
+        with WorkerPool(setup.worker_context, setup.config.worker_count) as pool:  # boots while files are found
+            items = discover_inputs(setup)
+            size = setup.config.batch_size
+            batches = [items[i:i + size] for i in range(0, len(items), size)]
             futures = ingest_batch.map(batches, pool=unmapped(pool), setup=unmapped(setup))
             outcomes = [outcome for future in futures for outcome in future.result()]
         manifest = build_snapshot(setup, outcomes)

@@ -48,7 +48,8 @@ def write_image_batch(parts_root: Path, size: int, payloads: list[ImagePayload])
     rows = [{**{c: p.row.get(c) for c in STAGED_COLUMNS}, "pixels": p.pixels.tobytes()} for p in payloads]
     digest = hashlib.sha256("".join(p.row["source"] for p in payloads).encode()).hexdigest()
     with atomic_path(images_dir(parts_root, size) / f"{digest}.parquet", fsync=False) as tmp:
-        write_parquet(pa.Table.from_pylist(rows, schema=STAGING_SCHEMA), tmp)
+        # Uncompressed: float16 pixels barely compress, and this file is read back once.
+        write_parquet(pa.Table.from_pylist(rows, schema=STAGING_SCHEMA), tmp, compression="none")
 
 
 def known_image_sources(parts_root: Path, size: int) -> frozenset[str]:

@@ -30,10 +30,10 @@ def part_exists(parts_root: Path, sha256: str) -> bool:
     return (part_dir(parts_root, sha256) / PART_FILE).exists()
 
 
-def write_parquet(table: pa.Table, path: Path) -> None:
+def write_parquet(table: pa.Table, path: Path, compression: str = "zstd") -> None:
     """Deterministic bytes for the same table: no pandas metadata, fixed options."""
     table = table.replace_schema_metadata(None)
-    pq.write_table(table, path, compression="zstd", use_dictionary=True, write_statistics=False)
+    pq.write_table(table, path, compression=compression, use_dictionary=True, write_statistics=False)
 
 
 def write_part(parts_root: Path, sha256: str, tables: dict[str, pa.Table], meta: dict) -> None:

@@ -7,6 +7,7 @@ pool starts in well under a second and never inherits the threads of the Prefect
 from __future__ import annotations
 
 import multiprocessing
+import threading
 from concurrent.futures import ProcessPoolExecutor
 
 from medmeta.ingest.image_parts import ImagePayload
@@ -14,8 +15,9 @@ from medmeta.ingest.outcome import FileOutcome
 from medmeta.ingest.process import Worker, WorkerContext, init_worker, process_items
 from medmeta.landing.walk import InputItem
 
-PRELOAD = ["medmeta.ingest.process", "medmeta.dicom.pixels", "medmeta.dicom.deidentify",
-           "medmeta.records.fhir", "medmeta.records.tabular", "medmeta.landing.sniff"]
+# What every worker needs. The record parsers (and pandas) are imported by the first worker
+# that meets a record file, so a folder of images never pays for them.
+PRELOAD = ["medmeta.ingest.process", "medmeta.dicom.pixels", "medmeta.dicom.deidentify", "medmeta.landing.sniff"]
 
 
 class WorkerPool:
@@ -29,10 +31,18 @@ class WorkerPool:
             mp = multiprocessing.get_context("forkserver")
             mp.set_forkserver_preload(PRELOAD)
             self._executor = ProcessPoolExecutor(workers, mp_context=mp, initializer=init_worker, initargs=(ctx,))
+            # Boot the forkserver and the workers now, in the background, while files are found.
+            self._warming = threading.Thread(target=self._warm_up, daemon=True)
+            self._warming.start()
+
+    def _warm_up(self) -> None:
+        for future in [self._executor.submit(process_items, []) for _ in range(self.workers)]:
+            future.result()
 
     def map(self, items: list[InputItem]) -> list[tuple[FileOutcome, ImagePayload | None]]:
         if self._local is not None:
             return [self._local.process(item) for item in items]
+        self._warming.join()
         chunk = max(1, min(32, len(items) // (self.workers * 4) or 1))
         chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
         futures = [self._executor.submit(process_items, c) for c in chunks]
