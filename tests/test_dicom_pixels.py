@@ -9,7 +9,6 @@ import io
 import logging
 import random
 import struct
-import time
 import tracemalloc
 import warnings
 import zlib
@@ -394,22 +393,20 @@ def test_a_real_file_without_pixel_data():
     assert _rejection(data).code == NO_PIXEL_DATA
 
 
-def test_a_header_claiming_60000_squared_is_refused_fast_and_without_allocating():
+def test_a_header_claiming_60000_squared_is_refused_without_allocating():
     def enlarge(ds):
         ds.Rows = ds.Columns = 60000
 
     data = _rewrite(_real("CT_small.dcm"), enlarge)
     tracemalloc.start()
-    started = time.perf_counter()
     try:
         error = _rejection(data)
-        elapsed = time.perf_counter() - started
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert error.code == IMAGE_TOO_LARGE
     assert error.message == "header claims 60000 x 60000 pixels x 1 frames, over the limit of 67108864"
-    assert elapsed < 0.5 and peak < 50 * 1024**2
+    assert peak < 50 * 1024**2  # 60000 x 60000 x 2 bytes would be 7.2 GB
 
 
 def test_a_deflated_data_set_that_inflates_without_end_is_refused():

@@ -7,7 +7,6 @@ import json
 import os
 import random
 import struct
-import time
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -350,12 +349,14 @@ def test_entries_zipfile_can_not_bound_or_decrypt_are_unreadable(tmp_path):
     assert _code(item) == UNREADABLE and "encrypted" in item.problem.message
 
 
-def test_reading_many_entries_does_not_reparse_the_archive(tmp_path):
+def test_reading_many_entries_does_not_reparse_the_archive(tmp_path, monkeypatch):
     archive = _zip(tmp_path / "many.zip", {f"f{i:05d}.csv": b"a,b\n" for i in range(5000)})
     items = discover(archive, CONFIG)
-    started = time.perf_counter()
+    opened = []
+    real_zipfile = zipfile.ZipFile
+    monkeypatch.setattr(zipfile, "ZipFile", lambda *a, **k: opened.append(a) or real_zipfile(*a, **k))
     assert all(read_item(item, CONFIG) == b"a,b\n" for item in items)
-    assert time.perf_counter() - started < 10
+    assert len(opened) <= 1, "the central directory is parsed once, not once per entry"
 
 
 # --- sniff --------------------------------------------------------------------------------------
@@ -423,11 +424,10 @@ def test_sniff_refusals(data, name, code):
 
 
 def test_sniff_looks_at_a_prefix_only():
-    big = b"a,b\n" + b"1,2\n" * (20 * MB)
-    started = time.perf_counter()
-    assert sniff(big, "big.csv") == "csv"
-    assert sniff(b"[" + b" " * (80 * MB) + b"]", "big.json") == "json"
-    assert time.perf_counter() - started < 0.5
+    # What follows the prefix (here binary garbage and NUL bytes) does not change the answer.
+    tail = bytes(range(256)) * 4096 + b"\x00" * MB
+    assert sniff(b"a,b\n" + b"1,2\n" * 10_000 + tail, "big.csv") == "csv"
+    assert sniff(b"[" + b" " * (2 * MB) + tail, "big.json") == "json"
 
 
 def test_sniff_agrees_with_the_real_dicom_files():
