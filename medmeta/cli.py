@@ -100,7 +100,7 @@ def ingest(
         progress.set_reporter(None)
     human = (
         f"{summary['files_seen']} files: {summary['files_ingested']} ingested, {summary['files_unchanged']} unchanged, "
-        f"{summary['files_quarantined']} quarantined; {summary['rows_quarantined']} rows rejected inside good files "
+        f"{summary['files_quarantined']} quarantined; {summary['rows_quarantined']} rows in the snapshot rejected inside good files "
         f"(store/record_quarantine.parquet)\n"
         f"store: {summary['patients']} patients, {summary['records']} records, {summary['images']} images; "
         f"snapshot {summary['snapshot']}"

@@ -20,7 +20,7 @@ def summarize(outcomes: list[FileOutcome], manifest: dict) -> dict:
         "files_unchanged": status[UNCHANGED],
         "files_quarantined": status[QUARANTINED],
         "quarantined": [{"path": o.path, "reason": o.reason} for o in outcomes if o.status == QUARANTINED],
-        "rows_quarantined": sum(o.rows_rejected for o in outcomes),
+        "rows_quarantined": counts["record_quarantine"],  # in the snapshot, whichever run rejected them
         "patients": counts["patients"],
         "records": counts["conditions"] + counts["observations"] + counts["medication_exposures"],
         "images": counts["images"],
