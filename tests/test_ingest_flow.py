@@ -116,6 +116,7 @@ def test_rerun_is_idempotent(ingested):
     assert again["files_unchanged"] == first["files_ingested"]
     assert again["files_quarantined"] == first["files_quarantined"]
     assert again["snapshot"] == first["snapshot"]
+    assert again["rows_quarantined"] == first["rows_quarantined"]
     assert tree_files(home / "store") == store_before
 
 
