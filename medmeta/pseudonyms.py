@@ -18,7 +18,6 @@ import hmac
 import os
 import secrets
 import stat
-from datetime import date, timedelta
 from pathlib import Path
 
 from medmeta.errors import MedmetaError
@@ -67,9 +66,6 @@ class Pseudonymizer:
         """
         v = int.from_bytes(self._digest("date-shift", token)[:8], "big") % (2 * MAX_DATE_SHIFT_DAYS)
         return v - MAX_DATE_SHIFT_DAYS if v < MAX_DATE_SHIFT_DAYS else v - MAX_DATE_SHIFT_DAYS + 1
-
-    def shift_date(self, mrn: str, d: date) -> date:
-        return d + timedelta(days=self.date_offset_days(mrn))
 
     def reference_key(self, system: str, reference: str) -> str:
         """An opaque key for a FHIR reference such as ``Patient/123`` within one source."""

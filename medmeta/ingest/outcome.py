@@ -24,9 +24,5 @@ class FileOutcome:
     images: int = 0
     rows_rejected: int = 0
 
-    @property
-    def code(self) -> str | None:
-        return self.reason.split(":", 1)[0] if self.reason else None
-
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,6 +1,7 @@
-"""One input file to one part of the store, or to quarantine: the work of an ingest worker.
+"""One input file to its contribution to the store, or to quarantine: an ingest worker's work.
 
-``process_item`` never raises for bad input: whatever is wrong with a file becomes a
+A record file becomes a part (``medmeta.ingest.parts``); a DICOM file becomes an image row and
+its pixels, handed back to be staged with its batch. ``Worker.process`` never raises for bad input: whatever is wrong with a file becomes a
 ``quarantined`` outcome with a reason, and the batch goes on.
 """
 
@@ -25,8 +26,6 @@ from medmeta.pseudonyms import Pseudonymizer
 from medmeta.records.canonical import Canonicalizer, StagedRecords
 from medmeta.records.site_mappings import TableMapping
 from medmeta.records.units import default_units
-
-RECORD_KINDS = {"csv", "parquet", "json", "ndjson"}
 
 
 @dataclass(frozen=True)

@@ -46,10 +46,6 @@ class UnitConverter:
         analyte = self._by_code.get(code)
         return analyte.unit if analyte else None
 
-    def canonical_code(self, code: str) -> str:
-        analyte = self._by_code.get(code)
-        return analyte.loinc if analyte else code
-
     def convert(self, code: str, value: float, unit: str) -> tuple[str, float, str]:
         """(canonical code, value, unit); codes we have no rule for pass through unchanged."""
         unit = self.spell(unit)
