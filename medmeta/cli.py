@@ -87,7 +87,9 @@ def ingest(
     from flows.ingest import ingest_flow
 
     try:
-        with _progress() as reporter:
+        from medmeta.prefect_runtime import embedded_run_settings
+
+        with _progress() as reporter, embedded_run_settings():
             from medmeta import progress
 
             progress.set_reporter(reporter)

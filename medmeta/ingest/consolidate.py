@@ -28,15 +28,16 @@ SCHEMA_VERSION = 1
 
 
 def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer, image_size: int) -> dict:
-    refs = _patient_refs(home.parts, hashes)
-    quarantine = [_read(home.parts, hashes, "record_quarantine", schema.RECORD_QUARANTINE)]
+    record_parts = sorted(set(hashes) & {p.name for p in home.parts.iterdir()}) if home.parts.exists() else []
+    refs = _patient_refs(home.parts, record_parts)
+    quarantine = [_read(home.parts, record_parts, "record_quarantine", schema.RECORD_QUARANTINE)]
     counts, digests = {}, {}
     for name, table_schema in schema.TABLES.items():
         if name == "images":
             frame = read_image_rows(home.parts, image_size, set(hashes)).to_pandas(date_as_object=True)
             frame["patient_ref"] = None
         else:
-            frame = _read(home.parts, hashes, name, table_schema.append(pa.field("patient_ref", pa.string())))
+            frame = _read(home.parts, record_parts, name, table_schema.append(pa.field("patient_ref", pa.string())))
         frame, unresolved = _resolve(frame, refs, pseudo)
         quarantine.append(unresolved)
         frame = _deduplicate(name, frame)
