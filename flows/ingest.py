@@ -9,12 +9,14 @@ from prefect import flow, unmapped
 from medmeta.ingest.pool import WorkerPool
 from medmeta.ingest.setup import IngestSetup, home_lock
 from medmeta.ingest.summary import summarize
+from flows.validate import validate_flow
 from tasks.ingest import build_snapshot, discover_inputs, ingest_batch, report_ingest
 
 
 @flow(name="ingest", persist_result=False, validate_parameters=True)
-def ingest_flow(source: str, home: str | None = None, config: str | None = None, workers: int | None = None) -> dict:
-    """Walk SOURCE, ingest every file (or quarantine it with a reason), build a snapshot."""
+def ingest_flow(source: str, home: str | None = None, config: str | None = None, workers: int | None = None,
+                run_validation: bool = True, rules: str | None = None) -> dict:
+    """Walk SOURCE, ingest every file (or quarantine it with a reason), build a snapshot, validate it."""
     setup = IngestSetup.create(source, home, config, workers)
     with home_lock(setup.home):
         with WorkerPool(setup.worker_context, setup.config.worker_count) as pool:  # boots while files are found
@@ -26,4 +28,10 @@ def ingest_flow(source: str, home: str | None = None, config: str | None = None,
         manifest = build_snapshot(setup, outcomes)
     summary = summarize(outcomes, manifest)
     report_ingest(setup, summary, datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ"))
+    if run_validation:
+        result = validate_flow(str(setup.home.root), rules)
+        summary["validation"] = {k: result[k] for k in ("success", "rows_checked", "rows_quarantined")} | {
+            "critical_failures": [f"{f['table']}.{f['rule']}" for f in result["critical_failures"]],
+            "warnings": [f"{w['table']}.{w['rule']}" for w in result["warnings"]],
+        }
     return summary

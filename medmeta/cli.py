@@ -21,6 +21,7 @@ app.add_typer(key_app, name="key")
 
 HomeOption = typer.Option(None, "--home", help="Where all state lives [default: $MEDMETA_HOME or ./.medmeta].")
 JsonOption = typer.Option(False, "--json", help="Print exactly one JSON object on stdout.")
+RulesOption = typer.Option(None, "--rules", help="Validation rules (YAML) replacing the defaults per table; see validation/rules.yaml.")
 
 
 def _emit(result: dict, as_json: bool, human: str) -> None:
@@ -69,9 +70,10 @@ def ingest(
     home: Optional[Path] = HomeOption,
     config: Optional[Path] = typer.Option(None, "--config", help="Ingest settings (YAML); see medmeta/config/ingest.yaml."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decode processes [default: one per core]."),
+    rules: Optional[Path] = RulesOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Ingest, de-identify and harmonise SOURCE into the canonical store (a Prefect flow)."""
+    """Ingest, de-identify and harmonise SOURCE into the canonical store, then validate it (Prefect flows)."""
     from medmeta.errors import MedmetaError
     from medmeta.home import Home
     from medmeta.pseudonyms import load_key
@@ -81,6 +83,7 @@ def ingest(
         if not source.exists():
             raise MedmetaError(f"{source}: no such file or folder")
         load_key(the_home.key_file)
+        _check_rules(rules)
     except MedmetaError as error:
         _fail(str(error))
     _prefect_environment(the_home.root)
@@ -93,7 +96,8 @@ def ingest(
             from medmeta import progress
 
             progress.set_reporter(reporter)
-            summary = ingest_flow(str(source), str(home) if home else None, str(config) if config else None, workers)
+            summary = ingest_flow(str(source), str(home) if home else None, str(config) if config else None, workers,
+                                  rules=str(rules) if rules else None)
     except MedmetaError as error:
         _fail(str(error))
     finally:
@@ -109,7 +113,61 @@ def ingest(
     )
     for q in summary["quarantined"]:
         human += f"\n  quarantined {q['path']}: {q['reason']}"
+    human += "\n" + _validation_line(summary["validation"])
     _emit(summary, as_json, human)
+
+
+@app.command()
+def validate(
+    home: Optional[Path] = HomeOption,
+    rules: Optional[Path] = RulesOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Validate the current snapshot with Great Expectations; exit 1 when a critical expectation fails."""
+    from medmeta.errors import MedmetaError
+    from medmeta.home import Home
+
+    the_home = Home.at(home)
+    try:
+        _check_rules(rules)
+    except MedmetaError as error:
+        _fail(str(error))
+    _prefect_environment(the_home.root)
+    from flows.validate import validate_flow
+    from medmeta.prefect_runtime import embedded_run_settings
+
+    try:
+        with _spinner("validating the snapshot"), embedded_run_settings():
+            result = validate_flow(str(the_home.root), str(rules) if rules else None)
+    except MedmetaError as error:
+        _fail(str(error))
+    summary = {k: result[k] for k in ("snapshot", "success", "critical_failures", "warnings", "rows_checked",
+                                      "rows_quarantined", "label_coverage")}
+    summary["warnings"] = [{"table": w["table"], "expectation": w["rule"], "unexpected_count": w["unexpected_count"]}
+                           for w in result["warnings"]]
+    summary["critical_failures"] = [{"table": f["table"], "expectation": f["rule"],
+                                     "unexpected_count": f["unexpected_count"]} for f in result["critical_failures"]]
+    _emit(summary, as_json, f"snapshot {result['snapshot']}: " + _validation_line(
+        {**result, "critical_failures": [f"{f['table']}.{f['rule']}" for f in result["critical_failures"]],
+         "warnings": [f"{w['table']}.{w['rule']}" for w in result["warnings"]]}))
+    if not result["success"]:
+        failed = ", ".join(f"{f['table']}.{f['expectation']}" for f in summary["critical_failures"])
+        typer.secho(f"error: validation failed: critical expectations {failed}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1)
+
+
+def _validation_line(v: dict) -> str:
+    if v["success"]:
+        return (f"validation passed: {v['rows_checked']} rows checked, {v['rows_quarantined']} rows quarantined "
+                f"by {len(v['warnings'])} warning expectations")
+    return f"validation FAILED: critical {', '.join(v['critical_failures'])}; training will refuse this snapshot"
+
+
+def _check_rules(rules: Optional[Path]) -> None:
+    """Load the rules file now (no GX import), so a bad one fails before anything starts."""
+    from validation.rules import load_rules
+
+    load_rules(rules)
 
 
 @key_app.command("create")

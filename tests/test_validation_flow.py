@@ -1,0 +1,90 @@
+"""Validation as a Prefect flow on a real store: the gate, row quarantine on disk, artifacts, CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from medmeta.errors import MedmetaError
+from medmeta.home import Home
+from tests.conftest import TEST_KEY
+from tests.test_cli import run_cli
+from validation.gate import require_passed
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    from flows.ingest import ingest_flow
+    from medmeta.synth.generate import generate_cohort
+
+    base = tmp_path_factory.mktemp("validated")
+    generate_cohort(base / "landing", patients=60, seed=11, faults=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDMETA_PSEUDONYM_KEY", TEST_KEY)
+        summary = ingest_flow(str(base / "landing"), str(base / "home"))
+    assert summary["validation"]["success"], summary["validation"]
+    return base / "home"
+
+
+def test_ingest_validates_its_snapshot_and_the_gate_lets_it_through(home):
+    result = require_passed(Home(home))
+    assert result["critical_failures"] == [] and result["rows_checked"] > 0
+    roles = {c["role"] for c in result["label_coverage"]}
+    assert roles <= {"meta_train", "meta_test_only", "too_few"} and "too_few" in roles
+
+
+def test_the_report_is_a_prefect_artifact(home):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["medmeta-validation-report"])))
+    assert artifacts and "Validation of snapshot" in artifacts[-1].data
+
+
+def test_a_warning_fault_quarantines_exactly_its_rows(home, tmp_path):
+    from flows.validate import validate_flow
+
+    work = tmp_path / "home"
+    shutil.copytree(home, work)
+    observations = pd.read_parquet(work / "store" / "observations.parquet")
+    glucose = observations.index[observations["code"] == "14749-6"][:3]
+    observations.loc[glucose, "value"] = 110.0  # left in mg/dL
+    observations.to_parquet(work / "store" / "observations.parquet", index=False)
+
+    result = validate_flow(str(work))
+    assert result["success"] and any(w["table"] == "observations" for w in result["warnings"])
+    quarantine = pd.read_parquet(work / "validation" / result["snapshot"] / "quarantine.parquet")
+    assert len(quarantine) == result["rows_quarantined"] == 3
+    assert set(quarantine["table"]) == {"observations"} and quarantine["source"].notna().all()
+    assert all(json.loads(r)["value"] == 110.0 for r in quarantine["record"])
+    kept = pd.read_parquet(work / "validation" / result["snapshot"] / "tables" / "observations.parquet")
+    assert len(kept) + len(quarantine) == len(observations)
+
+
+def test_an_empty_snapshot_fails_critically_and_later_stages_refuse_it(tmp_path):
+    (tmp_path / "landing").mkdir()
+    (tmp_path / "landing" / "dx.csv").write_text("MRN,DX_CODE,DX_DATE,ATTENDING\n")  # a header and no rows
+    from prefect.settings import PREFECT_API_URL
+
+    env = {"MEDMETA_PSEUDONYM_KEY": TEST_KEY, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    ingest = run_cli("ingest", str(tmp_path / "landing"), "--home", str(tmp_path / "home"), "--json", env=env)
+    assert ingest.returncode == 0 and json.loads(ingest.stdout)["validation"]["success"] is False
+    result = run_cli("validate", "--home", str(tmp_path / "home"), "--json", env=env)
+    assert result.returncode == 1 and "patients.not_empty" in result.stderr
+    assert json.loads(result.stdout)["success"] is False
+    with pytest.raises(MedmetaError, match="failed validation"):
+        require_passed(Home(tmp_path / "home"))
+
+
+def test_a_bad_rules_file_is_refused_before_anything_runs(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("tables:\n  patients:\n    - expectation: ExpectColumnValuesToBeBetween\n"
+                     "      column: shoe_size\n      min_value: 0\n      severity: warning\n")
+    result = run_cli("validate", "--home", str(tmp_path / "home"), "--rules", str(rules))
+    assert result.returncode == 2 and "rules.yaml" in result.stderr and "shoe_size" in result.stderr

@@ -1,0 +1,28 @@
+"""The validation report people read: Markdown for the Prefect artifact, rows for its table.
+
+Samples of unexpected values come from the de-identified store, so they carry no PHI.
+"""
+
+from __future__ import annotations
+
+
+def report_markdown(result: dict) -> str:
+    verdict = "passed" if result["success"] else "**FAILED** (critical)"
+    lines = [
+        f"# Validation of snapshot `{result['snapshot']}`: {verdict}",
+        "",
+        f"{result['rows_checked']} rows checked, {result['rows_quarantined']} quarantined, "
+        f"{len(result['critical_failures'])} critical failures, {len(result['warnings'])} warnings.",
+    ]
+    for table in sorted({r["table"] for r in result["rules"]}):
+        lines += ["", f"## {table}", "", "| rule | expectation | severity | unexpected | sample |", "|---|---|---|---:|---|"]
+        for r in (r for r in result["rules"] if r["table"] == table):
+            mark = "" if r["success"] else " ✗"
+            sample = ", ".join(f"`{s}`" for s in r.get("sample", [])[:3])
+            lines.append(f"| {r['rule']}{mark} | {r['expectation']} | {r['severity']} | {r['unexpected_count']} | {sample} |")
+    return "\n".join(lines) + "\n"
+
+
+def report_rows(result: dict) -> list[dict]:
+    return [{"table": r["table"], "rule": r["rule"], "expectation": r["expectation"], "severity": r["severity"],
+             "success": r["success"], "unexpected": r["unexpected_count"]} for r in result["rules"]]

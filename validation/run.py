@@ -1,0 +1,217 @@
+"""Validate the canonical tables against the rules; split off the rows warning rules flag.
+
+``validate_tables`` runs one GX suite per table (built from the rules) in one ephemeral
+context and returns a ``ValidationReport``: per rule whether it passed, how many rows it
+checked and flagged, a short sample of the flagged values and the flagged rows' index labels.
+
+A failed critical rule fails the snapshot; it moves no rows. A failed warning rule sends the
+rows it flagged to the validation quarantine (``ValidationReport.quarantine``); every row ends
+up either kept or quarantined, never silently dropped. A warning rule that passes thanks to
+``mostly`` moves nothing (its flagged rows are still counted in the report).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from medmeta.errors import MedmetaError
+from medmeta.schema import TABLES
+from validation.rules import Rule, Rules
+from validation.suites import build_suite, new_context
+
+SAMPLE = 5  # flagged values kept per rule, as strings
+
+
+@dataclass
+class RuleResult:
+    table: str
+    rule: str  # the rule id
+    expectation: str  # GX class name
+    severity: str
+    success: bool
+    element_count: int  # rows the rule looked at (after its `where`); the row count for table rules
+    unexpected_count: int
+    sample: list[str] = field(default_factory=list)
+    rows: list = field(default_factory=list)  # index labels of the flagged rows
+    positions: list[int] = field(default_factory=list)  # their positions in the table
+    error: str | None = None  # GX could not evaluate the rule (e.g. a missing column)
+    columns: tuple[str, ...] = ()
+
+    def to_dict(self, max_rows: int = 100) -> dict:
+        return {
+            "table": self.table,
+            "rule": self.rule,
+            "expectation": self.expectation,
+            "severity": self.severity,
+            "success": self.success,
+            "element_count": self.element_count,
+            "unexpected_count": self.unexpected_count,
+            "sample": self.sample,
+            "rows": [_plain(r) for r in self.rows[:max_rows]],
+            "rows_truncated": len(self.rows) > max_rows,
+            "error": self.error,
+        }
+
+
+@dataclass
+class ValidationReport:
+    results: list[RuleResult]
+    row_counts: dict[str, int]
+
+    @property
+    def critical_failures(self) -> list[RuleResult]:
+        return [r for r in self.results if r.severity == "critical" and not r.success]
+
+    @property
+    def warnings(self) -> list[RuleResult]:
+        return [r for r in self.results if r.severity == "warning" and not r.success]
+
+    @property
+    def success(self) -> bool:
+        return not self.critical_failures
+
+    @property
+    def rows_checked(self) -> int:
+        return sum(self.row_counts.values())
+
+    def result(self, table: str, rule: str) -> RuleResult:
+        for r in self.results:
+            if r.table == table and r.rule == rule:
+                return r
+        raise KeyError(f"{table}.{rule}")
+
+    def to_dict(self) -> dict:
+        return {
+            "success": self.success,
+            "rows_checked": self.rows_checked,
+            "row_counts": dict(self.row_counts),
+            "critical_failures": [r.to_dict() for r in self.critical_failures],
+            "warnings": [r.to_dict() for r in self.warnings],
+            "results": [r.to_dict(max_rows=0) for r in self.results],
+        }
+
+    def quarantine(self, tables: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+        """(kept tables, quarantined rows) for the tables this report validated.
+
+        ``quarantined`` has one row per flagged input row: table, row (its index label),
+        source, expectations (the failed warning rules' ids, "; "-joined) and reason. For every
+        table ``len(tables[t]) == len(kept[t]) + (quarantined.table == t).sum()``.
+        """
+        kept: dict[str, pd.DataFrame] = {}
+        records: list[dict] = []
+        for table, frame in tables.items():
+            if table in self.row_counts and len(frame) != self.row_counts[table]:
+                raise MedmetaError(
+                    f"quarantine: table {table} has {len(frame)} rows, the report validated "
+                    f"{self.row_counts[table]}: pass the same tables"
+                )
+            flagged: dict[int, list[RuleResult]] = {}
+            for r in self.warnings:
+                if r.table == table:
+                    for pos in r.positions:
+                        flagged.setdefault(pos, []).append(r)
+            if not flagged:
+                kept[table] = frame
+                continue
+            mask = pd.Series(True, index=range(len(frame)))
+            mask.iloc[sorted(flagged)] = False
+            kept[table] = frame.iloc[mask.to_numpy()]
+            sources = frame["source"] if "source" in frame.columns else None
+            for pos in sorted(flagged):
+                failed = flagged[pos]
+                records.append(
+                    {
+                        "table": table,
+                        "row": _plain(frame.index[pos]),
+                        "source": None if sources is None else _plain(sources.iloc[pos]),
+                        "expectations": "; ".join(r.rule for r in failed),
+                        "reason": "; ".join(
+                            f"{r.rule}: {r.expectation} on {', '.join(r.columns)}" for r in failed
+                        ),
+                    }
+                )
+        quarantined = pd.DataFrame.from_records(
+            records, columns=["table", "row", "source", "expectations", "reason"]
+        )
+        return kept, quarantined
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars -> Python ones (JSON, Parquet)."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def _empty(table: str) -> pd.DataFrame:
+    return TABLES[table].empty_table().to_pandas()
+
+
+def _columns(rule: Rule) -> tuple[str, ...]:
+    return tuple(rule.kwargs[k] for k in ("column", "column_A", "column_B") if k in rule.kwargs)
+
+
+def validate_tables(tables: dict[str, pd.DataFrame], rules: Rules) -> ValidationReport:
+    """Run every table's rules (a missing table counts as empty); see the module docstring."""
+    import great_expectations as gx
+
+    context = new_context()
+    source = context.data_sources.add_pandas("medmeta")
+    results: list[RuleResult] = []
+    row_counts: dict[str, int] = {}
+    for table, table_rules in rules.tables.items():
+        frame = tables.get(table)
+        if frame is None:
+            frame = _empty(table)
+        row_counts[table] = len(frame)
+        if not table_rules:
+            continue
+        by_id = {rule.id: rule for rule in table_rules}
+        suite = context.suites.add(build_suite(table, table_rules, tables))
+        batch = source.add_dataframe_asset(table).add_batch_definition_whole_dataframe(table)
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"medmeta.{table}", data=batch, suite=suite)
+        )
+        # positions, not the caller's labels: GX reports the labels of the frame it is given
+        run = definition.run(
+            batch_parameters={"dataframe": frame.reset_index(drop=True)},
+            result_format={"result_format": "COMPLETE"},
+        )
+        for outcome in run.results:
+            rule = by_id[outcome.expectation_config.meta["rule_id"]]
+            results.append(_rule_result(rule, outcome, frame))
+    order = {(r.table, r.id): i for i, r in enumerate(rules.all())}
+    results.sort(key=lambda r: order[(r.table, r.rule)])
+    return ValidationReport(results=results, row_counts=row_counts)
+
+
+def _rule_result(rule: Rule, outcome, frame: pd.DataFrame) -> RuleResult:
+    info = outcome.exception_info or {}
+    errors = [info] if "raised_exception" in info else list(info.values())
+    error = next((e.get("exception_message") for e in errors if e.get("raised_exception")), None)
+    res = outcome.result or {}
+    positions = [int(p) for p in res.get("unexpected_index_list") or []] if rule.row_level else []
+    if rule.kind == "table":
+        observed = res.get("observed_value")
+        element_count = int(observed) if isinstance(observed, (int, float)) else len(frame)
+        unexpected = 0 if outcome.success else 1
+    else:
+        element_count = int(res.get("element_count", 0) or 0)
+        unexpected = int(res.get("unexpected_count", 0) or 0)
+    values = res.get("unexpected_list") or []
+    return RuleResult(
+        table=rule.table,
+        rule=rule.id,
+        expectation=rule.expectation,
+        severity=rule.severity,
+        success=bool(outcome.success) and error is None,
+        element_count=element_count,
+        unexpected_count=unexpected,
+        sample=[str(_plain(v)) if not isinstance(v, tuple) else str(tuple(_plain(x) for x in v))
+                for v in values[:SAMPLE]],
+        rows=[_plain(frame.index[p]) for p in positions],
+        positions=positions,
+        error=error,
+        columns=_columns(rule),
+    )
