@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -34,6 +35,10 @@ def home(tmp_path_factory):
 def test_ingest_validates_its_snapshot_and_the_gate_lets_it_through(home):
     result = require_passed(Home(home))
     assert result["critical_failures"] == [] and result["rows_checked"] > 0
+    docs = Path(result["data_docs"])
+    assert docs.is_file() and docs.parent.parent.name == result["snapshot"]
+    pages = [p.read_text() for p in docs.parent.rglob("*.html")]
+    assert any("medmeta.observations" in page for page in pages), "a Data Docs page per table suite"
     roles = {c["role"] for c in result["label_coverage"]}
     assert roles <= {"meta_train", "meta_test_only", "too_few"} and "too_few" in roles
 

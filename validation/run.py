@@ -13,6 +13,7 @@ up either kept or quarantined, never silently dropped. A warning rule that passe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -20,7 +21,7 @@ import pandas as pd
 from medmeta.errors import MedmetaError
 from medmeta.schema import TABLES
 from validation.rules import Rule, Rules
-from validation.suites import build_suite, new_context
+from validation.suites import DOCS_SITE, add_docs_site, build_suite, new_context
 
 SAMPLE = 5  # flagged values kept per rule, as strings
 
@@ -152,11 +153,16 @@ def _columns(rule: Rule) -> tuple[str, ...]:
     return tuple(rule.kwargs[k] for k in ("column", "column_A", "column_B") if k in rule.kwargs)
 
 
-def validate_tables(tables: dict[str, pd.DataFrame], rules: Rules) -> ValidationReport:
-    """Run every table's rules (a missing table counts as empty); see the module docstring."""
+def validate_tables(tables: dict[str, pd.DataFrame], rules: Rules, docs_dir: Path | None = None) -> ValidationReport:
+    """Run every table's rules (a missing table counts as empty); see the module docstring.
+
+    With ``docs_dir``, GX Data Docs (static HTML) for the run are written there.
+    """
     import great_expectations as gx
 
     context = new_context()
+    if docs_dir is not None:
+        add_docs_site(context, docs_dir)
     source = context.data_sources.add_pandas("medmeta")
     results: list[RuleResult] = []
     row_counts: dict[str, int] = {}
@@ -174,16 +180,29 @@ def validate_tables(tables: dict[str, pd.DataFrame], rules: Rules) -> Validation
             gx.ValidationDefinition(name=f"medmeta.{table}", data=batch, suite=suite)
         )
         # positions, not the caller's labels: GX reports the labels of the frame it is given
-        run = definition.run(
-            batch_parameters={"dataframe": frame.reset_index(drop=True)},
-            result_format={"result_format": "COMPLETE"},
-        )
+        run = _run(context, definition, frame.reset_index(drop=True), with_docs=docs_dir is not None)
         for outcome in run.results:
             rule = by_id[outcome.expectation_config.meta["rule_id"]]
             results.append(_rule_result(rule, outcome, frame))
     order = {(r.table, r.id): i for i, r in enumerate(rules.all())}
     results.sort(key=lambda r: order[(r.table, r.rule)])
     return ValidationReport(results=results, row_counts=row_counts)
+
+
+def _run(context, definition, frame: pd.DataFrame, with_docs: bool):
+    """One table's validation result; through a checkpoint that updates Data Docs when asked."""
+    import great_expectations as gx
+    from great_expectations.checkpoint import UpdateDataDocsAction
+
+    result_format = {"result_format": "COMPLETE"}
+    if not with_docs:
+        return definition.run(batch_parameters={"dataframe": frame}, result_format=result_format)
+    checkpoint = context.checkpoints.add(gx.Checkpoint(
+        name=f"{definition.name}.checkpoint", validation_definitions=[definition], result_format=result_format,
+        actions=[UpdateDataDocsAction(name="data-docs", site_names=[DOCS_SITE])],
+    ))
+    (run,) = checkpoint.run(batch_parameters={"dataframe": frame}).run_results.values()
+    return run
 
 
 def _rule_result(rule: Rule, outcome, frame: pd.DataFrame) -> RuleResult:

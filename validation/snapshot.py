@@ -31,13 +31,13 @@ def validate_snapshot(home: Home, rules_path: str | Path | None = None) -> dict:
     rules = load_rules(rules_path)  # a bad rules file fails here, before anything is validated
     snapshot = current_snapshot(home)
     tables = load_tables(home)
-    report = validate_tables(tables, rules)
+    folder = validation_dir(home, snapshot)
+    report = validate_tables(tables, rules, docs_dir=folder / "data_docs")
     kept, quarantined = report.quarantine(tables)
     quarantined["record"] = [
         json.dumps(tables[t].loc[row].to_dict(), default=str, sort_keys=True)
         for t, row in zip(quarantined["table"], quarantined["row"])
     ]
-    folder = validation_dir(home, snapshot)
     for name, frame in kept.items():
         _write(folder / "tables" / f"{name}.parquet", frame)
     _write(folder / "quarantine.parquet", quarantined.astype({"row": str}))
@@ -52,6 +52,7 @@ def validate_snapshot(home: Home, rules_path: str | Path | None = None) -> dict:
         "row_counts": details["row_counts"],
         "rules": details["results"],
         "label_coverage": label_coverage(kept, rules),
+        "data_docs": str(folder / "data_docs" / "index.html"),
     }
     record_result(home, result)
     return result

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -27,6 +28,18 @@ def new_context():
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     return context
+
+
+DOCS_SITE = "medmeta"
+
+
+def add_docs_site(context, docs_dir: Path) -> None:
+    """A GX Data Docs site (static HTML) in ``docs_dir``."""
+    context.add_data_docs_site(DOCS_SITE, {
+        "class_name": "SiteBuilder",
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+    })
 
 
 def row_condition(where: dict[str, Any] | None):
