@@ -1,13 +1,9 @@
-"""Prefect tasks of the ingest flow: coarse, one batch of files each, nothing but counts logged.
-
-Results are never persisted or cached by Prefect: they hold paths from the landing zone.
-"""
+"""Prefect tasks of the ingest flow: coarse, one batch of files each, nothing but counts logged."""
 
 from __future__ import annotations
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from medmeta import progress
@@ -20,8 +16,7 @@ from medmeta.ingest.pool import WorkerPool
 from medmeta.ingest.setup import IngestSetup
 from medmeta.ingest.summary import summary_markdown
 from medmeta.landing.walk import InputItem, discover
-
-NO_RESULTS = dict(cache_policy=NO_CACHE, persist_result=False)
+from tasks.options import NO_RESULTS
 
 
 @task(name="discover-inputs", **NO_RESULTS)

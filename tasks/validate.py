@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from medmeta.home import Home
-
-NO_RESULTS = dict(cache_policy=NO_CACHE, persist_result=False)
+from tasks.options import NO_RESULTS
 
 
 @task(name="validate-snapshot", **NO_RESULTS)
