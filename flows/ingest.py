@@ -11,6 +11,7 @@ from medmeta.ingest.setup import IngestSetup, home_lock
 from medmeta.ingest.summary import summarize
 from flows.validate import validate_flow
 from tasks.ingest import build_snapshot, discover_inputs, ingest_batch, report_ingest
+from validation.report import digest
 
 
 @flow(name="ingest", persist_result=False, validate_parameters=True)
@@ -30,8 +31,5 @@ def ingest_flow(source: str, home: str | None = None, config: str | None = None,
     report_ingest(setup, summary, datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ"))
     if run_validation:
         result = validate_flow(str(setup.home.root), rules)
-        summary["validation"] = {k: result[k] for k in ("success", "rows_checked", "rows_quarantined")} | {
-            "critical_failures": [f"{f['table']}.{f['rule']}" for f in result["critical_failures"]],
-            "warnings": [f"{w['table']}.{w['rule']}" for w in result["warnings"]],
-        }
+        summary["validation"] = digest(result)
     return summary

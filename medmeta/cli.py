@@ -113,7 +113,9 @@ def ingest(
     )
     for q in summary["quarantined"]:
         human += f"\n  quarantined {q['path']}: {q['reason']}"
-    human += "\n" + _validation_line(summary["validation"])
+    from validation.report import summary_line
+
+    human += "\n" + summary_line(summary["validation"])
     _emit(summary, as_json, human)
 
 
@@ -141,26 +143,19 @@ def validate(
             result = validate_flow(str(the_home.root), str(rules) if rules else None)
     except MedmetaError as error:
         _fail(str(error))
-    summary = {k: result[k] for k in ("snapshot", "success", "critical_failures", "warnings", "rows_checked",
-                                      "rows_quarantined", "label_coverage")}
-    summary["warnings"] = [{"table": w["table"], "expectation": w["rule"], "unexpected_count": w["unexpected_count"]}
-                           for w in result["warnings"]]
-    summary["critical_failures"] = [{"table": f["table"], "expectation": f["rule"],
-                                     "unexpected_count": f["unexpected_count"]} for f in result["critical_failures"]]
-    _emit(summary, as_json, f"snapshot {result['snapshot']}: " + _validation_line(
-        {**result, "critical_failures": [f"{f['table']}.{f['rule']}" for f in result["critical_failures"]],
-         "warnings": [f"{w['table']}.{w['rule']}" for w in result["warnings"]]}))
+    from validation.report import digest, summary_line
+
+    short = digest(result)
+    summary = {k: result[k] for k in ("snapshot", "success", "rows_checked", "rows_quarantined", "label_coverage",
+                                      "data_docs")}
+    for key in ("critical_failures", "warnings"):
+        summary[key] = [{"table": r["table"], "expectation": r["rule"], "unexpected_count": r["unexpected_count"]}
+                        for r in result[key]]
+    _emit(summary, as_json, f"snapshot {result['snapshot']}: {summary_line(short)}")
     if not result["success"]:
-        failed = ", ".join(f"{f['table']}.{f['expectation']}" for f in summary["critical_failures"])
-        typer.secho(f"error: validation failed: critical expectations {failed}", err=True, fg=typer.colors.RED)
+        typer.secho(f"error: validation failed: critical expectations {', '.join(short['critical_failures'])}",
+                    err=True, fg=typer.colors.RED)
         raise typer.Exit(1)
-
-
-def _validation_line(v: dict) -> str:
-    if v["success"]:
-        return (f"validation passed: {v['rows_checked']} rows checked, {v['rows_quarantined']} rows quarantined "
-                f"by {len(v['warnings'])} warning expectations")
-    return f"validation FAILED: critical {', '.join(v['critical_failures'])}; training will refuse this snapshot"
 
 
 def _check_rules(rules: Optional[Path]) -> None:

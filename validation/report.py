@@ -26,3 +26,20 @@ def report_markdown(result: dict) -> str:
 def report_rows(result: dict) -> list[dict]:
     return [{"table": r["table"], "rule": r["rule"], "expectation": r["expectation"], "severity": r["severity"],
              "success": r["success"], "unexpected": r["unexpected_count"]} for r in result["rules"]]
+
+
+def digest(result: dict) -> dict:
+    """The short form of a result: what the ingest summary carries and the one-line verdict reads."""
+    return {
+        "success": result["success"], "rows_checked": result["rows_checked"],
+        "rows_quarantined": result["rows_quarantined"],
+        "critical_failures": [f"{f['table']}.{f['rule']}" for f in result["critical_failures"]],
+        "warnings": [f"{w['table']}.{w['rule']}" for w in result["warnings"]],
+    }
+
+
+def summary_line(short: dict) -> str:
+    if short["success"]:
+        return (f"validation passed: {short['rows_checked']} rows checked, {short['rows_quarantined']} rows "
+                f"quarantined by {len(short['warnings'])} warning expectations")
+    return f"validation FAILED: critical {', '.join(short['critical_failures'])}; training will refuse this snapshot"

@@ -33,16 +33,14 @@ def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer, image_size
     quarantine = [_read(home.parts, record_parts, "record_quarantine", schema.RECORD_QUARANTINE)]
     counts, digests = {}, {}
     for name, table_schema in schema.TABLES.items():
-        if name == "images":
+        if name == "images":  # DICOM always names its patient: no references to resolve
             frame = read_image_rows(home.parts, image_size, set(hashes)).to_pandas(date_as_object=True)
-            frame["patient_ref"] = None
+            frame = _attach_pixel_cache(home, _deduplicate(name, frame), image_size)
         else:
             frame = _read(home.parts, record_parts, name, table_schema.append(pa.field("patient_ref", pa.string())))
-        frame, unresolved = _resolve(frame, refs, pseudo)
-        quarantine.append(unresolved)
-        frame = _deduplicate(name, frame)
-        if name == "images":
-            frame = _attach_pixel_cache(home, frame, image_size)
+            frame, unresolved = _resolve(frame, refs, pseudo)
+            quarantine.append(unresolved)
+            frame = _deduplicate(name, frame)
         digests[name] = _write_table(home.table(name), frame, table_schema)
         counts[name] = len(frame)
     rejects = pd.concat(quarantine, ignore_index=True).sort_values(["source", "location", "reason"])
@@ -69,7 +67,7 @@ def _read(parts: Path, hashes: list[str], name: str, table_schema: pa.Schema) ->
     tables = [t for h in hashes if (t := read_part_table(parts, h, name)) is not None]
     table = pa.concat_tables([t.select(table_schema.names).cast(table_schema) for t in tables]) if tables \
         else table_schema.empty_table()
-    return table.to_pandas(types_mapper=None, date_as_object=True)
+    return table.to_pandas(date_as_object=True)
 
 
 def _patient_refs(parts: Path, hashes: list[str]) -> dict[str, str]:

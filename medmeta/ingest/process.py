@@ -21,6 +21,7 @@ from medmeta.ingest.config import IngestConfig
 from medmeta.ingest.image_parts import ImagePayload
 from medmeta.ingest.outcome import INGESTED, QUARANTINED, UNCHANGED, FileOutcome
 from medmeta.ingest.parts import part_exists, record_quarantine_table, write_part
+from medmeta.landing.sniff import sniff
 from medmeta.landing.walk import InputItem, read_item
 from medmeta.pseudonyms import Pseudonymizer
 from medmeta.records.canonical import Canonicalizer, StagedRecords
@@ -73,8 +74,6 @@ class Worker:
             return self._quarantine(item, error, sha256, data), None
 
     def _ingest(self, item: InputItem, data: bytes, sha256: str) -> tuple[FileOutcome, ImagePayload | None]:
-        from medmeta.landing.sniff import sniff
-
         kind = sniff(data, item.logical_path)
         if kind == "dicom":
             return self._ingest_dicom(item, data, sha256)
