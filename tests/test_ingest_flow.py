@@ -145,3 +145,28 @@ def test_a_different_key_is_refused(ingested, monkeypatch):
     monkeypatch.setenv("MEDMETA_PSEUDONYM_KEY", "another-key-entirely-0123456789")
     with pytest.raises(MedmetaError, match="pseudonym key differs"):
         ingest_flow(str(landing), str(home))
+
+
+def test_fhir_resources_not_read_are_counted_not_dropped_silently(ingested, tmp_path):
+    from flows.ingest import ingest_flow
+    from tests.conftest import TEST_KEY
+
+    _, _, home, first, _ = ingested
+    work_home = tmp_path / "home"
+    shutil.copytree(home, work_home)
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    bundle = {"resourceType": "Bundle", "type": "collection", "meta": {"source": "site_b"}, "entry": [
+        {"resource": {"resourceType": "Encounter", "status": "finished"}},
+        {"resource": {"resourceType": "Encounter", "status": "finished"}},
+        {"resource": {"resourceType": "Patient", "id": "x1", "gender": "female",
+                      "identifier": [{"type": {"coding": [{"code": "MR"}]}, "value": "B7777777"}]}},
+    ]}
+    (landing / "encounters.json").write_text(json.dumps(bundle))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDMETA_PSEUDONYM_KEY", TEST_KEY)
+        summary = ingest_flow(str(landing), str(work_home), run_validation=False)
+    assert first["resources_ignored"] == {}
+    assert summary["files_ingested"] == 1 and summary["resources_ignored"] == {"Encounter": 2}
+    manifest = json.loads((work_home / "store" / "manifest.json").read_text())
+    assert manifest["resources_ignored"] == {"Encounter": 2}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from medmeta.atomic import atomic_path, write_json
 from medmeta.errors import UNRESOLVED_REFERENCE
 from medmeta.home import Home
 from medmeta.ingest.image_parts import read_image_rows, write_pixel_cache
-from medmeta.ingest.parts import read_part_table, write_parquet
+from medmeta.ingest.parts import read_part_meta, read_part_table, write_parquet
 from medmeta.pseudonyms import Pseudonymizer
 from medmeta.records.canonical import DATE_COLUMNS, PATIENT_REFS
 
@@ -50,10 +51,19 @@ def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer, image_size
     manifest = {
         "snapshot": snapshot, "schema_version": SCHEMA_VERSION, "counts": counts, "table_sha256": digests,
         "sources": len(hashes), "key_fingerprint": pseudo.fingerprint,
+        "resources_ignored": _ignored_resources(home.parts, record_parts),
     }
     write_json(home.snapshots / f"{snapshot}.json", manifest)
     write_json(home.manifest, manifest)
     return manifest
+
+
+def _ignored_resources(parts: Path, hashes: list[str]) -> dict[str, int]:
+    """FHIR resources of R4 types medmeta does not read (Encounter ...), counted, never silent."""
+    counts: Counter = Counter()
+    for h in hashes:
+        counts.update(read_part_meta(parts, h).get("ignored", {}))
+    return dict(sorted(counts.items()))
 
 
 def _attach_pixel_cache(home: Home, frame: pd.DataFrame, image_size: int) -> pd.DataFrame:

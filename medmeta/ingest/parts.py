@@ -66,3 +66,7 @@ def read_part_table(parts_root: Path, sha256: str, name: str) -> pa.Table | None
 
 def record_quarantine_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema.RECORD_QUARANTINE)
+
+
+def read_part_meta(parts_root: Path, sha256: str) -> dict:
+    return json.loads((part_dir(parts_root, sha256) / PART_FILE).read_text())

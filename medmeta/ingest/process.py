@@ -77,13 +77,14 @@ class Worker:
         kind = sniff(data, item.logical_path)
         if kind == "dicom":
             return self._ingest_dicom(item, data, sha256)
-        staged = self.canonicalize(self._parse_records(kind, data, item.logical_path), sha256)
+        raw = self._parse_records(kind, data, item.logical_path)
+        staged = self.canonicalize(raw, sha256)
         if staged.row_count == 0 and staged.patient_refs.num_rows == 0 and staged.rejects:
             codes = sorted({e.code for e in staged.rejects})
             if len(codes) == 1:
                 raise Rejected(codes[0], f"every record was rejected ({staged.rejects[0].message})")
             raise Rejected(NO_VALID_RECORDS, f"every record was rejected ({', '.join(codes)})")
-        self._write_records_part(sha256, kind, staged)
+        self._write_records_part(sha256, kind, staged, dict(raw.ignored))
         outcome = FileOutcome(item.logical_path, INGESTED, sha256, kind, records=staged.row_count,
                               rows_rejected=len(staged.rejects))
         return outcome, None
@@ -97,13 +98,13 @@ class Worker:
             return fhir.parse_fhir_ndjson(data)
         return tabular.parse_tabular(data, kind, name, list(self.ctx.mappings))
 
-    def _write_records_part(self, sha256: str, kind: str, staged: StagedRecords) -> None:
+    def _write_records_part(self, sha256: str, kind: str, staged: StagedRecords, ignored: dict[str, int]) -> None:
         rejects = [{"source": sha256, "location": e.location or "", "reason": e.reason} for e in staged.rejects]
         tables = dict(staged.tables)
         tables["patient_refs"] = staged.patient_refs
         tables["record_quarantine"] = record_quarantine_table(rejects)
         meta = {"kind": kind, "rows": {k: t.num_rows for k, t in sorted(staged.tables.items())},
-                "rows_rejected": len(rejects)}
+                "rows_rejected": len(rejects), "ignored": ignored}
         write_part(self.home.parts, sha256, tables, meta)
 
     def _ingest_dicom(self, item: InputItem, data: bytes, sha256: str) -> tuple[FileOutcome, ImagePayload]:

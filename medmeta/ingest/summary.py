@@ -25,6 +25,7 @@ def summarize(outcomes: list[FileOutcome], manifest: dict) -> dict:
         "records": counts["conditions"] + counts["observations"] + counts["medication_exposures"],
         "images": counts["images"],
         "tables": {k: v for k, v in counts.items()},
+        "resources_ignored": manifest.get("resources_ignored", {}),
         "snapshot": manifest["snapshot"],
     }
     assert summary["files_seen"] == sum(status[s] for s in (INGESTED, UNCHANGED, QUARANTINED))
@@ -45,6 +46,9 @@ def summary_markdown(summary: dict) -> str:
         "|---|---:|",
         *[f"| {name} | {rows} |" for name, rows in summary["tables"].items()],
     ]
+    if summary["resources_ignored"]:
+        lines += ["", "| FHIR resources read past | count |", "|---|---:|",
+                  *[f"| {kind} | {n} |" for kind, n in summary["resources_ignored"].items()]]
     if reasons:
         lines += ["", "| quarantine reason | files |", "|---|---:|",
                   *[f"| `{code}` | {n} |" for code, n in sorted(reasons.items())]]
