@@ -50,7 +50,7 @@ def test_site_a_csv_is_mapped_pseudonymised_and_shifted(mappings, canon):
         "A0000001,Zzyzx,Quentin,03/04/1970,F,1 Elm St,Springfield,555-0100\n"
         "A0000002,Doe,Jane,01/01/2099,M,2 Oak St,Shelbyville,555-0101\n"
     ).encode()
-    raw = parse_tabular(csv, "csv", "patients.csv", mappings)
+    raw = parse_tabular(csv, "csv", mappings)
     staged = canon(raw, "sha-x")
     patients = staged.tables["patients"].to_pylist()
     assert len(patients) == 1 and [e.code for e in staged.rejects] == ["future_birth_date"]
@@ -65,7 +65,7 @@ def test_site_a_wide_labs_become_long_canonical_observations(mappings, canon):
         "A0000001,2024-02-03,90,1.0,13.5,Quentin Zzyzx feels fine\n"
         "A0000001,2024-02-10,abc,,14,\n"
     ).encode()
-    staged = canon(parse_tabular(csv, "csv", "labs.csv", mappings), "sha-y")
+    staged = canon(parse_tabular(csv, "csv", mappings), "sha-y")
     rows = staged.tables["observations"].to_pylist()
     assert {r["code"] for r in rows} == {"14749-6", "14682-9", "718-7"}
     assert all(r["unit"] in ("mmol/L", "umol/L", "g/dL") for r in rows)
@@ -83,7 +83,7 @@ def test_site_c_parquet_long_format(mappings, canon):
     })
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    staged = canon(parse_tabular(buf.getvalue(), "parquet", "m.parquet", mappings), "sha-z")
+    staged = canon(parse_tabular(buf.getvalue(), "parquet", mappings), "sha-z")
     values = {r["code"]: (r["value"], r["unit"]) for r in staged.tables["observations"].to_pylist()}
     assert values["718-7"] == (pytest.approx(13.5), "g/dL")
     assert values["8480-6"] == (pytest.approx(120.0, abs=0.1), "mm[Hg]")
@@ -91,7 +91,7 @@ def test_site_c_parquet_long_format(mappings, canon):
 
 def test_unknown_csv_layout_is_rejected(mappings):
     with pytest.raises(Rejected) as err:
-        parse_tabular(b"foo,bar\n1,2\n", "csv", "x.csv", mappings)
+        parse_tabular(b"foo,bar\n1,2\n", "csv", mappings)
     assert err.value.code == "unknown_site_layout"
 
 

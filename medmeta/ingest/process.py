@@ -77,7 +77,7 @@ class Worker:
         kind = sniff(data, item.logical_path)
         if kind == "dicom":
             return self._ingest_dicom(item, data, sha256)
-        raw = self._parse_records(kind, data, item.logical_path)
+        raw = self._parse_records(kind, data)
         staged = self.canonicalize(raw, sha256)
         if staged.row_count == 0 and staged.patient_refs.num_rows == 0 and staged.rejects:
             codes = sorted({e.code for e in staged.rejects})
@@ -89,14 +89,14 @@ class Worker:
                               rows_rejected=len(staged.rejects))
         return outcome, None
 
-    def _parse_records(self, kind: str, data: bytes, name: str):
+    def _parse_records(self, kind: str, data: bytes):
         from medmeta.records import fhir, tabular
 
         if kind == "json":
             return fhir.parse_fhir_json(data)
         if kind == "ndjson":
             return fhir.parse_fhir_ndjson(data)
-        return tabular.parse_tabular(data, kind, name, list(self.ctx.mappings))
+        return tabular.parse_tabular(data, kind, list(self.ctx.mappings))
 
     def _write_records_part(self, sha256: str, kind: str, staged: StagedRecords, ignored: dict[str, int]) -> None:
         rejects = [{"source": sha256, "location": e.location or "", "reason": e.reason} for e in staged.rejects]

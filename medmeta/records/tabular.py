@@ -22,7 +22,7 @@ from medmeta.records.raw import RawRecords
 from medmeta.records.site_mappings import DATE_FIELDS, FieldSpec, TableMapping, find_mapping
 
 
-def read_csv(data: bytes, name: str) -> pd.DataFrame:
+def read_csv(data: bytes) -> pd.DataFrame:
     for encoding in ("utf-8-sig", "latin-1"):
         try:
             text = data.decode(encoding)
@@ -43,8 +43,8 @@ def read_parquet(data: bytes) -> pd.DataFrame:
         raise Rejected(INVALID_RECORD, f"not a readable Parquet file ({type(exc).__name__})") from None
 
 
-def parse_tabular(data: bytes, kind: str, name: str, mappings: list[TableMapping]) -> RawRecords:
-    frame = read_csv(data, name) if kind == "csv" else read_parquet(data)
+def parse_tabular(data: bytes, kind: str, mappings: list[TableMapping]) -> RawRecords:
+    frame = read_csv(data) if kind == "csv" else read_parquet(data)
     mapping = find_mapping(mappings, set(map(str, frame.columns)), kind)
     if mapping is None:
         raise Rejected(UNKNOWN_SITE_LAYOUT, f"the {kind} columns match no site mapping in config/sites")
@@ -69,7 +69,7 @@ def parse_tabular(data: bytes, kind: str, name: str, mappings: list[TableMapping
 
 def _add_wide(records: RawRecords, mapping: TableMapping, row: dict, columns: dict, i: int, location: str):
     for column, analyte in mapping.wide.items():
-        cell = columns.get(column, [None] * (i + 1))[i]
+        cell = columns[column][i] if column in columns else None
         if _blank(cell):
             continue
         try:
