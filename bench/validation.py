@@ -50,12 +50,20 @@ def observations(rows: int, patients: pd.Series, rules, seed: int = 0) -> pd.Dat
     })
 
 
-def pandas_failures(frame: pd.DataFrame, rule, patients: pd.Series) -> int:
-    """The same rule as a boolean mask; returns the number of failing rows."""
+def pandas_failures(frame: pd.DataFrame, rule, patients: pd.Series, scopes: dict) -> int:
+    """The same rule as a boolean mask; returns the number of failing rows.
+
+    ``scopes`` caches each distinct ``where`` mask, as a pandas programmer would.
+    """
     kw = rule.kwargs
-    scope = np.ones(len(frame), bool)
-    for column, wanted in (rule.where or {}).items():
-        scope &= frame[column].isin(wanted if isinstance(wanted, list) else [wanted]).to_numpy()
+    key = repr(sorted((rule.where or {}).items()))
+    if key not in scopes:
+        scope = np.ones(len(frame), bool)
+        for column, wanted in (rule.where or {}).items():
+            scope &= (frame[column] == wanted).to_numpy() if not isinstance(wanted, list) else \
+                frame[column].isin(wanted).to_numpy()
+        scopes[key] = scope
+    scope = scopes[key]
     column = frame[kw["column"]] if "column" in kw else None
     if rule.expectation == "ExpectTableRowCountToBeBetween":
         return int(len(frame) < kw["min_value"])
@@ -76,6 +84,7 @@ def pandas_failures(frame: pd.DataFrame, rule, patients: pd.Series) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -89,22 +98,27 @@ def main() -> None:
     only = replace(rules, tables={"observations": obs_rules})
     validate_tables({"observations": frame.head(1000), "patients": patients}, only)  # GX import and warm-up
 
-    start = time.perf_counter()
-    report = validate_tables({"observations": frame, "patients": patients}, only)
-    gx_s = time.perf_counter() - start
+    gx_times, pandas_times = [], []
+    for _ in range(args.repeat):  # interleaved, so both sides see the same machine load
+        start = time.perf_counter()
+        report = validate_tables({"observations": frame, "patients": patients}, only)
+        gx_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        pd_failed = {r.id: pandas_failures(frame, r, patients["patient_id"], {}) for r in obs_rules}
+        pandas_times.append(time.perf_counter() - start)
     gx_failed = {r.rule: r.unexpected_count for r in report.results}
-
-    start = time.perf_counter()
-    pd_failed = {r.id: pandas_failures(frame, r, patients["patient_id"]) for r in obs_rules}
-    pandas_s = time.perf_counter() - start
     assert pd_failed == gx_failed, "GX and the pandas masks disagree"
+    gx_s, pandas_s = float(np.median(gx_times)), float(np.median(pandas_times))
+    load = open("/proc/loadavg").read().split()[0] if os.path.exists("/proc/loadavg") else "?"
 
     command = f"python bench/validation.py --rows {args.rows}"
     text = f"""## Validation speed (issue 3)
 
-`{command}` — {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}.
-{args.rows:,} canonical observation rows, the observations suite ({len(obs_rules)} rules, per-LOINC ranges and units
-as GX row conditions), {sum(gx_failed.values()):,} failing rows planted; both sides find the same failures.
+`{command}` — {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, load average {load}.
+{args.rows:,} canonical observation rows, the observations suite ({len(obs_rules)} rules: formats, not-null, the
+patient exists, per-LOINC canonical units and plausible ranges), {sum(gx_failed.values()):,} failing rows planted;
+both sides find the same failures. Median of {args.repeat} interleaved runs; each `where` mask computed once on
+the pandas side.
 
 | contender | seconds |
 |---|---:|
@@ -112,6 +126,13 @@ as GX row conditions), {sum(gx_failed.values()):,} failing rows planted; both si
 | the same rules as plain pandas boolean masks | {pandas_s:.2f} |
 
 **GX / pandas = {gx_s / pandas_s:.1f}x** (target: within 2x).
+
+How GX got there from 12.3x (4.19 s): rules sharing a `where` run as one batch of the rows it selects
+(GX re-filtered the table with a row condition 6 times per expectation: 3 s); each batch holds only the
+columns its rules read (GX hashes the whole batch to name it); the patient-exists rules name the parent
+column (`ExpectColumnValuesToBeInParentColumn`, validation/parent_expectation.py) instead of copying
+5,000 ids into a configuration that GX deep-copies a few hundred times per run (0.5 s); one data asset
+for all batches (each asset added re-serialises the context to YAML).
 """
     print(text)
     if args.out:

@@ -333,3 +333,31 @@ def test_label_coverage_flags_and_never_drops(store, rules):
                     else "meta_test_only" if c["patients"] >= lc.meta_test_min_cases else "too_few")
         assert c["role"] == expected
     assert {c["role"] for c in coverage} >= {"meta_train", "meta_test_only"}
+
+
+def test_where_with_several_values_and_columns_flags_the_callers_rows(tmp_path):
+    """Rules sharing a ``where`` run as one batch of the rows it selects: the flagged rows must
+    come back as the caller's index labels, and rows outside the ``where`` are never looked at."""
+    path = write(tmp_path, """\
+        tables:
+          observations:
+            - {id: two_codes, expectation: ExpectColumnValuesToBeBetween, column: value, max_value: 10,
+               where: {code: ["a-1", "b-2"], site: s1}, severity: warning}
+            - {id: same_scope, expectation: ExpectColumnValuesToNotBeNull, column: unit,
+               where: {code: ["a-1", "b-2"], site: s1}, severity: warning}
+            - {id: one_code, expectation: ExpectColumnValuesToBeBetween, column: value, min_value: 0, where: {code: "c-3"},
+               severity: warning}
+        """)
+    frame = pd.DataFrame({
+        "code": ["a-1", "b-2", "a-1", "c-3", "a-1", "b-2", None, "c-3"],
+        "site": ["s1", "s1", "s2", "s1", "s1", "s1", "s1", "s2"],
+        "value": [1.0, 50.0, 99.0, -1.0, 11.0, 2.0, 99.0, 5.0],
+        "unit": ["u", "u", None, "u", None, "u", "u", "u"],
+    }, index=[100, 101, 102, 103, 104, 105, 106, 107])
+    report = validate_tables({"observations": frame}, load_rules(path))
+    two, scope, one = (report.result("observations", r) for r in ("two_codes", "same_scope", "one_code"))
+    assert (two.element_count, two.rows) == (4, [101, 104])  # 102 is site s2, 106 has no code
+    assert (scope.element_count, scope.rows) == (4, [104])
+    assert (one.element_count, one.rows, one.sample) == (2, [103], ["-1.0"])
+    kept, quarantined = report.quarantine({"observations": frame})
+    assert sorted(quarantined["row"]) == [101, 103, 104] and len(kept["observations"]) == 5

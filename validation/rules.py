@@ -58,7 +58,7 @@ class Rule:
     expectation: str  # GX class name
     severity: str  # critical | warning
     kwargs: dict[str, Any]  # passed to the GX class as they are (value_set filled in at run time)
-    where: dict[str, Any] | None = None  # {column: value or [values]}: a GX row_condition
+    where: dict[str, Any] | None = None  # {column: value or [values]}: the rows the rule applies to
     value_set_from: tuple[str, str] | None = None  # (table, column) whose values are the set
 
     @property

@@ -12,16 +12,18 @@ up either kept or quarantined, never silently dropped. A warning rule that passe
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from medmeta.errors import MedmetaError
 from medmeta.schema import TABLES
 from validation.rules import Rule, Rules
-from validation.suites import DOCS_SITE, add_docs_site, build_suite, new_context
+from validation.suites import DOCS_SITE, add_docs_site, build_suite, new_context, parent_values
 
 SAMPLE = 5  # flagged values kept per rule, as strings
 
@@ -156,37 +158,83 @@ def _columns(rule: Rule) -> tuple[str, ...]:
 def validate_tables(tables: dict[str, pd.DataFrame], rules: Rules, docs_dir: Path | None = None) -> ValidationReport:
     """Run every table's rules (a missing table counts as empty); see the module docstring.
 
-    With ``docs_dir``, GX Data Docs (static HTML) for the run are written there.
+    Each batch holds only the columns its rules read. Rules that share a ``where`` are
+    validated together as one batch of the rows it selects. That is what a GX ``row_condition`` does, done once per
+    group instead of several times per expectation (26 row conditions over a million
+    observations took 3 s of filtering). Rules with a ``value_set_from`` look the parent keys
+    up at run time (validation/parent_expectation.py). With ``docs_dir``, GX Data Docs (static
+    HTML) for the run are written there.
     """
-    import great_expectations as gx
+    from validation.parent_expectation import parent_keys
 
     context = new_context()
     if docs_dir is not None:
         add_docs_site(context, docs_dir)
-    source = context.data_sources.add_pandas("medmeta")
+    # one asset and batch definition for every batch: each asset added re-serialises the context
+    batch = context.data_sources.add_pandas("medmeta").add_dataframe_asset("tables").add_batch_definition_whole_dataframe("batch")
+    parents = {rule.value_set_from for rule in rules.all() if rule.value_set_from is not None}
     results: list[RuleResult] = []
     row_counts: dict[str, int] = {}
-    for table, table_rules in rules.tables.items():
-        frame = tables.get(table)
-        if frame is None:
-            frame = _empty(table)
-        row_counts[table] = len(frame)
-        if not table_rules:
-            continue
-        by_id = {rule.id: rule for rule in table_rules}
-        suite = context.suites.add(build_suite(table, table_rules, tables))
-        batch = source.add_dataframe_asset(table).add_batch_definition_whole_dataframe(table)
-        definition = context.validation_definitions.add(
-            gx.ValidationDefinition(name=f"medmeta.{table}", data=batch, suite=suite)
-        )
-        # positions, not the caller's labels: GX reports the labels of the frame it is given
-        run = _run(context, definition, frame.reset_index(drop=True), with_docs=docs_dir is not None)
-        for outcome in run.results:
-            rule = by_id[outcome.expectation_config.meta["rule_id"]]
-            results.append(_rule_result(rule, outcome, frame))
+    with parent_keys({".".join(p): parent_values(tables, *p) for p in parents}):
+        for table, table_rules in rules.tables.items():
+            frame = tables.get(table)
+            if frame is None:
+                frame = _empty(table)
+            row_counts[table] = len(frame)
+            groups = _partition(frame, table_rules)
+            for number, (where, group_rules, positions) in enumerate(groups):
+                name = f"medmeta.{table}" + (f".{number}" if where else "")
+                # only the columns the rules read (GX hashes the whole batch to name it), and
+                # positions, not the caller's labels: GX reports the labels of the frame it is given
+                columns = sorted({c for rule in group_rules for c in _columns(rule)}) or list(frame.columns[:1])
+                batch_frame = frame[columns] if positions is None else frame[columns].iloc[positions]
+                batch_frame = batch_frame.reset_index(drop=True)
+                run = _validate(context, batch, name, group_rules, batch_frame, docs_dir is not None)
+                by_id = {rule.id: rule for rule in group_rules}
+                for outcome in run.results:
+                    rule = by_id[outcome.expectation_config.meta["rule_id"]]
+                    results.append(_rule_result(rule, outcome, frame, positions))
     order = {(r.table, r.id): i for i, r in enumerate(rules.all())}
     results.sort(key=lambda r: order[(r.table, r.rule)])
     return ValidationReport(results=results, row_counts=row_counts)
+
+
+def _partition(frame: pd.DataFrame, rules: tuple[Rule, ...]) -> list[tuple[dict | None, tuple[Rule, ...], np.ndarray | None]]:
+    """Group rules by their ``where``: (where, rules, positions of the rows it selects).
+
+    The rules without a ``where`` come first with ``positions`` None (the whole table). Row
+    positions come from one ``groupby`` per ``where`` column, not a mask per rule.
+    """
+    groups: dict[str, tuple[dict | None, list[Rule]]] = {}
+    for rule in rules:
+        key = json.dumps(rule.where, sort_keys=True, default=str) if rule.where else ""
+        groups.setdefault(key, (rule.where, []))[1].append(rule)
+    indices: dict[str, dict] = {}
+    out = []
+    for key in sorted(groups):
+        where, group = groups[key]
+        if not where:
+            out.append((None, tuple(group), None))
+            continue
+        selected: np.ndarray | None = None
+        for column, wanted in where.items():
+            if column not in indices:
+                indices[column] = frame.groupby(column, sort=False, dropna=True).indices
+            values = wanted if isinstance(wanted, list) else [wanted]
+            parts = [indices[column][v] for v in values if v in indices[column]]
+            rows = np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=np.intp)
+            selected = rows if selected is None else np.intersect1d(selected, rows)
+        out.append((where, tuple(group), selected))
+    return out
+
+
+def _validate(context, batch, name: str, rules: tuple[Rule, ...], frame: pd.DataFrame, with_docs: bool):
+    """Run one suite of ``rules`` on ``frame`` as one GX batch."""
+    import great_expectations as gx
+
+    suite = context.suites.add(build_suite(name, rules))
+    definition = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
+    return _run(context, definition, frame, with_docs=with_docs)
 
 
 def _run(context, definition, frame: pd.DataFrame, with_docs: bool):
@@ -205,12 +253,14 @@ def _run(context, definition, frame: pd.DataFrame, with_docs: bool):
     return run
 
 
-def _rule_result(rule: Rule, outcome, frame: pd.DataFrame) -> RuleResult:
+def _rule_result(rule: Rule, outcome, frame: pd.DataFrame, positions: np.ndarray | None) -> RuleResult:
+    """``positions``: the batch's rows in ``frame`` (None: the batch is the whole table)."""
     info = outcome.exception_info or {}
     errors = [info] if "raised_exception" in info else list(info.values())
     error = next((e.get("exception_message") for e in errors if e.get("raised_exception")), None)
     res = outcome.result or {}
-    positions = [int(p) for p in res.get("unexpected_index_list") or []] if rule.row_level else []
+    flagged = [int(p) for p in res.get("unexpected_index_list") or []] if rule.row_level else []
+    positions = flagged if positions is None else [int(positions[p]) for p in flagged]
     if rule.kind == "table":
         observed = res.get("observed_value")
         element_count = int(observed) if isinstance(observed, (int, float)) else len(frame)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
-
 import pandas as pd
 
 from validation.rules import Rule
@@ -42,19 +40,6 @@ def add_docs_site(context, docs_dir: Path) -> None:
     })
 
 
-def row_condition(where: dict[str, Any] | None):
-    """``{code: "14749-6"}`` -> ``Column("code") == "14749-6"`` (values in a list: ``is_in``)."""
-    if not where:
-        return None
-    from great_expectations.expectations.row_conditions import Column
-
-    condition = None
-    for column, value in where.items():
-        part = Column(column).is_in(list(value)) if isinstance(value, list) else Column(column) == value
-        condition = part if condition is None else condition & part
-    return condition
-
-
 def parent_values(tables: dict[str, pd.DataFrame], table: str, column: str) -> list:
     """The distinct non-null values of ``table.column`` (an empty list when it is absent)."""
     frame = tables.get(table)
@@ -63,22 +48,26 @@ def parent_values(tables: dict[str, pd.DataFrame], table: str, column: str) -> l
     return pd.unique(frame[column].dropna()).tolist()
 
 
-def build_expectation(rule: Rule, tables: dict[str, pd.DataFrame]):
+def build_expectation(rule: Rule):
+    """The GX expectation of one rule. A ``value_set_from`` rule becomes
+    ``ExpectColumnValuesToBeInParentColumn`` (validation/parent_expectation.py): the parent's keys
+    are bound at run time, not copied into the configuration."""
     import great_expectations.expectations as gxe
 
     kwargs = dict(rule.kwargs)
+    meta = {"rule_id": rule.id, "severity": rule.severity}
     if rule.value_set_from is not None:
-        kwargs["value_set"] = parent_values(tables, *rule.value_set_from)
-    condition = row_condition(rule.where)
-    if condition is not None:
-        kwargs["row_condition"] = condition
-    return getattr(gxe, rule.expectation)(**kwargs, meta={"rule_id": rule.id, "severity": rule.severity})
+        from validation.parent_expectation import ExpectColumnValuesToBeInParentColumn
+
+        kwargs.pop("value_set", None)
+        return ExpectColumnValuesToBeInParentColumn(**kwargs, parent=".".join(rule.value_set_from), meta=meta)
+    return getattr(gxe, rule.expectation)(**kwargs, meta=meta)
 
 
-def build_suite(table: str, rules: tuple[Rule, ...], tables: dict[str, pd.DataFrame]):
+def build_suite(name: str, rules: tuple[Rule, ...]):
     import great_expectations as gx
 
-    suite = gx.ExpectationSuite(name=f"medmeta.{table}")
+    suite = gx.ExpectationSuite(name=name)
     for rule in rules:
-        suite.add_expectation(build_expectation(rule, tables))
+        suite.add_expectation(build_expectation(rule))
     return suite
