@@ -50,6 +50,10 @@ class Pseudonymizer:
         """The pseudonym of an MRN (surrounding spaces ignored)."""
         return "P" + self._digest("patient", str(mrn).strip()).hex()[:20]
 
+    def path_token(self, path: str) -> str:
+        """A keyed token for a landing file's path (file names can carry PHI)."""
+        return self._digest("path", str(path)).hex()[:32]
+
     def uid(self, uid: str) -> str:
         """A replacement DICOM UID (2.25 form), the same for the same input UID."""
         return "2.25." + str(int.from_bytes(self._digest("uid", str(uid).strip())[:16], "big"))
