@@ -139,8 +139,7 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path):
         registry.publish(tmp_path, "m", weights, {"algorithm": "maml", "metrics": {"accuracy": 0.5}})
     with pytest.raises(registry.InvalidCard, match="torch.Tensor"):
         registry.publish(tmp_path, "m", {"w": [1.0, 2.0]}, card())
-    assert registry.model_names(tmp_path) == []
-    assert not list((tmp_path / "registry" / "m" / ".staging").iterdir())
+    assert not (tmp_path / "registry").exists()
 
 
 def test_tampered_weights_are_refused(tmp_path):
@@ -198,6 +197,8 @@ def test_aliases_are_repaired_when_a_publisher_died_after_the_rename(tmp_path):
     aliases["history"].pop()  # as if the process died between the rename of version 2 and this write
     aliases["champion"] = 1
     aliases_file.write_text(json.dumps(aliases))
+    assert registry.resolve(tmp_path, "m").version == 2  # readers apply the pending decision in memory
+    assert json.loads(aliases_file.read_text())["champion"] == 1  # without writing
     third = registry.publish(tmp_path, "m", tiny_net().state_dict(), card(0.8))
     assert third.card["gate"]["champion_version"] == 2 and third.card["gate"]["decision"] == "challenger"
     history = registry.read_aliases(tmp_path, "m")["history"]
@@ -273,3 +274,13 @@ def test_a_publish_killed_before_the_rename_leaves_nothing_visible(tmp_path):
     after = registry.publish(tmp_path, "m", tiny_net().state_dict(), card(0.9))
     assert after.version == 2 and after.card["gate"]["decision"] == "champion"
     assert not list(staging.iterdir())  # the dead build was cleaned up
+
+
+def test_metrics_must_be_numbers_or_estimates_and_evaluation_ids_are_stable(tmp_path):
+    with pytest.raises(registry.InvalidCard, match="metrics.auc: a metric is a number"):
+        registry.publish(tmp_path, "m", tiny_net().state_dict(), card() | {"metrics": {"accuracy": 0.5, "auc": {"mean": "high"}}})
+    with pytest.raises(registry.InvalidCard, match="deltas.maml.accuracy"):
+        registry.publish(tmp_path, "m", tiny_net().state_dict(), card(deltas={"maml": {"accuracy": [0.1]}}))
+    first = registry.evaluation_id("ts-1", seed=0, episodes=600, n_way=5)
+    assert first == registry.evaluation_id("ts-1", seed=0, episodes=600, n_way=5)
+    assert first != registry.evaluation_id("ts-1", seed=1, episodes=600, n_way=5)

@@ -31,9 +31,32 @@ def check_content(content: dict) -> dict:
         if not isinstance(content.get(key), kind) or not content[key]:
             raise InvalidCard(f"the card needs {key!r} (a non-empty {kind.__name__})")
     try:
-        return json.loads(json.dumps(content, allow_nan=False))
+        content = json.loads(json.dumps(content, allow_nan=False))
     except (TypeError, ValueError) as error:
         raise InvalidCard(f"the card must be plain JSON (str, numbers, lists, dicts; no NaN): {error}") from None
+    for metric, entry in content["metrics"].items():
+        _check_estimate(entry, f"metrics.{metric}")
+    deltas = content.get("deltas", {})
+    if not isinstance(deltas, dict) or not all(isinstance(m, dict) for m in deltas.values()):
+        raise InvalidCard("the card's deltas must be {baseline: {metric: number or estimate}}")
+    for baseline, metrics in deltas.items():
+        for metric, entry in metrics.items():
+            _check_estimate(entry, f"deltas.{baseline}.{metric}")
+    return content
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _check_estimate(entry, where: str) -> None:
+    """A metric is a number or {"mean" (or "value"): x, optional "ci_low", "ci_high", "ci_level", ...}."""
+    if _is_number(entry):
+        return
+    if (isinstance(entry, dict) and _is_number(entry.get("mean", entry.get("value")))
+            and all(_is_number(entry[k]) for k in ("ci_low", "ci_high", "ci_level") if k in entry)):
+        return
+    raise InvalidCard(f"card {where}: a metric is a number or {{'mean': x, 'ci_low': a, 'ci_high': b, 'ci_level': 0.95}}")
 
 
 @functools.lru_cache(maxsize=1)

@@ -9,6 +9,8 @@ re-scored on the candidate's evaluation), else the candidate is kept as challeng
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import asdict, dataclass
 
@@ -37,6 +39,13 @@ class ChampionScore:
     version: int
     evaluation_id: str
     value: float
+
+
+def evaluation_id(task_set_digest: str, seed: int, episodes: int, **more) -> str:
+    """One id for one evaluation: the meta-test task set, the episode seed and count (and any
+    further settings that change the episodes, e.g. ``n_way``, ``k_shot``, ``query``)."""
+    parts = {"task_set": task_set_digest, "seed": seed, "episodes": episodes, **more}
+    return "ev-" + hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def metric_value(metrics: dict, metric: str) -> float | None:

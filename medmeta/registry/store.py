@@ -26,7 +26,7 @@ from medmeta.registry.errors import InvalidCard, InvalidModelName, ModelNotFound
 from medmeta.registry.gate import ChampionScore, Gate, check_inputs, decide, metric_value
 from medmeta.registry.lock import exclusive, try_exclusive
 from medmeta.registry.names import ALIASES, Ref, check_name, parse_ref
-from medmeta.registry.weights import read_weights, write_weights
+from medmeta.registry.weights import check_weights, read_weights, write_weights
 
 WEIGHTS_FILE, CARD_FILE, CARD_MD_FILE = "model.safetensors", "card.json", "card.md"
 # Test hook: when set to a path, publish creates that file and sleeps just before the rename.
@@ -78,10 +78,11 @@ def publish(home: Home | str | os.PathLike | None, name: str, weights: Mapping[s
     check_name(name)
     content = cards.check_content(card)
     check_inputs(gate, content, champion_score)
+    weights = check_weights(weights)
     if "parent" in content:
         content["parent"] = _parent(home, content["parent"])
-    if "device" not in content and isinstance(weights, Mapping) and weights:
-        content["device"] = str(getattr(next(iter(weights.values())), "device", "cpu"))
+    if "device" not in content:
+        content["device"] = str(next(iter(weights.values())).device)
     model_dir = registry_root(home) / name
     staging = model_dir / ".staging"
     staging.mkdir(parents=True, exist_ok=True)
@@ -90,8 +91,8 @@ def publish(home: Home | str | os.PathLike | None, name: str, weights: Mapping[s
     with exclusive(model_dir / ".lock"):  # so _clean_staging never sees this lock file unheld
         lock_fd = os.open(build_lock, os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(lock_fd, fcntl.LOCK_EX)  # held while building; the kernel drops it if we die
-        build.mkdir()
     try:
+        build.mkdir()
         weights_entry = write_weights(weights, build / WEIGHTS_FILE)
         with exclusive(model_dir / ".lock"):
             _clean_staging(staging)
@@ -131,6 +132,8 @@ def set_alias(home: Home | str | os.PathLike | None, name: str, alias: str, vers
         raise InvalidModelName(f"alias {alias!r} is not one of {', '.join(ALIASES)}")
     if not isinstance(reason, str) or not reason.strip():
         raise InvalidCard("set_alias needs a reason, recorded in the aliases' history")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+        raise InvalidCard(f"set_alias takes a version number or None, not {version!r}")
     model_dir = _model_dir(home, name)
     with exclusive(model_dir / ".lock"):
         aliases = _reconcile(model_dir)
@@ -166,7 +169,7 @@ def load(home: Home | str | os.PathLike | None, ref: str | Ref) -> tuple[ModelVe
 
 def read_aliases(home: Home | str | os.PathLike | None, name: str) -> dict:
     """``{"champion": n|None, "challenger": n|None, "history": [...]}`` of a model."""
-    return _read_aliases(_model_dir(home, name))
+    return _reconcile(_model_dir(home, name), write=False)
 
 
 def versions(home: Home | str | os.PathLike | None, name: str) -> list[int]:
@@ -188,7 +191,7 @@ def list_models(home: Home | str | os.PathLike | None = None) -> list[dict]:
     for name in model_names(home):
         model_dir = registry_root(home) / name
         found = _versions_on_disk(model_dir)
-        aliases = _read_aliases(model_dir)
+        aliases = _reconcile(model_dir, write=False)
         shown = aliases["champion"] if aliases["champion"] in found else found[-1]
         shown_card = _read_card(model_dir, shown)
         metric = shown_card["gate"]["metric"]
@@ -227,7 +230,7 @@ def _versions_on_disk(model_dir: Path) -> list[int]:
 
 
 def _what_exists(model_dir: Path) -> str:
-    aliases = _read_aliases(model_dir)
+    aliases = _reconcile(model_dir, write=False)
     named = ", ".join(f"{a} -> {aliases[a]}" for a in ALIASES if aliases[a] is not None) or "none"
     return f"versions: {', '.join(map(str, _versions_on_disk(model_dir)))}; aliases: {named}"
 
@@ -243,7 +246,8 @@ def _read_aliases(model_dir: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _apply_publish(model_dir: Path, aliases: dict, version: int, decision: dict, note: str = "") -> None:
+def _apply_publish(model_dir: Path, aliases: dict, version: int, decision: dict, note: str = "",
+                   write: bool = True) -> None:
     """Apply a gate decision: a new champion clears the challenger (it lost to the old champion)."""
     previous = {a: aliases[a] for a in ALIASES}
     if decision["decision"] == "champion":
@@ -254,18 +258,20 @@ def _apply_publish(model_dir: Path, aliases: dict, version: int, decision: dict,
                                "decision": decision["decision"], "reason": decision["reason"] + note,
                                "metric": decision["metric"], "candidate": decision["candidate"],
                                "champion_score": decision["champion"], "previous": previous})
-    atomic.write_json(model_dir / "aliases.json", aliases)
+    if write:
+        atomic.write_json(model_dir / "aliases.json", aliases)
 
 
-def _reconcile(model_dir: Path) -> dict:
-    """The aliases, after applying the gate decision of any version whose publisher died between the
-    rename and the aliases update (under the lock, so at most the latest version)."""
+def _reconcile(model_dir: Path, write: bool = True) -> dict:
+    """The aliases, after applying the gate decision of any version whose publisher died (or is
+    still busy) between the rename and the aliases update: at most the latest version. Written
+    only under the lock; readers apply it in memory and so see what the publisher will write."""
     aliases = _read_aliases(model_dir)
     recorded = {e["version"] for e in aliases["history"] if e["event"] == "publish"}
     for version in _versions_on_disk(model_dir):
         if version not in recorded:
             _apply_publish(model_dir, aliases, version, _read_card(model_dir, version)["gate"],
-                           " (applied later: the publishing process stopped before updating the aliases)")
+                           " (applied later: the publishing process stopped before updating the aliases)", write)
     return aliases
 
 

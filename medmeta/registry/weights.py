@@ -13,21 +13,27 @@ from typing import Any, Mapping
 from medmeta.registry.errors import ChecksumMismatch, InvalidCard
 
 
+def check_weights(tensors: Mapping[str, Any]) -> dict:
+    """``tensors`` as a plain dict of name -> torch.Tensor, or ``InvalidCard`` naming the bad entry."""
+    import torch
+
+    if not isinstance(tensors, Mapping) or not tensors:
+        raise InvalidCard("weights must be a non-empty dict of name -> torch.Tensor (e.g. a state_dict)")
+    for key, value in tensors.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise InvalidCard(f"weights entry {key!r} is not a str -> torch.Tensor pair")
+    return dict(tensors)
+
+
 def write_weights(tensors: Mapping[str, Any], path: Path) -> dict:
     """Write ``tensors`` (name -> torch.Tensor) to ``path`` with safetensors, fsynced.
 
     Returns the card's ``weights`` entry: file, sha256, bytes, tensors, parameters.
     """
-    import torch
     from safetensors.torch import save
 
-    if not isinstance(tensors, Mapping) or not tensors:
-        raise InvalidCard("weights must be a non-empty dict of name -> torch.Tensor (e.g. a state_dict)")
-    plain = {}
-    for key, value in tensors.items():
-        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            raise InvalidCard(f"weights entry {key!r} is not a str -> torch.Tensor pair")
-        plain[key] = value.detach().to("cpu", copy=True).contiguous()  # copies: tied weights save too
+    # copies on the CPU: tied (shared-storage) weights save too, and the caller's tensors stay as they are
+    plain = {key: value.detach().to("cpu", copy=True).contiguous() for key, value in check_weights(tensors).items()}
     data = save(plain)
     with open(path, "wb") as fh:
         fh.write(data)
