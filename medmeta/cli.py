@@ -178,6 +178,48 @@ def key_create(home: Optional[Path] = HomeOption, as_json: bool = JsonOption) ->
           f"{'created' if created else 'kept the existing'} {the_home.key_file} (fingerprint {fingerprint})")
 
 
+models_app = typer.Typer(no_args_is_help=True, help="The model registry (H/registry): published versions and their aliases.")
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list(home: Optional[Path] = HomeOption, as_json: bool = JsonOption) -> None:
+    """Every model: its versions, champion and challenger, and the champion's gate metric."""
+    from medmeta.errors import MedmetaError
+    from medmeta.registry import list_models, registry_root
+
+    try:
+        models = list_models(home)
+    except MedmetaError as error:
+        _fail(str(error))
+    lines = [f"{m['name']}: versions {', '.join(map(str, m['versions']))}; champion {m['champion'] or '-'}, "
+             f"challenger {m['challenger'] or '-'}; {m['algorithm']}, {m['metric']['name']} "
+             f"{m['metric']['value']:.4g} (version {m['metric']['version']})" for m in models]
+    _emit({"registry": str(registry_root(home)), "models": models}, as_json,
+          "\n".join(lines) or f"no models in {registry_root(home)}")
+
+
+@models_app.command("show")
+def models_show(
+    ref: str = typer.Argument(..., help="NAME (its champion), NAME@champion, NAME@challenger or NAME@VERSION."),
+    home: Optional[Path] = HomeOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """A version's model card, and the aliases that point at it now."""
+    from medmeta.errors import MedmetaError
+    from medmeta.registry import ALIASES, read_aliases, resolve
+
+    try:
+        found = resolve(home, ref)
+        aliases = read_aliases(home, found.name)
+    except MedmetaError as error:
+        _fail(str(error))
+    current = [a for a in ALIASES if aliases[a] == found.version]
+    _emit({"name": found.name, "version": found.version, "path": str(found.path), "aliases": current,
+           "card": found.card}, as_json,
+          found.card_md_path.read_text(encoding="utf-8") + f"\ncurrent aliases: {', '.join(current) or 'none'}")
+
+
 class _progress:
     """A rich progress bar on stderr fed by ``medmeta.progress`` reports."""
 

@@ -1,0 +1,327 @@
+"""The versioned model registry under ``H/registry/`` (layout in docs/store-layout.md).
+
+A version is built in ``<name>/.staging/<id>/``, fsynced, and renamed to ``<name>/versions/<n>/``
+while ``<name>/.lock`` is held, so it is whole or absent and no two publishes get one number.
+Aliases live in ``<name>/aliases.json`` (written atomically, under the same lock) with their
+history. Versions are never changed after the rename; their files are made read-only.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+from medmeta import atomic
+from medmeta.home import Home
+from medmeta.registry import card as cards
+from medmeta.registry.errors import InvalidCard, InvalidModelName, ModelNotFound
+from medmeta.registry.gate import ChampionScore, Gate, check_inputs, decide, metric_value
+from medmeta.registry.lock import exclusive, try_exclusive
+from medmeta.registry.names import ALIASES, Ref, check_name, parse_ref
+from medmeta.registry.weights import check_weights, read_weights, write_weights
+
+WEIGHTS_FILE, CARD_FILE, CARD_MD_FILE = "model.safetensors", "card.json", "card.md"
+# Test hook: when set to a path, publish creates that file and sleeps just before the rename.
+PAUSE_ENV = "MEDMETA_REGISTRY_TEST_PAUSE_BEFORE_RENAME"
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One published version: its folder and its card."""
+
+    name: str
+    version: int
+    path: Path
+    card: dict
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @property
+    def weights_path(self) -> Path:
+        return self.path / WEIGHTS_FILE
+
+    @property
+    def card_path(self) -> Path:
+        return self.path / CARD_FILE
+
+    @property
+    def card_md_path(self) -> Path:
+        return self.path / CARD_MD_FILE
+
+    def load_weights(self) -> dict:
+        """The weights (name -> CPU torch.Tensor), after checking their SHA-256 against the card."""
+        return read_weights(self.weights_path, self.card["weights"]["sha256"])
+
+
+def registry_root(home: Home | str | os.PathLike | None = None) -> Path:
+    """``H/registry``."""
+    return (home if isinstance(home, Home) else Home.at(home)).root / "registry"
+
+
+def publish(home: Home | str | os.PathLike | None, name: str, weights: Mapping[str, Any], card: dict, *,
+            gate: Gate = Gate(), champion_score: ChampionScore | None = None) -> ModelVersion:
+    """Write ``weights`` and ``card`` as the next version of ``name`` and apply the champion gate.
+
+    The returned version's ``card["gate"]`` holds the decision (``champion`` or ``challenger``), the
+    numbers compared and the reason. Bad input raises before anything is written.
+    """
+    check_name(name)
+    content = cards.check_content(card)
+    check_inputs(gate, content, champion_score)
+    weights = check_weights(weights)
+    if "parent" in content:
+        content["parent"] = _parent(home, content["parent"])
+    if "device" not in content:
+        content["device"] = str(next(iter(weights.values())).device)
+    model_dir = registry_root(home) / name
+    staging = model_dir / ".staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    build_id = uuid.uuid4().hex
+    build, build_lock = staging / build_id, staging / f"{build_id}.lock"
+    with exclusive(model_dir / ".lock"):  # so _clean_staging never sees this lock file unheld
+        lock_fd = os.open(build_lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)  # held while building; the kernel drops it if we die
+    try:
+        build.mkdir()
+        weights_entry = write_weights(weights, build / WEIGHTS_FILE)
+        with exclusive(model_dir / ".lock"):
+            _clean_staging(staging)
+            aliases = _reconcile(model_dir)
+            version = max(_versions_on_disk(model_dir), default=0) + 1
+            champion = aliases["champion"]
+            champion_card = _read_card(model_dir, champion) if champion is not None else None
+            decision = decide(gate, content, champion, champion_card, champion_score)
+            full = {"format": cards.FORMAT, "name": name, "version": version, "created": _now(), **content,
+                    "weights": weights_entry, "code_version": cards.code_version(), "gate": decision}
+            _write_synced(build / CARD_FILE, json.dumps(full, indent=2) + "\n")
+            _write_synced(build / CARD_MD_FILE, cards.render_markdown(full))
+            for f in build.iterdir():
+                f.chmod(0o444)
+            _fsync_dir(build)
+            _pause_for_tests()
+            (model_dir / "versions").mkdir(exist_ok=True)
+            os.rename(build, model_dir / "versions" / str(version))
+            _fsync_dir(model_dir / "versions")
+            _apply_publish(model_dir, aliases, version, decision)
+        return ModelVersion(name, version, model_dir / "versions" / str(version), full)
+    finally:
+        if build.exists():
+            shutil.rmtree(build, ignore_errors=True)
+        build_lock.unlink(missing_ok=True)
+        os.close(lock_fd)
+
+
+def set_alias(home: Home | str | os.PathLike | None, name: str, alias: str, version: int | None, *,
+              reason: str) -> dict:
+    """Point ``alias`` (champion or challenger) at ``version``, or clear it with None; for operators.
+
+    Recorded in ``aliases.json``'s history with ``reason``; cards are not changed. Returns the aliases.
+    """
+    check_name(name)
+    if alias not in ALIASES:
+        raise InvalidModelName(f"alias {alias!r} is not one of {', '.join(ALIASES)}")
+    if not isinstance(reason, str) or not reason.strip():
+        raise InvalidCard("set_alias needs a reason, recorded in the aliases' history")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+        raise InvalidCard(f"set_alias takes a version number or None, not {version!r}")
+    model_dir = _model_dir(home, name)
+    with exclusive(model_dir / ".lock"):
+        aliases = _reconcile(model_dir)
+        if version is not None and version not in _versions_on_disk(model_dir):
+            raise ModelNotFound(f"model {name} has no version {version}; {_what_exists(model_dir)}")
+        previous = {a: aliases[a] for a in ALIASES}
+        aliases[alias] = version
+        aliases["history"].append({"time": _now(), "event": "set_alias", "alias": alias, "version": version,
+                                   "previous": previous, "reason": reason})
+        atomic.write_json(model_dir / "aliases.json", aliases)
+    return aliases
+
+
+def resolve(home: Home | str | os.PathLike | None, ref: str | Ref) -> ModelVersion:
+    """The version ``NAME``, ``NAME@champion``, ``NAME@challenger`` or ``NAME@<n>`` points at."""
+    ref = ref if isinstance(ref, Ref) else parse_ref(ref)
+    model_dir = _model_dir(home, ref.name)
+    version = ref.version
+    if version is None:
+        version = read_aliases(home, ref.name)[ref.alias]
+        if version is None:
+            raise ModelNotFound(f"model {ref.name} has no {ref.alias}; {_what_exists(model_dir)}")
+    if version not in _versions_on_disk(model_dir):
+        raise ModelNotFound(f"model {ref.name} has no version {version}; {_what_exists(model_dir)}")
+    return ModelVersion(ref.name, version, model_dir / "versions" / str(version), _read_card(model_dir, version))
+
+
+def load(home: Home | str | os.PathLike | None, ref: str | Ref) -> tuple[ModelVersion, dict]:
+    """The version ``ref`` points at and its checksum-verified weights."""
+    found = resolve(home, ref)
+    return found, found.load_weights()
+
+
+def read_aliases(home: Home | str | os.PathLike | None, name: str) -> dict:
+    """``{"champion": n|None, "challenger": n|None, "history": [...]}`` of a model."""
+    return _reconcile(_model_dir(home, name), write=False)
+
+
+def versions(home: Home | str | os.PathLike | None, name: str) -> list[int]:
+    """The published version numbers of a model, ascending."""
+    return _versions_on_disk(_model_dir(home, name))
+
+
+def model_names(home: Home | str | os.PathLike | None = None) -> list[str]:
+    """The names of the models with at least one version, sorted."""
+    root = registry_root(home)
+    if not root.is_dir():
+        return []
+    return sorted(d.name for d in root.iterdir() if _is_name(d.name) and _versions_on_disk(d))
+
+
+def list_models(home: Home | str | os.PathLike | None = None) -> list[dict]:
+    """One summary per model: versions, aliases, and the champion's (else the latest's) gate metric."""
+    summaries = []
+    for name in model_names(home):
+        model_dir = registry_root(home) / name
+        found = _versions_on_disk(model_dir)
+        aliases = _reconcile(model_dir, write=False)
+        shown = aliases["champion"] if aliases["champion"] in found else found[-1]
+        shown_card = _read_card(model_dir, shown)
+        metric = shown_card["gate"]["metric"]
+        summaries.append({"name": name, "versions": found, "latest": found[-1], "champion": aliases["champion"],
+                          "challenger": aliases["challenger"], "algorithm": shown_card["algorithm"],
+                          "metric": {"name": metric, "value": metric_value(shown_card["metrics"], metric),
+                                     "version": shown, "evaluation_id": shown_card["evaluation_id"]}})
+    return summaries
+
+
+# ---- internals ---------------------------------------------------------------------------------
+
+def _is_name(name: str) -> bool:
+    try:
+        check_name(name)
+        return True
+    except InvalidModelName:
+        return False
+
+
+def _model_dir(home, name: str) -> Path:
+    check_name(name)
+    model_dir = registry_root(home) / name
+    if not _versions_on_disk(model_dir):
+        names = model_names(home)
+        listing = f"models: {', '.join(names)}" if names else "the registry is empty"
+        raise ModelNotFound(f"no model named {name} in {registry_root(home)}; {listing}")
+    return model_dir
+
+
+def _versions_on_disk(model_dir: Path) -> list[int]:
+    folder = model_dir / "versions"
+    if not folder.is_dir():
+        return []
+    return sorted(int(d.name) for d in folder.iterdir() if d.name.isdigit() and d.name.isascii() and d.is_dir())
+
+
+def _what_exists(model_dir: Path) -> str:
+    aliases = _reconcile(model_dir, write=False)
+    named = ", ".join(f"{a} -> {aliases[a]}" for a in ALIASES if aliases[a] is not None) or "none"
+    return f"versions: {', '.join(map(str, _versions_on_disk(model_dir)))}; aliases: {named}"
+
+
+def _read_card(model_dir: Path, version: int) -> dict:
+    return json.loads((model_dir / "versions" / str(version) / CARD_FILE).read_text(encoding="utf-8"))
+
+
+def _read_aliases(model_dir: Path) -> dict:
+    path = model_dir / "aliases.json"
+    if not path.exists():
+        return {"champion": None, "challenger": None, "history": []}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _apply_publish(model_dir: Path, aliases: dict, version: int, decision: dict, note: str = "",
+                   write: bool = True) -> None:
+    """Apply a gate decision: a new champion clears the challenger (it lost to the old champion)."""
+    previous = {a: aliases[a] for a in ALIASES}
+    if decision["decision"] == "champion":
+        aliases["champion"], aliases["challenger"] = version, None
+    else:
+        aliases["challenger"] = version
+    aliases["history"].append({"time": _now(), "event": "publish", "version": version,
+                               "decision": decision["decision"], "reason": decision["reason"] + note,
+                               "metric": decision["metric"], "candidate": decision["candidate"],
+                               "champion_score": decision["champion"], "previous": previous})
+    if write:
+        atomic.write_json(model_dir / "aliases.json", aliases)
+
+
+def _reconcile(model_dir: Path, write: bool = True) -> dict:
+    """The aliases, after applying the gate decision of any version whose publisher died (or is
+    still busy) between the rename and the aliases update: at most the latest version. Written
+    only under the lock; readers apply it in memory and so see what the publisher will write."""
+    aliases = _read_aliases(model_dir)
+    recorded = {e["version"] for e in aliases["history"] if e["event"] == "publish"}
+    for version in _versions_on_disk(model_dir):
+        if version not in recorded:
+            _apply_publish(model_dir, aliases, version, _read_card(model_dir, version)["gate"],
+                           " (applied later: the publishing process stopped before updating the aliases)", write)
+    return aliases
+
+
+def _clean_staging(staging: Path) -> None:
+    """Remove builds whose publisher died (their lock file is free, or gone). Called under the model lock."""
+    for entry in staging.iterdir():
+        if entry.suffix == ".lock":
+            fd = try_exclusive(entry)
+            if fd is None:
+                continue  # a live publish is building it
+            try:
+                shutil.rmtree(staging / entry.stem, ignore_errors=True)
+                entry.unlink(missing_ok=True)
+            finally:
+                os.close(fd)
+        elif entry.is_dir() and not (staging / f"{entry.name}.lock").exists():
+            shutil.rmtree(entry, ignore_errors=True)  # its lock file is created first and removed last
+
+
+def _parent(home, parent) -> dict:
+    """A card's ``parent`` (``"NAME@n"``/``"NAME@alias"`` or ``{"name", "version"}``) pinned to a version."""
+    if isinstance(parent, dict) and {"name", "version"} <= set(parent):
+        parent = f"{parent['name']}@{parent['version']}"
+    if not isinstance(parent, str):
+        raise InvalidCard("the card's parent must be 'NAME@version' or {'name': ..., 'version': ...}")
+    found = resolve(home, parent)
+    return {"name": found.name, "version": found.version, "weights_sha256": found.card["weights"]["sha256"]}
+
+
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pause_for_tests() -> None:
+    marker = os.environ.get(PAUSE_ENV)
+    if marker:
+        Path(marker).write_text(str(os.getpid()))
+        time.sleep(600)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
