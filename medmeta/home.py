@@ -91,6 +91,19 @@ class Home:
     def runs(self) -> Path:
         return self.root / "runs"
 
+    @property
+    def registry(self) -> Path:
+        return self.root / "registry"
+
+    @property
+    def tasksets(self) -> Path:
+        return self.root / "tasksets"
+
+    @property
+    def training(self) -> Path:
+        """Training runs: checkpoints and curves, one folder per run."""
+        return self.root / "training"
+
     def ensure(self) -> "Home":
         for d in (self.root, self.store, self.parts, self.pixels, self.snapshots,
                   self.quarantine, self.runs, self.sites_dir):

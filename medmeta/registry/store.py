@@ -65,7 +65,7 @@ class ModelVersion:
 
 def registry_root(home: Home | str | os.PathLike | None = None) -> Path:
     """``H/registry``."""
-    return (home if isinstance(home, Home) else Home.at(home)).root / "registry"
+    return (home if isinstance(home, Home) else Home.at(home)).registry
 
 
 def publish(home: Home | str | os.PathLike | None, name: str, weights: Mapping[str, Any], card: dict, *,
