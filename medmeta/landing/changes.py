@@ -52,6 +52,11 @@ def signatures(landing: Path, pseudonymizer: Pseudonymizer) -> dict[str, list[in
     return out
 
 
+def landing_token(landing: Path, pseudonymizer: Pseudonymizer) -> str:
+    """The keyed token naming a landing folder (in the watch state and in events)."""
+    return pseudonymizer.path_token(str(Path(landing).resolve()))
+
+
 def look(landing: Path, home: Home, pseudonymizer: Pseudonymizer, settle_s: float = 2.0) -> LandingChanges:
     """Compare ``landing`` with the last look, remember what is there now, return the counts."""
     landing = Path(landing)
@@ -59,7 +64,7 @@ def look(landing: Path, home: Home, pseudonymizer: Pseudonymizer, settle_s: floa
         from medmeta.errors import MedmetaError
 
         raise MedmetaError(f"{landing}: the landing folder does not exist")
-    state_file = home.root / "watch" / f"{pseudonymizer.path_token(str(landing.resolve()))}.json"
+    state_file = home.root / "watch" / f"{landing_token(landing, pseudonymizer)}.json"
     before = json.loads(state_file.read_text()) if state_file.exists() else {}
     settled = time.time_ns() - int(settle_s * 1e9)
     now: dict[str, list[int]] = {}

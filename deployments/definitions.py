@@ -1,0 +1,51 @@
+"""The deployments medmeta serves: a nightly pipeline, a landing watcher, and a pipeline run
+triggered by the watcher's ``medmeta.cases.arrived`` event (tasks/watch.py).
+
+All three run on the process that serves them (``medmeta serve``) or, with ``prefect deploy``
+and ``prefect.yaml``, on a process work pool's workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+NIGHTLY = "nightly"
+ON_NEW_CASES = "on-new-cases"
+WATCHER = "landing-watcher"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    landing: str
+    home: str
+    config: str | None = None  # the pipeline's settings (medmeta/config/pipeline.yaml when None)
+    cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+    watch_every_s: int = 30
+
+
+def build_deployments(settings: ServeSettings) -> list:
+    """The three ``RunnerDeployment``s, ready for ``prefect.serve``."""
+    from prefect.events import DeploymentEventTrigger
+    from prefect.schedules import Cron
+
+    from flows.pipeline import pipeline_flow
+    from flows.watch import watch_landing_flow
+    from tasks.watch import CASES_ARRIVED
+
+    parameters = {"landing": settings.landing, "home": settings.home, "config": settings.config}
+    nightly = pipeline_flow.to_deployment(
+        name=NIGHTLY, schedules=[Cron(settings.cron, timezone=settings.timezone)], parameters=parameters,
+        description=f"The whole pipeline every night ({settings.cron}, {settings.timezone}).", tags=["medmeta"],
+    )
+    on_new_cases = pipeline_flow.to_deployment(
+        name=ON_NEW_CASES, parameters=parameters, tags=["medmeta"],
+        triggers=[DeploymentEventTrigger(name="new case data", expect={CASES_ARRIVED})],
+        description="The whole pipeline whenever the landing watcher reports new or changed files.",
+    )
+    watcher = watch_landing_flow.to_deployment(
+        name=WATCHER, interval=settings.watch_every_s, tags=["medmeta"],
+        parameters={"landing": settings.landing, "home": settings.home},
+        description=f"Looks at the landing folder every {settings.watch_every_s} s; emits {CASES_ARRIVED}.",
+    )
+    return [nightly, on_new_cases, watcher]
