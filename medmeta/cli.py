@@ -158,6 +158,51 @@ def validate(
         raise typer.Exit(1)
 
 
+@app.command()
+def serve(
+    landing: Path = typer.Option(..., "--landing", help="The landing folder the watcher looks at and the pipeline ingests."),
+    home: Optional[Path] = HomeOption,
+    config: Optional[Path] = typer.Option(None, "--config", help="Pipeline settings (YAML); see medmeta/config/pipeline.yaml."),
+    cron: str = typer.Option("0 2 * * *", "--cron", help="When the nightly pipeline runs."),
+    timezone: str = typer.Option("UTC", "--timezone", help="The cron schedule's time zone (IANA name)."),
+    watch_every: int = typer.Option(30, "--watch-every", min=1, help="Seconds between looks at the landing folder."),
+) -> None:
+    """Register and serve the nightly, landing-watcher and on-new-cases deployments (needs PREFECT_API_URL)."""
+    from medmeta.errors import MedmetaError
+    from medmeta.home import Home
+
+    the_home = Home.at(home)
+    try:
+        if not landing.is_dir():
+            raise MedmetaError(f"{landing}: the landing folder does not exist")
+        from medmeta.pseudonyms import load_key
+
+        load_key(the_home.key_file)
+        from deployments.definitions import ServeSettings
+        from deployments.serve import serve as serve_deployments
+
+        serve_deployments(ServeSettings(landing=str(landing.resolve()), home=str(the_home.root.resolve()),
+                                        config=str(config.resolve()) if config else None, cron=cron,
+                                        timezone=timezone, watch_every_s=watch_every))
+    except MedmetaError as error:
+        _fail(str(error))
+
+
+@app.command()
+def server(
+    home: Optional[Path] = HomeOption,
+    port: int = typer.Option(4200, "--port", help="Port on 127.0.0.1."),
+) -> None:
+    """Start a local Prefect server on 127.0.0.1 (database in H/prefect); then export PREFECT_API_URL."""
+    from deployments.server import run_server
+    from medmeta.home import Home
+
+    the_home = Home.at(home)
+    typer.echo(f"Prefect server on http://127.0.0.1:{port} (UI); in other shells: "
+               f"export PREFECT_API_URL=http://127.0.0.1:{port}/api", err=True)
+    run_server(the_home.root.resolve(), port)
+
+
 def _check_rules(rules: Optional[Path]) -> None:
     """Load the rules file now (no GX import), so a bad one fails before anything starts."""
     from validation.rules import load_rules
