@@ -158,6 +158,139 @@ def validate(
         raise typer.Exit(1)
 
 
+PipelineConfigOption = typer.Option(None, "--config", help="Pipeline settings (YAML); see medmeta/config/pipeline.yaml.")
+
+
+def _settings(config: Optional[Path]):
+    """Load the pipeline settings now, so a bad file fails before Prefect starts."""
+    from medmeta.training.settings import load_settings
+
+    return load_settings(config)
+
+
+def _run_stage(home: Optional[Path], config: Optional[Path], what: str, call):
+    """Run a stage flow with the embedded-server settings; MedmetaError -> exit 2 naming the problem."""
+    from medmeta.errors import MedmetaError
+    from medmeta.home import Home
+
+    the_home = Home.at(home)
+    try:
+        _settings(config)
+    except MedmetaError as error:
+        _fail(str(error))
+    _prefect_environment(the_home.root)
+    from medmeta.prefect_runtime import embedded_run_settings
+
+    try:
+        with _spinner(what), embedded_run_settings():
+            return call(str(the_home.root), str(config) if config else None)
+    except MedmetaError as error:
+        _fail(str(error))
+
+
+@app.command()
+def train(
+    taskset: str = typer.Option(..., "--taskset", help="A task set name (medmeta tasks list)."),
+    algo: str = typer.Option(..., "--algo", help="maml, fomaml, reptile, protonet or matchingnet."),
+    home: Optional[Path] = HomeOption,
+    config: Optional[Path] = PipelineConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Meta-train ALGO on a task set (Prefect flow; resumes from its checkpoint after a crash)."""
+    from medmeta.training.settings import ALGORITHMS
+
+    if algo not in ALGORITHMS:
+        _fail(f"--algo must be one of {', '.join(ALGORITHMS)}, got {algo!r}")
+
+    def call(root, cfg):
+        from flows.train import train_flow
+
+        return train_flow(taskset, algo, root, cfg)
+
+    result = _run_stage(home, config, f"training {algo} on {taskset}", call)
+    _emit(result, as_json, f"{'found' if result['cached'] else 'trained'} {result['model']}: {result['steps']} steps "
+                           f"({result['stop_reason']}) on {result['device']} in {result['seconds']:.1f} s")
+
+
+@app.command()
+def evaluate(
+    model: str = typer.Argument(..., help="A trained model (the name `medmeta train` printed)."),
+    home: Optional[Path] = HomeOption,
+    config: Optional[Path] = PipelineConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Meta-test accuracy with 95% intervals, next to the from-scratch and pretrain+fine-tune baselines."""
+
+    def call(root, cfg):
+        from flows.evaluate import evaluate_flow
+
+        return evaluate_flow(model, root, cfg)
+
+    evaluation = _run_stage(home, config, f"evaluating {model}", call)
+    from medmeta.training.evaluate import evaluation_rows
+
+    human = "\n".join(f"{r['shots']}-shot {r['method']:<18} {r['accuracy']:.3f} {r['ci95']}  {r['meta minus this']}"
+                      for r in evaluation_rows(evaluation))
+    _emit(evaluation, as_json, human)
+
+
+@app.command()
+def publish(
+    model: str = typer.Argument(..., help="A trained and evaluated model."),
+    home: Optional[Path] = HomeOption,
+    config: Optional[Path] = PipelineConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Publish a new immutable registry version (safetensors + model card) through the champion gate."""
+
+    def call(root, cfg):
+        from flows.publish import publish_flow
+
+        return publish_flow(model, root, cfg)
+
+    published = _run_stage(home, config, f"publishing {model}", call)
+    _emit(published, as_json, f"{published['ref']}: {published['decision']} ({published['reason']}); card {published['card']}")
+
+
+@app.command("run")
+def run_pipeline(
+    landing: Path = typer.Argument(..., help="The landing folder (or zip) to ingest."),
+    home: Optional[Path] = HomeOption,
+    config: Optional[Path] = PipelineConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """The whole pipeline once: ingest, validate, task sets, train, evaluate, publish (exit 1 if validation fails)."""
+    from medmeta.errors import MedmetaError
+    from medmeta.home import Home
+    from medmeta.pseudonyms import load_key
+
+    the_home = Home.at(home)
+    try:
+        if not landing.exists():
+            raise MedmetaError(f"{landing}: no such file or folder")
+        load_key(the_home.key_file)
+        _settings(config)
+    except MedmetaError as error:
+        _fail(str(error))
+    _prefect_environment(the_home.root)
+    from flows.pipeline import pipeline_flow
+    from medmeta.prefect_runtime import embedded_run_settings
+    from medmeta.training.report import summary_text
+
+    try:
+        with _spinner("running the pipeline"), embedded_run_settings():
+            state = pipeline_flow(str(landing), str(the_home.root), str(config) if config else None, return_state=True)
+    except MedmetaError as error:
+        _fail(str(error))
+    summary = state.result(raise_on_failure=False)
+    if not isinstance(summary, dict):  # the flow crashed before it had a summary
+        _fail(f"the pipeline failed: {state.message or summary}")
+    _emit({**summary, "state": state.type.value, "message": state.message}, as_json, summary_text(summary))
+    if not state.is_completed():
+        typer.secho(f"error: {state.message}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1)
+
+
 @app.command()
 def serve(
     landing: Path = typer.Option(..., "--landing", help="The landing folder the watcher looks at and the pipeline ingests."),

@@ -1,0 +1,14 @@
+"""The evaluation flow: a trained model and the two baselines on the same meta-test episodes."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from medmeta.home import Home
+from medmeta.training.settings import load_settings
+from tasks.training import evaluate_model_task
+
+
+@flow(name="evaluate", persist_result=False)
+def evaluate_flow(model: str, home: str | None = None, config: str | None = None) -> dict:
+    return evaluate_model_task(Home.at(home), model, load_settings(config))

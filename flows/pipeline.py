@@ -1,0 +1,69 @@
+"""The pipeline: ingest and validate, build task sets, then per task set and algorithm train,
+evaluate and publish; every stage a subflow, visible in the Prefect UI.
+
+A snapshot that fails a critical validation stops the pipeline before any training: the run
+ends Failed with the failed expectations in its message, and nothing is published. Unchanged
+inputs are not reprocessed: ingest is incremental, a model trained on the same task set with
+the same settings is found instead of trained again, an evaluation with the same settings is
+reused, and a model already published on the same evaluation is not published twice. One
+pipeline trains at a time (a global concurrency limit of one slot); a second waits its turn.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from prefect import flow
+from prefect.states import Completed, Failed
+
+from flows.evaluate import evaluate_flow
+from flows.ingest import ingest_flow
+from flows.publish import publish_flow
+from flows.tasksets import build_tasksets_flow
+from flows.train import train_flow
+from medmeta.home import Home
+from medmeta.training.settings import load_settings
+from tasks.concurrency import training_slot
+from tasks.pipeline import record_pipeline_run, report_pipeline
+
+
+@flow(name="pipeline", persist_result=False, validate_parameters=True)
+def pipeline_flow(landing: str, home: str | None = None, config: str | None = None):
+    """Landing data to published few-shot models; returns the run summary (in a Completed or Failed state)."""
+    settings = load_settings(config)  # a bad settings file fails before anything runs
+    the_home = Home.at(home)
+    root = str(the_home.root)
+    started = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    ingest = ingest_flow(landing, root)
+    summary: dict = {"started": started, "ingest": {k: ingest[k] for k in (
+        "snapshot", "files_seen", "files_ingested", "files_unchanged", "files_quarantined", "rows_quarantined",
+        "patients", "records", "images")}, "validation": ingest["validation"], "tasksets": [], "models": []}
+    if not ingest["validation"]["success"]:
+        failed = ", ".join(ingest["validation"]["critical_failures"])
+        summary["status"] = "validation_failed"
+        record_pipeline_run(the_home, summary)
+        return Failed(message=f"snapshot {ingest['snapshot']} failed validation (critical: {failed}); "
+                              "nothing was trained or published", data=summary)
+    for entry in settings.tasksets:
+        built = build_tasksets_flow(by=entry["by"], inputs=entry.get("inputs"), ways=entry.get("ways"),
+                                    shots=entry.get("shots"), queries=entry.get("queries"),
+                                    seed=int(entry.get("seed", 0)), name=entry.get("name"), home=root)
+        summary["tasksets"].append(built)
+        for algorithm in settings.train["algorithms"]:
+            with training_slot():
+                trained = train_flow(built["name"], algorithm, root, config)
+                evaluation = evaluate_flow(trained["model"], root, config)
+                published = publish_flow(trained["model"], root, config)
+            summary["models"].append({"model": trained["model"], "algorithm": algorithm, "taskset": built["name"],
+                                      "trained": not trained["cached"], "steps": trained["steps"],
+                                      "device": trained["device"], "evaluation": _headline(evaluation),
+                                      "published": published})
+    summary["status"] = "completed"
+    record_pipeline_run(the_home, summary)
+    report_pipeline(summary)
+    return Completed(message=f"{len(summary['models'])} models", data=summary)
+
+
+def _headline(evaluation: dict) -> list[dict]:
+    return [{"shots": e["shots"], **{r["method"]: {"accuracy": round(r["mean"], 4), "ci95": round(r["ci95"], 4)}
+                                     for r in e["rows"]}} for e in evaluation["by_shots"]]

@@ -1,0 +1,14 @@
+"""The training flow: meta-train one algorithm on one task set (resumable, watched live)."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from medmeta.home import Home
+from medmeta.training.settings import load_settings
+from tasks.training import train_model_task
+
+
+@flow(name="train", persist_result=False)
+def train_flow(taskset: str, algorithm: str, home: str | None = None, config: str | None = None) -> dict:
+    return train_model_task(Home.at(home), taskset, algorithm, load_settings(config))

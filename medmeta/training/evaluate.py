@@ -1,0 +1,115 @@
+"""Evaluate a trained model on held-out meta-test tasks, next to the two baselines.
+
+For each shot count in the settings: ``episodes`` meta-test episodes (fixed by the task set's
+seed, so every model of a task set is scored on the same ones), scored for the meta-learner,
+a network trained from scratch on each support set, and a network pretrained on all meta-train
+data then fine-tuned on each support set; mean accuracy with a 95% interval each, and the
+paired difference to each baseline.
+"""
+
+from __future__ import annotations
+
+import time
+
+from medmeta.errors import MedmetaError
+from medmeta.home import Home
+from medmeta.training.models import backbone_factory, build_learner
+from medmeta.training.runs import read_json, require_model, write_json
+from medmeta.training.settings import PipelineSettings
+from medmeta.training.train import split_sampler
+
+EVAL_BATCH = 50  # episodes gathered at a time
+
+
+def evaluation_id(manifest_digest: str, seed: int, episodes: int, shots: int, queries: int) -> str:
+    from medmeta.registry import evaluation_id as registry_id
+
+    return registry_id(manifest_digest, seed, episodes, shots=shots, queries=queries)
+
+
+def test_episodes(tasks, shots: int, episodes: int, seed: int) -> list:
+    """The fixed meta-test episodes of a task set at ``shots``."""
+    if "test" not in tasks.splits:
+        raise MedmetaError(f"task set {tasks.manifest['name']} has no test split")
+    sampler = split_sampler(tasks.splits["test"], tasks.manifest, shots=shots, tasks=1, seed=seed)
+    return list(sampler.evaluation(episodes, batch=EVAL_BATCH))
+
+
+def load_learner(folder, spec: dict):
+    from metalearn.checkpoint import load_weights
+
+    learner = build_learner(spec)
+    load_weights(folder / "weights.safetensors", learner)
+    learner.eval()
+    return learner
+
+
+def evaluate_model(home: Home, name: str, settings: PipelineSettings) -> dict:
+    import torch
+
+    from medmeta.tasksets.store import load_taskset
+    from metalearn.baselines import FromScratch, PretrainFineTune
+    from metalearn.evaluation import compare
+
+    folder = require_model(home, name)
+    identity = read_json(folder / "spec.json", "model spec")
+    spec = identity["spec"]
+    ev = settings.evaluate
+    if (folder / "evaluation.json").is_file():
+        done = read_json(folder / "evaluation.json", "evaluation")
+        if done.get("settings") == ev:
+            return {**done, "cached": True}
+    tasks = load_taskset(home, identity["taskset"]["name"])
+    if tasks.manifest["snapshot"] != identity["taskset"]["snapshot"]:
+        raise MedmetaError(f"task set {identity['taskset']['name']} was rebuilt since {name} was trained")
+    seed, episodes = int(identity["train"]["seed"]), int(ev["episodes"])
+    learner = load_learner(folder, spec)
+    factory = backbone_factory(spec)
+    train = tasks.splits["train"]
+    torch.manual_seed(seed)
+    pretrained = PretrainFineTune(factory, spec["n_way"], train.inputs, train.labels,
+                                  pretrain_steps=int(ev["pretrain_steps"]), finetune_steps=int(ev["baseline_steps"]),
+                                  finetune_lr=float(ev["baseline_lr"]), seed=seed)
+    methods = {"meta": learner, "from_scratch": FromScratch(factory, spec["n_way"], steps=int(ev["baseline_steps"]),
+                                                            lr=float(ev["baseline_lr"])),
+               "pretrain_finetune": pretrained}
+    started = time.perf_counter()
+    by_shots = []
+    for shots in ev["shots"]:
+        table = compare(methods, test_episodes(tasks, int(shots), episodes, seed), reference="meta", seed=seed)
+        by_shots.append({
+            "shots": int(shots), "episodes": table["episodes"],
+            "evaluation_id": evaluation_id(identity["taskset"]["digest"], seed, episodes, int(shots),
+                                           int(tasks.manifest["queries"])),
+            "rows": table["rows"], "paired": table["paired"],
+        })
+    evaluation = {"model": name, "algorithm": spec["algorithm"], "taskset": identity["taskset"]["name"],
+                  "ways": spec["n_way"], "queries": int(tasks.manifest["queries"]), "metric": "accuracy",
+                  "episodes": episodes, "seed": seed, "settings": ev, "by_shots": by_shots,
+                  "seconds": round(time.perf_counter() - started, 3)}
+    from medmeta.training.plots import accuracy_against_shots
+
+    accuracy_against_shots(evaluation, folder / "evaluation.png")
+    write_json(folder / "evaluation.json", evaluation)
+    return {**evaluation, "cached": False}
+
+
+def score_on(learner, tasks, shots: int, episodes: int, seed: int) -> float:
+    """Mean accuracy of ``learner`` on the task set's fixed meta-test episodes (the champion check)."""
+    from metalearn.evaluation import score
+
+    return score(learner, test_episodes(tasks, shots, episodes, seed)).mean
+
+
+def evaluation_rows(evaluation: dict) -> list[dict]:
+    """One row per shots and method: the table people read."""
+    rows = []
+    for entry in evaluation["by_shots"]:
+        deltas = {p["vs"]: p for p in entry["paired"]}
+        for row in entry["rows"]:
+            delta = deltas.get(row["method"])
+            rows.append({"shots": entry["shots"], "method": row["method"], "accuracy": round(row["mean"], 4),
+                         "ci95": f"[{row['low']:.3f}, {row['high']:.3f}]", "episodes": entry["episodes"],
+                         "meta minus this": "" if delta is None else
+                         f"{delta['mean_difference']:+.3f} ± {delta['ci95']:.3f}"})
+    return rows

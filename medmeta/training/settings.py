@@ -1,0 +1,108 @@
+"""The pipeline's settings: medmeta/config/pipeline.yaml, overlaid with the user's file.
+
+A user file may leave keys out (the defaults stay); an unknown key, a value of the wrong type or
+an unknown algorithm is refused with the file and the key named, before anything runs.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medmeta.errors import MedmetaError
+
+ALGORITHMS = ("maml", "fomaml", "reptile", "protonet", "matchingnet")
+DEFAULT_FILE = "pipeline.yaml"
+# keys whose values are free-form mappings handed to metalearn (checked there)
+_FREE = {("train", "backbone"), ("train", "learner")}
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    tasksets: list[dict]
+    train: dict[str, Any]
+    evaluate: dict[str, Any]
+    publish: dict[str, Any]
+    source: str  # where they came from, for messages and model cards
+
+    def as_dict(self) -> dict:
+        return {"tasksets": self.tasksets, "train": self.train, "evaluate": self.evaluate, "publish": self.publish}
+
+
+def _defaults() -> dict:
+    return yaml.safe_load(resources.files("medmeta.config").joinpath(DEFAULT_FILE).read_text())
+
+
+def _overlay(base: dict, user: dict, where: tuple[str, ...], path: str) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in user.items():
+        here = (*where, str(key))
+        if key not in base:
+            raise MedmetaError(f"{path}: unknown setting {'.'.join(here)}; known: {', '.join(sorted(map(str, base)))}")
+        if isinstance(base[key], dict) and here not in _FREE:
+            if not isinstance(value, dict):
+                raise MedmetaError(f"{path}: {'.'.join(here)} must be a mapping")
+            out[key] = _overlay(base[key], value, here, path)
+        elif here in _FREE:
+            if not isinstance(value, dict):
+                raise MedmetaError(f"{path}: {'.'.join(here)} must be a mapping")
+            out[key] = {**base[key], **value}
+        else:
+            kind = type(base[key])
+            numeric = kind in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (isinstance(value, kind) or numeric or base[key] is None):
+                raise MedmetaError(f"{path}: {'.'.join(here)} must be {kind.__name__}, got {value!r}")
+            out[key] = value
+    return out
+
+
+def load_settings(path: str | Path | None = None) -> PipelineSettings:
+    raw = _defaults()
+    source = f"medmeta/config/{DEFAULT_FILE}"
+    if path is not None:
+        path = Path(path)
+        try:
+            user = yaml.safe_load(path.read_text()) or {}
+        except OSError as error:
+            raise MedmetaError(f"{path}: cannot read the pipeline settings ({error.strerror})") from None
+        except yaml.YAMLError as error:
+            raise MedmetaError(f"{path}: not valid YAML ({error})") from None
+        if not isinstance(user, dict):
+            raise MedmetaError(f"{path}: the pipeline settings must be a mapping")
+        raw = _overlay(raw, user, (), str(path))
+        source = str(path)
+    return _checked(raw, source)
+
+
+def _checked(raw: dict, source: str) -> PipelineSettings:
+    def fail(message: str):
+        raise MedmetaError(f"{source}: {message}")
+
+    train, evaluate, publish = raw["train"], raw["evaluate"], raw["publish"]
+    if not isinstance(raw["tasksets"], list) or not raw["tasksets"]:
+        fail("tasksets must be a non-empty list")
+    for algorithm in train["algorithms"]:
+        if algorithm not in ALGORITHMS:
+            fail(f"train.algorithms: unknown algorithm {algorithm!r}; choose from {', '.join(ALGORITHMS)}")
+    unknown = set(train["learner"]) - set(ALGORITHMS)
+    if unknown:
+        fail(f"train.learner: unknown algorithms {sorted(unknown)}")
+    for key in ("steps", "meta_batch", "val_every", "val_episodes", "checkpoint_every"):
+        if not isinstance(train[key], int) or train[key] < 1:
+            fail(f"train.{key} must be a positive integer, got {train[key]!r}")
+    if not isinstance(evaluate["shots"], list) or not all(isinstance(k, int) and k >= 1 for k in evaluate["shots"]):
+        fail(f"evaluate.shots must be a list of positive integers, got {evaluate['shots']!r}")
+    if not isinstance(evaluate["episodes"], int) or evaluate["episodes"] < 2:
+        fail(f"evaluate.episodes must be an integer of at least 2, got {evaluate['episodes']!r}")
+    if publish["metric"] != "accuracy":
+        fail(f"publish.metric: only accuracy is supported for classification task sets, got {publish['metric']!r}")
+    if publish["shots"] not in evaluate["shots"]:
+        fail(f"publish.shots ({publish['shots']}) must be one of evaluate.shots {evaluate['shots']}")
+    if not 0 <= float(publish["margin"]) < 1:
+        fail(f"publish.margin must lie in [0, 1), got {publish['margin']!r}")
+    return PipelineSettings(raw["tasksets"], train, evaluate, publish, source)

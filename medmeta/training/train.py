@@ -1,0 +1,67 @@
+"""Meta-train one algorithm on one task set: the metalearn trainer over the task set's splits."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from medmeta.errors import MedmetaError
+from medmeta.home import Home
+from medmeta.training.models import build_learner, model_spec
+from medmeta.training.runs import model_dir, model_name, read_json, run_identity, write_json
+from medmeta.training.settings import PipelineSettings
+
+
+def split_sampler(split, manifest: dict, *, shots: int, tasks: int, seed: int):
+    """An ``EpisodeSampler`` over one split of a task set, with the task set's ways and queries."""
+    from metalearn.sampler import EpisodeSampler
+
+    return EpisodeSampler(**split.sampler_kwargs(), ways=int(manifest["ways"]), shots=shots,
+                          queries=int(manifest["queries"]), tasks=tasks, seed=seed)
+
+
+def train_model(home: Home, taskset: str, algorithm: str, settings: PipelineSettings,
+                on_step: Callable | None = None, on_validation: Callable | None = None) -> dict:
+    """Train (or resume, or find already trained) ``algorithm`` on ``taskset``; returns result.json."""
+    from medmeta.tasksets.store import load_taskset
+    from metalearn.checkpoint import save_weights
+    from metalearn.trainer import Trainer
+
+    tasks = load_taskset(home, taskset)
+    manifest, train = tasks.manifest, settings.train
+    identity = run_identity(manifest, model_spec(manifest, algorithm, train), train)
+    name = model_name(identity)
+    folder = model_dir(home, name)
+    if (folder / "result.json").is_file():
+        return {**read_json(folder / "result.json", "training result"), "cached": True}
+    write_json(folder / "spec.json", identity)
+    for split in ("train", "val"):
+        if split not in tasks.splits:
+            raise MedmetaError(f"task set {taskset} has no {split} split")
+    seed = int(train["seed"])
+    shots = int(manifest["shots"])
+    sampler = split_sampler(tasks.splits["train"], manifest, shots=shots, tasks=int(train["meta_batch"]), seed=seed)
+    val = split_sampler(tasks.splits["val"], manifest, shots=shots, tasks=1, seed=seed + 1)
+    learner = build_learner(identity["spec"])
+    trainer = Trainer(
+        learner, sampler.sample, max_steps=int(train["steps"]), lr=float(train["lr"]),
+        val_episodes=list(val.evaluation(int(train["val_episodes"]), batch=int(train["val_episodes"]))),
+        val_every=int(train["val_every"]), patience=train["patience"], checkpoint_dir=folder / "checkpoint",
+        checkpoint_every=int(train["checkpoint_every"]), seed=seed, device=str(train["device"]), config=identity,
+        on_step=on_step, on_validation=on_validation,
+    )
+    started = time.perf_counter()
+    result = trainer.fit(resume=True)
+    save_weights(folder / "weights.safetensors", learner, metadata={"model": name})
+    summary = {
+        "model": name, "taskset": taskset, "algorithm": algorithm, "snapshot": manifest["snapshot"],
+        "steps": result.steps, "stop_reason": result.stop_reason, "monitor": result.monitor,
+        "best_value": result.best_value, "best_step": result.best_step, "device": result.device,
+        "seconds": round(time.perf_counter() - started, 3), "history": result.history,
+        "validations": result.validations, "spec": identity["spec"], "train": identity["train"],
+    }
+    from medmeta.training.plots import training_curve
+
+    training_curve(summary, folder / "curve.png")
+    write_json(folder / "result.json", summary)
+    return {**summary, "cached": False}

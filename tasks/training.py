@@ -1,0 +1,98 @@
+"""Prefect tasks of training, evaluation and publishing: coarse, one per model and stage.
+
+Training reports live progress (a progress artifact) and, once done, its curve as an image
+artifact; a retry of a crashed training task resumes from the checkpoint under the home.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import (create_image_artifact, create_markdown_artifact, create_progress_artifact,
+                               create_table_artifact, update_progress_artifact)
+from prefect.logging import get_run_logger
+
+from medmeta.home import Home
+from medmeta.training.settings import PipelineSettings
+from tasks.options import NO_RESULTS
+
+PROGRESS_EVERY_S = 2.0
+
+
+def _png_url(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def artifact_key(*parts: str) -> str:
+    """Prefect artifact keys: lowercase letters, digits and dashes."""
+    import re
+
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:100]
+
+
+class _LiveProgress:
+    """Feeds the trainer's step reports into a Prefect progress artifact (at most every 2 s)."""
+
+    def __init__(self, key: str, description: str):
+        self.artifact = create_progress_artifact(progress=0.0, key=key, description=description)
+        self.last = 0.0
+        self.logger = get_run_logger()
+
+    def on_step(self, report) -> None:
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_EVERY_S or report.step == report.max_steps:
+            self.last = now
+            update_progress_artifact(self.artifact, progress=100.0 * report.step / report.max_steps)
+            accuracy = "" if report.accuracy is None else f", accuracy {report.accuracy:.3f}"
+            self.logger.info("step %d/%d: loss %.4f%s", report.step, report.max_steps, report.loss, accuracy)
+
+    def on_validation(self, report) -> None:
+        self.logger.info("meta-validation at step %d: %s %.4f (best %.4f at step %d)", report.step, report.monitor,
+                         report.value, report.best_value, report.best_step)
+
+
+@task(name="train-model", retries=1, **NO_RESULTS)
+def train_model_task(home: Home, taskset: str, algorithm: str, settings: PipelineSettings) -> dict:
+    from medmeta.training.train import train_model
+
+    live = _LiveProgress(artifact_key("medmeta-training-progress", taskset, algorithm),
+                         f"meta-training {algorithm} on {taskset}")
+    result = train_model(home, taskset, algorithm, settings, on_step=live.on_step, on_validation=live.on_validation)
+    update_progress_artifact(live.artifact, progress=100.0)
+    folder = home.training / result["model"]
+    create_image_artifact(image_url=_png_url(folder / "curve.png"), key=artifact_key("medmeta-training-curve", taskset, algorithm),
+                          description=f"Training curve of {result['model']} ({result['steps']} steps, {result['stop_reason']}, "
+                                      f"device {result['device']})")
+    get_run_logger().info("%s %s: %d steps (%s) on %s in %.1f s", "found" if result["cached"] else "trained",
+                          result["model"], result["steps"], result["stop_reason"], result["device"], result["seconds"])
+    return {k: v for k, v in result.items() if k not in ("history", "validations")}
+
+
+@task(name="evaluate-model", **NO_RESULTS)
+def evaluate_model_task(home: Home, model: str, settings: PipelineSettings) -> dict:
+    from medmeta.training.evaluate import evaluate_model, evaluation_rows
+
+    evaluation = evaluate_model(home, model, settings)
+    key = artifact_key("medmeta-evaluation", evaluation["taskset"], evaluation["algorithm"])
+    create_table_artifact(key=key, table=evaluation_rows(evaluation),
+                          description=f"Meta-test accuracy of {model} against the baselines, 95% intervals, "
+                                      f"{evaluation['episodes']} episodes per shot count")
+    create_image_artifact(image_url=_png_url(home.training / model / "evaluation.png"),
+                          key=artifact_key("medmeta-accuracy-vs-shots", evaluation["taskset"], evaluation["algorithm"]),
+                          description=f"Accuracy against shots: {model} and the baselines")
+    return evaluation
+
+
+@task(name="publish-model", **NO_RESULTS)
+def publish_model_task(home: Home, model: str, settings: PipelineSettings) -> dict:
+    from medmeta.training.publish import publish_model
+
+    published = publish_model(home, model, settings)
+    card_md = Path(published["card"]).read_text()
+    create_markdown_artifact(key=artifact_key("medmeta-model-card", published["name"]), markdown=card_md,
+                             description=f"Model card of {published['ref']} ({published['decision']})")
+    get_run_logger().info("published %s: %s (%s)", published["ref"], published["decision"], published["reason"])
+    return published
