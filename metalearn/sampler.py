@@ -14,8 +14,8 @@ e.g. "response").
 
 Purity: ``indices(step)`` and ``sample(step)`` depend on ``(seed, step)`` only (a generator made
 from ``[seed, 0, step]``), so a trainer resumes exactly by asking for the next step.
-``evaluation_indices(count)`` is a fixed list of ``count`` tasks from a separate stream
-(``[seed, 1]``), the same for every call.
+``evaluation_indices(count)`` is a fixed list of ``count`` tasks from separate streams
+(``[seed, 1, i]`` for task ``i``), the same for every call, each list a prefix of a longer one.
 
 Speed: class rows are held as one sorted index array with offsets (CSR), and the ``K + Q``
 distinct cases of every class of every task of a step are drawn in a few vectorised numpy calls
@@ -166,8 +166,14 @@ class EpisodeSampler:
         return self._draw(np.random.default_rng([self.seed, TRAIN_STREAM, int(step)]), self.tasks)
 
     def evaluation_indices(self, count: int = 600) -> EpisodeIndices:
-        """A fixed list of ``count`` tasks, by seed, from a stream no training step draws from."""
-        return self._draw(np.random.default_rng([self.seed, EVAL_STREAM]), int(count))
+        """A fixed list of ``count`` tasks, by seed, from streams no training step draws from.
+
+        Task ``i`` comes from its own stream ``[seed, 1, i]``, so the first 100 of 600 are the
+        100 you get when asking for 100.
+        """
+        drawn = [self._draw(np.random.default_rng([self.seed, EVAL_STREAM, i]), 1) for i in range(int(count))]
+        return EpisodeIndices(*(np.concatenate([getattr(d, f) for d in drawn]) for f in
+                                ("support", "query", "classes", "groups")))
 
     # -- tensors -----------------------------------------------------------------------------
 

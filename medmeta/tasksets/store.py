@@ -6,7 +6,8 @@
         record  float32 [N, F]         the standardised record features (inputs records | both)
         label   int64   [N]            disease: index into the split's classes; drug: 1 = response
         task    int64   [N]            drug only: index into the split's drugs
-      and in the header metadata ``patient_ids``: the pseudonymous patient id of each row (JSON).
+      and in the header metadata ``medmeta`` (JSON): ``format`` and ``patient_ids``, the pseudonymous
+      patient id of each row.
 
 The manifest lists every split file with its SHA-256; ``load_taskset`` refuses a file that does
 not match, so a half-written or edited task set is never trained on.
@@ -42,8 +43,9 @@ def write_split(folder: Path, split: str, tensors: dict[str, np.ndarray], patien
     """Write ``<split>.safetensors`` atomically; return its file name and SHA-256."""
     from safetensors.numpy import save
 
+    # one metadata key: safetensors writes its metadata map in no fixed order, and the bytes must not vary
     data = save({k: np.ascontiguousarray(v) for k, v in sorted(tensors.items())},
-                metadata={"patient_ids": json.dumps(patient_ids), "format": str(FORMAT)})
+                metadata={"medmeta": json.dumps({"format": FORMAT, "patient_ids": patient_ids})})
     name = f"{split}.safetensors"
     write_bytes(folder / name, data)
     return {"file": name, "sha256": hashlib.sha256(data).hexdigest()}
@@ -122,7 +124,7 @@ def load_taskset(home: Home, name: str, dtype=None) -> TaskSet:
             raise MedmetaError(f"{path}: missing or not the file the manifest lists; build the task set again")
         tensors = load(data)
         with safe_open(str(path), framework="pt") as handle:
-            patient_ids = json.loads(handle.metadata()["patient_ids"])
+            patient_ids = json.loads(handle.metadata()["medmeta"])["patient_ids"]
         parts = {k: tensors[k].to(dtype) for k in ("image", "record") if k in tensors}
         inputs = parts if len(parts) > 1 else next(iter(parts.values()))
         codes = [c["code"] for c in entry["classes"]]
