@@ -146,14 +146,16 @@ class EpisodeSampler:
     def _draw(self, rng: np.random.Generator, tasks: int) -> EpisodeIndices:
         n, k, q = self.ways, self.shots, self.queries
         m = k + q
-        pick = rng.integers(0, len(self.group_ids), size=tasks)
-        sizes = self._group_sizes[pick]
         keys = rng.random((tasks, self._group_classes.shape[1]))
-        keys[np.arange(self._group_classes.shape[1])[None, :] >= sizes[:, None]] = np.inf
+        if len(self.group_ids) == 1:
+            pick = np.zeros(tasks, np.int64)
+        else:
+            pick = rng.integers(0, len(self.group_ids), size=tasks)
+            keys[np.arange(keys.shape[1])[None, :] >= self._group_sizes[pick][:, None]] = np.inf
         positions = np.argsort(keys, axis=1)[:, :n]  # a random ordered subset of the group's classes
         if not self.shuffle_labels:
             positions = np.sort(positions, axis=1)
-        classes = np.take_along_axis(self._group_classes[pick], positions, axis=1)  # [T, N]
+        classes = self._group_classes[pick[:, None], positions]  # [T, N]
 
         flat = classes.reshape(-1)
         chosen = distinct_positions(rng, self.class_counts[flat], m)  # [T*N, m], in random order
