@@ -128,7 +128,8 @@ def _drug_cases(snap: ValidatedSnapshot, spec: TaskSetSpec):
     known = set(snap.tables["patients"]["patient_id"])
     cases = case_rules.drug_cases(exposures)
     cases = cases[cases["patient_id"].isin(known)]
-    tally = cases.groupby(["drug_code", "label"]).size().unstack(fill_value=0).reindex(columns=[0, 1], fill_value=0)
+    tally = (cases.groupby(["drug_code", "label"]).size().unstack(fill_value=0).reindex(columns=[0, 1], fill_value=0)
+             if len(cases) else pd.DataFrame(columns=[0, 1]))
     need = spec.cases_needed
     counts, excluded = {}, []
     for code in sorted(exposures["drug_code"].dropna().unique().tolist()):

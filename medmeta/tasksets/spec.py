@@ -47,6 +47,8 @@ def make_spec(kind: str, inputs: str | None = None, ways: int | None = None, sho
                             d["queries"] if queries is None else queries)
     if kind == "drug" and ways != 2:
         raise MedmetaError(f"drug tasks are binary (response / no response): --ways must be 2, got {ways}")
+    if seed < 0:
+        raise MedmetaError(f"--seed must be 0 or more, got {seed}")
     if ways < 2 or shots < 1 or queries < 1:
         raise MedmetaError(f"need --ways >= 2, --shots >= 1, --queries >= 1; got {ways}, {shots}, {queries}")
     name = name or f"{kind}-{inputs}-{ways}w{shots}s{queries}q-seed{seed}"

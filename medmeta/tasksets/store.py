@@ -19,13 +19,16 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
 from medmeta.atomic import write_bytes, write_json
 from medmeta.errors import MedmetaError
 from medmeta.home import Home
+
+if TYPE_CHECKING:  # torch is imported when a task set is loaded, never by the CLI's start-up
+    import torch
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -77,7 +80,7 @@ def list_tasksets(home: Home) -> list[dict]:
     return [json.loads((d / MANIFEST).read_text()) for d in sorted(folder.iterdir()) if (d / MANIFEST).is_file()]
 
 
-Inputs = Union["torch.Tensor", dict]  # noqa: F821
+Inputs = Union["torch.Tensor", dict]
 
 
 @dataclass(frozen=True)
@@ -88,8 +91,8 @@ class TaskSplit:
     kind: str  # disease | drug
     codes: list[str]  # disease: label i is codes[i]; drug: task i is the drug codes[i]
     inputs: Inputs  # image [N, 1, S, S] float | record [N, F] float | {"image", "record"}
-    labels: "torch.Tensor"  # int64 [N]  # noqa: F821
-    tasks: "torch.Tensor | None"  # drug: int64 [N] index into codes; disease: None  # noqa: F821
+    labels: torch.Tensor  # int64 [N]
+    tasks: torch.Tensor | None  # drug: int64 [N] index into codes; disease: None
     patient_ids: list[str]
 
     def __len__(self) -> int:
