@@ -199,13 +199,12 @@ def tasks_build(
     """Build a task set from the current snapshot (refused when its validation failed); a Prefect flow."""
     from medmeta.errors import MedmetaError
     from medmeta.home import Home
+    from medmeta.tasksets.build import plan_taskset
     from medmeta.tasksets.spec import make_spec
-    from validation.gate import require_passed
 
     the_home = Home.at(home)
-    try:  # the cheap checks, before the embedded Prefect server starts
-        make_spec(by, inputs, ways, shots, queries, seed, name)
-        require_passed(the_home)
+    try:  # the gate, the cases and the split (a second or less), before the embedded Prefect server starts
+        plan_taskset(the_home, make_spec(by, inputs, ways, shots, queries, seed, name))
     except MedmetaError as error:
         _fail(str(error))
     _prefect_environment(the_home.root)
@@ -218,7 +217,8 @@ def tasks_build(
     except MedmetaError as error:
         _fail(str(error))
     human = [f"task set {summary['name']} from snapshot {summary['snapshot']} ({summary['path']})"]
-    human += [f"  {split}: {len(e['classes'])} classes, {e['cases']} cases ({', '.join(e['classes'])})"
+    unit = "drugs" if summary["kind"] == "drug" else "diseases"
+    human += [f"  {split}: {len(e['classes'])} {unit}, {e['cases']} cases ({', '.join(e['classes'])})"
               for split, e in summary["splits"].items()]
     human += [f"  excluded {e['code']}: {e['reason']}" for e in summary["excluded"]]
     _emit(summary, as_json, "\n".join(human))

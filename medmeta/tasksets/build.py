@@ -6,6 +6,8 @@ pseudonymous patient id, the manifest holds no time, and JSON keys are sorted.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -20,16 +22,31 @@ from medmeta.tasksets.store import FORMAT, taskset_dir, write_manifest, write_sp
 ADAPTATION = "adaptation"
 
 
-def build_taskset(home: Home, spec: TaskSetSpec) -> dict:
-    """Write ``H/tasksets/<name>/`` and return its manifest; refuses a snapshot that failed validation."""
-    snap = load_validated(home)  # the gate: raises before anything is written
+@dataclass(frozen=True)
+class Plan:
+    """What a task set will hold, before anything is written: its cases per split, counts, exclusions."""
+
+    snap: ValidatedSnapshot
+    splits: dict[str, list[str]]  # split -> class codes (sorted; label / task i is codes[i])
+    rows: dict[str, pd.DataFrame]  # split -> its cases, ordered by class then patient id
+    counts: dict[str, dict]  # code -> cases (and responders / non-responders for drugs)
+    roles: dict[str, str]  # code -> the validation's label-coverage role
+    excluded: list[dict]
+    policy: str
+
+
+def plan_taskset(home: Home, spec: TaskSetSpec) -> Plan:
+    """Read the validated snapshot and split its classes; every data problem is raised here, nothing written."""
+    snap = load_validated(home)  # the gate: a snapshot that failed validation stops here
     if spec.kind == "disease":
         cases, label_column, excluded, counts, policy = _disease_cases(snap, spec)
     else:
         cases, label_column, excluded, counts, policy = _drug_cases(snap, spec)
     eligible = sorted(code for code, c in counts.items() if c["eligible"])
     roles = {code: snap.coverage.get((spec.kind, code), "unknown") for code in counts}
-    splits = split_classes(eligible, roles, spec.seed, spec.ways if spec.kind == "disease" else 1, spec.kind)
+    per = "" if spec.kind == "disease" else " of each outcome"
+    splits = split_classes(eligible, roles, spec.seed, spec.ways if spec.kind == "disease" else 1, spec.kind,
+                           f" ({spec.cases_needed}{per}: shots {spec.shots} + queries {spec.queries})")
     adaptation = sorted(e["code"] for e in excluded if e["adaptation_only"])
     if adaptation:
         splits[ADAPTATION] = adaptation
@@ -38,7 +55,14 @@ def build_taskset(home: Home, spec: TaskSetSpec) -> dict:
     for split, frame in rows.items():
         frame["class_index"] = frame[label_column].map({c: i for i, c in enumerate(splits[split])}).astype("int64")
         rows[split] = frame.sort_values(["class_index", "patient_id"], kind="stable").reset_index(drop=True)
+    return Plan(snap, splits, rows, counts, roles, excluded, policy)
 
+
+def build_taskset(home: Home, spec: TaskSetSpec) -> dict:
+    """Write ``H/tasksets/<name>/`` and return its manifest; refuses a snapshot that failed validation."""
+    plan = plan_taskset(home, spec)
+    snap, splits, rows, counts, roles, excluded, policy = (plan.snap, plan.splits, plan.rows, plan.counts, plan.roles,
+                                                           plan.excluded, plan.policy)
     feature_spec, records = None, {}
     if spec.inputs in ("records", "both"):
         raw = {split: raw_features(frame, snap.tables, with_conditions=spec.kind == "drug") for split, frame in rows.items()}
@@ -145,4 +169,4 @@ def _drug_cases(snap: ValidatedSnapshot, spec: TaskSetSpec):
     return cases.rename(columns={"drug_code": "code"}), "code", excluded, counts, case_rules.DRUG_LABEL_POLICY
 
 
-__all__ = ["build_taskset", "SPLITS", "ADAPTATION"]
+__all__ = ["build_taskset", "plan_taskset", "Plan", "SPLITS", "ADAPTATION"]

@@ -18,13 +18,14 @@ SPLITS = ("train", "val", "test")
 HELD_OUT_FRACTION = 0.2  # of the eligible classes, for validation and again for test
 
 
-def split_classes(eligible: list[str], roles: dict[str, str], seed: int, minimum: int, unit: str) -> dict[str, list[str]]:
+def split_classes(eligible: list[str], roles: dict[str, str], seed: int, minimum: int, unit: str,
+                  need: str = "") -> dict[str, list[str]]:
     """``{"train": [...], "val": [...], "test": [...]}``, each sorted; ``minimum`` classes at least per split."""
     codes = sorted(eligible)
     held = max(minimum, int(round(HELD_OUT_FRACTION * len(codes))))
     n_train = len(codes) - 2 * held
     if n_train < minimum:
-        raise MedmetaError(f"only {len(codes)} {unit}s have enough cases for an episode; three disjoint splits "
+        raise MedmetaError(f"only {len(codes)} {unit}s have enough cases for an episode{need}; three disjoint splits "
                            f"need at least {3 * minimum} ({minimum} each): lower --ways, --shots or --queries, "
                            "or ingest more patients")
     rng = np.random.default_rng(seed)
