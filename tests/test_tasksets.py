@@ -74,6 +74,11 @@ def test_same_arguments_same_bytes_and_a_new_seed_a_new_split(home):
     assert {p.name: p.read_bytes() for p in sorted(folder.iterdir())} == first
     assert set(first) == {"manifest.json", "train.safetensors", "val.safetensors", "test.safetensors",
                           "adaptation.safetensors"}
+    tampered = bytearray(first["val.safetensors"])
+    tampered[-1] ^= 1
+    (folder / "val.safetensors").write_bytes(bytes(tampered))
+    with pytest.raises(MedmetaError, match="val.safetensors: missing or not the file the manifest lists"):
+        load_taskset(home, "same")
     splits = set()
     for seed in range(5):
         m = build_taskset(home, make_spec("disease", "records", seed=seed, name="by-seed", **SMALL))

@@ -110,10 +110,15 @@ class TaskSet:
     splits: dict[str, TaskSplit]  # train, val, test, and adaptation when there are rare classes
 
 
+def _metadata(data: bytes) -> dict:
+    """The ``__metadata__`` of safetensors bytes (8-byte little-endian header length, then JSON)."""
+    size = int.from_bytes(data[:8], "little")
+    return json.loads(data[8:8 + size]).get("__metadata__") or {}
+
+
 def load_taskset(home: Home, name: str, dtype=None) -> TaskSet:
     """The task set ``name`` as tensors (images as ``dtype``, default float32), checked against its manifest."""
     import torch
-    from safetensors import safe_open
     from safetensors.torch import load
 
     dtype = dtype or torch.float32
@@ -126,8 +131,10 @@ def load_taskset(home: Home, name: str, dtype=None) -> TaskSet:
         if hashlib.sha256(data).hexdigest() != entry["sha256"]:
             raise MedmetaError(f"{path}: missing or not the file the manifest lists; build the task set again")
         tensors = load(data)
-        with safe_open(str(path), framework="pt") as handle:
-            patient_ids = json.loads(handle.metadata()["medmeta"])["patient_ids"]
+        meta = _metadata(data)
+        if "medmeta" not in meta or json.loads(meta["medmeta"]).get("format") != FORMAT:
+            raise MedmetaError(f"{path}: not a medmeta task set file of format {FORMAT}; build the task set again")
+        patient_ids = json.loads(meta["medmeta"])["patient_ids"]
         parts = {k: tensors[k].to(dtype) for k in ("image", "record") if k in tensors}
         inputs = parts if len(parts) > 1 else next(iter(parts.values()))
         codes = [c["code"] for c in entry["classes"]]
