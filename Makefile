@@ -27,6 +27,7 @@ test: install
 bench: install
 	$(BIN)/python bench/ingest.py --out BENCHMARKS.md
 	$(BIN)/python bench/validation.py --out BENCHMARKS.md
+	$(BIN)/python bench/sampler.py --out BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) $(DEMO_HOME) $(DEMO_DATA) bench-data

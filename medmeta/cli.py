@@ -397,6 +397,65 @@ def models_show(
            "card": found.card}, as_json,
           found.card_md_path.read_text(encoding="utf-8") + f"\ncurrent aliases: {', '.join(current) or 'none'}")
 
+# -- task sets (`medmeta tasks ...`) -------------------------------------------------------------
+
+tasks_app = typer.Typer(no_args_is_help=True, help="Few-shot task sets built from the validated snapshot.")
+app.add_typer(tasks_app, name="tasks")
+
+
+@tasks_app.command("build")
+def tasks_build(
+    by: str = typer.Option(..., "--by", help="disease (classes are ICD-10-CM codes) or drug (one binary response task per ATC code)."),
+    inputs: Optional[str] = typer.Option(None, "--inputs", help="images, records or both [default: images for disease, records for drug]."),
+    ways: Optional[int] = typer.Option(None, "--ways", help="Classes per episode [default: 3; drug: 2]."),
+    shots: Optional[int] = typer.Option(None, "--shots", help="Support cases per class [default: 5]."),
+    queries: Optional[int] = typer.Option(None, "--queries", help="Query cases per class [default: 3; drug: 5]."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the split of classes into meta-train/val/test."),
+    name: Optional[str] = typer.Option(None, "--name", help="[default: <by>-<inputs>-<W>w<K>s<Q>q-seed<S>]"),
+    home: Optional[Path] = HomeOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Build a task set from the current snapshot (refused when its validation failed); a Prefect flow."""
+    from medmeta.errors import MedmetaError
+    from medmeta.home import Home
+    from medmeta.tasksets.build import plan_taskset
+    from medmeta.tasksets.spec import make_spec
+
+    the_home = Home.at(home)
+    try:  # the gate, the cases and the split (a second or less), before the embedded Prefect server starts
+        plan_taskset(the_home, make_spec(by, inputs, ways, shots, queries, seed, name))
+    except MedmetaError as error:
+        _fail(str(error))
+    _prefect_environment(the_home.root)
+    from flows.tasksets import build_tasksets_flow
+    from medmeta.prefect_runtime import embedded_run_settings
+
+    try:
+        with _spinner("building the task set"), embedded_run_settings():
+            summary = build_tasksets_flow(by, inputs, ways, shots, queries, seed, name, str(the_home.root))
+    except MedmetaError as error:
+        _fail(str(error))
+    human = [f"task set {summary['name']} from snapshot {summary['snapshot']} ({summary['path']})"]
+    unit = "drugs" if summary["kind"] == "drug" else "diseases"
+    human += [f"  {split}: {len(e['classes'])} {unit}, {e['cases']} cases ({', '.join(e['classes'])})"
+              for split, e in summary["splits"].items()]
+    human += [f"  excluded {e['code']}: {e['reason']}" for e in summary["excluded"]]
+    _emit(summary, as_json, "\n".join(human))
+
+
+@tasks_app.command("list")
+def tasks_list(home: Optional[Path] = HomeOption, as_json: bool = JsonOption) -> None:
+    """The task sets in the home."""
+    from medmeta.home import Home
+    from medmeta.tasksets.store import list_tasksets
+    from medmeta.tasksets.summary import summarize
+
+    summaries = [summarize(m) for m in list_tasksets(Home.at(home))]
+    human = "\n".join(f"{s['name']}: {s['kind']} / {s['inputs']}, {s['ways']}-way {s['shots']}-shot, snapshot "
+                      f"{s['snapshot']}, " + ", ".join(f"{k} {len(v['classes'])}" for k, v in s["splits"].items())
+                      for s in summaries) or "no task sets"
+    _emit({"tasksets": summaries}, as_json, human)
+
 
 class _progress:
     """A rich progress bar on stderr fed by ``medmeta.progress`` reports."""

@@ -1,0 +1,23 @@
+"""The task-set flow: a validated snapshot to few-shot task sets split by disease or drug."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from medmeta.home import Home
+from medmeta.tasksets.spec import make_spec
+from medmeta.tasksets.store import taskset_dir
+from medmeta.tasksets.summary import summarize
+from tasks.tasksets import build_taskset_task, report_taskset
+
+
+@flow(name="build-tasksets", persist_result=False, validate_parameters=True)
+def build_tasksets_flow(by: str, inputs: str | None = None, ways: int | None = None, shots: int | None = None,
+                        queries: int | None = None, seed: int = 0, name: str | None = None,
+                        home: str | None = None) -> dict:
+    """Build the task set (refusing a snapshot that failed validation) and report it; returns its summary."""
+    the_home = Home.at(home)
+    spec = make_spec(by, inputs, ways, shots, queries, seed, name)
+    manifest = build_taskset_task(the_home, spec)
+    report_taskset(manifest)
+    return summarize(manifest, str(taskset_dir(the_home, spec.name)))
