@@ -152,7 +152,7 @@ class TinyFOMAML(MetaLearner):
             for p, g in zip(self.net.parameters(), grads):
                 p.grad = g * backward_scale if p.grad is None else p.grad + g * backward_scale
         acc = None if self.n_way is None else float((out.argmax(-1) == batch.query_y[i]).float().mean())
-        return float(loss), acc
+        return float(loss.detach()), acc
 
     def meta_step(self, batch: Episodes) -> StepMetrics:
         results = [self._task(batch, i, 1.0 / batch.tasks) for i in range(batch.tasks)]
