@@ -156,7 +156,7 @@ class PretrainFineTune:
             loss = _loss(network(_rows(self.train_x, index)), self.train_y[index], self.regression)
             loss.backward()
             optimizer.step()
-            self.pretrain_losses.append(float(loss))
+            self.pretrain_losses.append(float(loss.detach()))
         network.eval()
         self.network = network
         return network

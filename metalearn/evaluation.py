@@ -84,12 +84,12 @@ def episode_scores(method: Adapts, episodes: Episodes | Iterable[Episodes],
             with torch.no_grad():
                 out = predict(qx).float()
             if batch.is_regression:
-                scores.append(float(((out.reshape(qy.shape) - qy.float()) ** 2).mean()))
+                scores.append(float(((out.reshape(qy.shape).double() - qy.double()) ** 2).mean()))
             else:
                 if out.shape != (qy.shape[0], batch.n_way):
                     raise ValueError(f"a classifier must return logits [{qy.shape[0]}, {batch.n_way}], "
                                      f"got {tuple(out.shape)}")
-                scores.append(float((out.argmax(-1) == qy).float().mean()))
+                scores.append(int((out.argmax(-1) == qy).sum()) / qy.shape[0])
     if not scores:
         raise ValueError("no test episodes")
     return scores

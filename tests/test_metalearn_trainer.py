@@ -18,6 +18,15 @@ from tests.metalearn_toy import TinyFOMAML, TinyProto, clusters, sinusoids
 VAL = clusters(0, tasks=10, split="test", seed=1)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, above all on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def proto(seed: int = 0, **kwargs) -> TinyProto:
     torch.manual_seed(seed)
     return TinyProto(hidden=16, embedding=8, **kwargs)
