@@ -160,3 +160,31 @@ def test_bad_episodes_from_the_sampler_are_refused():
         Trainer(proto(), bad, max_steps=2).fit()
     with pytest.raises(ValueError, match="unknown optimizer"):
         Trainer(proto(), train_sample, max_steps=2, optimizer="lion")
+
+
+@pytest.mark.parametrize("name", ["maml", "fomaml", "reptile", "protonet", "matchingnet"])
+def test_each_algorithm_resumes_exactly_after_an_interrupt(name, tmp_path):
+    from metalearn import build_backbone, build_learner
+
+    def learner():
+        torch.manual_seed(0)
+        return build_learner(name, build_backbone("mlp", in_features=16, hidden=(16,)), n_way=5)
+
+    def trainer(model, run_dir, on_step=None):
+        return Trainer(model, train_sample, max_steps=10, lr=5e-3, val_episodes=VAL, val_every=3, patience=10,
+                       checkpoint_dir=run_dir, checkpoint_every=4, seed=3, on_step=on_step)
+
+    straight = learner()
+    expected = trainer(straight, tmp_path / "straight").fit()
+
+    def stop_at_5(report: StepReport) -> None:
+        if report.step == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted):
+        trainer(learner(), tmp_path / "resumed", stop_at_5).fit()
+    resumed = learner()
+    result = trainer(resumed, tmp_path / "resumed").fit()
+    assert result.history == expected.history and result.validations == expected.validations
+    for (key, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), key
