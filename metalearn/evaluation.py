@@ -128,7 +128,8 @@ def compare(methods: dict[str, Adapts], episodes: Episodes | Iterable[Episodes],
         torch.manual_seed(seed)
         scores[name] = score(method, batches, device)
     metric = scores[reference].metric
-    rows = [{"method": name, "mean": s.mean, "ci95": s.ci95, "low": s.low, "high": s.high} for name, s in scores.items()]
+    rows = [{"method": name, "mean": s.mean, "ci95": s.ci95, "low": s.low, "high": s.high}
+            for name, s in scores.items()]
     paired = []
     for name, s in scores.items():
         if name == reference:

@@ -238,7 +238,10 @@ class Trainer:
                                   + self._last_good())
         monitor = "loss" if metrics.accuracy is None else "accuracy"
         value = metrics.loss if monitor == "loss" else metrics.accuracy
-        improved = self.best_value is None or (value < self.best_value if monitor == "loss" else value > self.best_value)
+        if self.best_value is None:
+            improved = True
+        else:
+            improved = value < self.best_value if monitor == "loss" else value > self.best_value
         if improved:
             self.best_value, self.best_step, self.bad_validations = value, self.step, 0
             self.best_state = {k: v.detach().clone() for k, v in self.learner.state_dict().items()}
