@@ -64,16 +64,17 @@ def test_a_finished_run_is_returned_as_is_and_more_steps_train_on(tmp_path):
     assert [r.step for r in calls] == [11, 12, 13, 14, 15] and longer.history[:10] == first.history
 
 
-def test_sigterm_finishes_the_step_writes_a_checkpoint_and_resume_continues(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_finishes_the_step_writes_a_checkpoint_and_resume_continues(signum, tmp_path):
     def stop_at_7(report: StepReport) -> None:
         if report.step == 7:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
 
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = signal.getsignal(signum)
     with pytest.raises(TrainingInterrupted) as caught:
         Trainer(proto(), train_sample, max_steps=20, checkpoint_dir=tmp_path, checkpoint_every=100,
                 on_step=stop_at_7).fit()
-    assert signal.getsignal(signal.SIGTERM) is previous  # the handler is put back
+    assert signal.getsignal(signum) is previous  # the handler is put back
     assert caught.value.step == 7 and caught.value.checkpoint == tmp_path / CHECKPOINT_NAME
     assert read_checkpoint_meta(tmp_path / CHECKPOINT_NAME)["step"] == 7
     steps: list[int] = []
