@@ -37,7 +37,7 @@ def _count(x: Inputs) -> int:
     return int(next(iter(x.values())).shape[0]) if isinstance(x, dict) else int(x.shape[0])
 
 
-class WithHead(nn.Module):
+class BackboneAndHead(nn.Module):
     """A backbone followed by a linear head over its flattened features."""
 
     def __init__(self, backbone: nn.Module, head: nn.Linear):
@@ -100,7 +100,7 @@ class FromScratch:
     def adapt(self, support_x: Inputs, support_y: Tensor) -> Predictor:
         regression = self.n_way is None
         backbone = self.backbone_factory().to(support_y.device)
-        model = WithHead(backbone, _head_for(backbone, support_x, 1 if regression else self.n_way))
+        model = BackboneAndHead(backbone, _head_for(backbone, support_x, 1 if regression else self.n_way))
         model.train()
         _fit(model, list(model.parameters()), support_x, support_y, steps=self.steps, lr=self.lr,
              regression=regression, weight_decay=self.weight_decay)
@@ -132,21 +132,21 @@ class PretrainFineTune:
         self.train_x, self.train_y = _to(train_x, self.device), train_y.to(self.device)
         self.pretrain_steps, self.batch_size, self.lr, self.seed = pretrain_steps, batch_size, lr, seed
         self.finetune_steps, self.finetune_lr, self.finetune = finetune_steps, finetune_lr, finetune
-        self.network: WithHead | None = None
+        self.network: BackboneAndHead | None = None
         self.pretrain_losses: list[float] = []
 
     @property
     def regression(self) -> bool:
         return self.n_way is None
 
-    def pretrain(self) -> WithHead:
+    def pretrain(self) -> BackboneAndHead:
         """Train backbone + head on minibatches of all meta-train data (once; later calls return it)."""
         if self.network is not None:
             return self.network
         generator = torch.Generator().manual_seed(self.seed)
         backbone = self.backbone_factory().to(self.device)
         outputs = 1 if self.regression else int(self.train_y.max()) + 1
-        network = WithHead(backbone, _head_for(backbone, _rows(self.train_x, torch.arange(2)), outputs))
+        network = BackboneAndHead(backbone, _head_for(backbone, _rows(self.train_x, torch.arange(2)), outputs))
         network.train()
         optimizer = torch.optim.Adam(network.parameters(), lr=self.lr)
         n = self.train_y.shape[0]
@@ -166,7 +166,7 @@ class PretrainFineTune:
         outputs = 1 if self.regression else self.n_way
         if self.finetune == "all":
             backbone = copy.deepcopy(network.backbone)
-            model = WithHead(backbone, _head_for(backbone, support_x, outputs))
+            model = BackboneAndHead(backbone, _head_for(backbone, support_x, outputs))
             model.train()
             _fit(model, list(model.parameters()), support_x, support_y, steps=self.finetune_steps,
                  lr=self.finetune_lr, regression=self.regression)
@@ -176,5 +176,5 @@ class PretrainFineTune:
         head = nn.Linear(features.shape[1], outputs).to(features.device)
         _fit(head, list(head.parameters()), features, support_y, steps=self.finetune_steps, lr=self.finetune_lr,
              regression=self.regression)
-        model = WithHead(network.backbone, head)
+        model = BackboneAndHead(network.backbone, head)
         return _predictor(model, self.regression)

@@ -3,7 +3,8 @@
 A method is anything with ``adapt(support_x, support_y) -> Predictor`` (a ``MetaLearner`` or a
 baseline of ``metalearn.baselines``). Each task of the test ``Episodes`` is one episode: the
 method adapts on its support set and is scored on its query set, accuracy for classification,
-mean squared error for regression. ``compare`` scores several methods on the very same episodes.
+mean squared error for regression. ``compare`` scores several methods on the very same episodes;
+``evaluate_with_baselines`` compares a meta-learner with the two baselines of ``metalearn.baselines``.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Any, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from metalearn.episodes import Episodes, Inputs
 from metalearn.learner import Predictor
@@ -143,3 +144,29 @@ def compare(methods: dict[str, Adapts], episodes: Episodes | Iterable[Episodes],
                        "ties": sum(d == 0 for d in diff)})
     return {"metric": metric, "higher_is_better": metric == "accuracy", "episodes": scores[reference].episodes,
             "rows": rows, "paired": paired, "per_episode": {name: s.per_episode for name, s in scores.items()}}
+
+
+def evaluate_with_baselines(learner: Adapts, episodes: Episodes | Iterable[Episodes], *,
+                            backbone_factory: Callable[[], nn.Module], pretrain_x: Inputs, pretrain_y: Tensor,
+                            from_scratch: dict[str, Any] | None = None, pretrain: dict[str, Any] | None = None,
+                            name: str | None = None, device: str | torch.device = "cpu",
+                            seed: int = 0) -> dict[str, Any]:
+    """``compare`` of the meta-learner (the reference) with ``from_scratch`` and ``pretrain_finetune``.
+
+    ``pretrain_x``/``pretrain_y``: all meta-train data as one ordinary data set (class indices
+    over all meta-train classes, or regression targets); ``from_scratch`` and ``pretrain`` are
+    keyword arguments of ``FromScratch`` and ``PretrainFineTune``.
+    """
+    from metalearn.baselines import FromScratch, PretrainFineTune
+
+    batches = [episodes] if isinstance(episodes, Episodes) else list(episodes)
+    if not batches:
+        raise ValueError("no test episodes")
+    n_way = batches[0].n_way
+    name = name or str(getattr(learner, "name", None) or type(learner).__name__)
+    torch.manual_seed(seed)
+    methods = {name: learner,
+               "from_scratch": FromScratch(backbone_factory, n_way, **(from_scratch or {})),
+               "pretrain_finetune": PretrainFineTune(backbone_factory, n_way, pretrain_x, pretrain_y, device=device,
+                                                     seed=seed, **(pretrain or {}))}
+    return compare(methods, batches, reference=name, device=device, seed=seed)

@@ -9,7 +9,7 @@ import torch
 
 from metalearn import build_backbone, build_learner
 from metalearn.baselines import FromScratch, PretrainFineTune
-from metalearn.evaluation import compare, confidence_interval, episode_scores, score
+from metalearn.evaluation import compare, confidence_interval, episode_scores, evaluate_with_baselines, score
 from metalearn.trainer import Trainer
 from tests.metalearn_toy import FEATURES, TinyProto, cluster_pretraining_data, clusters, sinusoids
 
@@ -76,9 +76,11 @@ def test_compare_scores_every_method_on_the_same_episodes():
     learner = TinyProto(hidden=16, embedding=8)
     Trainer(learner, lambda step: clusters(step, tasks=4, shots=5), max_steps=60, lr=5e-3).fit()
     x, y = cluster_pretraining_data()
-    table = compare({"tiny-proto": learner,
-                     "from_scratch": FromScratch(backbone, 5, steps=30),
+    table = evaluate_with_baselines(learner, TEST, backbone_factory=backbone, pretrain_x=x, pretrain_y=y,
+                                    from_scratch={"steps": 30}, pretrain={"pretrain_steps": 150})
+    again = compare({"tiny-proto": learner, "from_scratch": FromScratch(backbone, 5, steps=30),
                      "pretrain_finetune": PretrainFineTune(backbone, 5, x, y, pretrain_steps=150)}, TEST)
+    assert again == table  # seeded: the same table
     assert table["metric"] == "accuracy" and table["higher_is_better"] and table["episodes"] == 40
     assert [r["method"] for r in table["rows"]] == ["tiny-proto", "from_scratch", "pretrain_finetune"]
     assert all(len(v) == 40 for v in table["per_episode"].values())
