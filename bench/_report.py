@@ -41,3 +41,18 @@ def load_average() -> str:
 
 def machine() -> str:
     return f"{cpu_model()}, {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
+
+
+def revision(root: Path, paths: tuple[str, ...] = ("metalearn",)) -> str:
+    """The commit measured, e.g. ``31bc721``, plus ``+ uncommitted changes in metalearn`` when the
+    working tree differs from it there."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", *paths], capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown revision"
+    return head + (f" + uncommitted changes in {', '.join(paths)}" if dirty else "")

@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))  # first: bench/metalearn.py must not shadow the metalearn package
 
-from _report import cpu_model, load_average, write_section  # noqa: E402  (bench/_report.py)
+from _report import cpu_model, load_average, revision, write_section  # noqa: E402  (bench/_report.py)
 from sinusoid import sample_tasks  # noqa: E402  (bench/sinusoid.py)
 
 from metalearn.episodes import Episodes  # noqa: E402
@@ -443,7 +443,7 @@ def main() -> None:
 
 `{command} --out BENCHMARKS.md` (environment: `bench/reference_env.sh`) on {dev}; machine: {cpu_model()},
 {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), learn2learn {version('learn2learn')},
-higher {version('higher')}, float32. Load average {load_before} before, {load_average()} after
+higher {version('higher')}, float32; medmeta at {revision(ROOT)}. Load average {load_before} before, {load_average()} after
 ({time.perf_counter() - started:.0f} s; other developers share the cores).
 
 One iteration = meta-gradient + Adam step; it/s is the median over {chosen[0].samples if chosen else 0} timed samples after warm-up,

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))  # first: bench/metalearn.py must not shadow the metalearn package
 
-from _report import cpu_model, load_average, write_section  # noqa: E402  (bench/_report.py)
+from _report import cpu_model, load_average, revision, write_section  # noqa: E402  (bench/_report.py)
 
 from metalearn.episodes import Episodes  # noqa: E402
 
@@ -70,16 +70,19 @@ def train(iterations: int, seed: int, log_every: int):
 
 
 def evaluate(learner, tasks: int, steps: int, seed: int):
-    """Mean MSE and 95% half-width over ``tasks`` new tasks after ``steps`` inner steps."""
+    """Per-task MSE on ``tasks`` new tasks after ``steps`` inner steps: (mean, 95% half-width,
+    largest, how many were not finite); the mean and interval are over the finite ones."""
     from metalearn import build_backbone, build_learner
-    from metalearn.evaluation import score
+    from metalearn.evaluation import confidence_interval, episode_scores
 
     test = build_learner("maml", build_backbone("mlp", in_features=1, hidden=(40, 40)), n_way=None,
                          inner_steps=steps, inner_lr=0.01)
     test.load_state_dict(learner.state_dict())
     episodes = sample_tasks(torch.Generator().manual_seed(20_000_033 + seed), tasks, k=10, k_query=100)
-    s = score(test, episodes)
-    return s.mean, s.ci95
+    values = episode_scores(test, episodes)
+    finite = [v for v in values if math.isfinite(v)]
+    mean, half = confidence_interval(finite) if finite else (float("nan"), float("nan"))
+    return mean, half, max(finite, default=float("nan")), len(values) - len(finite)
 
 
 def main() -> None:
@@ -90,31 +93,37 @@ def main() -> None:
     parser.add_argument("--log-every", type=int, default=5000)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the tiny MLP gains nothing from more)")
     parser.add_argument("--out", type=Path, default=None, help="Markdown file to write the results into")
+    parser.add_argument("--save", type=Path, default=None, help="safetensors file for the trained weights")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     load_before = load_average()
     learner, seconds, result = train(args.iterations, args.seed, args.log_every)
+    if args.save:
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().contiguous() for k, v in learner.state_dict().items()}, str(args.save))
     rows = []
     for steps in (1, 10):
-        mean, half = evaluate(learner, args.test_tasks, steps, args.seed)
-        rows.append((steps, mean, half))
-        print(f"post-update MSE after {steps} step(s): {mean:.3f} +- {half:.3f} (95%, {args.test_tasks} tasks)")
+        mean, half, worst, diverged = evaluate(learner, args.test_tasks, steps, args.seed)
+        rows.append((steps, mean, half, worst, diverged))
+        print(f"post-update MSE after {steps} step(s): {mean:.3f} +- {half:.3f} (95%, {args.test_tasks} tasks; "
+              f"largest {worst:.3f}, {diverged} not finite)")
 
     command = "python bench/sinusoid.py" + (f" --iterations {args.iterations}" if args.iterations != 70_000 else "") \
         + (f" --test-tasks {args.test_tasks}" if args.test_tasks != 1000 else "")
-    table = "\n".join(f"| {s} | {m:.3f} | [{m - h:.3f}, {m + h:.3f}] |" for s, m, h in rows)
+    table = "\n".join(f"| {s} | {m:.3f} | [{m - h:.3f}, {m + h:.3f}] | {w:.3f} | {d} |" for s, m, h, w, d in rows)
     text = f"""## MAML sinusoid regression, Finn et al. 2017 set-up (issue 4)
 
 `{command} --out BENCHMARKS.md` — {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}
-({torch.get_num_threads()} threads); load average {load_before} before, {load_average()} after.
+({torch.get_num_threads()} threads), medmeta at {revision(ROOT)}; load average {load_before} before, {load_average()} after.
 medmeta `build_learner("maml", mlp 1-40-40-1)` with `metalearn.trainer.Trainer`: {result.steps} meta-iterations,
 meta-batch 25, K=10, one inner step alpha=0.01 (second order), Adam 1e-3; {seconds:.0f} s of training
 ({result.steps / seconds:.0f} it/s). Test: {args.test_tasks} new tasks (amplitude U[0.1, 5], phase U[0, pi]),
 K=10 support points, MSE on 100 query points in U[-5, 5] per task, inner steps at alpha=0.01.
 
-| inner steps at test | post-update MSE (mean) | 95% interval |
-|---:|---:|---:|
+| inner steps at test | post-update MSE (mean) | 95% interval | largest task MSE | tasks not finite |
+|---:|---:|---:|---:|---:|
 {table}
 """
     if args.out:
