@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import shutil
 import sys
 import tempfile
@@ -24,11 +23,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="medmeta-bench-prefect-"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("MEDMETA_PSEUDONYM_KEY", "benchmark-only-key-0123456789abcdef")
+
+from _report import write_section  # noqa: E402  (bench/_report.py)
 
 SECTION = "ingest"
 
@@ -87,17 +89,6 @@ def medmeta_ingest(folder: Path) -> tuple[float, dict, float]:
     return elapsed, summary, api_start
 
 
-def write_section(out: Path, text: str) -> None:
-    begin, end = f"<!-- bench:{SECTION}:begin -->", f"<!-- bench:{SECTION}:end -->"
-    block = f"{begin}\n{text.rstrip()}\n{end}"
-    current = out.read_text() if out.exists() else "# Benchmarks\n"
-    if begin in current:
-        current = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, current, flags=re.S)
-    else:
-        current = current.rstrip() + "\n\n" + block + "\n"
-    out.write_text(current)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=2000)
@@ -135,7 +126,7 @@ As `medmeta ingest` does with the embedded server, flow-run heartbeats are off (
 """
     print(text)
     if args.out:
-        write_section(args.out, text)
+        write_section(args.out, SECTION, text)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ingest import write_section  # noqa: E402  (bench/ingest.py)
+from _report import write_section  # noqa: E402  (bench/_report.py)
 
 SECTION = "validation"
 
@@ -136,7 +136,7 @@ for all batches (each asset added re-serialises the context to YAML).
 """
     print(text)
     if args.out:
-        write_section(args.out, text)
+        write_section(args.out, SECTION, text)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ published model is that state dict written with safetensors.
   it never steps an optimizer. Returns ``StepMetrics``.
 - ``evaluate(batch)``: adapt on each task's support set and score its query set, no gradients kept.
 - ``adapt(support_x, support_y)``: one task's support set (no task dimension) -> a ``Predictor``.
+- ``meta_gradient(batch)``: ``meta_step`` then a copy of every ``p.grad`` by parameter name.
 - ``Predictor(query_x)``: logits ``[Q, n_way]`` (classification) or predictions ``[Q]`` (regression).
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 from torch import Tensor, nn
 
 from metalearn.episodes import Episodes, Inputs
@@ -43,3 +45,9 @@ class MetaLearner(nn.Module):
 
     def adapt(self, support_x: Inputs, support_y: Tensor) -> Predictor:
         raise NotImplementedError
+
+    def meta_gradient(self, batch: Episodes) -> dict[str, Tensor]:
+        """``meta_step(batch)``'s meta-gradient by parameter name (copies; for tests and benchmarks)."""
+        self.meta_step(batch)
+        return {k: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
+                for k, p in self.named_parameters()}

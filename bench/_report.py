@@ -1,0 +1,58 @@
+"""What every bench script shares: its section of BENCHMARKS.md and a description of the machine."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from pathlib import Path
+
+
+def write_section(out: Path, section: str, text: str) -> None:
+    """Replace the text between ``<!-- bench:SECTION:begin -->`` and ``<!-- bench:SECTION:end -->``
+    in ``out`` (appending the block when it is not there yet); the rest of the file is kept."""
+    begin, end = f"<!-- bench:{section}:begin -->", f"<!-- bench:{section}:end -->"
+    block = f"{begin}\n{text.rstrip()}\n{end}"
+    current = out.read_text() if out.exists() else "# Benchmarks\n"
+    if begin in current:
+        current = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, current, flags=re.S)
+    else:
+        current = current.rstrip() + "\n\n" + block + "\n"
+    out.write_text(current)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages, e.g. ``1.02 0.80 0.41``."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def machine() -> str:
+    return f"{cpu_model()}, {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
+
+
+def revision(root: Path, paths: tuple[str, ...] = ("metalearn",)) -> str:
+    """The commit measured, e.g. ``31bc721``, plus ``+ uncommitted changes in metalearn`` when the
+    working tree differs from it there."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", *paths], capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown revision"
+    return head + (f" + uncommitted changes in {', '.join(paths)}" if dirty else "")

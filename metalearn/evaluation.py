@@ -1,0 +1,172 @@
+"""Score few-shot methods per test episode, with 95% confidence intervals.
+
+A method is anything with ``adapt(support_x, support_y) -> Predictor`` (a ``MetaLearner`` or a
+baseline of ``metalearn.baselines``). Each task of the test ``Episodes`` is one episode: the
+method adapts on its support set and is scored on its query set, accuracy for classification,
+mean squared error for regression. ``compare`` scores several methods on the very same episodes;
+``evaluate_with_baselines`` compares a meta-learner with the two baselines of ``metalearn.baselines``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any, Callable, Iterable, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from metalearn.episodes import Episodes, Inputs
+from metalearn.learner import Predictor
+
+
+class Adapts(Protocol):
+    def adapt(self, support_x: Inputs, support_y: Tensor) -> Predictor: ...
+
+
+@dataclass(frozen=True)
+class Score:
+    metric: str  # "accuracy" or "mse"
+    mean: float
+    ci95: float  # half-width: the interval is mean +- ci95
+    episodes: int
+    per_episode: list[float]
+
+    @property
+    def low(self) -> float:
+        return self.mean - self.ci95
+
+    @property
+    def high(self) -> float:
+        return self.mean + self.ci95
+
+
+def confidence_interval(values: Iterable[float], level: float = 0.95) -> tuple[float, float]:
+    """(mean, half-width) of the normal-approximation interval ``mean +- z * sd / sqrt(n)``.
+
+    ``sd`` is the sample standard deviation (n - 1); ``z`` is 1.96 at 95%, the convention of
+    few-shot papers, sound for the hundreds of episodes evaluations use. One value: half-width 0.
+    """
+    xs = [float(v) for v in values]
+    if not xs:
+        raise ValueError("no values to summarise")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    n = len(xs)
+    mean = math.fsum(xs) / n
+    if n == 1:
+        return mean, 0.0
+    sd = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1))
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    return mean, z * sd / math.sqrt(n)
+
+
+def _task_inputs(x: Inputs, i: int) -> Inputs:
+    return {k: v[i] for k, v in x.items()} if isinstance(x, dict) else x[i]
+
+
+def _to(x: Inputs, device: torch.device) -> Inputs:
+    return {k: v.to(device) for k, v in x.items()} if isinstance(x, dict) else x.to(device)
+
+
+def episode_scores(method: Adapts, episodes: Episodes | Iterable[Episodes],
+                   device: str | torch.device = "cpu") -> list[float]:
+    """Accuracy (classification) or MSE (regression) of ``method`` on each task, in order."""
+    batches = [episodes] if isinstance(episodes, Episodes) else list(episodes)
+    device = torch.device(device)
+    scores: list[float] = []
+    for batch in batches:
+        batch.check()
+        for i in range(batch.tasks):
+            sx, sy = _to(_task_inputs(batch.support_x, i), device), batch.support_y[i].to(device)
+            qx, qy = _to(_task_inputs(batch.query_x, i), device), batch.query_y[i].to(device)
+            predict = method.adapt(sx, sy)  # gradients on: adaptation may need them
+            with torch.no_grad():
+                out = predict(qx).float()
+            if batch.is_regression:
+                scores.append(float(((out.reshape(qy.shape).double() - qy.double()) ** 2).mean()))
+            else:
+                if out.shape != (qy.shape[0], batch.n_way):
+                    raise ValueError(f"a classifier must return logits [{qy.shape[0]}, {batch.n_way}], "
+                                     f"got {tuple(out.shape)}")
+                scores.append(int((out.argmax(-1) == qy).sum()) / qy.shape[0])
+    if not scores:
+        raise ValueError("no test episodes")
+    return scores
+
+
+def score(method: Adapts, episodes: Episodes | Iterable[Episodes], device: str | torch.device = "cpu") -> Score:
+    """Mean accuracy or MSE of ``method`` over the test episodes, with its 95% interval."""
+    batches = [episodes] if isinstance(episodes, Episodes) else list(episodes)
+    values = episode_scores(method, batches, device)
+    mean, half = confidence_interval(values)
+    return Score(metric="mse" if batches[0].is_regression else "accuracy", mean=mean, ci95=half,
+                 episodes=len(values), per_episode=values)
+
+
+def compare(methods: dict[str, Adapts], episodes: Episodes | Iterable[Episodes], *, reference: str | None = None,
+            device: str | torch.device = "cpu", seed: int = 0) -> dict[str, Any]:
+    """Score every method on the same test episodes; returns a table-like dict.
+
+    ``{"metric": "accuracy"|"mse", "higher_is_better": bool, "episodes": n,
+    "rows": [{"method", "mean", "ci95", "low", "high"}, ...],
+    "paired": [{"method", "vs", "mean_difference", "ci95", "wins", "losses", "ties"}, ...],
+    "per_episode": {method: [score per episode]}}``.
+    ``paired`` compares ``reference`` (default: the first method) with each other method on
+    each episode: ``mean_difference`` is reference - other (accuracy or MSE) with its 95%
+    interval; ``wins``/``losses`` count episodes where the reference did better/worse.
+    The torch RNG is seeded with ``seed`` before each method, so random heads start alike.
+    """
+    if not methods:
+        raise ValueError("no methods to compare")
+    batches = [episodes] if isinstance(episodes, Episodes) else list(episodes)
+    reference = reference or next(iter(methods))
+    if reference not in methods:
+        raise ValueError(f"reference {reference!r} is not one of the methods {sorted(methods)}")
+    scores: dict[str, Score] = {}
+    for name, method in methods.items():
+        torch.manual_seed(seed)
+        scores[name] = score(method, batches, device)
+    metric = scores[reference].metric
+    rows = [{"method": name, "mean": s.mean, "ci95": s.ci95, "low": s.low, "high": s.high}
+            for name, s in scores.items()]
+    paired = []
+    for name, s in scores.items():
+        if name == reference:
+            continue
+        diff = [a - b for a, b in zip(scores[reference].per_episode, s.per_episode)]
+        mean, half = confidence_interval(diff)
+        better = [d > 0 if metric == "accuracy" else d < 0 for d in diff]
+        worse = [d < 0 if metric == "accuracy" else d > 0 for d in diff]
+        paired.append({"method": reference, "vs": name, "mean_difference": mean, "ci95": half,
+                       "wins": sum(better), "losses": sum(worse),
+                       "ties": sum(d == 0 for d in diff)})
+    return {"metric": metric, "higher_is_better": metric == "accuracy", "episodes": scores[reference].episodes,
+            "rows": rows, "paired": paired, "per_episode": {name: s.per_episode for name, s in scores.items()}}
+
+
+def evaluate_with_baselines(learner: Adapts, episodes: Episodes | Iterable[Episodes], *,
+                            backbone_factory: Callable[[], nn.Module], pretrain_x: Inputs, pretrain_y: Tensor,
+                            from_scratch: dict[str, Any] | None = None, pretrain: dict[str, Any] | None = None,
+                            name: str | None = None, device: str | torch.device = "cpu",
+                            seed: int = 0) -> dict[str, Any]:
+    """``compare`` of the meta-learner (the reference) with ``from_scratch`` and ``pretrain_finetune``.
+
+    ``pretrain_x``/``pretrain_y``: all meta-train data as one ordinary data set (class indices
+    over all meta-train classes, or regression targets); ``from_scratch`` and ``pretrain`` are
+    keyword arguments of ``FromScratch`` and ``PretrainFineTune``.
+    """
+    from metalearn.baselines import FromScratch, PretrainFineTune
+
+    batches = [episodes] if isinstance(episodes, Episodes) else list(episodes)
+    if not batches:
+        raise ValueError("no test episodes")
+    n_way = batches[0].n_way
+    name = name or str(getattr(learner, "name", None) or type(learner).__name__)
+    torch.manual_seed(seed)
+    methods = {name: learner,
+               "from_scratch": FromScratch(backbone_factory, n_way, **(from_scratch or {})),
+               "pretrain_finetune": PretrainFineTune(backbone_factory, n_way, pretrain_x, pretrain_y, device=device,
+                                                     seed=seed, **(pretrain or {}))}
+    return compare(methods, batches, reference=name, device=device, seed=seed)

@@ -1,0 +1,68 @@
+"""MAML (second order), first-order MAML and Meta-SGD (learned per-parameter inner rates)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+
+from metalearn.backbones import Backbone, WithHead
+from metalearn.base import FastLearner
+from metalearn.batching import Plan
+from metalearn.episodes import Episodes, _map
+from metalearn.functional import inner_adapt, maml_task
+from metalearn.learner import Predictor
+
+
+def _lr_key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+class MAML(FastLearner):
+    """The backbone plus a linear head (``n_way`` logits, or 1 output for regression), adapted by
+    ``inner_steps`` of SGD at ``inner_lr`` on each support set. ``learn_inner_lr``: Meta-SGD,
+    one learned rate per weight (``inner_lrs.*`` in the state dict). ``first_order``: the inner
+    gradients are constants to the outer gradient."""
+
+    name = "maml"
+
+    def __init__(self, backbone: Backbone, n_way: int | None, inner_steps: int = 1, inner_lr: float = 0.01,
+                 learn_inner_lr: bool = False, first_order: bool = False, strategy: str | None = None,
+                 task_chunk: int | None = None):
+        super().__init__(WithHead(backbone, 1 if n_way is None else n_way), n_way, strategy, task_chunk)
+        if inner_steps < 1:
+            raise ValueError(f"inner_steps must be at least 1, got {inner_steps}")
+        self.inner_steps, self.inner_lr, self.first_order = inner_steps, float(inner_lr), first_order
+        self.name = "fomaml" if first_order else "maml"
+        self.inner_lrs = nn.ParameterDict(
+            {_lr_key(k): nn.Parameter(torch.full_like(p, float(inner_lr))) for k, p in self.net.named_parameters()}
+        ) if learn_inner_lr else None
+
+    def lrs(self) -> dict:
+        if self.inner_lrs is None:
+            return {k: self.inner_lr for k, _ in self.net.named_parameters()}
+        return {k: self.inner_lrs[_lr_key(k)] for k, _ in self.net.named_parameters()}
+
+    def task_fn(self, plan: Plan, n_way: int | None, train: bool = True):
+        fn = partial(self.net.functional, plain_norm=plan.plain_norm)
+        params, lrs = self.net_params(), self.lrs()
+        if not train:  # evaluation: no outer graph, so first order suffices
+            params = {k: p.detach() for k, p in params.items()}
+            lrs = {k: (v.detach() if torch.is_tensor(v) else v) for k, v in lrs.items()}
+        return partial(maml_task, fn, params, lrs, steps=self.inner_steps, regression=self.n_way is None,
+                       first_order=self.first_order or not train, functorch=plan.functorch, batched=plan.batched)
+
+    def predictor(self, support: Episodes) -> Predictor:
+        fn = partial(self.net.functional, plain_norm=False)  # one task, never under vmap
+        params = {k: p.detach() for k, p in self.net_params().items()}
+        lrs = {k: (v.detach() if torch.is_tensor(v) else v) for k, v in self.lrs().items()}
+        sx, sy = _map(support.support_x, lambda t: t[0]), support.support_y[0]
+        adapted = {k: p.detach() for k, p in inner_adapt(fn, params, lrs, sx, sy, self.inner_steps,
+                                                         self.n_way is None, True, functorch=False).items()}
+
+        def predict(query_x):
+            out = fn(adapted, query_x)
+            return out.squeeze(-1) if self.n_way is None else out
+
+        return predict

@@ -1,0 +1,88 @@
+"""Metric learners: Prototypical Networks and Matching Networks (cosine attention, no
+full-context embeddings). No inner loop: a task is adapted by embedding its support set. The
+support set and the query set are embedded separately (batch norm uses each set's statistics)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import Tensor
+
+from metalearn.backbones import Backbone
+from metalearn.base import FastLearner
+from metalearn.batching import Plan
+from metalearn.episodes import EpisodeError, Episodes, _map
+from metalearn.functional import matching_logits, metric_task, prototype_logits
+from metalearn.learner import Predictor
+
+
+class _MetricLearner(FastLearner):
+    def __init__(self, backbone: Backbone, n_way: int | None = None, strategy: str | None = None,
+                 task_chunk: int | None = None):
+        super().__init__(backbone, n_way, strategy, task_chunk)
+
+    def logits_fn(self):
+        raise NotImplementedError
+
+    def check(self, batch: Episodes) -> Episodes:
+        if batch.is_regression:
+            raise EpisodeError(f"{self.name} needs classification episodes (n_way), got regression")
+        batch.check()
+        if self.n_way is not None and batch.n_way != self.n_way:
+            raise EpisodeError(f"{self.name} was built for {self.n_way}-way tasks, the batch is {batch.n_way}-way")
+        present = (batch.support_y.unsqueeze(-1) == torch.arange(batch.n_way, device=batch.support_y.device)).any(1)
+        if not bool(present.all()):
+            task, label = (~present).nonzero()[0].tolist()
+            raise EpisodeError(f"{self.name}: task {task} has no support case of class {label}")
+        return batch
+
+    def n_way_of(self, support_y: Tensor) -> int | None:
+        if self.n_way is not None:
+            return self.n_way
+        if support_y.is_floating_point() or support_y.numel() == 0:
+            return 0  # check() then names the problem
+        return int(support_y.max()) + 1
+
+    def task_fn(self, plan: Plan, n_way: int | None, train: bool = True):
+        fn = partial(self.net.functional, plain_norm=plan.plain_norm)
+        return partial(metric_task, fn, self.net_params(), self.logits_fn(), n_way)
+
+    def predictor(self, support: Episodes) -> Predictor:
+        fn = partial(self.net.functional, plain_norm=False)  # one task, never under vmap
+        params = {k: p.detach() for k, p in self.net_params().items()}
+        sy = support.support_y[0]
+        with torch.no_grad():
+            z_support = fn(params, _map(support.support_x, lambda t: t[0]))
+        logits_fn = self.logits_fn()
+        return lambda query_x: logits_fn(z_support, sy, fn(params, query_x), support.n_way)
+
+
+class ProtoNet(_MetricLearner):
+    """Prototypical Networks: ``distance`` "euclidean" (squared) or "cosine" (times ``scale``)."""
+
+    name = "protonet"
+
+    def __init__(self, backbone: Backbone, n_way: int | None = None, distance: str = "euclidean",
+                 scale: float = 10.0, strategy: str | None = None, task_chunk: int | None = None):
+        super().__init__(backbone, n_way, strategy, task_chunk)
+        if distance not in ("euclidean", "cosine"):
+            raise ValueError(f"protonet distance must be 'euclidean' or 'cosine', got {distance!r}")
+        self.distance, self.scale = distance, float(scale)
+
+    def logits_fn(self):
+        return partial(prototype_logits, distance=self.distance, scale=self.scale)
+
+
+class MatchingNet(_MetricLearner):
+    """Matching Networks: softmax attention over ``scale`` times cosine similarity."""
+
+    name = "matchingnet"
+
+    def __init__(self, backbone: Backbone, n_way: int | None = None, scale: float = 10.0,
+                 strategy: str | None = None, task_chunk: int | None = None):
+        super().__init__(backbone, n_way, strategy, task_chunk)
+        self.scale = float(scale)
+
+    def logits_fn(self):
+        return partial(matching_logits, scale=self.scale)
