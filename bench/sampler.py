@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import ingest as ingest_bench  # noqa: E402  (bench/ingest.py: write_section)
+from _report import write_section  # noqa: E402  (bench/_report.py)
 
 from metalearn.sampler import EpisodeSampler  # noqa: E402
 
@@ -118,8 +118,7 @@ scale): {gather_eps:,.0f} episodes/s at 4 tasks per step.
 """
     print(text)
     if args.out:
-        ingest_bench.SECTION = SECTION  # write_section writes the section its module names
-        ingest_bench.write_section(args.out, text)
+        write_section(args.out, SECTION, text)
 
 
 if __name__ == "__main__":
