@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))  # first: bench/metalearn.py must not shadow the metalearn package
 
 from _report import write_section  # noqa: E402  (bench/_report.py)
 
