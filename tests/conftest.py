@@ -59,3 +59,29 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def ingested_home(base: Path, patients: int, seed: int) -> Path:
+    """A synthetic cohort (no faults) ingested and validated through the real flows; its home."""
+    from flows.ingest import ingest_flow
+    from medmeta.synth.generate import generate_cohort
+
+    generate_cohort(base / "landing", patients=patients, seed=seed, faults=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDMETA_PSEUDONYM_KEY", TEST_KEY)
+        summary = ingest_flow(str(base / "landing"), str(base / "home"))
+    assert summary["validation"]["success"], summary["validation"]
+    return base / "home"
+
+
+@pytest.fixture(scope="session")
+def cohort150(tmp_path_factory, prefect_api) -> Path:
+    """A validated 150-patient home shared by the session: copy it (``copy_home``) before writing."""
+    return ingested_home(tmp_path_factory.mktemp("cohort150"), patients=150, seed=5)
+
+
+def copy_home(template: Path, target: Path) -> Path:
+    import shutil
+
+    shutil.copytree(template, target, ignore=shutil.ignore_patterns("prefect"))
+    return target

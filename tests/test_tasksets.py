@@ -17,7 +17,7 @@ from medmeta.tasksets.build import build_taskset
 from medmeta.tasksets.spec import make_spec
 from medmeta.tasksets.store import load_taskset, taskset_dir
 from metalearn.sampler import EpisodeSampler
-from tests.conftest import TEST_KEY
+from tests.conftest import copy_home
 from tests.test_cli import run_cli
 from validation.gate import current_snapshot, record_result
 
@@ -26,17 +26,8 @@ SMALL = dict(ways=2, shots=2, queries=2)  # 4 cases per class: most diseases of 
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory) -> Home:
-    from flows.ingest import ingest_flow
-    from medmeta.synth.generate import generate_cohort
-
-    base = tmp_path_factory.mktemp("tasksets")
-    generate_cohort(base / "landing", patients=150, seed=5, faults=False)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MEDMETA_PSEUDONYM_KEY", TEST_KEY)
-        summary = ingest_flow(str(base / "landing"), str(base / "home"))
-    assert summary["validation"]["success"], summary["validation"]
-    return Home(base / "home")
+def home(cohort150, tmp_path_factory) -> Home:
+    return Home(copy_home(cohort150, tmp_path_factory.mktemp("tasksets") / "home"))
 
 
 def _validated(home: Home, table: str) -> pd.DataFrame:

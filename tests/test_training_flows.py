@@ -9,6 +9,7 @@ before anything runs.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -23,7 +24,7 @@ from safetensors.torch import load_file
 from medmeta.errors import MedmetaError
 from medmeta.home import Home
 from medmeta.training.settings import load_settings
-from tests.conftest import TEST_KEY
+from tests.conftest import TEST_KEY, copy_home
 from tests.test_cli import ROOT
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -44,28 +45,20 @@ def settings_file(folder: Path, steps: int = 12) -> Path:
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    """A validated 150-patient home with a records task set, built once; tests copy it."""
-    from flows.ingest import ingest_flow
-    from medmeta.synth.generate import generate_cohort
+def base(cohort150, tmp_path_factory) -> Path:
+    """The session's validated 150-patient home with a records task set; tests copy it."""
     from medmeta.tasksets.build import build_taskset
     from medmeta.tasksets.spec import make_spec
 
-    root = tmp_path_factory.mktemp("training-flows")
-    generate_cohort(root / "landing", patients=150, seed=5, faults=False)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MEDMETA_PSEUDONYM_KEY", TEST_KEY)
-        summary = ingest_flow(str(root / "landing"), str(root / "home"))
-    assert summary["validation"]["success"]
-    build_taskset(Home(root / "home"), make_spec("disease", "records", 2, 2, 2, 0, TASKSET))
-    return root / "home"
+    home = copy_home(cohort150, tmp_path_factory.mktemp("training-flows") / "home")
+    build_taskset(Home(home), make_spec("disease", "records", 2, 2, 2, 0, TASKSET))
+    return home
 
 
 @pytest.fixture
 def home(base, tmp_path, monkeypatch) -> Home:
     monkeypatch.setenv("MEDMETA_PSEUDONYM_KEY", TEST_KEY)
-    shutil.copytree(base, tmp_path / "home", ignore=shutil.ignore_patterns("prefect"))
-    return Home(tmp_path / "home")
+    return Home(copy_home(base, tmp_path / "home"))
 
 
 @pytest.mark.parametrize("text,message", [
@@ -148,7 +141,7 @@ def test_a_killed_training_resumes_and_ends_with_the_uninterrupted_weights(home,
                "--home", str(home.root), "--config", str(config), "--json"]
     from prefect.settings import PREFECT_API_URL
 
-    env = {**__import__("os").environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "MEDMETA_PSEUDONYM_KEY": TEST_KEY}
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "MEDMETA_PSEUDONYM_KEY": TEST_KEY}
     slow = {**env, "MEDMETA_TEST_STEP_DELAY_S": "0.25"}  # gives the kill a window in the middle of training
     process = subprocess.Popen(command, cwd=ROOT, env=slow, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     checkpoint = home.training / uninterrupted["model"] / "checkpoint" / "checkpoint.safetensors"

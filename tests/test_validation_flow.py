@@ -11,7 +11,7 @@ import pytest
 
 from medmeta.errors import MedmetaError
 from medmeta.home import Home
-from tests.conftest import TEST_KEY
+from tests.conftest import TEST_KEY, ingested_home
 from tests.test_cli import run_cli
 from validation.gate import require_passed
 
@@ -20,16 +20,7 @@ pytestmark = pytest.mark.usefixtures("prefect_api")
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    from flows.ingest import ingest_flow
-    from medmeta.synth.generate import generate_cohort
-
-    base = tmp_path_factory.mktemp("validated")
-    generate_cohort(base / "landing", patients=60, seed=11, faults=False)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MEDMETA_PSEUDONYM_KEY", TEST_KEY)
-        summary = ingest_flow(str(base / "landing"), str(base / "home"))
-    assert summary["validation"]["success"], summary["validation"]
-    return base / "home"
+    return ingested_home(tmp_path_factory.mktemp("validated"), patients=60, seed=11)
 
 
 def test_ingest_validates_its_snapshot_and_the_gate_lets_it_through(home):
