@@ -19,7 +19,10 @@ install: $(STAMP)
 demo: install
 	$(BIN)/medmeta key create --home $(DEMO_HOME)
 	$(BIN)/medmeta synth --out $(DEMO_DATA) --patients 240 --seed 0 --faults
-	$(BIN)/medmeta ingest $(DEMO_DATA) --home $(DEMO_HOME)
+	$(BIN)/medmeta run $(DEMO_DATA) --home $(DEMO_HOME) --config medmeta/config/pipeline-demo.yaml
+	@echo
+	@echo "See it in the Prefect UI: $(BIN)/medmeta server --home $(DEMO_HOME)   then open http://127.0.0.1:4200"
+	@echo "Published models: $(BIN)/medmeta models list --home $(DEMO_HOME)"
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -65,6 +65,7 @@ class Workload:
     block: int  # iterations per timing sample
     samples: int  # timing samples per contender
     warmup: int
+    threads: int  # torch intra-op threads
 
 
 def sinusoid_batch(seed: int, tasks: int) -> Episodes:
@@ -294,6 +295,7 @@ def meta_gradient_check(w: Workload, names: list[str], init: list[Tensor], batch
 
 def run_workload(w: Workload, names: list[str], device: torch.device, seed: int, check_tasks: int,
                  log: Callable[[str], None]) -> dict[str, Result]:
+    torch.set_num_threads(w.threads)
     make = sinusoid_batch if w.kind == "sinusoid" else conv4_batch
     torch.manual_seed(seed)
     init = [p.detach().clone() for p in reference_net(w.kind).parameters()]
@@ -354,18 +356,23 @@ def run_workload(w: Workload, names: list[str], device: torch.device, seed: int,
 
 
 # -- report ---------------------------------------------------------------------------------------
-def workloads(quick: bool) -> list[Workload]:
+def workloads(quick: bool, threads: int | None) -> list[Workload]:
+    """The sinusoid runs on one thread unless ``threads`` says otherwise: its ops are tiny, a second
+    thread gains nothing, and on a loaded machine two threads slow many-small-op code (learn2learn,
+    higher) by up to 20x while barely touching vmapped code, which would flatter medmeta. conv4
+    uses every core (1.6x over one)."""
+    sin_threads, conv_threads = threads or 1, threads or os.cpu_count() or 1
     conv_tasks = 4 if quick else 32
     s_block, s_samples = (3, 3) if quick else (10, 15)
     c_samples = 2 if quick else 5
     return [
         Workload("sin1", "sinusoid MLP 1-40-40-1, MAML 2nd order, 1 inner step, meta-batch 25", "sinusoid", 1,
-                 False, 25, s_block, s_samples, 5),
+                 False, 25, s_block, s_samples, 5, sin_threads),
         Workload("sin5", "sinusoid MLP 1-40-40-1, MAML 2nd order, 5 inner steps, meta-batch 25", "sinusoid", 5,
-                 False, 25, s_block, s_samples, 5),
+                 False, 25, s_block, s_samples, 5, sin_threads),
         Workload("conv2", f"conv4 (64 ch, batch norm), 28x28, 5-way 1-shot, 15 queries/class, meta-batch {conv_tasks}, "
-                 "1 step, 2nd order", "conv4", 1, False, conv_tasks, 1, c_samples, 1),
-        Workload("conv1", "same, first order", "conv4", 1, True, conv_tasks, 1, c_samples, 1),
+                 "1 step, 2nd order", "conv4", 1, False, conv_tasks, 1, c_samples, 1, conv_threads),
+        Workload("conv1", "same, first order", "conv4", 1, True, conv_tasks, 1, c_samples, 1, conv_threads),
     ]
 
 
@@ -384,19 +391,19 @@ def targets(w: Workload, res: dict[str, Result], device: torch.device) -> list[t
 
 def table(all_results: list[tuple[Workload, dict[str, Result]]], device: torch.device) -> str:
     cuda = device.type == "cuda"
-    head = "| workload | implementation | it/s (median) | vs learn2learn | peak RSS rise MB |" \
+    head = "| workload | threads | implementation | it/s (median) | vs learn2learn | peak RSS rise MB |" \
            + (" CUDA peak MB |" if cuda else "") + " max abs meta-grad diff vs learn2learn (float64) |"
-    rows = [head, "|---|---|---:|---:|---:|" + ("---:|" if cuda else "") + "---:|"]
+    rows = [head, "|---|---:|---|---:|---:|---:|" + ("---:|" if cuda else "") + "---:|"]
     for w, res in all_results:
         l2l = res.get("learn2learn")
         for name, r in res.items():
             if r.error:
-                rows.append(f"| {w.title} | {r.name} | failed: {r.error} | | |" + (" |" if cuda else "") + " |")
+                rows.append(f"| {w.title} | {w.threads} | {r.name} | failed: {r.error} | | |" + (" |" if cuda else "") + " |")
                 continue
             rel = f"{r.its / l2l.its:.2f}x" if l2l and not l2l.error else "-"
             grad = "-" if r.grad_diff is None else (
                 "(reference)" if name == "learn2learn" else f"{r.grad_diff:.1e} (max abs grad {r.grad_scale:.1e})")
-            rows.append(f"| {w.title} | {r.name} | {r.its:.2f} | {rel} | {r.rss_mb:.0f} |"
+            rows.append(f"| {w.title} | {w.threads} | {r.name} | {r.its:.2f} | {rel} | {r.rss_mb:.0f} |"
                         + (f" {r.cuda_mb:.0f} |" if cuda else "") + f" {grad} |")
     return "\n".join(rows)
 
@@ -408,6 +415,8 @@ def main() -> None:
     parser.add_argument("--only", default="sin1,sin5,conv2,conv1", help="comma-separated workload keys")
     parser.add_argument("--contenders", default="medmeta,learn2learn,higher")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for every workload (default: 1 for the sinusoid, all cores for conv4)")
     parser.add_argument("--out", type=Path, default=None, help="Markdown file to write the results into")
     args = parser.parse_args()
 
@@ -419,7 +428,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown contenders {sorted(unknown)}; choose from {sorted(CONTENDERS)}")
     keys = args.only.split(",")
-    chosen = [w for w in workloads(args.quick) if w.key in keys]
+    chosen = [w for w in workloads(args.quick, args.threads) if w.key in keys]
     load_before = load_average()
     started = time.perf_counter()
     all_results = []
@@ -438,11 +447,12 @@ def main() -> None:
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     command = "/work/benchenv/bin/python bench/metalearn.py" + (" --quick" if args.quick else "") \
         + (f" --device {args.device}" if args.device != "cpu" else "") \
-        + (f" --only {args.only}" if args.only != parser.get_default("only") else "")
+        + (f" --only {args.only}" if args.only != parser.get_default("only") else "") \
+        + (f" --threads {args.threads}" if args.threads else "")
     text = f"""## Meta-learning: medmeta vs learn2learn and higher (issue 4)
 
 `{command} --out BENCHMARKS.md` (environment: `bench/reference_env.sh`) on {dev}; machine: {cpu_model()},
-{os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), learn2learn {version('learn2learn')},
+{os.cpu_count()} cores, torch {torch.__version__} (threads per workload in the table), learn2learn {version('learn2learn')},
 higher {version('higher')}, float32; medmeta at {revision(ROOT)}. Load average {load_before} before, {load_average()} after
 ({time.perf_counter() - started:.0f} s; other developers share the cores).
 

@@ -84,7 +84,8 @@ class Conv4(Backbone):
         if norm not in ("batch", "none"):
             raise ValueError(f"conv4 norm must be 'batch' or 'none', got {norm!r}")
         self.in_channels, self.image_size = in_channels, image_size
-        self.blocks = nn.ModuleList([_Block(in_channels if i == 0 else hidden, hidden, norm == "batch") for i in range(4)])
+        self.blocks = nn.ModuleList([_Block(in_channels if i == 0 else hidden, hidden, norm == "batch")
+                                     for i in range(4)])
         side = image_size
         for _ in range(4):
             side //= 2

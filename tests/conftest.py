@@ -48,3 +48,14 @@ def pydicom_test_files() -> list[Path]:
     except ImportError:
         pass
     return sorted(p for root in roots for p in root.rglob("*") if p.is_file() and not p.name.endswith((".py", ".pyc")))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread, above all on a shared machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -8,19 +8,12 @@ from safetensors.torch import load_file, save_file
 
 from metalearn import EpisodeError, Episodes, build_backbone, build_learner
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
 N_WAY = 3
 ALGORITHMS = ["maml", "fomaml", "reptile", "protonet", "matchingnet"]
 CONFIG = {"maml": {"inner_steps": 2, "inner_lr": 0.3, "learn_inner_lr": True}, "fomaml": {"inner_lr": 0.3},
           "reptile": {"inner_steps": 2, "inner_lr": 0.3}, "protonet": {"distance": "cosine"}, "matchingnet": {}}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, above all on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def backbone(kind: str):

@@ -6,17 +6,10 @@ import torch
 
 from metalearn import DivergenceError, EpisodeError, Episodes, build_backbone, build_learner
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
 N_WAY = 3
 ALGORITHMS = ["maml", "fomaml", "reptile", "protonet", "matchingnet"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, above all on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def batch(tasks=2, shots=2, queries=2, features=4) -> Episodes:

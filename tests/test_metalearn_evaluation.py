@@ -13,16 +13,9 @@ from metalearn.evaluation import compare, confidence_interval, episode_scores, e
 from metalearn.trainer import Trainer
 from tests.metalearn_toy import FEATURES, TinyProto, cluster_pretraining_data, clusters, sinusoids
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
 TEST = clusters(0, tasks=40, split="test", seed=2, shots=5)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, above all on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def backbone():

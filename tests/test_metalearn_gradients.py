@@ -8,17 +8,10 @@ from metalearn import Episodes, build_backbone, build_learner
 from metalearn.batching import choose_plan
 from metalearn.reference import reference_gradient
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
 TOL = 1e-10
 N_WAY = 3
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, above all on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def classification(image: bool, tasks: int = 3, shots: int = 2, queries: int = 2, seed: int = 0) -> Episodes:

@@ -15,16 +15,9 @@ from metalearn.episodes import DivergenceError, EpisodeError, Episodes
 from metalearn.trainer import StepReport, Trainer, TrainingInterrupted, ValidationReport
 from tests.metalearn_toy import TinyFOMAML, TinyProto, clusters, sinusoids
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
 VAL = clusters(0, tasks=10, split="test", seed=1)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, above all on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def proto(seed: int = 0, **kwargs) -> TinyProto:

@@ -20,6 +20,7 @@ ALGORITHMS = ("maml", "fomaml", "reptile", "protonet", "matchingnet")
 DEFAULT_FILE = "pipeline.yaml"
 # keys whose values are free-form mappings handed to metalearn (checked there)
 _FREE = {("train", "backbone"), ("train", "learner")}
+_NULLABLE = {("train", "patience")}  # null: no early stopping
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def _overlay(base: dict, user: dict, where: tuple[str, ...], path: str) -> dict:
         else:
             kind = type(base[key])
             numeric = kind in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not (isinstance(value, kind) or numeric or base[key] is None):
+            if not (isinstance(value, kind) or numeric or base[key] is None or (value is None and here in _NULLABLE)):
                 raise MedmetaError(f"{path}: {'.'.join(here)} must be {kind.__name__}, got {value!r}")
             out[key] = value
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable
 
@@ -42,6 +43,9 @@ def train_model(home: Home, taskset: str, algorithm: str, settings: PipelineSett
     shots = int(manifest["shots"])
     sampler = split_sampler(tasks.splits["train"], manifest, shots=shots, tasks=int(train["meta_batch"]), seed=seed)
     val = split_sampler(tasks.splits["val"], manifest, shots=shots, tasks=1, seed=seed + 1)
+    import torch
+
+    torch.manual_seed(seed)  # the initial weights too: the same inputs give the same model
     learner = build_learner(identity["spec"])
     trainer = Trainer(
         learner, sampler.sample, max_steps=int(train["steps"]), lr=float(train["lr"]),
@@ -50,6 +54,16 @@ def train_model(home: Home, taskset: str, algorithm: str, settings: PipelineSett
         checkpoint_every=int(train["checkpoint_every"]), seed=seed, device=str(train["device"]), config=identity,
         on_step=on_step, on_validation=on_validation,
     )
+    delay = float(os.environ.get("MEDMETA_TEST_STEP_DELAY_S") or 0)  # tests only: a window to kill a run in
+    if delay:
+        report_step = trainer.on_step
+
+        def slowed(report):
+            time.sleep(delay)
+            if report_step is not None:
+                report_step(report)
+
+        trainer.on_step = slowed
     started = time.perf_counter()
     result = trainer.fit(resume=True)
     save_weights(folder / "weights.safetensors", learner, metadata={"model": name})
