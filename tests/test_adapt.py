@@ -15,21 +15,13 @@ from medmeta.training.models import build_learner
 from medmeta.training.publish import registry_name
 from tests.pipeline_home import DRUGS, IMAGES, build_home
 
-pytestmark = pytest.mark.usefixtures("prefect_api")
+pytestmark = pytest.mark.usefixtures("prefect_api", "one_torch_thread")
 IMAGES_SET, DRUG_SET = "disease-images-2w2s2q-seed0", "drug-records-2w2s3q-seed0"
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, prefect_api):
     return build_home(tmp_path_factory.mktemp("adapt"), [IMAGES, DRUGS], ["protonet", "fomaml"])
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _published(built, taskset: str) -> list[dict]:

@@ -8,19 +8,12 @@ from safetensors.torch import load, save
 
 from metalearn import AdaptedStateError, EpisodeError, build_backbone, build_learner
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 N_WAY = 3
 ALGORITHMS = ["maml", "fomaml", "reptile", "protonet", "matchingnet"]
 CONFIG = {"maml": {"inner_steps": 2, "inner_lr": 0.3, "learn_inner_lr": True}, "fomaml": {"inner_lr": 0.3},
           "reptile": {"inner_steps": 2, "inner_lr": 0.3}, "protonet": {"distance": "euclidean"},
           "matchingnet": {}}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def backbone(kind: str):

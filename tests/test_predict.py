@@ -28,7 +28,7 @@ from medmeta.training.publish import registry_name
 from tests.pipeline_home import IMAGES, RECORDS, build_home
 from validation.gate import current_snapshot
 
-pytestmark = pytest.mark.usefixtures("prefect_api")
+pytestmark = pytest.mark.usefixtures("prefect_api", "one_torch_thread")
 IMAGES_SET, RECORDS_SET = "disease-images-2w2s2q-seed0", "disease-records-2w2s2q-seed0"
 IMAGE_MODEL, RECORD_MODEL = registry_name(IMAGES_SET), registry_name(RECORDS_SET)
 
@@ -36,14 +36,6 @@ IMAGE_MODEL, RECORD_MODEL = registry_name(IMAGES_SET), registry_name(RECORDS_SET
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, prefect_api):
     return build_home(tmp_path_factory.mktemp("predict"), [IMAGES, RECORDS], ["protonet"])
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def predict(built, *args: str):
