@@ -425,6 +425,26 @@ def predict(
               for case, probs in result["predictions"].items()]
     _emit(result, as_json, "\n".join(lines))
 
+
+@app.command()
+def adapt(
+    taskset: Optional[str] = typer.Option(None, "--taskset", help="One task set [default: every task set in the home]."),
+    home: Optional[Path] = HomeOption,
+    config: Optional[Path] = PipelineConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Adapt each task set's champion to its rare classes and publish the adapted models (Prefect flow)."""
+
+    def call(root, cfg):
+        from flows.adapt import adapt_flow
+
+        return adapt_flow(root, cfg, taskset)
+
+    result = _run_stage(home, config, "adapting the champions to their rare classes", call)
+    from medmeta.training.report import adapted_lines
+
+    _emit(result, as_json, "\n".join(adapted_lines(result)) or "no task set has classes left out of meta-training")
+
 # -- task sets (`medmeta tasks ...`) -------------------------------------------------------------
 
 tasks_app = typer.Typer(no_args_is_help=True, help="Few-shot task sets built from the validated snapshot.")

@@ -249,3 +249,18 @@ def test_tampered_weights_are_refused(built, image_cases, tmp_path):
     result = CliRunner().invoke(app, ["predict", "--home", str(copy), "--model", IMAGE_MODEL,
                                       "--support", str(image_cases["support"]), "--query", str(image_cases["query"])])
     assert result.exit_code == 2 and "checksum mismatch" in result.output
+
+
+def test_drug_models_take_response_and_no_response_in_that_label_order():
+    from medmeta.errors import MedmetaError
+    from medmeta.predict.cases import Cases
+    from medmeta.predict.run import support_labels
+
+    spec = {"kind": "drug", "n_way": 2}
+    cases = lambda labels: Cases(Path("s.csv"), [str(i) for i in range(len(labels))], labels, None, {})  # noqa: E731
+    assert support_labels(cases(["response", "no_response", "response"]), spec, "s.csv") == (
+        ["no_response", "response"], [1, 0, 1])
+    with pytest.raises(MedmetaError, match="labels are no_response and response, got yes"):
+        support_labels(cases(["yes", "no_response"]), spec, "s.csv")
+    with pytest.raises(MedmetaError, match="none of no_response"):
+        support_labels(cases(["response", "response"]), spec, "s.csv")
