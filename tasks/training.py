@@ -100,7 +100,7 @@ def publish_model_task(home: Home, model: str, settings: PipelineSettings) -> di
 
 @task(name="adapt-models", **NO_RESULTS)
 def adapt_models_task(home: Home, taskset: str) -> list[dict]:
-    """Adapt the task set's champion to each rare class and publish the adapted versions (see medmeta.training.adapt)."""
+    """Adapt the task set's champion to each rare class and publish the adapted versions (medmeta.training.adapt)."""
     from medmeta.training.adapt import adapt_taskset
 
     adapted = adapt_taskset(home, taskset)
@@ -112,7 +112,8 @@ def adapt_models_task(home: Home, taskset: str) -> list[dict]:
             for a in adapted]
     if rows:
         create_table_artifact(key=artifact_key("medmeta-adapted-models", taskset), table=rows,
-                              description=f"Adapted models of {taskset}'s champion, one per class left out of meta-training")
+                              description=f"Adapted models of {taskset}'s champion, one per class left out of "
+                                          "meta-training")
     logger = get_run_logger()
     for a in adapted:
         logger.info("%s: %s", a.get("target", taskset), a["skipped"] if "skipped" in a else

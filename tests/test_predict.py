@@ -194,7 +194,7 @@ def test_every_bad_input_is_refused_by_name_and_changes_nothing(built, image_cas
     support, query = str(image_cases["support"]), str(image_cases["query"])
     codes = image_cases["codes"]
 
-    assert f"no model named nope" in refused(built, "--model", "nope", "--support", support, "--query", query)
+    assert "no model named nope" in refused(built, "--model", "nope", "--support", support, "--query", query)
     message = refused(built, "--model", f"{IMAGE_MODEL}@9", "--support", support, "--query", query)
     assert "has no version 9" in message and "versions: 1" in message
     assert "is a meta-model: give --support" in refused(built, "--model", IMAGE_MODEL, "--query", query)
@@ -204,7 +204,8 @@ def test_every_bad_input_is_refused_by_name_and_changes_nothing(built, image_cas
     assert "needs labelled cases of exactly 2 classes" in refused(
         built, "--model", IMAGE_MODEL, "--support", str(one_class), "--query", query)
     unlabeled = write_csv(tmp_path / "unlabeled.csv", ["file", "label"],
-                          [[str(image_cases["by"][c][0]), c] for c in codes] + [[str(image_cases["by"][codes[0]][1]), ""]])
+                          [[str(image_cases["by"][c][0]), c] for c in codes]
+                          + [[str(image_cases["by"][codes[0]][1]), ""]])
     assert "unlabeled cases" in refused(built, "--model", IMAGE_MODEL, "--support", str(unlabeled), "--query", query)
     no_label = write_csv(tmp_path / "nolabel.csv", ["file"], [[str(image_cases["by"][c][0])] for c in codes])
     assert "no label column" in refused(built, "--model", IMAGE_MODEL, "--support", str(no_label), "--query", query)

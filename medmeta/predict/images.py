@@ -22,7 +22,8 @@ def minimum_side() -> int:
     from validation.rules import load_rules
 
     floors = [float(rule.kwargs["min_value"]) for rule in load_rules().tables.get("images", ())
-              if rule.expectation == "ExpectColumnValuesToBeBetween" and rule.kwargs.get("column") in ("height", "width")
+              if rule.expectation == "ExpectColumnValuesToBeBetween"
+              and rule.kwargs.get("column") in ("height", "width")
               and rule.kwargs.get("min_value") is not None]
     return int(max(floors, default=0))
 
@@ -44,8 +45,8 @@ def load_images(files: list[Path], size: int, modalities: list[str] | None, role
             ds = read_dicom(data, max_pixels=max_pixels)
             modality = str(ds.get("Modality", "") or "").strip().upper()
             if modalities and modality not in modalities:
-                raise MedmetaError(f"{role} image {path}: modality {modality or '(none)'}, but the model was trained on "
-                                   f"{', '.join(modalities)} images only")
+                raise MedmetaError(f"{role} image {path}: modality {modality or '(none)'}, but the model was "
+                                   f"trained on {', '.join(modalities)} images only")
             pixels = decode_pixels(ds, size=size)
         except Rejected as rejected:
             raise MedmetaError(f"{role} image {path}: {rejected.reason}") from None

@@ -69,7 +69,8 @@ def record_features(columns: dict[str, list[str]], ids: list[str], record_spec: 
             values = []
             for case, text in zip(ids, columns["sex"]):
                 if text.lower() not in SEX:
-                    raise MedmetaError(f"{source}: case {case}, column sex: {text!r} is not female, male, other or unknown")
+                    raise MedmetaError(f"{source}: case {case}, column sex: {text!r} is not female, male, "
+                                       "other or unknown")
                 values.append(SEX[text.lower()][index])
             raw[name] = values
         elif name in columns:

@@ -99,7 +99,8 @@ def predict(home: Home, ref: str, query: Path, support: Path | None = None) -> d
     used = found
     if adaptation and support is None:
         state = found.load_weights()
-        classes, counts = list(adaptation["label_order"]), {c["code"]: c["support_cases"] for c in adaptation["classes"]}
+        classes = list(adaptation["label_order"])
+        counts = {c["code"]: c["support_cases"] for c in adaptation["classes"]}
         logits = learner.predict_with_state(state, query_x)
         adapted_on = "stored state"
     else:

@@ -91,7 +91,8 @@ def _drug_plan(split, index, code, shots, queries, ways) -> AdaptationPlan:
     k = min([shots] + [len(r) for r in by_label])
     plan = AdaptationPlan(code, "drug", list(OUTCOMES), ["outcome", "outcome"], k)
     if ways != 2:
-        return AdaptationPlan(code, "drug", plan.classes, plan.roles, k, skipped=f"drug models are binary, this one is {ways}-way")
+        return AdaptationPlan(code, "drug", plan.classes, plan.roles, k,
+                              skipped=f"drug models are binary, this one is {ways}-way")
     if k == 0:
         missing = " and ".join(o for o, r in zip(OUTCOMES, by_label) if not r)
         return AdaptationPlan(code, "drug", plan.classes, plan.roles, k, skipped=f"no case with outcome {missing}")
