@@ -5,7 +5,9 @@ A snapshot that fails a critical validation stops the pipeline before any traini
 ends Failed with the failed expectations in its message, and nothing is published. Unchanged
 inputs are not reprocessed: ingest is incremental, a model trained on the same task set with
 the same settings is found instead of trained again, an evaluation with the same settings is
-reused, and a model already published on the same evaluation is not published twice. One
+reused, and a model already published on the same evaluation is not published twice. With
+``publish.adapt``, each task set's champion is then adapted to its rare classes (flows/adapt.py);
+an adapted version of the same parent and support cases is found, not published again. One
 pipeline trains at a time (a global concurrency limit of one slot); a second waits its turn.
 """
 
@@ -16,6 +18,7 @@ from datetime import datetime, timezone
 from prefect import flow
 from prefect.states import Completed, Failed
 
+from flows.adapt import adapt_flow
 from flows.evaluate import evaluate_flow
 from flows.ingest import ingest_flow
 from flows.publish import publish_flow
@@ -37,7 +40,7 @@ def pipeline_flow(landing: str, home: str | None = None, config: str | None = No
     ingest = ingest_flow(landing, root)
     summary: dict = {"started": started, "ingest": {k: ingest[k] for k in (
         "snapshot", "files_seen", "files_ingested", "files_unchanged", "files_quarantined", "rows_quarantined",
-        "patients", "records", "images")}, "validation": ingest["validation"], "tasksets": [], "models": []}
+        "patients", "records", "images")}, "validation": ingest["validation"], "tasksets": [], "models": [], "adapted": []}
     if not ingest["validation"]["success"]:
         failed = ", ".join(ingest["validation"]["critical_failures"])
         summary["status"] = "validation_failed"
@@ -58,6 +61,8 @@ def pipeline_flow(landing: str, home: str | None = None, config: str | None = No
                                       "trained": not trained["cached"], "steps": trained["steps"],
                                       "device": trained["device"], "evaluation": _headline(evaluation),
                                       "published": published})
+        if settings.publish["adapt"]:  # the champion adapted to each class left out of meta-training
+            summary["adapted"] += adapt_flow(root, config, built["name"])["adapted"]
     summary["status"] = "completed"
     record_pipeline_run(the_home, summary)
     report_pipeline(summary)

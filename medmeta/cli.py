@@ -397,6 +397,54 @@ def models_show(
            "card": found.card}, as_json,
           found.card_md_path.read_text(encoding="utf-8") + f"\ncurrent aliases: {', '.join(current) or 'none'}")
 
+# -- predict -------------------------------------------------------------------------------------
+
+@app.command()
+def predict(
+    model: str = typer.Option(..., "--model", help="NAME (its champion), NAME@champion, NAME@challenger or NAME@VERSION."),
+    query: Path = typer.Option(..., "--query", help="The cases to predict: a CSV (file column for DICOM, or record "
+                                                     "columns) or a folder of DICOM files."),
+    support: Optional[Path] = typer.Option(None, "--support", help="Labelled cases to adapt on (CSV with a label "
+                                                                   "column, or a DICOM folder with labels.csv); "
+                                                                   "optional for an adapted model."),
+    home: Optional[Path] = HomeOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Class probabilities for each query case from a published model, adapted on --support (README: Predict)."""
+    from medmeta.errors import MedmetaError
+    from medmeta.home import Home
+    from medmeta.predict import predict as run_predict
+
+    try:
+        result = run_predict(Home.at(home), model, query, support)
+    except (MedmetaError, ValueError) as error:  # ValueError: metalearn's EpisodeError / AdaptedStateError
+        _fail(str(error))
+    lines = [f"{result['model']} ({result['algorithm']}, adapted on {result['adapted_on']}; classes "
+             f"{', '.join(result['classes'])})"]
+    lines += [f"{case}: " + ", ".join(f"{c} {p:.3f}" for c, p in probs.items())
+              for case, probs in result["predictions"].items()]
+    _emit(result, as_json, "\n".join(lines))
+
+
+@app.command()
+def adapt(
+    taskset: Optional[str] = typer.Option(None, "--taskset", help="One task set [default: every task set in the home]."),
+    home: Optional[Path] = HomeOption,
+    config: Optional[Path] = PipelineConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Adapt each task set's champion to its rare classes and publish the adapted models (Prefect flow)."""
+
+    def call(root, cfg):
+        from flows.adapt import adapt_flow
+
+        return adapt_flow(root, cfg, taskset)
+
+    result = _run_stage(home, config, "adapting the champions to their rare classes", call)
+    from medmeta.training.report import adapted_lines
+
+    _emit(result, as_json, "\n".join(adapted_lines(result)) or "no task set has classes left out of meta-training")
+
 # -- task sets (`medmeta tasks ...`) -------------------------------------------------------------
 
 tasks_app = typer.Typer(no_args_is_help=True, help="Few-shot task sets built from the validated snapshot.")

@@ -2,8 +2,8 @@
 
 from metalearn.backbones import MLP, Backbone, Conv4, Fusion, build_backbone
 from metalearn.episodes import DivergenceError, EpisodeError, Episodes
-from metalearn.learner import MetaLearner, StepMetrics
+from metalearn.learner import AdaptedStateError, MetaLearner, StepMetrics
 from metalearn.registry import LEARNERS, build_learner
 
 __all__ = ["MLP", "Backbone", "Conv4", "Fusion", "build_backbone", "DivergenceError", "EpisodeError", "Episodes",
-           "MetaLearner", "StepMetrics", "LEARNERS", "build_learner"]
+           "AdaptedStateError", "MetaLearner", "StepMetrics", "LEARNERS", "build_learner"]

@@ -45,6 +45,11 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
 class Backbone(nn.Module):
     out_features: int
 
+    @property
+    def case_shape(self):
+        """The shape of one case's input (a dict of them for fused inputs), or None when any goes."""
+        return None
+
     def functional(self, params: Params, x: Inputs, plain_norm: bool = False, prefix: str = "") -> Tensor:
         raise NotImplementedError
 
@@ -88,6 +93,10 @@ class Conv4(Backbone):
             raise ValueError(f"conv4 needs images of at least 16 pixels a side, got {image_size}")
         self.out_features = hidden * side * side
 
+    @property
+    def case_shape(self) -> tuple[int, ...]:
+        return (self.in_channels, self.image_size, self.image_size)
+
     def functional(self, params: Params, x: Tensor, plain_norm: bool = False, prefix: str = "") -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"conv4 expects images [N, {self.in_channels}, H, W], got {tuple(x.shape)}")
@@ -115,6 +124,10 @@ class MLP(Backbone):
         self.out_features = sizes[-1]
         self._keys = [(f"layers.{i}.weight", f"layers.{i}.bias") for i in range(len(self.layers))]
 
+    @property
+    def case_shape(self) -> tuple[int, ...]:
+        return (self.in_features,)
+
     def functional(self, params: Params, x: Tensor, plain_norm: bool = False, prefix: str = "") -> Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"mlp expects {self.in_features} features, got shape {tuple(x.shape)}")
@@ -132,6 +145,10 @@ class Fusion(Backbone):
         self.image, self.record = image, record
         self.out_features = image.out_features + record.out_features
 
+    @property
+    def case_shape(self) -> dict[str, tuple[int, ...]]:
+        return {"image": self.image.case_shape, "record": self.record.case_shape}
+
     def functional(self, params: Params, x: dict[str, Tensor], plain_norm: bool = False, prefix: str = "") -> Tensor:
         if not isinstance(x, dict) or set(x) != {"image", "record"}:
             got = sorted(x) if isinstance(x, dict) else type(x).__name__
@@ -148,6 +165,10 @@ class WithHead(Backbone):
         self.backbone = backbone
         self.head = nn.Linear(backbone.out_features, outputs)
         self.out_features = outputs
+
+    @property
+    def case_shape(self):
+        return self.backbone.case_shape
 
     def functional(self, params: Params, x: Inputs, plain_norm: bool = False, prefix: str = "") -> Tensor:
         z = self.backbone.functional(params, x, plain_norm, prefix + "backbone.")

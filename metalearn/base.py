@@ -1,7 +1,9 @@
 """What every fast learner shares: input checks, the chunked meta-step, evaluation, predictors.
 
 A subclass gives ``task_fn(plan, n_way)``: a pure per-task function ``(sx, sy, qx, qy) -> (query loss,
-query outputs)`` of the learner's current parameters, and ``predictor(sx, sy)``.
+query outputs)`` of the learner's current parameters; ``support_state(support)``: an adaptation as
+tensors; and ``predict_from(state, query_x)``. ``adapt`` and ``predict_with_state`` both predict
+through ``predict_from``, so a saved state predicts exactly what the adaptation did.
 """
 
 from __future__ import annotations
@@ -12,7 +14,14 @@ from torch import Tensor
 from metalearn.backbones import Backbone, Params
 from metalearn.batching import Plan, choose_plan, map_tasks
 from metalearn.episodes import DivergenceError, EpisodeError, Episodes, Inputs, _map
-from metalearn.learner import MetaLearner, Predictor, StepMetrics
+from metalearn.learner import AdaptedStateError, MetaLearner, Predictor, StepMetrics
+
+PARAMS = "params."  # the prefix of a state's network weights
+
+
+def state_params(state: dict[str, Tensor]) -> Params:
+    """The network weights in an adapted state, keyed like ``named_parameters()``."""
+    return {k[len(PARAMS):]: v for k, v in state.items() if k.startswith(PARAMS)}
 
 
 class FastLearner(MetaLearner):
@@ -74,8 +83,28 @@ class FastLearner(MetaLearner):
     def task_fn(self, plan: Plan, n_way: int | None, train: bool = True):
         raise NotImplementedError
 
-    def predictor(self, support: Episodes) -> Predictor:
+    def support_state(self, support: Episodes) -> dict[str, Tensor]:
+        """The adaptation to a checked support set (one task, as a batch of one) as tensors."""
         raise NotImplementedError
+
+    def predict_from(self, state: dict[str, Tensor], query_x: Inputs) -> Tensor:
+        """Query outputs from a state; unchecked (``predict_with_state`` checks)."""
+        raise NotImplementedError
+
+    def state_extras(self) -> dict[str, tuple[tuple[int, ...], bool]]:
+        """A state's tensors besides ``params.*``: name -> (shape, -1 for any size; floating point)."""
+        return {}
+
+    def check_state_values(self, state: dict[str, Tensor]) -> None:
+        """Checks of a state's values beyond names, shapes and dtypes (subclasses)."""
+
+    def predictor(self, support: Episodes) -> Predictor:
+        state = self.support_state(support)
+        return lambda query_x: self.predict_from(state, query_x)
+
+    def _predict_from_params(self, state: dict[str, Tensor], query_x: Inputs) -> Tensor:
+        out = self.net.functional(state_params(state), query_x, plain_norm=False)  # one task, never under vmap
+        return out.squeeze(-1) if self.n_way is None else out
 
     def meta_step(self, batch: Episodes) -> StepMetrics:
         """Leave the meta-gradient (mean over tasks of the query-loss gradient) in ``p.grad``,
@@ -119,3 +148,65 @@ class FastLearner(MetaLearner):
                 return predict(query_x)
 
         return checked
+
+    def adapted_state(self, support_x: Inputs, support_y: Tensor) -> dict[str, Tensor]:
+        """``adapt`` as tensors (copies, contiguous): save them with safetensors, predict with
+        ``predict_with_state``. Holds no support inputs, only weights and embeddings."""
+        state = self.support_state(self.check_support(support_x, support_y))
+        return {k: v.detach().clone().contiguous() for k, v in state.items()}
+
+    def predict_with_state(self, state: dict[str, Tensor], query_x: Inputs) -> Tensor:
+        """Exactly ``adapt(support_x, support_y)(query_x)`` for the state of that support set; only
+        the learner's architecture and settings are used, not its weights."""
+        self.check_state(state)
+        self.check_state_query(query_x)
+        device = next(self.net.parameters()).device
+        with torch.no_grad():
+            return self.predict_from({k: v.to(device) for k, v in state.items()}, query_x)
+
+    def check_state(self, state: dict[str, Tensor]) -> None:
+        """``AdaptedStateError`` naming the first tensor that is missing, unknown or does not fit."""
+        if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+            raise AdaptedStateError(f"{self.name}: an adapted state is a dict of name -> Tensor")
+        expected = {PARAMS + k: (tuple(p.shape), True) for k, p in self.net.named_parameters()}
+        expected.update(self.state_extras())
+        missing, unknown = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        if missing or unknown:
+            raise AdaptedStateError(f"{self.name}: the adapted state does not fit this learner (missing: "
+                                    f"{', '.join(missing[:5]) or 'none'}; unknown: {', '.join(unknown[:5]) or 'none'})")
+        for key, (shape, floating) in expected.items():
+            t = state[key]
+            if t.dim() != len(shape) or any(want not in (-1, got) for want, got in zip(shape, t.shape)):
+                want = "[" + ", ".join("any" if d == -1 else str(d) for d in shape) + "]"
+                raise AdaptedStateError(f"{self.name}: state tensor {key} has shape {list(t.shape)}, expected {want}")
+            if t.is_floating_point() != floating:
+                raise AdaptedStateError(f"{self.name}: state tensor {key} is {t.dtype}, expected "
+                                        f"{'floating point' if floating else 'integers'}")
+            if floating and not bool(torch.isfinite(t).all()):
+                raise AdaptedStateError(f"{self.name}: state tensor {key} contains NaN or inf")
+        self.check_state_values(state)
+
+    def check_state_query(self, query_x: Inputs) -> None:
+        """``EpisodeError`` unless ``query_x`` is a non-empty, finite set of inputs this network takes."""
+        shape = self.net.case_shape
+        if isinstance(shape, dict) != isinstance(query_x, dict):
+            raise EpisodeError(f"{self.name}: the query must be "
+                               f"{'a dict ' + str(sorted(shape)) if isinstance(shape, dict) else 'one tensor'}")
+        parts = query_x.items() if isinstance(query_x, dict) else [("inputs", query_x)]
+        if isinstance(shape, dict) and set(query_x) != set(shape):
+            raise EpisodeError(f"{self.name}: the query has parts {sorted(query_x)}, expected {sorted(shape)}")
+        counts = set()
+        for name, t in parts:
+            want = shape[name] if isinstance(shape, dict) else shape
+            if not isinstance(t, Tensor) or not t.is_floating_point() or t.dim() < 1:
+                raise EpisodeError(f"{self.name}: query {name} must be a floating point tensor [cases, ...]")
+            if want is not None and tuple(t.shape[1:]) != tuple(want):
+                raise EpisodeError(f"{self.name}: query {name} have shape {list(t.shape)}, expected [cases, "
+                                   f"{', '.join(map(str, want))}]")
+            if t.shape[0] == 0:
+                raise EpisodeError("empty query set")
+            if not bool(torch.isfinite(t).all()):
+                raise EpisodeError(f"query {name} contain NaN or inf")
+            counts.add(int(t.shape[0]))
+        if len(counts) > 1:
+            raise EpisodeError(f"fused query inputs disagree on their case counts: {sorted(counts)}")

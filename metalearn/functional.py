@@ -79,12 +79,21 @@ def class_mask(y: Tensor, n_way: int, dtype: torch.dtype) -> Tensor:
     return (y.unsqueeze(-1) == torch.arange(n_way, device=y.device)).to(dtype)
 
 
+def prototypes(z_support: Tensor, y_support: Tensor, n_way: int) -> Tensor:
+    """The class means of the support embeddings, ``[..., n_way, D]``."""
+    onehot = class_mask(y_support, n_way, z_support.dtype)
+    return (onehot.transpose(-1, -2) @ z_support) / onehot.sum(-2).unsqueeze(-1)
+
+
 def prototype_logits(z_support: Tensor, y_support: Tensor, z_query: Tensor, n_way: int, distance: str,
                      scale: float) -> Tensor:
     """Prototypical Networks: logits are minus the squared Euclidean distance to each class mean,
     or ``scale`` times the cosine similarity to it."""
-    onehot = class_mask(y_support, n_way, z_support.dtype)
-    protos = (onehot.transpose(-1, -2) @ z_support) / onehot.sum(-2).unsqueeze(-1)  # [..., N, D]
+    return logits_from_prototypes(prototypes(z_support, y_support, n_way), z_query, distance, scale)
+
+
+def logits_from_prototypes(protos: Tensor, z_query: Tensor, distance: str, scale: float) -> Tensor:
+    """``prototype_logits`` given the class means ``[..., N, D]`` (an adapted ProtoNet's state)."""
     if distance == "cosine":
         unit = lambda z: F.normalize(z, dim=-1, eps=1e-12)  # noqa: E731
         return scale * unit(z_query) @ unit(protos).transpose(-1, -2)

@@ -12,6 +12,12 @@ published model is that state dict written with safetensors.
 - ``adapt(support_x, support_y)``: one task's support set (no task dimension) -> a ``Predictor``.
 - ``meta_gradient(batch)``: ``meta_step`` then a copy of every ``p.grad`` by parameter name.
 - ``Predictor(query_x)``: logits ``[Q, n_way]`` (classification) or predictions ``[Q]`` (regression).
+- ``adapted_state(support_x, support_y)``: the same adaptation as tensors (name -> Tensor, no support
+  inputs among them), to save with safetensors; ``predict_with_state(state, query_x)`` gives exactly
+  what ``adapt(support_x, support_y)(query_x)`` gives, from the state alone (the learner supplies only
+  its architecture and settings, not its weights). Keys: ``params.<name>`` (MAML family, Reptile: the
+  adapted network; ProtoNet, MatchingNet: the backbone) plus ``prototypes`` ``[n_way, D]`` (ProtoNet)
+  or ``support_embeddings`` ``[S, D]`` and ``support_labels`` ``[S]`` (MatchingNet).
 """
 
 from __future__ import annotations
@@ -34,6 +40,10 @@ class StepMetrics:
 Predictor = Callable[[Inputs], Tensor]
 
 
+class AdaptedStateError(ValueError):
+    """An adapted state that does not fit this learner; the message names the tensor and why."""
+
+
 class MetaLearner(nn.Module):
     name: str = "base"
 
@@ -44,6 +54,12 @@ class MetaLearner(nn.Module):
         raise NotImplementedError
 
     def adapt(self, support_x: Inputs, support_y: Tensor) -> Predictor:
+        raise NotImplementedError
+
+    def adapted_state(self, support_x: Inputs, support_y: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def predict_with_state(self, state: dict[str, Tensor], query_x: Inputs) -> Tensor:
         raise NotImplementedError
 
     def meta_gradient(self, batch: Episodes) -> dict[str, Tensor]:

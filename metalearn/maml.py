@@ -8,11 +8,10 @@ import torch
 from torch import nn
 
 from metalearn.backbones import Backbone, WithHead
-from metalearn.base import FastLearner
+from metalearn.base import PARAMS, FastLearner
 from metalearn.batching import Plan
 from metalearn.episodes import Episodes, _map
 from metalearn.functional import inner_adapt, maml_task
-from metalearn.learner import Predictor
 
 
 def _lr_key(name: str) -> str:
@@ -53,16 +52,14 @@ class MAML(FastLearner):
         return partial(maml_task, fn, params, lrs, steps=self.inner_steps, regression=self.n_way is None,
                        first_order=self.first_order or not train, functorch=plan.functorch, batched=plan.batched)
 
-    def predictor(self, support: Episodes) -> Predictor:
+    def support_state(self, support: Episodes) -> dict:
+        """The adapted network: ``params.<name>``."""
         fn = partial(self.net.functional, plain_norm=False)  # one task, never under vmap
         params = {k: p.detach() for k, p in self.net_params().items()}
         lrs = {k: (v.detach() if torch.is_tensor(v) else v) for k, v in self.lrs().items()}
         sx, sy = _map(support.support_x, lambda t: t[0]), support.support_y[0]
-        adapted = {k: p.detach() for k, p in inner_adapt(fn, params, lrs, sx, sy, self.inner_steps,
-                                                         self.n_way is None, True, functorch=False).items()}
+        adapted = inner_adapt(fn, params, lrs, sx, sy, self.inner_steps, self.n_way is None, True, functorch=False)
+        return {PARAMS + k: p.detach() for k, p in adapted.items()}
 
-        def predict(query_x):
-            out = fn(adapted, query_x)
-            return out.squeeze(-1) if self.n_way is None else out
-
-        return predict
+    def predict_from(self, state: dict, query_x) -> torch.Tensor:
+        return self._predict_from_params(state, query_x)

@@ -9,11 +9,11 @@ from functools import partial
 import torch
 
 from metalearn.backbones import Backbone, WithHead
-from metalearn.base import FastLearner
+from metalearn.base import PARAMS, FastLearner
 from metalearn.batching import Plan, map_tasks
 from metalearn.episodes import Episodes, _map
 from metalearn.functional import inner_adapt, reptile_task
-from metalearn.learner import Predictor, StepMetrics
+from metalearn.learner import StepMetrics
 
 
 class Reptile(FastLearner):
@@ -57,16 +57,14 @@ class Reptile(FastLearner):
             p.grad = p.detach() - adapted_sum[k] / batch.tasks
         return self._metrics(loss_sum, hit_sum, batch)
 
-    def predictor(self, support: Episodes) -> Predictor:
+    def support_state(self, support: Episodes) -> dict:
+        """The adapted network: ``params.<name>``."""
         fn = partial(self.net.functional, plain_norm=False)  # one task, never under vmap
         params = {k: p.detach() for k, p in self.net_params().items()}
         sx, sy = _map(support.support_x, lambda t: t[0]), support.support_y[0]
         adapted = inner_adapt(fn, params, {k: self.inner_lr for k in params}, sx, sy, self.inner_steps,
                               self.n_way is None, True, functorch=False)
-        adapted = {k: p.detach() for k, p in adapted.items()}
+        return {PARAMS + k: p.detach() for k, p in adapted.items()}
 
-        def predict(query_x):
-            out = fn(adapted, query_x)
-            return out.squeeze(-1) if self.n_way is None else out
-
-        return predict
+    def predict_from(self, state: dict, query_x) -> torch.Tensor:
+        return self._predict_from_params(state, query_x)

@@ -96,3 +96,26 @@ def publish_model_task(home: Home, model: str, settings: PipelineSettings) -> di
                              description=f"Model card of {published['ref']} ({published['decision']})")
     get_run_logger().info("published %s: %s (%s)", published["ref"], published["decision"], published["reason"])
     return published
+
+
+@task(name="adapt-models", **NO_RESULTS)
+def adapt_models_task(home: Home, taskset: str) -> list[dict]:
+    """Adapt the task set's champion to each rare class and publish the adapted versions (medmeta.training.adapt)."""
+    from medmeta.training.adapt import adapt_taskset
+
+    adapted = adapt_taskset(home, taskset)
+    rows = [{"class": a.get("target", "-"), "model": a.get("ref", "-"),
+             "support": ", ".join(f"{c} {n}" for c, n in a.get("support", {}).items()),
+             "support accuracy": a.get("metrics", {}).get("support_accuracy", ""),
+             "held-out accuracy": a.get("metrics", {}).get("held_out_accuracy", ""),
+             "outcome": a["skipped"] if "skipped" in a else ("already published" if a["cached"] else a["decision"])}
+            for a in adapted]
+    if rows:
+        create_table_artifact(key=artifact_key("medmeta-adapted-models", taskset), table=rows,
+                              description=f"Adapted models of {taskset}'s champion, one per class left out of "
+                                          "meta-training")
+    logger = get_run_logger()
+    for a in adapted:
+        logger.info("%s: %s", a.get("target", taskset), a["skipped"] if "skipped" in a else
+                    f"{a['ref']} ({'already published' if a['cached'] else 'published'})")
+    return adapted

@@ -71,6 +71,21 @@ def model_card(identity: dict, result: dict, evaluation: dict, shots: int, valid
     }
 
 
+def dicom_modalities(home: Home, tasks) -> list[str] | None:
+    """The DICOM modalities of the task set's patients' validated images (None for records models):
+    ``medmeta predict`` refuses images of any other modality."""
+    import pandas as pd
+
+    from validation.gate import validation_dir
+
+    if tasks.manifest["inputs"] == "records":
+        return None
+    images = pd.read_parquet(validation_dir(home, tasks.manifest["snapshot"]) / "tables" / "images.parquet",
+                             columns=["patient_id", "modality"])
+    patients = {p for split in tasks.splits.values() for p in split.patient_ids}
+    return sorted(str(m) for m in images[images["patient_id"].isin(patients)]["modality"].dropna().unique())
+
+
 def champion_score(home: Home, name: str, card: dict, tasks, settings: PipelineSettings):
     """The current champion's accuracy on the candidate's meta-test episodes, or None when it
     has no champion or one whose inputs differ (then the gate says "not comparable")."""
@@ -117,6 +132,7 @@ def publish_model(home: Home, model: str, settings: PipelineSettings) -> dict:
         raise MedmetaError(f"model {model} was evaluated at shots {[e['shots'] for e in evaluation['by_shots']]}, "
                            f"not at publish.shots = {shots}: evaluate it again")
     card = model_card(identity, result, evaluation, shots, validation, tasks.manifest)
+    card["dicom_modalities"] = dicom_modalities(home, tasks)
     name = registry_name(identity["taskset"]["name"])
     earlier = _published(home, name, model, card["evaluation_id"])
     if earlier is not None:  # a rerun: the same model on the same evaluation is not published twice

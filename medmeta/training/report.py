@@ -21,6 +21,18 @@ def model_lines(summary: dict) -> list[str]:
     return lines
 
 
+def adapted_lines(summary: dict) -> list[str]:
+    lines = []
+    for a in summary.get("adapted", []):
+        if "skipped" in a:
+            lines.append(f"adapt {a['taskset']} to {a.get('target', 'its rare classes')}: skipped ({a['skipped']})")
+        else:
+            support = ", ".join(f"{c} {n}" for c, n in a["support"].items())
+            lines.append(f"adapted {a['parent']} to {a['target']} (support {support}) -> {a['ref']}"
+                         f"{' (already published)' if a['cached'] else ''}")
+    return lines
+
+
 def summary_text(summary: dict) -> str:
     i, v = summary["ingest"], summary["validation"]
     lines = [f"ingest: {i['files_seen']} files ({i['files_ingested']} ingested, {i['files_unchanged']} unchanged, "
@@ -31,7 +43,7 @@ def summary_text(summary: dict) -> str:
     for t in summary["tasksets"]:
         lines.append(f"task set {t['name']}: " + ", ".join(f"{s} {len(c['classes'])} classes" if isinstance(c, dict) and
                                                            "classes" in c else f"{s}" for s, c in t.get("splits", {}).items()))
-    lines += model_lines(summary)
+    lines += model_lines(summary) + adapted_lines(summary)
     return "\n".join(lines)
 
 
@@ -49,4 +61,7 @@ def pipeline_markdown(summary: dict) -> str:
                        f"{_pct(e['meta']['ci95'])} | {_pct(e['from_scratch']['accuracy'])} | "
                        f"{_pct(e['pretrain_finetune']['accuracy'])} | `{m['published']['ref']}` | "
                        f"{m['published']['decision']} |")
+    adapted = adapted_lines(summary)
+    if adapted:
+        out += ["", "## Adapted models", ""] + [f"- {line}" for line in adapted]
     return "\n".join(out) + "\n"
