@@ -48,3 +48,7 @@ def pydicom_test_files() -> list[Path]:
     except ImportError:
         pass
     return sorted(p for root in roots for p in root.rglob("*") if p.is_file() and not p.name.endswith((".py", ".pyc")))
+
+
+# The operate tests' session fixtures (a real server, `medmeta serve`, one triggered pipeline run).
+from tests.operate_fixtures import cohort, operate_server, served, triggered_run  # noqa: E402,F401
