@@ -160,6 +160,7 @@ def served(operate_server, tmp_path_factory) -> Iterator[Served]:
     finally:
         stop(process, timeout_s=30)
         print(f"medmeta serve stopped with {process.returncode}; its log: {log}")
+    assert process.returncode == 0, f"medmeta serve did not stop cleanly on SIGTERM: {handle.log_tail()}"
 
 
 def _deployment_names(url: str) -> set[str]:

@@ -40,6 +40,8 @@ def test_serve_registers_the_nightly_the_watcher_and_the_triggered_deployments(s
     assert nightly.parameters == {"landing": str(served.landing), "home": str(served.home),
                                   "config": str(served.config)}
     assert on_new_cases.schedules == [] and on_new_cases.parameters == nightly.parameters
+    assert _one_at_a_time(nightly) == _one_at_a_time(on_new_cases) == (1, "ENQUEUE")
+    assert _one_at_a_time(watcher) == (1, "CANCEL_NEW")
     [every] = watcher.schedules
     assert every.schedule.interval.total_seconds() == 3
     assert watcher.parameters == {"landing": str(served.landing), "home": str(served.home)}
@@ -109,8 +111,14 @@ def test_prefect_yaml_deploys_the_deployments_on_their_work_pools(tmp_path):
     assert deployments["train-gpu"].job_variables["env"]["CUDA_VISIBLE_DEVICES"] == "0"
     [schedule] = deployments[NIGHTLY].schedules
     assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 2 * * *", "UTC")
-    assert deployments[ON_NEW_CASES].concurrency_limit == 1
+    assert _one_at_a_time(deployments[ON_NEW_CASES]) == (1, "ENQUEUE")
+    assert _one_at_a_time(deployments[WATCHER]) == (1, "CANCEL_NEW")
     [trigger] = [a for a in automations if CASES_ARRIVED in a.trigger.expect]
     assert trigger.actions[0].deployment_id == deployments[ON_NEW_CASES].id
     assert deployments[NIGHTLY].pull_steps == [
         {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
+
+
+def _one_at_a_time(deployment) -> tuple[int, str]:
+    """The deployment's concurrency limit and what happens to a run beyond it."""
+    return deployment.global_concurrency_limit.limit, deployment.concurrency_options.collision_strategy.value
