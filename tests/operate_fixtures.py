@@ -22,9 +22,10 @@ from tests.prefect_server import prefect_server, stop, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SETTINGS = """\
-train: {algorithms: [protonet], steps: 10, val_every: 5, val_episodes: 4, checkpoint_every: 5}
-evaluate: {episodes: 6, shots: [5], baseline_steps: 2, pretrain_steps: 5}
-"""
+train: {algorithms: [protonet], steps: 4, val_every: 2, val_episodes: 2, checkpoint_every: 2}
+evaluate: {episodes: 4, shots: [5], baseline_steps: 1, pretrain_steps: 2}
+publish: {adapt: false}
+"""  # seconds per stage: these tests are about operating the pipeline, not about its models
 CRON = "17 3 1 1 *"  # once a year: never fires while the tests run
 TIMEZONE = "Europe/Berlin"
 TRIGGERED_RUN_TIMEOUT_S = 480

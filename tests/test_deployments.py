@@ -9,6 +9,7 @@ import pytest
 
 from deployments.definitions import NIGHTLY, ON_NEW_CASES, WATCHER
 from tests.operate_fixtures import CRON, TIMEZONE, api, medmeta, medmeta_env
+from tasks.concurrency import TRAINING_LIMIT
 from tasks.watch import CASES_ARRIVED
 
 
@@ -35,6 +36,8 @@ def test_serve_registers_the_nightly_the_watcher_and_the_triggered_deployments(s
         on_new_cases = client.read_deployment_by_name(f"pipeline/{ON_NEW_CASES}")
         watcher = client.read_deployment_by_name(f"watch-landing/{WATCHER}")
         automations = client.read_automations()
+        training_limit = client.read_global_concurrency_limit_by_name(TRAINING_LIMIT)
+    assert (training_limit.limit, training_limit.active) == (1, True)
     [schedule] = nightly.schedules
     assert (schedule.schedule.cron, schedule.schedule.timezone, schedule.active) == (CRON, TIMEZONE, True)
     assert nightly.parameters == {"landing": str(served.landing), "home": str(served.home),
