@@ -78,7 +78,7 @@ def _keys(triggered_run) -> dict[str, list[str]]:
 def _summary(triggered_run) -> dict:
     import json
 
-    [path] = sorted((triggered_run.served.home / "runs").glob("pipeline-*.json"))
+    path = sorted((triggered_run.served.home / "runs").glob("pipeline-*.json"))[0]  # the triggered run's (the first)
     return json.loads(path.read_text())
 
 
