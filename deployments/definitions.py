@@ -26,6 +26,7 @@ class ServeSettings:
 
 def build_deployments(settings: ServeSettings) -> list:
     """The three ``RunnerDeployment``s, ready for ``prefect.serve``."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.events import DeploymentEventTrigger
     from prefect.schedules import Cron
 
@@ -34,17 +35,22 @@ def build_deployments(settings: ServeSettings) -> list:
     from tasks.watch import CASES_ARRIVED
 
     parameters = {"landing": settings.landing, "home": settings.home, "config": settings.config}
+    # one run of each pipeline deployment at a time: a second one waits (ingest holds the home's lock);
+    # a look at the landing folder while the last one is still looking is dropped
+    one_then_queue = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
+    one_then_drop = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
     nightly = pipeline_flow.to_deployment(
         name=NIGHTLY, schedules=[Cron(settings.cron, timezone=settings.timezone)], parameters=parameters,
+        concurrency_limit=one_then_queue,
         description=f"The whole pipeline every night ({settings.cron}, {settings.timezone}).", tags=["medmeta"],
     )
     on_new_cases = pipeline_flow.to_deployment(
-        name=ON_NEW_CASES, parameters=parameters, tags=["medmeta"],
+        name=ON_NEW_CASES, parameters=parameters, tags=["medmeta"], concurrency_limit=one_then_queue,
         triggers=[DeploymentEventTrigger(name="new case data", expect={CASES_ARRIVED})],
         description="The whole pipeline whenever the landing watcher reports new or changed files.",
     )
     watcher = watch_landing_flow.to_deployment(
-        name=WATCHER, interval=settings.watch_every_s, tags=["medmeta"],
+        name=WATCHER, interval=settings.watch_every_s, tags=["medmeta"], concurrency_limit=one_then_drop,
         parameters={"landing": settings.landing, "home": settings.home},
         description=f"Looks at the landing folder every {settings.watch_every_s} s; emits {CASES_ARRIVED}.",
     )

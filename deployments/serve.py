@@ -7,6 +7,7 @@ import os
 
 from deployments.definitions import ServeSettings, build_deployments
 from medmeta.errors import MedmetaError
+from tasks.concurrency import ensure_training_limit
 
 
 def require_server(timeout_s: float = 5.0) -> str:
@@ -28,10 +29,12 @@ def require_server(timeout_s: float = 5.0) -> str:
         raise MedmetaError(f"the Prefect server at PREFECT_API_URL={url} is not healthy (HTTP {response.status_code})")
     return url
 
+
 def serve(settings: ServeSettings) -> None:
     """Register and serve the nightly, watcher and on-new-cases deployments (blocks)."""
     from prefect import serve as prefect_serve
 
     require_server()
+    ensure_training_limit()  # visible (Concurrency page) before the first pipeline trains
     deployments = build_deployments(settings)
     prefect_serve(*deployments, print_starting_message=True)

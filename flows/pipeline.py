@@ -31,13 +31,16 @@ from tasks.pipeline import record_pipeline_run, report_pipeline
 
 
 @flow(name="pipeline", persist_result=False, validate_parameters=True)
-def pipeline_flow(landing: str, home: str | None = None, config: str | None = None):
-    """Landing data to published few-shot models; returns the run summary (in a Completed or Failed state)."""
+def pipeline_flow(landing: str, home: str | None = None, config: str | None = None, rules: str | None = None):
+    """Landing data to published few-shot models; returns the run summary (in a Completed or Failed state).
+
+    ``rules``: a validation rules file replacing the defaults per table (validation/rules.yaml).
+    """
     settings = load_settings(config)  # a bad settings file fails before anything runs
     the_home = Home.at(home)
     root = str(the_home.root)
     started = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    ingest = ingest_flow(landing, root)
+    ingest = ingest_flow(landing, root, rules=rules)
     summary: dict = {"started": started, "ingest": {k: ingest[k] for k in (
         "snapshot", "files_seen", "files_ingested", "files_unchanged", "files_quarantined", "rows_quarantined",
         "patients", "records", "images")}, "validation": ingest["validation"], "tasksets": [], "models": [], "adapted": []}

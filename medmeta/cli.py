@@ -257,6 +257,7 @@ def run_pipeline(
     landing: Path = typer.Argument(..., help="The landing folder (or zip) to ingest."),
     home: Optional[Path] = HomeOption,
     config: Optional[Path] = PipelineConfigOption,
+    rules: Optional[Path] = RulesOption,
     as_json: bool = JsonOption,
 ) -> None:
     """The whole pipeline once: ingest, validate, task sets, train, evaluate, publish (exit 1 if validation fails)."""
@@ -270,6 +271,7 @@ def run_pipeline(
             raise MedmetaError(f"{landing}: no such file or folder")
         load_key(the_home.key_file)
         _settings(config)
+        _check_rules(rules)
     except MedmetaError as error:
         _fail(str(error))
     _prefect_environment(the_home.root)
@@ -279,7 +281,8 @@ def run_pipeline(
 
     try:
         with _spinner("running the pipeline"), embedded_run_settings():
-            state = pipeline_flow(str(landing), str(the_home.root), str(config) if config else None, return_state=True)
+            state = pipeline_flow(str(landing), str(the_home.root), str(config) if config else None,
+                                  str(rules) if rules else None, return_state=True)
     except MedmetaError as error:
         _fail(str(error))
     summary = state.result(raise_on_failure=False)

@@ -12,13 +12,20 @@ TRAINING_LIMIT = "medmeta-training"
 
 
 def ensure_training_limit() -> None:
-    """Create the limit (one slot) on the current Prefect API if it does not exist."""
+    """Create the limit (one slot) on the current Prefect API if it does not exist; an existing
+    one is left as it is (an operator may have changed it: `prefect gcl update medmeta-training`)."""
     from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectAlreadyExists
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     with get_client(sync_client=True) as client:
         try:
-            client.upsert_global_concurrency_limit_by_name(TRAINING_LIMIT, 1)
+            client.read_global_concurrency_limit_by_name(TRAINING_LIMIT)
+            return
+        except ObjectNotFound:
+            pass
+        try:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=TRAINING_LIMIT, limit=1))
         except ObjectAlreadyExists:  # another run created it between our read and our write
             pass
 

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from prefect import task
-from prefect.artifacts import (create_image_artifact, create_markdown_artifact, create_progress_artifact,
-                               create_table_artifact, update_progress_artifact)
+from prefect.artifacts import (create_image_artifact, create_link_artifact, create_markdown_artifact,
+                               create_progress_artifact, create_table_artifact, update_progress_artifact)
 from prefect.logging import get_run_logger
 
 from medmeta.home import Home
@@ -94,6 +94,9 @@ def publish_model_task(home: Home, model: str, settings: PipelineSettings) -> di
     card_md = Path(published["card"]).read_text()
     create_markdown_artifact(key=artifact_key("medmeta-model-card", published["name"]), markdown=card_md,
                              description=f"Model card of {published['ref']} ({published['decision']})")
+    create_link_artifact(key=artifact_key("medmeta-model-link", published["name"]), link=Path(published["card"]).as_uri(),
+                         link_text=f"{published['ref']}: model card ({published['decision']})",
+                         description=f"The model card of registry version {published['ref']}, beside its weights")
     get_run_logger().info("published %s: %s (%s)", published["ref"], published["decision"], published["reason"])
     return published
 

@@ -12,10 +12,14 @@ CASES_ARRIVED = "medmeta.cases.arrived"  # the deployments' trigger expects it
 
 @task(name="look-at-landing", **NO_RESULTS)
 def look_at_landing(landing: str, home: Home, settle_s: float) -> dict:
+    """Counts of new, changed and removed files since the last look. One look at a time per home:
+    two overlapping looks would both see the same new files and announce them twice."""
     from medmeta.landing.changes import look
     from medmeta.pseudonyms import Pseudonymizer, load_key
+    from medmeta.registry.lock import exclusive
 
-    return look(landing, home, Pseudonymizer(load_key(home.key_file)), settle_s=settle_s).to_dict()
+    with exclusive(home.root / "watch" / ".lock"):
+        return look(landing, home, Pseudonymizer(load_key(home.key_file)), settle_s=settle_s).to_dict()
 
 
 @task(name="announce-arrival", **NO_RESULTS)

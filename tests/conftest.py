@@ -85,3 +85,7 @@ def copy_home(template: Path, target: Path) -> Path:
 
     shutil.copytree(template, target, ignore=shutil.ignore_patterns("prefect"))
     return target
+
+
+# The operate tests' session fixtures (a real server, `medmeta serve`, one triggered pipeline run).
+from tests.operate_fixtures import cohort, operate_server, served, triggered_run  # noqa: E402,F401

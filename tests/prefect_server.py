@@ -51,6 +51,9 @@ def prefect_server(home: Path, log: Path) -> Iterator[str]:
     """Yield the API URL of a healthy server whose database lives under ``home``."""
     port = free_port()
     env = server_environment(home, port)
+    env["PREFECT_HOME"] = str(home)  # its own database, whatever PREFECT_HOME the tests run with
+    for name in [k for k in env if "DATABASE" in k and k.startswith("PREFECT_")]:
+        del env[name]
     Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     prefect = str(Path(sys.executable).with_name("prefect"))
     with open(log, "wb") as out:

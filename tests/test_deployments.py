@@ -1,0 +1,127 @@
+"""``medmeta serve`` against a real Prefect server: the three deployments, and new case files in the
+landing folder starting a pipeline run (through the watcher's event) that publishes a model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from deployments.definitions import NIGHTLY, ON_NEW_CASES, WATCHER
+from tests.operate_fixtures import CRON, TIMEZONE, api, medmeta, medmeta_env
+from tasks.concurrency import TRAINING_LIMIT
+from tasks.watch import CASES_ARRIVED
+
+
+def test_serve_without_a_server_says_how_to_get_one(tmp_path):
+    (tmp_path / "landing").mkdir()
+    result = medmeta("serve", "--landing", str(tmp_path / "landing"), "--home", str(tmp_path / "h"),
+                     env=medmeta_env(None), timeout=120)
+    assert result.returncode == 2
+    assert "no Prefect server: set PREFECT_API_URL" in result.stderr and "medmeta server" in result.stderr
+
+
+def test_serve_against_a_dead_server_says_it_does_not_answer(tmp_path):
+    (tmp_path / "landing").mkdir()
+    result = medmeta("serve", "--landing", str(tmp_path / "landing"), "--home", str(tmp_path / "h"),
+                     env=medmeta_env("http://127.0.0.1:9/api"), timeout=120)
+    assert result.returncode == 2
+    assert "http://127.0.0.1:9/api does not answer" in result.stderr
+
+
+@pytest.mark.slow
+def test_serve_registers_the_nightly_the_watcher_and_the_triggered_deployments(served):
+    with api(served.server.url) as client:
+        nightly = client.read_deployment_by_name(f"pipeline/{NIGHTLY}")
+        on_new_cases = client.read_deployment_by_name(f"pipeline/{ON_NEW_CASES}")
+        watcher = client.read_deployment_by_name(f"watch-landing/{WATCHER}")
+        automations = client.read_automations()
+        training_limit = client.read_global_concurrency_limit_by_name(TRAINING_LIMIT)
+    assert (training_limit.limit, training_limit.active) == (1, True)
+    [schedule] = nightly.schedules
+    assert (schedule.schedule.cron, schedule.schedule.timezone, schedule.active) == (CRON, TIMEZONE, True)
+    assert nightly.parameters == {"landing": str(served.landing), "home": str(served.home),
+                                  "config": str(served.config)}
+    assert on_new_cases.schedules == [] and on_new_cases.parameters == nightly.parameters
+    assert _one_at_a_time(nightly) == _one_at_a_time(on_new_cases) == (1, "ENQUEUE")
+    assert _one_at_a_time(watcher) == (1, "CANCEL_NEW")
+    [every] = watcher.schedules
+    assert every.schedule.interval.total_seconds() == 3
+    assert watcher.parameters == {"landing": str(served.landing), "home": str(served.home)}
+    triggers = [a for a in automations if CASES_ARRIVED in a.trigger.expect]
+    assert len(triggers) == 1, [a.name for a in automations]
+    [action] = triggers[0].actions
+    assert action.type == "run-deployment" and action.deployment_id == on_new_cases.id
+
+
+@pytest.mark.slow
+def test_new_cases_start_a_pipeline_run_that_publishes_a_model(triggered_run):
+    from medmeta import registry
+
+    run, served = triggered_run.run, triggered_run.served
+    assert run.state.is_completed()
+    assert [name for name, _ in triggered_run.subflows] == ["ingest", "build-tasksets", "train", "evaluate", "publish"]
+    assert all(sub.state.is_completed() for _, sub in triggered_run.subflows)
+    [name] = registry.model_names(served.home)
+    assert registry.versions(served.home, name) == [1]
+    assert registry.read_aliases(served.home, name)["champion"] == 1
+
+
+@pytest.mark.slow
+def test_the_arrival_event_carries_counts_only(triggered_run, cohort):
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    with api(triggered_run.served.server.url) as client:
+        events = client.read_events(EventFilter(event=EventNameFilter(name=[CASES_ARRIVED])), limit=50).events
+    assert events, "the watcher emitted no event"
+    files = [p for p in cohort.rglob("*") if p.is_file()]
+    for event in events:
+        assert set(event.payload) <= {"files", "new", "changed", "removed"}, event.payload
+        assert all(isinstance(v, int) for v in event.payload.values()), event.payload
+        text = json.dumps(event.model_dump(mode="json"))
+        assert str(triggered_run.served.landing) not in text
+        assert not [p.name for p in files if p.name in text]
+    assert sum(e.payload["new"] for e in events) == len(files)
+
+
+@pytest.mark.slow
+def test_prefect_yaml_deploys_the_deployments_on_their_work_pools(tmp_path):
+    """`prefect deploy --all` with the repository's prefect.yaml, on a server of its own (its
+    deployments have the same names as those `medmeta serve` registers)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    from tests.operate_fixtures import ROOT
+    from tests.prefect_server import prefect_server
+
+    with prefect_server(tmp_path / "server", tmp_path / "server.log") as url:
+        with api(url) as client:
+            for pool in ("medmeta-process", "medmeta-gpu"):
+                client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        prefect = str(Path(sys.executable).with_name("prefect"))
+        result = subprocess.run([prefect, "--no-prompt", "deploy", "--all"], cwd=ROOT, capture_output=True, text=True,
+                                env=medmeta_env(url, MEDMETA_REPO=str(ROOT)), timeout=300)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        with api(url) as client:
+            deployments = {f"{d.name}": d for d in client.read_deployments()}
+            automations = client.read_automations()
+    assert set(deployments) == {NIGHTLY, ON_NEW_CASES, WATCHER, "train-gpu"}
+    assert {d.work_pool_name for n, d in deployments.items() if n != "train-gpu"} == {"medmeta-process"}
+    assert deployments["train-gpu"].work_pool_name == "medmeta-gpu"
+    assert deployments["train-gpu"].job_variables["env"]["CUDA_VISIBLE_DEVICES"] == "0"
+    [schedule] = deployments[NIGHTLY].schedules
+    assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 2 * * *", "UTC")
+    assert _one_at_a_time(deployments[ON_NEW_CASES]) == (1, "ENQUEUE")
+    assert _one_at_a_time(deployments[WATCHER]) == (1, "CANCEL_NEW")
+    [trigger] = [a for a in automations if CASES_ARRIVED in a.trigger.expect]
+    assert trigger.actions[0].deployment_id == deployments[ON_NEW_CASES].id
+    assert deployments[NIGHTLY].pull_steps == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
+
+
+def _one_at_a_time(deployment) -> tuple[int, str]:
+    """The deployment's concurrency limit and what happens to a run beyond it."""
+    return deployment.global_concurrency_limit.limit, deployment.concurrency_options.collision_strategy.value
