@@ -449,6 +449,8 @@ def main() -> None:
         + (f" --device {args.device}" if args.device != "cpu" else "") \
         + (f" --only {args.only}" if args.only != parser.get_default("only") else "") \
         + (f" --threads {args.threads}" if args.threads else "")
+    samples = "; ".join(sorted({f"{w.kind}: {w.samples} samples of {w.block} iteration{'s' if w.block > 1 else ''}"
+                                for w in chosen}))
     text = f"""## Meta-learning: medmeta vs learn2learn and higher (issue 4)
 
 `{command} --out BENCHMARKS.md` (environment: `bench/reference_env.sh`) on {dev}; machine: {cpu_model()},
@@ -456,8 +458,8 @@ def main() -> None:
 higher {version('higher')}, float32; medmeta at {measured}. Load average {load_before} before, {load_average()} after
 ({time.perf_counter() - started:.0f} s; other developers share the cores).
 
-One iteration = meta-gradient + Adam step; it/s is the median over {chosen[0].samples if chosen else 0} timed samples after warm-up,
-contenders interleaved. Peak RSS rise: VmRSS sampled every 2 ms during construction and warm-up, above the
+One iteration = meta-gradient + Adam step; it/s is the median over timed samples after warm-up
+({samples}), contenders interleaved sample by sample. Peak RSS rise: VmRSS sampled every 2 ms during construction and warm-up, above the
 resident size just before (after gc and malloc_trim); the smaller of two passes (orders A-B-C, C-B-A). Meta-gradients: same initial weights and batch
 (25 sinusoid tasks / 4 conv4 tasks), float64 on CPU. learn2learn and higher run `nn.BatchNorm2d` in training
 mode without running statistics; medmeta's conv4 normalises each set with its own statistics and a learned
