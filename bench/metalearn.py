@@ -351,7 +351,7 @@ def run_workload(w: Workload, names: list[str], device: torch.device, seed: int,
             results[name].seconds.append((time.perf_counter() - start) / w.block)
     for name, r in results.items():
         if not r.error:
-            log(f"  {name}: {r.its:.2f} it/s")
+            log(f"  {name}: {r.its:.3g} it/s")
     return results
 
 
@@ -403,7 +403,7 @@ def table(all_results: list[tuple[Workload, dict[str, Result]]], device: torch.d
             rel = f"{r.its / l2l.its:.2f}x" if l2l and not l2l.error else "-"
             grad = "-" if r.grad_diff is None else (
                 "(reference)" if name == "learn2learn" else f"{r.grad_diff:.1e} (max abs grad {r.grad_scale:.1e})")
-            rows.append(f"| {w.title} | {w.threads} | {r.name} | {r.its:.2f} | {rel} | {r.rss_mb:.0f} |"
+            rows.append(f"| {w.title} | {w.threads} | {r.name} | {r.its:.3g} | {rel} | {r.rss_mb:.0f} |"
                         + (f" {r.cuda_mb:.0f} |" if cuda else "") + f" {grad} |")
     return "\n".join(rows)
 
@@ -429,7 +429,7 @@ def main() -> None:
         parser.error(f"unknown contenders {sorted(unknown)}; choose from {sorted(CONTENDERS)}")
     keys = args.only.split(",")
     chosen = [w for w in workloads(args.quick, args.threads) if w.key in keys]
-    load_before = load_average()
+    load_before, measured = load_average(), revision(ROOT)
     started = time.perf_counter()
     all_results = []
     for w in chosen:
@@ -449,15 +449,17 @@ def main() -> None:
         + (f" --device {args.device}" if args.device != "cpu" else "") \
         + (f" --only {args.only}" if args.only != parser.get_default("only") else "") \
         + (f" --threads {args.threads}" if args.threads else "")
+    samples = "; ".join(sorted({f"{w.kind}: {w.samples} samples of {w.block} iteration{'s' if w.block > 1 else ''}"
+                                for w in chosen}))
     text = f"""## Meta-learning: medmeta vs learn2learn and higher (issue 4)
 
 `{command} --out BENCHMARKS.md` (environment: `bench/reference_env.sh`) on {dev}; machine: {cpu_model()},
 {os.cpu_count()} cores, torch {torch.__version__} (threads per workload in the table), learn2learn {version('learn2learn')},
-higher {version('higher')}, float32; medmeta at {revision(ROOT)}. Load average {load_before} before, {load_average()} after
+higher {version('higher')}, float32; medmeta at {measured}. Load average {load_before} before, {load_average()} after
 ({time.perf_counter() - started:.0f} s; other developers share the cores).
 
-One iteration = meta-gradient + Adam step; it/s is the median over {chosen[0].samples if chosen else 0} timed samples after warm-up,
-contenders interleaved. Peak RSS rise: VmRSS sampled every 2 ms during construction and warm-up, above the
+One iteration = meta-gradient + Adam step; it/s is the median over timed samples after warm-up
+({samples}), contenders interleaved sample by sample. Peak RSS rise: VmRSS sampled every 2 ms during construction and warm-up, above the
 resident size just before (after gc and malloc_trim); the smaller of two passes (orders A-B-C, C-B-A). Meta-gradients: same initial weights and batch
 (25 sinusoid tasks / 4 conv4 tasks), float64 on CPU. learn2learn and higher run `nn.BatchNorm2d` in training
 mode without running statistics; medmeta's conv4 normalises each set with its own statistics and a learned

@@ -45,13 +45,26 @@ def sample_tasks(g: torch.Generator, tasks: int, k: int = 10, k_query: int = 10)
     return Episodes(x[:, :k], y[:, :k], x[:, k:], y[:, k:], n_way=None)
 
 
-def train(iterations: int, seed: int, log_every: int):
+def finn_init(learner) -> None:
+    """The authors' TensorFlow initialisation: weights from a normal with std 0.01 truncated at
+    two standard deviations, biases zero."""
+    with torch.no_grad():
+        for name, p in learner.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+            else:
+                torch.nn.init.trunc_normal_(p, std=0.01, a=-0.02, b=0.02)
+
+
+def train(iterations: int, seed: int, log_every: int, init: str = "torch"):
     from metalearn import build_backbone, build_learner
     from metalearn.trainer import Trainer
 
     torch.manual_seed(seed)
     learner = build_learner("maml", build_backbone("mlp", in_features=1, hidden=(40, 40)), n_way=None,
                             inner_steps=1, inner_lr=0.01)
+    if init == "finn":
+        finn_init(learner)
     val = sample_tasks(torch.Generator().manual_seed(10_000_019 + seed), 100)
 
     def sample(step: int) -> Episodes:
@@ -91,14 +104,16 @@ def main() -> None:
     parser.add_argument("--test-tasks", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=5000)
+    parser.add_argument("--init", choices=("torch", "finn"), default="torch",
+                        help="torch: PyTorch's default initialisation; finn: the authors' (normal std 0.01, zero biases)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the tiny MLP gains nothing from more)")
     parser.add_argument("--out", type=Path, default=None, help="Markdown file to write the results into")
     parser.add_argument("--save", type=Path, default=None, help="safetensors file for the trained weights")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    load_before = load_average()
-    learner, seconds, result = train(args.iterations, args.seed, args.log_every)
+    load_before, measured = load_average(), revision(ROOT)
+    learner, seconds, result = train(args.iterations, args.seed, args.log_every, args.init)
     if args.save:
         from safetensors.torch import save_file
 
@@ -111,13 +126,14 @@ def main() -> None:
               f"largest {worst:.3f}, {diverged} not finite)")
 
     command = "python bench/sinusoid.py" + (f" --iterations {args.iterations}" if args.iterations != 70_000 else "") \
-        + (f" --test-tasks {args.test_tasks}" if args.test_tasks != 1000 else "")
+        + (f" --test-tasks {args.test_tasks}" if args.test_tasks != 1000 else "") \
+        + (f" --init {args.init}" if args.init != "torch" else "")
     table = "\n".join(f"| {s} | {m:.3f} | [{m - h:.3f}, {m + h:.3f}] | {w:.3f} | {d} |" for s, m, h, w, d in rows)
     text = f"""## MAML sinusoid regression, Finn et al. 2017 set-up (issue 4)
 
 `{command} --out BENCHMARKS.md` — {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}
-({torch.get_num_threads()} threads), medmeta at {revision(ROOT)}; load average {load_before} before, {load_average()} after.
-medmeta `build_learner("maml", mlp 1-40-40-1)` with `metalearn.trainer.Trainer`: {result.steps} meta-iterations,
+({torch.get_num_threads()} threads), medmeta at {measured}; load average {load_before} before, {load_average()} after.
+medmeta `build_learner("maml", mlp 1-40-40-1)` ({args.init} initialisation) with `metalearn.trainer.Trainer`: {result.steps} meta-iterations,
 meta-batch 25, K=10, one inner step alpha=0.01 (second order), Adam 1e-3; {seconds:.0f} s of training
 ({result.steps / seconds:.0f} it/s). Test: {args.test_tasks} new tasks (amplitude U[0.1, 5], phase U[0, pi]),
 K=10 support points, MSE on 100 query points in U[-5, 5] per task, inner steps at alpha=0.01.
