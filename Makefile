@@ -6,8 +6,9 @@ STAMP := $(VENV)/.installed
 DEMO_HOME ?= .medmeta
 DEMO_DATA ?= demo-data
 PYTEST_ARGS ?=
+BENCHENV ?= /work/benchenv
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-env bench-metalearn clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +32,15 @@ bench: install
 	$(BIN)/python bench/ingest.py --out BENCHMARKS.md
 	$(BIN)/python bench/validation.py --out BENCHMARKS.md
 	$(BIN)/python bench/sampler.py --out BENCHMARKS.md
+	$(BIN)/python bench/quality.py --out BENCHMARKS.md
+
+# learn2learn and higher live in their own environment, never in medmeta's dependencies
+bench-env:
+	BENCHENV=$(BENCHENV) bench/reference_env.sh
+
+bench-metalearn: bench-env
+	$(BENCHENV)/bin/python bench/metalearn.py --out BENCHMARKS.md
+	$(BIN)/python bench/sinusoid.py --out BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) $(DEMO_HOME) $(DEMO_DATA) bench-data
