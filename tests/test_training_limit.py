@@ -13,6 +13,7 @@ import json
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import pytest
 
@@ -22,9 +23,30 @@ from tests.prefect_server import wait_until
 pytestmark = pytest.mark.slow
 
 
-def test_two_pipeline_runs_started_together_train_one_after_the_other(triggered_run, tmp_path):
-    from prefect.concurrency.sync import concurrency
+HOLD_SLOT = """\
+import sys
+from prefect.concurrency.sync import concurrency
+with concurrency(sys.argv[1], occupy=1, strict=True):
+    print("held", flush=True)
+    sys.stdin.read()  # until the test closes our stdin
+"""
 
+
+@contextmanager
+def slot_held(url: str, name: str):
+    """Hold the limit's one slot from a process of its own whose whole Prefect context is the
+    server's (a lease renewed from a thread of the test process could go to the test harness)."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_SLOT, name], env=medmeta_env(url), cwd=ROOT, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+
+
+def test_two_pipeline_runs_started_together_train_one_after_the_other(triggered_run, tmp_path):
     from medmeta import registry
     from tasks.concurrency import TRAINING_LIMIT
 
@@ -32,7 +54,7 @@ def test_two_pipeline_runs_started_together_train_one_after_the_other(triggered_
     homes = [tmp_path / "home-a", tmp_path / "home-b"]
     processes = []
     with api(url):  # the test's own Prefect calls go to the same server
-        with concurrency(TRAINING_LIMIT, occupy=1, strict=True):
+        with slot_held(url, TRAINING_LIMIT):
             for home, steps in zip(homes, (3, 5)):
                 shutil.copytree(served.home, home)
                 config = write_settings(home.with_suffix(".yaml"), TINY_SETTINGS.replace("steps: 4,", f"steps: {steps},"))
