@@ -171,3 +171,15 @@ class TinyFOMAML(MetaLearner):
         fast = self._fast(support_x, support_y)
         return lambda query_x: functional_call(self.net, fast, (query_x,)).squeeze(-1) if self.n_way is None \
             else functional_call(self.net, fast, (query_x,))
+
+
+def tiny_backbone(kind: str, channels: int = 1):
+    """A tiny ``mlp`` (4 features), ``conv4`` (16x16 images) or ``fusion`` of both, for exactness tests."""
+    from metalearn import build_backbone
+
+    if kind == "mlp":
+        return build_backbone("mlp", in_features=4, hidden=(8, 8))
+    if kind == "conv4":
+        return build_backbone("conv4", in_channels=channels, hidden=4, image_size=16)
+    return build_backbone("fusion", image={"in_channels": channels, "hidden": 4, "image_size": 16},
+                          record={"in_features": 4, "hidden": [6]})

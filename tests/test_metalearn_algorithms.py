@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from metalearn import EpisodeError, Episodes, build_backbone, build_learner
+from tests.metalearn_toy import tiny_backbone
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
@@ -17,12 +18,7 @@ CONFIG = {"maml": {"inner_steps": 2, "inner_lr": 0.3, "learn_inner_lr": True}, "
 
 
 def backbone(kind: str):
-    if kind == "mlp":
-        return build_backbone("mlp", in_features=4, hidden=(8, 8))
-    if kind == "conv4":
-        return build_backbone("conv4", in_channels=2, hidden=4, image_size=16)
-    return build_backbone("fusion", image={"in_channels": 2, "hidden": 4, "image_size": 16},
-                          record={"in_features": 4, "hidden": [6]})
+    return tiny_backbone(kind, channels=2)
 
 
 def inputs(kind: str, *lead, seed=0):

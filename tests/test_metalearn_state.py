@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load, save
 
 from metalearn import AdaptedStateError, EpisodeError, build_backbone, build_learner
+from tests.metalearn_toy import tiny_backbone
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 N_WAY = 3
@@ -17,12 +18,7 @@ CONFIG = {"maml": {"inner_steps": 2, "inner_lr": 0.3, "learn_inner_lr": True}, "
 
 
 def backbone(kind: str):
-    if kind == "mlp":
-        return build_backbone("mlp", in_features=4, hidden=(8, 8))
-    if kind == "conv4":
-        return build_backbone("conv4", in_channels=1, hidden=4, image_size=16)
-    return build_backbone("fusion", image={"in_channels": 1, "hidden": 4, "image_size": 16},
-                          record={"in_features": 4, "hidden": [6]})
+    return tiny_backbone(kind, channels=1)
 
 
 def inputs(kind: str, cases: int, seed: int):
