@@ -262,11 +262,3 @@ def _summary(version) -> dict:
     return {"name": version.name, "version": version.version, "ref": version.ref,
             "decision": card["gate"]["decision"], "metrics": card["metrics"],
             "support": {c["code"]: c["support_cases"] for c in card["adaptation"]["classes"]}}
-
-
-def adapt_all(home: Home, taskset: str | None = None) -> list[dict]:
-    """``adapt_taskset`` for one task set, or every task set in the home."""
-    from medmeta.tasksets.store import list_tasksets, read_manifest
-
-    names = [read_manifest(home, taskset)["name"]] if taskset else [m["name"] for m in list_tasksets(home)]
-    return [entry for name in names for entry in adapt_taskset(home, name)]

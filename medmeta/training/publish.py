@@ -86,7 +86,7 @@ def dicom_modalities(home: Home, tasks) -> list[str] | None:
     return sorted(str(m) for m in images[images["patient_id"].isin(patients)]["modality"].dropna().unique())
 
 
-def champion_score(home: Home, name: str, card: dict, tasks, settings: PipelineSettings):
+def champion_score(home: Home, name: str, card: dict, tasks):
     """The current champion's accuracy on the candidate's meta-test episodes, or None when it
     has no champion or one whose inputs differ (then the gate says "not comparable")."""
     from medmeta import registry
@@ -139,7 +139,7 @@ def publish_model(home: Home, model: str, settings: PipelineSettings) -> dict:
         return {**_summary(model, earlier, card["metrics"]["accuracy"]), "cached": True}
     gate = registry.Gate(metric="accuracy", higher_is_better=True, margin=float(settings.publish["margin"]))
     version = registry.publish(home, name, load_file(str(folder / "weights.safetensors")), card, gate=gate,
-                               champion_score=champion_score(home, name, card, tasks, settings))
+                               champion_score=champion_score(home, name, card, tasks))
     return {**_summary(model, version, card["metrics"]["accuracy"]), "cached": False}
 
 

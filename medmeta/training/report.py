@@ -41,8 +41,8 @@ def summary_text(summary: dict) -> str:
              f"validation: {'passed' if v['success'] else 'FAILED: ' + ', '.join(v['critical_failures'])}; "
              f"{v['rows_quarantined']} rows quarantined"]
     for t in summary["tasksets"]:
-        lines.append(f"task set {t['name']}: " + ", ".join(f"{s} {len(c['classes'])} classes" if isinstance(c, dict) and
-                                                           "classes" in c else f"{s}" for s, c in t.get("splits", {}).items()))
+        lines.append(f"task set {t['name']}: " + ", ".join(f"{s} {len(c['classes'])} classes"
+                                                           for s, c in t["splits"].items()))
     lines += model_lines(summary) + adapted_lines(summary)
     return "\n".join(lines)
 
