@@ -75,8 +75,9 @@ def _rows(inputs: Inputs) -> int:
 
 class _SortKeys:
     """Random int64 sort keys over ``width`` columns: random high bits from raw 64-bit words, the
-    column in the low bits, below ``2^62``. Sorting them sorts random numbers (ties impossible) and
-    ``& low`` then reads off the column: an argsort at the cost of a sort (several times faster)."""
+    column in the low bits, below ``2^62``. Sorting them sorts random numbers (equal random bits,
+    probability about ``2^-56`` a pair, fall back on the column) and ``& low`` then reads off the
+    column: an argsort at the cost of a sort (numpy sorts int64 rows several times faster)."""
 
     def __init__(self, width: int):
         bits = max(1, (width - 1).bit_length())
@@ -105,49 +106,58 @@ class _Cases:
     dozen vectorised calls for all the classes of a step, whatever their sizes; no Python loop.
     """
 
-    def __init__(self, counts: np.ndarray, m: int, drawn=None):
-        """``counts``: cases per class; ``drawn``: the classes ever drawn (default: all)."""
+    def __init__(self, counts: np.ndarray, m: int, drawn=None, offsets=None):
+        """``counts``: cases per class; ``drawn``: the classes ever drawn (default: all);
+        ``offsets``: added to each class's positions (default: 0)."""
         counts = np.asarray(counts, np.int64)
-        low = counts[drawn].min() if drawn is not None else counts.min()
+        drawn = np.arange(len(counts)) if drawn is None else drawn
         self.m = m
-        width = m + 4 if m > 4 and low >= m * m else 2 * m  # m + 4 < 2m < m^2: then every class is large
+        width = m + 4 if m > 4 and counts[drawn].min() >= m * m else 2 * m  # m + 4 < 2m < m^2: all large
         self.width, self.keys = width, _SortKeys(width)
         large = counts > width
         self.scale = (np.where(large, counts, 0) * 2.0 ** -53)[:, None]  # [classes, 1]
-        self.base = None if (large[drawn] if drawn is not None else large).all() else np.where(
-            large[:, None], 0, np.minimum(self.keys.columns, np.maximum(counts, 1)[:, None] - 1))
+        offsets = np.zeros(len(counts), np.int64) if offsets is None else np.asarray(offsets, np.int64)
+        if large[drawn].all():
+            self.base = None if not offsets.any() else offsets[:, None]
+        else:
+            small = np.minimum(self.keys.columns, np.maximum(counts, 1)[:, None] - 1)
+            self.base = np.where(large[:, None], 0, small) + offsets[:, None]  # [classes, W]
 
-    def words(self, rows: int) -> int:
-        return 2 * rows * self.width
-
-    def draw(self, rng: np.random.Generator, raw: np.ndarray, classes: np.ndarray, rowbase=None) -> np.ndarray:
-        """``[len(classes), m]`` positions from ``raw`` (``words(len(classes))`` random 64-bit words);
-        ``rng`` only for the rare redraws; ``rowbase``: ``width * arange(rows)[:, None]`` if at hand."""
-        rows, width = len(classes), self.width
-        words = raw.reshape(2, rows, width)
-        cand = ((words[0] >> np.uint64(11)) * self.scale[classes]).astype(np.int64)
+    def draw(self, rng: np.random.Generator, raw: np.ndarray, keys: np.ndarray, classes: np.ndarray,
+             rowbase: np.ndarray) -> np.ndarray:
+        """``[rows, m]`` positions of ``classes`` from ``raw`` (``rows * W`` random 64-bit words) and
+        ``keys`` (``self.keys`` of as many more); ``rowbase``: ``W * arange(rows)[:, None]``; ``rng``
+        only for the rare redraws."""
+        cand = ((raw.reshape(len(classes), self.width) >> np.uint64(11)) * self.scale[classes]).astype(np.int64)
         if self.base is not None:
             cand += self.base[classes]
         cand.sort(axis=1)
-        keys = self.keys(words[1])
         np.copyto(keys[:, 1:], INVALID, where=cand[:, 1:] == cand[:, :-1])  # a repeat is no new candidate
         keys.sort(axis=1)
         pick = keys[:, :self.m] & self.keys.low
-        pick += np.arange(rows)[:, None] * width if rowbase is None else rowbase  # flat indices into cand
+        pick += rowbase  # flat indices into cand
         out = cand.ravel()[pick]
-        if keys[:, self.m - 1].max() >= INVALID:  # rows with fewer than m distinct candidates
+        if max(keys[:, self.m - 1].tolist()) >= INVALID:  # rows with fewer than m distinct candidates
             short = np.flatnonzero(keys[:, self.m - 1] >= INVALID)
-            out[short] = self.draw(rng, rng.bit_generator.random_raw(self.words(len(short))), classes[short])
+            out[short] = self.redraw(rng, classes[short])
         return out
+
+    def redraw(self, rng: np.random.Generator, classes: np.ndarray) -> np.ndarray:
+        """``draw`` with fresh random words from ``rng``."""
+        rows = len(classes)
+        raw = rng.bit_generator.random_raw(2 * rows * self.width)
+        return self.draw(rng, raw[:rows * self.width], self.keys(raw[rows * self.width:]), classes,
+                         np.arange(rows)[:, None] * self.width)
 
 
 def distinct_positions(rng: np.random.Generator, counts, m: int) -> np.ndarray:
     """Per row ``i``, ``m`` distinct positions in ``0..counts[i]-1``, a uniform random ordered sample."""
     counts = np.asarray(counts, np.int64)
-    if len(counts) and counts.min() < m:
+    if not len(counts):
+        return np.empty((0, m), np.int64)
+    if counts.min() < m:
         raise ValueError(f"cannot draw {m} distinct positions from {counts.min()} cases")
-    cases = _Cases(counts, m)
-    return cases.draw(rng, rng.bit_generator.random_raw(cases.words(len(counts))), np.arange(len(counts)))
+    return _Cases(counts, m).redraw(rng, np.arange(len(counts)))
 
 
 class EpisodeSampler:
@@ -198,8 +208,8 @@ class EpisodeSampler:
             self._group_classes[i, :len(eligible[int(g)])] = eligible[int(g)]
         self._group_sizes = np.array([len(eligible[int(g)]) for g in self.group_ids], np.int64)
         self._class_keys = _SortKeys(width)
-        self._cases = _Cases(counts, need, drawn=self._group_classes[self._group_classes >= 0])
-        self._rowbase = np.arange(self.tasks * self.ways)[:, None] * self._cases.width
+        self._cases = _Cases(counts, need, drawn=self._group_classes[self._group_classes >= 0], offsets=self._offsets)
+        self._layouts: dict[int, tuple] = {}
 
     # -- indices -----------------------------------------------------------------------------
 
@@ -221,29 +231,43 @@ class EpisodeSampler:
         local.bits.advance((2 * index + stream) * JUMP)
         return local.generator
 
+    def _layout(self, tasks: int) -> tuple:
+        """For a draw of ``tasks`` tasks: how many random words make sort keys, the masks and
+        columns that make them (class keys, then case keys), and each case row's flat offset."""
+        if tasks not in self._layouts:
+            ck, cases = self._class_keys, self._cases
+            rows = tasks * self.ways
+            keep = np.concatenate([np.full(tasks * ck.width, ck.keep), np.full(rows * cases.width, cases.keys.keep)])
+            columns = np.concatenate([np.tile(ck.columns, tasks), np.tile(cases.keys.columns, rows)])
+            self._layouts[tasks] = (len(keep), keep, columns, np.arange(rows)[:, None] * cases.width)
+        return self._layouts[tasks]
+
     def _draw(self, rng: np.random.Generator, tasks: int) -> EpisodeIndices:
-        n, k, q = self.ways, self.shots, self.queries
-        m, rows, width = k + q, tasks * n, self._group_classes.shape[1]
+        n, k = self.ways, self.shots
+        rows, width = tasks * n, self._group_classes.shape[1]
+        nkeys, keep, columns, rowbase = self._layout(tasks)
         single = len(self.group_ids) == 1
-        raw = rng.bit_generator.random_raw(tasks * width + self._cases.words(rows) + (0 if single else tasks))
-        keys = self._class_keys(raw[:tasks * width])
+        raw = rng.bit_generator.random_raw(nkeys + rows * self._cases.width + (0 if single else tasks))
+        keys = raw[:nkeys].view(np.int64) & keep  # sort keys: random high bits, the column in the low ones
+        keys |= columns
+        class_keys = keys[:tasks * width].reshape(tasks, width)
         if single:
             pick = np.zeros(tasks, np.int64)
         else:
             pick = ((raw[-tasks:] >> np.uint64(11)) * (len(self.group_ids) * 2.0 ** -53)).astype(np.int64)
-            keys[self._class_keys.columns >= self._group_sizes[pick][:, None]] = INVALID
-        keys.sort(axis=1)
-        positions = keys[:, :n] & self._class_keys.low  # a random ordered subset of the group's classes
+            class_keys[self._class_keys.columns >= self._group_sizes[pick][:, None]] = INVALID
+        class_keys.sort(axis=1)
+        positions = class_keys[:, :n] & self._class_keys.low  # a random ordered subset of the group's classes
         if not self.shuffle_labels:
             positions.sort(axis=1)
         classes = self._group_classes[0][positions] if single else self._group_classes[pick[:, None], positions]
 
         flat = classes.reshape(-1)
-        chosen = self._cases.draw(rng, raw[tasks * width:tasks * width + self._cases.words(rows)], flat,
-                                  self._rowbase if tasks == self.tasks else None)  # [T*N, m], random order
-        cases = self._order[self._offsets[flat][:, None] + chosen].reshape(tasks, n, m)
-        return EpisodeIndices(support=cases[:, :, :k].reshape(tasks, n * k), query=cases[:, :, k:].reshape(tasks, n * q),
-                              classes=classes, groups=self.group_ids[pick])
+        chosen = self._cases.draw(rng, raw[nkeys:nkeys + rows * self._cases.width],
+                                  keys[tasks * width:].reshape(rows, -1), flat, rowbase)  # [T*N, K+Q] into _order
+        return EpisodeIndices(support=self._order[chosen[:, :k]].reshape(tasks, -1),
+                              query=self._order[chosen[:, k:]].reshape(tasks, -1), classes=classes,
+                              groups=self.group_ids[pick])
 
     def indices(self, step: int) -> EpisodeIndices:
         """The rows of training step ``step``: a pure function of ``(seed, step)``."""
