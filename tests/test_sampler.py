@@ -98,16 +98,98 @@ def test_too_few_cases_is_a_clear_error():
         EpisodeSampler(x, labels[:-1], ways=2, shots=1, queries=1)
 
 
-@pytest.mark.parametrize("count", [5, 10_000])  # keys path (count <= m^2) and redraw path
+# m = 2: 2m = 4 candidates; 3 and 4 cases: the class's own positions; 5: 4 draws with replacement,
+# fewer than 2 distinct ones (so redrawn) 0.8% of the time; 10,000: draws that almost never repeat
+@pytest.mark.parametrize("count", [2, 3, 4, 5, 10_000])
 def test_distinct_positions_is_an_exact_uniform_ordered_sample(count):
     rng = np.random.default_rng(0)
     draws = distinct_positions(rng, np.full(200_000, count), 2)
     assert (draws[:, 0] != draws[:, 1]).all() and draws.min() >= 0 and draws.max() < count
-    if count == 5:
+    if count <= 5:
         freq = Counter(map(tuple, draws.tolist()))
-        assert len(freq) == 20
-        expected = len(draws) / 20
+        pairs = count * (count - 1)
+        assert len(freq) == pairs
+        expected = len(draws) / pairs
         assert max(abs(n - expected) for n in freq.values()) < 5 * expected ** 0.5  # ~5 sd
     else:
         first = np.bincount(draws[:, 0] * 10 // count, minlength=10)
         assert abs(first - len(draws) / 10).max() < 5 * (len(draws) / 10) ** 0.5
+
+
+def _uniform(values, n: int, what: str) -> None:
+    """``values`` (ints in ``0..n-1``) look uniform: every count within ~5 sd of its expectation."""
+    counts = np.bincount(np.asarray(values).reshape(-1), minlength=n)
+    expected = counts.sum() / n
+    assert len(counts) == n and np.abs(counts - expected).max() < 5 * expected ** 0.5, f"{what}: {counts}"
+
+
+def test_a_class_of_exactly_k_plus_q_cases_and_one_of_20000_are_both_sampled_exactly():
+    """Tiny and huge classes side by side (the skewed layout): every case of the tiny class in a
+    uniformly random order, distinct cases of the huge one spread over all of it."""
+    # m = 8 (shots 3 + queries 5), 2m = 16 candidates: classes of 8, 9 and 16 cases give their own positions,
+    # 17 draws with replacement often redrawn, 300 and 20,000 draws that seldom or never repeat
+    sizes = {0: 8, 1: 20_000, 2: 9, 3: 17, 4: 16, 5: 300}
+    labels = np.repeat(np.array(list(sizes)), list(sizes.values()))
+    labels = labels[np.random.default_rng(1).permutation(len(labels))]
+    x = torch.arange(len(labels))[:, None]
+    sampler = EpisodeSampler(x, labels, ways=6, shots=3, queries=5, tasks=50, seed=2)
+    first_of_tiny, huge = [], []
+    for step in range(60):
+        idx = sampler.indices(step)
+        for t in range(50):
+            for label, cls in enumerate(idx.classes[t]):
+                rows = np.concatenate([idx.support[t, label * 3:(label + 1) * 3], idx.query[t, label * 5:(label + 1) * 5]])
+                assert (labels[rows] == cls).all() and len(set(rows.tolist())) == 8
+                if cls == 0:
+                    assert set(rows.tolist()) == set(np.flatnonzero(labels == 0).tolist()), "all 8 cases"
+                    first_of_tiny.append(int(np.flatnonzero(np.flatnonzero(labels == 0) == rows[0])[0]))
+                if cls == 1:
+                    huge.extend(np.searchsorted(np.flatnonzero(labels == 1), rows).tolist())
+    assert len(first_of_tiny) == 3000
+    _uniform(first_of_tiny, 8, "which of its 8 cases comes first")
+    _uniform(np.asarray(huge) * 20 // 20_000, 20, "where in the 20,000-case class")
+
+
+def test_classes_all_of_at_least_m_squared_cases_take_the_narrow_draw():
+    labels = np.repeat(np.arange(7), [100, 101, 150, 400, 1000, 100, 120])  # m = 10: every class >= m^2
+    x = torch.arange(len(labels))[:, None]
+    sampler = EpisodeSampler(x, labels, ways=3, shots=4, queries=6, tasks=64, seed=0)
+    assert sampler._cases.width == 14 and sampler._cases.base is not None  # m + 4 candidates, class offsets
+    positions = []
+    for step in range(30):
+        idx = sampler.indices(step)
+        both = np.concatenate([idx.support.reshape(64, 3, 4), idx.query.reshape(64, 3, 6)], axis=2)
+        assert (labels[both] == idx.classes[:, :, None]).all()
+        assert all(len(set(rows.tolist())) == 10 for rows in both.reshape(-1, 10))
+        first = both[:, :, 0][idx.classes == 0]
+        positions.extend(first.tolist())  # class 0 holds rows 0..99
+    _uniform(positions, 100, "first case drawn from a class of 100")
+
+
+def test_two_instances_threads_and_a_pickled_copy_draw_the_same_episodes():
+    import pickle
+    from concurrent.futures import ThreadPoolExecutor
+
+    x, labels = _data()
+    make = lambda: EpisodeSampler(x, labels, ways=4, shots=2, queries=3, tasks=5, seed=11)  # noqa: E731
+    a, b = make(), make()
+    expected = [a.indices(s) for s in range(40)]
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(b.indices, range(40)))
+    copy = pickle.loads(pickle.dumps(a))
+    for step, want in enumerate(expected):
+        for got in (threaded[step], copy.indices(step), b.indices(step)):
+            assert all(np.array_equal(getattr(want, f), getattr(got, f)) for f in ("support", "query", "classes", "groups"))
+    assert np.array_equal(copy.evaluation_indices(20).query, a.evaluation_indices(20).query)
+
+
+def test_streams_are_pcg64_jumps_of_the_seed():
+    """Step ``s`` draws from ``PCG64(SeedSequence(seed)).jumped(2s)``, evaluation task ``i`` from
+    ``jumped(2i + 1)``: documented, independent streams that never overlap."""
+    x, labels = _data()
+    sampler = EpisodeSampler(x, labels, ways=2, shots=1, queries=1, seed=5)
+    for stream, index in [(0, 0), (0, 7), (1, 3), (0, 10 ** 12)]:
+        want = np.random.PCG64(np.random.SeedSequence(5)).jumped(2 * index + stream).random_raw(8)
+        assert np.array_equal(sampler._rng(stream, index).bit_generator.random_raw(8), want)
+    with pytest.raises(ValueError, match="non-negative"):
+        sampler.indices(-1)
