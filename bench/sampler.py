@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="Markdown file to write the results into")
     args = parser.parse_args()
     pinned = pin_one_core()
+    load_before = os.getloadavg()
 
     rng = np.random.default_rng(0)
     layouts = {
@@ -97,6 +98,7 @@ def main() -> None:
         gather.sample(step)
     gather_eps = steps * 4 / (time.perf_counter() - start)
 
+    load_after = os.getloadavg()
     best_single = min(results[(layout, 1)] for layout in layouts)
     at_four = min(results[(layout, 4)] for layout in layouts)
     command = f"python bench/sampler.py --seconds {args.seconds:g}"
@@ -104,17 +106,23 @@ def main() -> None:
 
 `{command}` (also `make bench`) — {platform.machine()}, one core ({pinned}, 1 thread), Python {platform.python_version()},
 numpy {np.__version__}. `EpisodeSampler.indices(step)` over consecutive steps, {WAYS}-way {SHOTS}-shot {QUERIES}-query,
-median of 3 runs of {args.seconds:g} s; `tasks` = episodes drawn per step (a trainer's meta-batch).
+median of 3 runs of {args.seconds:g} s; `tasks` = episodes drawn per step (a trainer's meta-batch). Load average
+{" ".join(f"{x:.2f}" for x in load_before)} before, {" ".join(f"{x:.2f}" for x in load_after)} after ({os.cpu_count()} cores, shared with other work).
 
 | classes | tasks per step | episodes / s | >= {TARGET:,} |
 |---|---:|---:|---|
 {chr(10).join(rows)}
 
-**{at_four:,.0f} episodes/s at 4 tasks per step, {best_single:,.0f} at 1** (target: at least {TARGET:,}). Each step is a
-fresh generator from `(seed, step)` (pure, resumable) plus a dozen vectorised numpy calls whatever the number of
-tasks, so one task per step pays that fixed cost alone. The fixed list of 600 evaluation episodes (one stream per
-episode, prefix-stable) takes {eval_ms:.0f} ms. Gathering 64x64 images into `Episodes` (not index sampling, for
-scale): {gather_eps:,.0f} episodes/s at 4 tasks per step.
+**{at_four:,.0f} episodes/s at 4 tasks per step, {best_single:,.0f} at 1** (target: at least {TARGET:,}). A step sets a
+per-thread PCG64 to its own stream (the seed's generator jumped `2 * step` times: pure, resumable) and takes all
+its random numbers in one call. The {SHOTS}+{QUERIES} distinct cases of every class of every task come from one
+method whatever the class sizes: {2 * (SHOTS + QUERIES)} candidates per class (its own positions when it has at most
+that many cases, draws with replacement otherwise; {SHOTS + QUERIES + 4} when every class has at least
+{(SHOTS + QUERIES) ** 2} cases, as in the 64 x 600 layout), sorted, repeats dropped, {SHOTS + QUERIES} taken by random
+sort keys, the rare class with too few distinct draws redrawn (exact). That is about 25 vectorised numpy calls per
+step whatever the number of tasks, so one task per step pays them alone: {1e6 / best_single:.0f} us. The fixed list of 600
+evaluation episodes (one stream per episode, prefix-stable) takes {eval_ms:.0f} ms. Gathering 64x64 images into
+`Episodes` (not index sampling, for scale): {gather_eps:,.0f} episodes/s at 4 tasks per step.
 """
     print(text)
     if args.out:
