@@ -102,12 +102,13 @@ def main() -> None:
     best_single = min(results[(layout, 1)] for layout in layouts)
     at_four = min(results[(layout, 4)] for layout in layouts)
     command = f"python bench/sampler.py --seconds {args.seconds:g}"
+    before, after = (" ".join(f"{x:.2f}" for x in load) for load in (load_before, load_after))
     text = f"""## Episode index sampling (issue 5)
 
 `{command}` (also `make bench`) — {platform.machine()}, one core ({pinned}, 1 thread), Python {platform.python_version()},
 numpy {np.__version__}. `EpisodeSampler.indices(step)` over consecutive steps, {WAYS}-way {SHOTS}-shot {QUERIES}-query,
 median of 3 runs of {args.seconds:g} s; `tasks` = episodes drawn per step (a trainer's meta-batch). Load average
-{" ".join(f"{x:.2f}" for x in load_before)} before, {" ".join(f"{x:.2f}" for x in load_after)} after ({os.cpu_count()} cores, shared with other work).
+{before} before, {after} after ({os.cpu_count()} cores, shared with other work).
 
 | classes | tasks per step | episodes / s | >= {TARGET:,} |
 |---|---:|---:|---|

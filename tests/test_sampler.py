@@ -138,7 +138,8 @@ def test_a_class_of_exactly_k_plus_q_cases_and_one_of_20000_are_both_sampled_exa
         idx = sampler.indices(step)
         for t in range(50):
             for label, cls in enumerate(idx.classes[t]):
-                rows = np.concatenate([idx.support[t, label * 3:(label + 1) * 3], idx.query[t, label * 5:(label + 1) * 5]])
+                rows = np.concatenate([idx.support[t, label * 3:(label + 1) * 3],
+                                       idx.query[t, label * 5:(label + 1) * 5]])
                 assert (labels[rows] == cls).all() and len(set(rows.tolist())) == 8
                 if cls == 0:
                     assert set(rows.tolist()) == set(np.flatnonzero(labels == 0).tolist()), "all 8 cases"
@@ -179,7 +180,8 @@ def test_two_instances_threads_and_a_pickled_copy_draw_the_same_episodes():
     copy = pickle.loads(pickle.dumps(a))
     for step, want in enumerate(expected):
         for got in (threaded[step], copy.indices(step), b.indices(step)):
-            assert all(np.array_equal(getattr(want, f), getattr(got, f)) for f in ("support", "query", "classes", "groups"))
+            assert all(np.array_equal(getattr(want, f), getattr(got, f))
+                       for f in ("support", "query", "classes", "groups"))
     assert np.array_equal(copy.evaluation_indices(20).query, a.evaluation_indices(20).query)
 
 
