@@ -38,6 +38,9 @@ from metalearn.episodes import EpisodeError, Episodes
 
 Inputs = Union[Tensor, dict[str, Tensor]]
 TRAIN_STREAM, EVAL_STREAM = 0, 1
+# Which episodes a (seed, step) gives: raise it whenever a change draws other episodes, so
+# stored evaluations and checkpoints of an older scheme are not taken for this one's.
+SCHEME = 2
 JUMP = 0x9E3779B97F4A7C15F39CC0605CEDC835  # PCG64.jumped's jump, (golden ratio - 1) * 2^128
 INVALID = 1 << 62  # a sort key above every valid one (those stay below 2^62), its column bits 0
 

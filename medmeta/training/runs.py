@@ -32,8 +32,12 @@ def manifest_digest(manifest: dict) -> str:
 
 
 def run_identity(manifest: dict, spec: dict, train: dict) -> dict:
+    """What makes a trained model: the task set, the model spec, the training settings and the
+    episode sampler's scheme (another scheme draws other episodes from the same seed)."""
+    from metalearn.sampler import SCHEME
+
     return {"taskset": {"name": manifest["name"], "snapshot": manifest["snapshot"], "digest": manifest_digest(manifest)},
-            "spec": spec, "train": {k: train[k] for k in TRAIN_KEYS}}
+            "spec": spec, "train": {k: train[k] for k in TRAIN_KEYS}, "sampler": SCHEME}
 
 
 def model_name(identity: dict) -> str:
