@@ -52,13 +52,17 @@ def synth(
     patients: int = typer.Option(240, "--patients", min=10),
     seed: int = typer.Option(0, "--seed"),
     faults: bool = typer.Option(False, "--faults", help="Add broken and hostile files of every kind."),
+    diseases: Optional[int] = typer.Option(None, "--diseases",
+                                           help="How many of the catalogue's diseases the patients have: the 15 "
+                                                "common ones [default], then up to 30 rarer ones."),
     as_json: bool = JsonOption,
 ) -> None:
     """Write a synthetic multi-site cohort (CSV, FHIR, Parquet, DICOM), deterministic by seed."""
     from medmeta.synth.generate import generate_cohort
 
     with _spinner("writing the synthetic cohort"):
-        summary = generate_cohort(out, patients=patients, seed=seed, faults=faults)
+        summary = generate_cohort(out, patients=patients, seed=seed, faults=faults,
+                                  **({} if diseases is None else {"diseases": diseases}))
     summary = {k: v for k, v in summary.items() if not k.startswith("expected") and k != "labels"}
     _emit({"out": str(out), **summary}, as_json,
           f"wrote {summary.get('patients', patients)} patients to {out}")

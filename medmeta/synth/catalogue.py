@@ -46,7 +46,7 @@ class Analyte:
     per_visit: bool = True  # False: measured once (height, cholesterol)
 
 
-DISEASES: tuple[Disease, ...] = (
+COMMON_DISEASES: tuple[Disease, ...] = (
     Disease("J18.9", "Pneumonia, unspecified organism", 30,
             {"crp": 80, "wbc": 6, "body_temperature": 1.3, "heart_rate": 15}, age=62),
     Disease("E11.9", "Type 2 diabetes mellitus without complications", 30,
@@ -71,6 +71,55 @@ DISEASES: tuple[Disease, ...] = (
     Disease("E75.22", "Gaucher disease", 5, {"hemoglobin": -2.2}, age=41),
     Disease("G12.21", "Amyotrophic lateral sclerosis", 5, {"body_weight": -10, "creatinine": -25}, age=60),
 )
+
+# The long tail: rarer diseases a cohort draws only when asked for more than the common ones
+# (``medmeta synth --diseases N``), e.g. to meta-train on many diseases.
+RARER_DISEASES: tuple[Disease, ...] = (
+    Disease("I21.9", "Acute myocardial infarction, unspecified", 8, {"heart_rate": 10, "crp": 12, "wbc": 2}),
+    Disease("I26.99", "Other pulmonary embolism without acute cor pulmonale", 6, {"heart_rate": 18, "crp": 10}),
+    Disease("J45.909", "Unspecified asthma, uncomplicated", 8, {"wbc": 1.0}, age=38),
+    Disease("J84.10", "Pulmonary fibrosis, unspecified", 5, {"crp": 6, "heart_rate": 8}, age=68),
+    Disease("K70.30", "Alcoholic cirrhosis of liver without ascites", 6, {"sodium": -3, "hemoglobin": -1.2}, age=55),
+    Disease("K85.90", "Acute pancreatitis without necrosis or infection, unspecified", 6,
+            {"crp": 60, "wbc": 4, "glucose": 1.5}, age=52),
+    Disease("K51.90", "Ulcerative colitis, unspecified, without complications", 7, {"crp": 15, "hemoglobin": -1.0},
+            age=40),
+    Disease("E03.9", "Hypothyroidism, unspecified", 8, {"cholesterol_total": 0.9, "heart_rate": -8, "body_weight": 5},
+            age=55),
+    Disease("E05.90", "Thyrotoxicosis, unspecified without thyrotoxic crisis or storm", 5,
+            {"heart_rate": 20, "body_weight": -6}, age=45),
+    Disease("E10.9", "Type 1 diabetes mellitus without complications", 6, {"glucose": 5.5, "body_weight": -3}, age=28),
+    Disease("D50.9", "Iron deficiency anemia, unspecified", 8, {"hemoglobin": -2.8, "heart_rate": 8}, age=45),
+    Disease("D69.6", "Thrombocytopenia, unspecified", 5, {"hemoglobin": -0.6}, age=58),
+    Disease("C50.919", "Malignant neoplasm of unspecified site of unspecified female breast", 7,
+            {"hemoglobin": -0.8, "crp": 8}, age=58),
+    Disease("C18.9", "Malignant neoplasm of colon, unspecified", 6, {"hemoglobin": -1.8, "body_weight": -5}, age=67),
+    Disease("C25.9", "Malignant neoplasm of pancreas, unspecified", 5, {"glucose": 2.0, "body_weight": -10}, age=70),
+    Disease("C71.9", "Malignant neoplasm of brain, unspecified", 5, {"body_weight": -3}, age=57),
+    Disease("C90.00", "Multiple myeloma not having achieved remission", 5,
+            {"hemoglobin": -2.0, "creatinine": 40, "crp": 10}, age=69),
+    Disease("G30.9", "Alzheimer's disease, unspecified", 7, {"body_weight": -4}, age=78),
+    Disease("G40.909", "Epilepsy, unspecified, not intractable, without status epilepticus", 6, {}, age=35),
+    Disease("I61.9", "Nontraumatic intracerebral hemorrhage, unspecified", 5, {"systolic_bp": 30}, age=66),
+    Disease("I71.40", "Abdominal aortic aneurysm, without rupture, unspecified", 5,
+            {"systolic_bp": 12, "cholesterol_total": 0.5}, age=72),
+    Disease("I73.9", "Peripheral vascular disease, unspecified", 6, {"cholesterol_total": 0.9, "glucose": 1.0},
+            age=70),
+    Disease("M32.9", "Systemic lupus erythematosus, unspecified", 5, {"crp": 10, "hemoglobin": -1.0, "wbc": -2},
+            age=38),
+    Disease("M45.9", "Ankylosing spondylitis of unspecified sites in spine", 5, {"crp": 14}, age=36),
+    Disease("M81.0", "Age-related osteoporosis without current pathological fracture", 7, {"body_weight": -6}, age=74),
+    Disease("N04.9", "Nephrotic syndrome with unspecified morphologic changes", 5,
+            {"cholesterol_total": 2.0, "creatinine": 20, "body_weight": 4}, age=45),
+    Disease("A41.9", "Sepsis, unspecified organism", 6, {"crp": 120, "wbc": 9, "body_temperature": 1.6,
+                                                        "heart_rate": 25, "systolic_bp": -20}),
+    Disease("A15.0", "Tuberculosis of lung", 5, {"crp": 35, "body_weight": -7, "body_temperature": 0.7}, age=44),
+    Disease("I42.9", "Cardiomyopathy, unspecified", 5, {"heart_rate": 10, "sodium": -2, "systolic_bp": -8}, age=56),
+    Disease("D86.0", "Sarcoidosis of lung", 5, {"crp": 9}, age=46),
+)
+
+DISEASES = COMMON_DISEASES + RARER_DISEASES  # the whole catalogue: a cohort of N diseases takes the first N
+DEFAULT_DISEASES = len(COMMON_DISEASES)
 
 COMORBIDITIES: dict[str, str] = {
     "I10": "Essential (primary) hypertension",

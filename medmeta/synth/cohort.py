@@ -13,7 +13,7 @@ from datetime import date, timedelta
 
 import numpy as np
 
-from medmeta.synth.catalogue import ANALYTES, DISEASE_BY_CODE, DISEASES, DRUGS, Analyte, Drug
+from medmeta.synth.catalogue import ANALYTES, DEFAULT_DISEASES, DISEASE_BY_CODE, DISEASES, DRUGS, Analyte, Drug
 from medmeta.synth.people import Person, make_clinician, make_person
 from medmeta.synth.seeding import rng_for, uuid_from
 
@@ -69,6 +69,7 @@ class Patient:
 class Cohort:
     seed: int
     patients: tuple[Patient, ...]  # sorted by MRN
+    diseases: tuple[str, ...] = tuple(d.code for d in DISEASES[:DEFAULT_DISEASES])  # the catalogue's first N
 
     def at(self, site: str) -> list[Patient]:
         return [p for p in self.patients if p.site == site]
@@ -221,14 +222,18 @@ def draw_patient(seed: int, index: int, mrn: str, site: str, disease: str) -> Pa
     )
 
 
-def build_cohort(patients: int = 240, seed: int = 0) -> Cohort:
-    """``patients`` synthetic patients over sites A, B, C (about 40/30/30), sorted by MRN."""
-    diseases = shuffled_labels(patients, tuple(d.code for d in DISEASES),
-                               tuple(d.weight for d in DISEASES), rng_for(seed, "diseases"))
+def build_cohort(patients: int = 240, seed: int = 0, diseases: int = DEFAULT_DISEASES) -> Cohort:
+    """``patients`` synthetic patients over sites A, B, C (about 40/30/30), sorted by MRN, with
+    the first ``diseases`` diseases of the catalogue (the common ones, then the long tail)."""
+    if not 2 <= diseases <= len(DISEASES):
+        raise ValueError(f"a cohort draws from 2 to {len(DISEASES)} diseases of the catalogue, not {diseases}")
+    catalogue = DISEASES[:diseases]
+    codes = tuple(d.code for d in catalogue)
+    labels = shuffled_labels(patients, codes, tuple(d.weight for d in catalogue), rng_for(seed, "diseases"))
     sites = shuffled_labels(patients, SITES, SITE_SHARES, rng_for(seed, "sites"))
     numbers = draw_mrn_numbers(patients, seed)
     drawn = [
-        draw_patient(seed, i, f"{SITE_PREFIX[sites[i]]}{numbers[i]:07d}", sites[i], diseases[i])
+        draw_patient(seed, i, f"{SITE_PREFIX[sites[i]]}{numbers[i]:07d}", sites[i], labels[i])
         for i in range(patients)
     ]
-    return Cohort(seed, tuple(sorted(drawn, key=lambda p: p.mrn)))
+    return Cohort(seed, tuple(sorted(drawn, key=lambda p: p.mrn)), codes)

@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 from medmeta.errors import MedmetaError
-from medmeta.synth.catalogue import COMORBIDITIES, DISEASES, DRUGS
+from medmeta.synth.catalogue import COMORBIDITIES, DEFAULT_DISEASES, DISEASE_BY_CODE, DRUGS
 from medmeta.synth.cohort import Cohort, build_cohort
 from medmeta.synth.dicom_images import generate_images, write_cohort_images
 from medmeta.synth.faults import outside_folder, write_faults
@@ -53,7 +53,7 @@ def prepare_target(out: Path, patients: int) -> None:
 
 def disease_counts(cohort: Cohort) -> dict:
     counts = Counter(p.disease for p in cohort.patients)
-    return {d.code: {"name": d.name, "patients": counts[d.code]} for d in DISEASES}
+    return {code: {"name": DISEASE_BY_CODE[code].name, "patients": counts[code]} for code in cohort.diseases}
 
 
 def drug_counts(cohort: Cohort) -> dict:
@@ -89,17 +89,22 @@ def summarise(cohort: Cohort, sites: dict, images: dict) -> dict:
     }
 
 
-def generate_cohort(out: Path, *, patients: int = 240, seed: int = 0, faults: bool = False) -> dict:
+def generate_cohort(out: Path, *, patients: int = 240, seed: int = 0, faults: bool = False,
+                    diseases: int = DEFAULT_DISEASES) -> dict:
     """Write the synthetic cohort (and, with ``faults``, the hostile files) under ``out``.
 
     Returns a JSON-able summary: counts per site, disease, drug and image kind, the labels
     per MRN and, with ``faults``, ``expected_faults`` (logical path -> reason code),
     ``expected_row_faults`` ([{path, location, code}]) and ``outside_files`` (paths relative
-    to ``out`` of files written next to it, as symlink targets).
+    to ``out`` of files written next to it, as symlink targets). ``diseases``: how many of the
+    catalogue's diseases the patients have (the common ones first, then the rarer ones).
     """
     out = Path(out)
     prepare_target(out, patients)
-    cohort = build_cohort(patients, seed)
+    try:
+        cohort = build_cohort(patients, seed, diseases)
+    except ValueError as exc:
+        raise MedmetaError(str(exc)) from None
     sites = {
         "site_a": write_site_a(cohort, out),
         "site_b": write_site_b(cohort, out),

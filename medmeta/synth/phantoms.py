@@ -1,10 +1,12 @@
 """Synthetic CT and MR pixels: anatomy-like background plus a disease-specific pattern.
 
 Each disease has a fixed pattern of 2-3 components (Gaussian blobs, rings, striped patches)
-at its own positions and scales. Every image moves the pattern by a few pixels, jitters
-its intensity, size and the anatomy, and adds noise, so a small conv net can learn the
-diseases from a few examples while no class is a constant image. CT values are in HU, MR
-values in arbitrary scanner units (0-4095).
+at its own positions and scales. Like real findings, the pattern is subtle and inconsistent:
+every image moves it by several pixels, jitters each component's intensity and size, leaves
+a component out now and then, and adds incidental findings that belong to no disease, on top
+of varying anatomy and noise. A conv net trained from scratch on five cases per disease does
+not reach the ceiling, while features learned across many diseases carry over to new ones.
+CT values are in HU, MR values in arbitrary scanner units (0-4095).
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from medmeta.synth.catalogue import DISEASES
 
 PATTERN_SEED = 20240611  # fixed: the patterns are the same for every cohort seed
 KINDS = ("blob", "ring", "stripes")
-MAX_SHIFT = 0.04  # of the half-width: about 5 pixels at 256
+MAX_SHIFT = 0.10  # of the half-width: about 13 pixels at 256
 MODALITY_GAIN = {"CT": 1.0, "MR": 0.9}
+COMPONENT_CHANCE = 0.8  # each component of the pattern shows in an image with this chance (one always does)
+INCIDENTAL = (0, 3)  # incidental findings per image: from 0 to 2, of any kind, anywhere in the body
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ def disease_pattern(index: int) -> tuple[Component, ...]:
     return tuple(
         Component(kind=kind, x=float(rng.uniform(-0.5, 0.5)), y=float(rng.uniform(-0.4, 0.4)),
                   scale=float(rng.uniform(0.07, 0.16)),
-                  amplitude=float(rng.choice([-1, 1]) * rng.uniform(240, 420)),
+                  amplitude=float(rng.choice([-1, 1]) * rng.uniform(90, 170)),
                   angle=float(rng.uniform(0, np.pi)))
         for kind in kinds
     )
@@ -121,12 +125,25 @@ def add_component(image: np.ndarray, c: Component, cx: float, cy: float, amplitu
 
 
 def add_disease_signal(image: np.ndarray, disease: str, modality: str, rng: np.random.Generator) -> None:
-    """Add the disease's pattern, shifted, resized and re-weighted a little for this image."""
+    """Add the disease's pattern (shifted, resized, re-weighted, a component sometimes missing)."""
+    pattern = PATTERNS[disease]
     shift_x, shift_y = rng.uniform(-MAX_SHIFT, MAX_SHIFT, size=2)
-    for c in PATTERNS[disease]:
-        amplitude = c.amplitude * MODALITY_GAIN[modality] * rng.uniform(0.75, 1.25)
-        scale = c.scale * rng.uniform(0.9, 1.1)
-        add_component(image, c, c.x + shift_x, c.y + shift_y, amplitude, scale)
+    shown = rng.random(len(pattern)) < COMPONENT_CHANCE
+    shown[rng.integers(len(pattern))] = True
+    for c, show in zip(pattern, shown):
+        amplitude = c.amplitude * MODALITY_GAIN[modality] * rng.uniform(0.7, 1.3)
+        scale = c.scale * rng.uniform(0.85, 1.15)
+        if show:
+            add_component(image, c, c.x + shift_x, c.y + shift_y, amplitude, scale)
+
+
+def add_incidental_findings(image: np.ndarray, modality: str, rng: np.random.Generator) -> None:
+    """Findings that belong to no disease: what a model must learn to ignore."""
+    for _ in range(int(rng.integers(*INCIDENTAL))):
+        c = Component(kind=KINDS[int(rng.integers(len(KINDS)))], x=float(rng.uniform(-0.55, 0.55)),
+                      y=float(rng.uniform(-0.45, 0.45)), scale=float(rng.uniform(0.06, 0.14)),
+                      amplitude=float(rng.choice([-1, 1]) * rng.uniform(90, 170)), angle=float(rng.uniform(0, np.pi)))
+        add_component(image, c, c.x, c.y, c.amplitude * MODALITY_GAIN[modality], c.scale)
 
 
 def texture(x, y, rng: np.random.Generator, amplitude: float) -> np.ndarray:
@@ -141,9 +158,11 @@ def render(modality: str, disease: str, size: int, rng: np.random.Generator) -> 
     if modality == "CT":
         image = ct_chest(x, y, rng) + texture(x, y, rng, 12.0)
         add_disease_signal(image, disease, modality, rng)
+        add_incidental_findings(image, modality, rng)
         image += 18.0 * rng.standard_normal(x.shape, dtype=np.float32)
         return np.clip(image, -1024, 3071)
     image = mr_head(x, y, rng) * rng.uniform(0.85, 1.15) + texture(x, y, rng, 30.0)
     add_disease_signal(image, disease, modality, rng)
+    add_incidental_findings(image, modality, rng)
     image += 14.0 * rng.standard_normal(x.shape, dtype=np.float32)
     return np.clip(image, 0, 4095)
