@@ -67,13 +67,23 @@ def _loss(out: Tensor, y: Tensor, regression: bool) -> Tensor:
 
 
 def _fit(model: Callable[[Inputs], Tensor], params: list[nn.Parameter], x: Inputs, y: Tensor, *, steps: int, lr: float,
-         regression: bool, weight_decay: float = 0.0) -> None:
-    """Full-batch Adam on (x, y) for ``steps`` steps."""
+         regression: bool, weight_decay: float = 0.0, stop_loss: float = 0.0) -> int:
+    """Full-batch Adam on (x, y) for at most ``steps`` steps, stopping once the loss is below
+    ``stop_loss`` (the support set is fitted); returns the steps taken."""
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    for _ in range(steps):
+    for step in range(steps):
         optimizer.zero_grad(set_to_none=True)
-        _loss(model(x), y, regression).backward()
+        loss = _loss(model(x), y, regression)
+        if float(loss.detach()) < stop_loss:
+            return step
+        loss.backward()
         optimizer.step()
+    return steps
+
+
+def _check_fit(steps: int, lr: float, stop_loss: float) -> None:
+    if steps < 0 or not lr > 0 or not stop_loss >= 0:
+        raise ValueError(f"fitting needs steps >= 0, lr > 0 and stop_loss >= 0; got {steps}, {lr}, {stop_loss}")
 
 
 def _predictor(model: nn.Module, regression: bool) -> Predictor:
@@ -88,14 +98,16 @@ def _predictor(model: nn.Module, regression: bool) -> Predictor:
 
 
 class FromScratch:
-    """A fresh backbone + linear head trained on the support set alone (``steps`` of full-batch Adam)."""
+    """A fresh backbone + linear head trained on the support set alone: full-batch Adam for at
+    most ``steps`` steps, until the support loss is below ``stop_loss`` (0: all the steps)."""
 
     name = "from_scratch"
 
     def __init__(self, backbone_factory: BackboneFactory, n_way: int | None, *, steps: int = 100, lr: float = 1e-2,
-                 weight_decay: float = 0.0):
+                 weight_decay: float = 0.0, stop_loss: float = 0.0):
+        _check_fit(steps, lr, stop_loss)
         self.backbone_factory, self.n_way = backbone_factory, n_way
-        self.steps, self.lr, self.weight_decay = steps, lr, weight_decay
+        self.steps, self.lr, self.weight_decay, self.stop_loss = steps, lr, weight_decay, stop_loss
 
     def adapt(self, support_x: Inputs, support_y: Tensor) -> Predictor:
         regression = self.n_way is None
@@ -103,7 +115,7 @@ class FromScratch:
         model = BackboneAndHead(backbone, _head_for(backbone, support_x, 1 if regression else self.n_way))
         model.train()
         _fit(model, list(model.parameters()), support_x, support_y, steps=self.steps, lr=self.lr,
-             regression=regression, weight_decay=self.weight_decay)
+             regression=regression, weight_decay=self.weight_decay, stop_loss=self.stop_loss)
         return _predictor(model, regression)
 
 
@@ -112,16 +124,19 @@ class PretrainFineTune:
 
     ``train_y`` holds class indices ``0..C-1`` over all meta-train classes (classification) or
     float targets (``n_way=None``, regression). ``finetune="head"`` trains only the new head on
-    frozen features; ``"all"`` fine-tunes a copy of the whole pretrained network.
+    frozen features; ``"all"`` fine-tunes a copy of the whole pretrained network; either fit stops
+    early once the support loss is below ``stop_loss``.
     """
 
     name = "pretrain_finetune"
 
     def __init__(self, backbone_factory: BackboneFactory, n_way: int | None, train_x: Inputs, train_y: Tensor, *,
                  pretrain_steps: int = 500, batch_size: int = 64, lr: float = 1e-3, finetune_steps: int = 100,
-                 finetune_lr: float = 1e-2, finetune: str = "head", device: str | torch.device = "cpu", seed: int = 0):
+                 finetune_lr: float = 1e-2, finetune: str = "head", device: str | torch.device = "cpu", seed: int = 0,
+                 stop_loss: float = 0.0):
         if finetune not in ("head", "all"):
             raise ValueError(f"finetune must be 'head' or 'all', got {finetune!r}")
+        _check_fit(finetune_steps, finetune_lr, stop_loss)
         if _count(train_x) != train_y.shape[0] or train_y.dim() != 1:
             raise ValueError(f"pretraining inputs ({_count(train_x)} rows) and labels {tuple(train_y.shape)} "
                              "must have one label per row")
@@ -132,6 +147,7 @@ class PretrainFineTune:
         self.train_x, self.train_y = _to(train_x, self.device), train_y.to(self.device)
         self.pretrain_steps, self.batch_size, self.lr, self.seed = pretrain_steps, batch_size, lr, seed
         self.finetune_steps, self.finetune_lr, self.finetune = finetune_steps, finetune_lr, finetune
+        self.stop_loss = stop_loss
         self.network: BackboneAndHead | None = None
         self.pretrain_losses: list[float] = []
 
@@ -169,12 +185,12 @@ class PretrainFineTune:
             model = BackboneAndHead(backbone, _head_for(backbone, support_x, outputs))
             model.train()
             _fit(model, list(model.parameters()), support_x, support_y, steps=self.finetune_steps,
-                 lr=self.finetune_lr, regression=self.regression)
+                 lr=self.finetune_lr, regression=self.regression, stop_loss=self.stop_loss)
             return _predictor(model, self.regression)
         with torch.no_grad():
             features = network.features(support_x)
         head = nn.Linear(features.shape[1], outputs).to(features.device)
         _fit(head, list(head.parameters()), features, support_y, steps=self.finetune_steps, lr=self.finetune_lr,
-             regression=self.regression)
+             regression=self.regression, stop_loss=self.stop_loss)
         model = BackboneAndHead(network.backbone, head)
         return _predictor(model, self.regression)

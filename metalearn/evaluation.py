@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -105,9 +105,12 @@ def score(method: Adapts, episodes: Episodes | Iterable[Episodes], device: str |
                  episodes=len(values), per_episode=values)
 
 
-def compare(methods: dict[str, Adapts], episodes: Episodes | Iterable[Episodes], *, reference: str | None = None,
-            device: str | torch.device = "cpu", seed: int = 0) -> dict[str, Any]:
+def compare(methods: dict[str, Adapts | Sequence[float]], episodes: Episodes | Iterable[Episodes], *,
+            reference: str | None = None, device: str | torch.device = "cpu", seed: int = 0) -> dict[str, Any]:
     """Score every method on the same test episodes; returns a table-like dict.
+
+    A method given as a sequence of numbers is one already scored on these episodes (its
+    ``per_episode`` from an earlier ``compare``): it is taken as it is, not scored again.
 
     ``{"metric": "accuracy"|"mse", "higher_is_better": bool, "episodes": n,
     "rows": [{"method", "mean", "ci95", "low", "high"}, ...],
@@ -126,9 +129,20 @@ def compare(methods: dict[str, Adapts], episodes: Episodes | Iterable[Episodes],
         raise ValueError(f"reference {reference!r} is not one of the methods {sorted(methods)}")
     scores: dict[str, Score] = {}
     for name, method in methods.items():
-        torch.manual_seed(seed)
-        scores[name] = score(method, batches, device)
-    metric = scores[reference].metric
+        if hasattr(method, "adapt"):
+            torch.manual_seed(seed)
+            scores[name] = score(method, batches, device)
+    if not scores:
+        raise ValueError("compare needs at least one method to score")
+    metric, count = next(iter(scores.values())).metric, next(iter(scores.values())).episodes
+    for name, method in methods.items():
+        if name not in scores:
+            values = [float(v) for v in method]
+            if len(values) != count:
+                raise ValueError(f"{name}: {len(values)} known scores for {count} episodes")
+            mean, half = confidence_interval(values)
+            scores[name] = Score(metric=metric, mean=mean, ci95=half, episodes=count, per_episode=values)
+    scores = {name: scores[name] for name in methods}
     rows = [{"method": name, "mean": s.mean, "ci95": s.ci95, "low": s.low, "high": s.high}
             for name, s in scores.items()]
     paired = []

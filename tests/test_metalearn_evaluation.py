@@ -131,3 +131,39 @@ def test_each_algorithm_beats_training_from_scratch(name, from_scratch_scores):
     ours = episode_scores(learner, TEST)
     diff, half = confidence_interval([a - b for a, b in zip(ours, from_scratch_scores)])
     assert diff - half > 0, f"{name}: {sum(ours) / 40:.3f} vs from scratch {sum(from_scratch_scores) / 40:.3f}"
+
+
+def test_scores_already_known_are_taken_as_they_are_and_checked():
+    episodes = clusters(0, tasks=6, split="test", query=4)
+    scratch = FromScratch(backbone, 5, steps=5)
+    full = compare({"constant": Constant(5), "from_scratch": scratch}, episodes, seed=3)
+    again = compare({"constant": Constant(5), "from_scratch": full["per_episode"]["from_scratch"]}, episodes, seed=3)
+    assert again == full
+    with pytest.raises(ValueError, match="5 known scores for 6 episodes"):
+        compare({"constant": Constant(5), "from_scratch": [0.5] * 5}, episodes)
+    with pytest.raises(ValueError, match="at least one method to score"):
+        compare({"from_scratch": [0.5] * 6}, episodes)
+
+
+def test_the_support_fit_stops_once_the_loss_is_small():
+    from metalearn.baselines import _fit
+
+    task = TEST.task(0)
+    sx, sy = task.support_x[0], task.support_y[0]
+
+    def fitted(stop_loss: float) -> tuple[int, float]:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(backbone(), torch.nn.LazyLinear(5))
+        model(sx)
+        steps = _fit(model, list(model.parameters()), sx, sy, steps=300, lr=1e-2, regression=False,
+                     stop_loss=stop_loss)
+        return steps, float(torch.nn.functional.cross_entropy(model(sx), sy).detach())
+
+    all_steps, low = fitted(0.0)
+    stopped, loss = fitted(0.05)
+    assert all_steps == 300 and low < 0.05
+    assert 0 < stopped < 300 and loss < 0.05
+    with pytest.raises(ValueError, match="stop_loss >= 0"):
+        FromScratch(backbone, 5, stop_loss=-1.0)
+    with pytest.raises(ValueError, match="steps >= 0"):
+        PretrainFineTune(backbone, 5, torch.zeros(4, FEATURES), torch.arange(4), finetune_steps=-1)
