@@ -109,6 +109,25 @@ def test_train_evaluate_publish_and_a_rerun_does_nothing_again(home, tmp_path):
     assert again["cached"] and registry.versions(home, TASKSET) == [1]
 
 
+def test_models_of_a_task_set_share_the_baselines_scores(home, tmp_path):
+    """The baselines do not depend on the meta-learner: scored once per episodes and settings."""
+    from flows.evaluate import evaluate_flow
+    from flows.train import train_flow
+
+    config = settings_file(tmp_path)
+    rows = {}
+    for algorithm in ("protonet", "matchingnet"):
+        model = train_flow(TASKSET, algorithm, str(home.root), str(config))["model"]
+        evaluation = evaluate_flow(model, str(home.root), str(config))
+        rows[algorithm] = [r for e in evaluation["by_shots"] for r in e["rows"] if r["method"] != "meta"]
+    assert rows["protonet"] == rows["matchingnet"]
+    assert len(list((home.training / "baselines").glob("*.json"))) == 2  # one per shot count
+    config.write_text(config.read_text().replace("baseline_steps: 3", "baseline_steps: 4"))
+    model = train_flow(TASKSET, "protonet", str(home.root), str(config))["model"]
+    evaluate_flow(model, str(home.root), str(config))
+    assert len(list((home.training / "baselines").glob("*.json"))) == 4  # other settings, other scores
+
+
 def test_publish_refuses_a_snapshot_whose_validation_failed(home, tmp_path):
     from flows.evaluate import evaluate_flow
     from flows.publish import publish_flow

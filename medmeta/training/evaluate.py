@@ -9,6 +9,8 @@ paired difference to each baseline.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 
 from medmeta.errors import MedmetaError
@@ -19,12 +21,14 @@ from medmeta.training.settings import PipelineSettings
 from medmeta.training.train import split_sampler
 
 EVAL_BATCH = 50  # episodes gathered at a time
+BASELINE_KEYS = ("baseline_steps", "baseline_lr", "baseline_stop_loss", "pretrain_steps")
 
 
 def evaluation_id(manifest_digest: str, seed: int, episodes: int, shots: int, queries: int) -> str:
     from medmeta.registry import evaluation_id as registry_id
+    from metalearn.sampler import SCHEME
 
-    return registry_id(manifest_digest, seed, episodes, shots=shots, queries=queries)
+    return registry_id(manifest_digest, seed, episodes, shots=shots, queries=queries, sampler=SCHEME)
 
 
 def test_episodes(tasks, shots: int, episodes: int, seed: int) -> list:
@@ -33,6 +37,29 @@ def test_episodes(tasks, shots: int, episodes: int, seed: int) -> list:
         raise MedmetaError(f"task set {tasks.manifest['name']} has no test split")
     sampler = split_sampler(tasks.splits["test"], tasks.manifest, shots=shots, tasks=1, seed=seed)
     return list(sampler.evaluation(episodes, batch=EVAL_BATCH))
+
+
+def baseline_scores(home: Home, eval_id: str, spec: dict, ev: dict, baselines: dict, test: list,
+                    seed: int) -> dict[str, list[float]]:
+    """The baselines' score per meta-test episode, computed once per evaluation and baseline setup.
+
+    They depend on the episodes (``eval_id``), the backbone, the baseline settings and the
+    seed, not on the meta-learner, so every model of a task set shares them (the from-scratch
+    baseline is most of an evaluation's time).
+    """
+    from metalearn.evaluation import compare
+
+    setup = {"evaluation_id": eval_id, "backbone": spec["backbone"], "n_way": spec["n_way"], "seed": seed,
+             "settings": {k: ev[k] for k in BASELINE_KEYS}}
+    key = hashlib.sha256(json.dumps(setup, sort_keys=True).encode()).hexdigest()[:16]
+    path = home.training / "baselines" / f"{key}.json"
+    if path.is_file():
+        cached = read_json(path, "baseline scores")
+        if cached.get("setup") == setup:
+            return cached["per_episode"]
+    per_episode = compare(baselines, test, seed=seed)["per_episode"]
+    write_json(path, {"setup": setup, "per_episode": per_episode})
+    return per_episode
 
 
 def load_learner(folder, spec: dict):
@@ -69,20 +96,21 @@ def evaluate_model(home: Home, name: str, settings: PipelineSettings) -> dict:
     torch.manual_seed(seed)
     pretrained = PretrainFineTune(factory, spec["n_way"], train.inputs, train.labels,
                                   pretrain_steps=int(ev["pretrain_steps"]), finetune_steps=int(ev["baseline_steps"]),
-                                  finetune_lr=float(ev["baseline_lr"]), seed=seed)
-    methods = {"meta": learner, "from_scratch": FromScratch(factory, spec["n_way"], steps=int(ev["baseline_steps"]),
-                                                            lr=float(ev["baseline_lr"])),
-               "pretrain_finetune": pretrained}
+                                  finetune_lr=float(ev["baseline_lr"]), seed=seed,
+                                  stop_loss=float(ev["baseline_stop_loss"]))
+    baselines = {"from_scratch": FromScratch(factory, spec["n_way"], steps=int(ev["baseline_steps"]),
+                                             lr=float(ev["baseline_lr"]), stop_loss=float(ev["baseline_stop_loss"])),
+                 "pretrain_finetune": pretrained}
     started = time.perf_counter()
     by_shots = []
     for shots in ev["shots"]:
-        table = compare(methods, test_episodes(tasks, int(shots), episodes, seed), reference="meta", seed=seed)
-        by_shots.append({
-            "shots": int(shots), "episodes": table["episodes"],
-            "evaluation_id": evaluation_id(identity["taskset"]["digest"], seed, episodes, int(shots),
-                                           int(tasks.manifest["queries"])),
-            "rows": table["rows"], "paired": table["paired"],
-        })
+        eval_id = evaluation_id(identity["taskset"]["digest"], seed, episodes, int(shots),
+                                int(tasks.manifest["queries"]))
+        test = test_episodes(tasks, int(shots), episodes, seed)
+        known = baseline_scores(home, eval_id, spec, ev, baselines, test, seed)
+        table = compare({"meta": learner, **known}, test, reference="meta", seed=seed)
+        by_shots.append({"shots": int(shots), "episodes": table["episodes"], "evaluation_id": eval_id,
+                         "rows": table["rows"], "paired": table["paired"]})
     evaluation = {"model": name, "algorithm": spec["algorithm"], "taskset": identity["taskset"]["name"],
                   "ways": spec["n_way"], "queries": int(tasks.manifest["queries"]), "metric": "accuracy",
                   "episodes": episodes, "seed": seed, "settings": ev, "by_shots": by_shots,
