@@ -22,14 +22,21 @@ class MAML(FastLearner):
     """The backbone plus a linear head (``n_way`` logits, or 1 output for regression), adapted by
     ``inner_steps`` of SGD at ``inner_lr`` on each support set. ``learn_inner_lr``: Meta-SGD,
     one learned rate per weight (``inner_lrs.*`` in the state dict). ``first_order``: the inner
-    gradients are constants to the outer gradient."""
+    gradients are constants to the outer gradient. ``zero_head``: start the head at zero (Ye &
+    Chao 2022, "How to train your MAML to excel in few-shot classification"): episodes relabel
+    their classes at random, so a random initial head only adds noise, while from a zero head
+    the first inner step makes each class's weights its support features' mean minus the mean
+    over all classes, a prototype classifier."""
 
     name = "maml"
 
     def __init__(self, backbone: Backbone, n_way: int | None, inner_steps: int = 1, inner_lr: float = 0.01,
-                 learn_inner_lr: bool = False, first_order: bool = False, strategy: str | None = None,
-                 task_chunk: int | None = None):
+                 learn_inner_lr: bool = False, first_order: bool = False, zero_head: bool = False,
+                 strategy: str | None = None, task_chunk: int | None = None):
         super().__init__(WithHead(backbone, 1 if n_way is None else n_way), n_way, strategy, task_chunk)
+        if zero_head:
+            nn.init.zeros_(self.net.head.weight)
+            nn.init.zeros_(self.net.head.bias)
         if inner_steps < 1:
             raise ValueError(f"inner_steps must be at least 1, got {inner_steps}")
         self.inner_steps, self.inner_lr, self.first_order = inner_steps, float(inner_lr), first_order

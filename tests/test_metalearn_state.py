@@ -131,3 +131,20 @@ def test_a_query_that_does_not_fit_is_refused_by_name(kind):
     (nan["record"] if kind == "fusion" else nan).view(-1)[0] = float("nan")
     with pytest.raises(EpisodeError, match="NaN or inf"):
         model.predict_with_state(state, nan)
+
+
+def test_maml_from_a_zero_head_adapts_to_a_prototype_classifier():
+    """From a zero head one inner step gives class c the weights lr/N (mean_c - mean of all)."""
+    torch.manual_seed(0)
+    model = build_learner("maml", tiny_backbone("mlp").double(), n_way=3, inner_lr=0.3, zero_head=True).double()
+    assert not model.net.head.weight.any() and not model.net.head.bias.any()
+    x, y = torch.randn(9, 4, dtype=torch.float64), torch.tensor([0, 1, 2] * 3)
+    state = model.adapted_state(x, y)
+    with torch.no_grad():
+        features = model.net.backbone(x)
+    means = torch.stack([features[y == c].mean(0) for c in range(3)])
+    expected = 0.3 / 3 * (means - features.mean(0))
+    torch.testing.assert_close(state["params.head.weight"], expected, rtol=1e-12, atol=1e-12)
+    assert state["params.head.bias"].abs().max() < 1e-15
+    for name, value in model.net.backbone.named_parameters():  # a zero head passes no gradient back
+        assert torch.equal(state[f"params.backbone.{name}"], value.detach())
