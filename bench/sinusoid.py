@@ -141,6 +141,13 @@ K=10 support points, MSE on 100 query points in U[-5, 5] per task, inner steps a
 | inner steps at test | post-update MSE (mean) | 95% interval | largest task MSE | tasks not finite |
 |---:|---:|---:|---:|---:|
 {table}
+
+Against the paper: Finn et al. give this set-up only as a curve (Figure 3, K=10: MSE against 0 to 9
+gradient steps at test, with a pretrained baseline and an oracle), not as numbers. Most readings
+of that curve we found put MAML's MSE at about 3 before adaptation, 0.3-0.5 after one step and
+0.1-0.2 by nine steps (the plot is small; one reading puts both points near 0.05). Compare the table's rows with
+those ranges. (Session 2 compared with secondary summaries that put the one-step point at
+0.05-0.15 and called ours 2-3x too high; most readings of the figure do not support that.)
 """
     if args.out:
         write_section(args.out, SECTION, text)
