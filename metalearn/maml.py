@@ -22,11 +22,11 @@ class MAML(FastLearner):
     """The backbone plus a linear head (``n_way`` logits, or 1 output for regression), adapted by
     ``inner_steps`` of SGD at ``inner_lr`` on each support set. ``learn_inner_lr``: Meta-SGD,
     one learned rate per weight (``inner_lrs.*`` in the state dict). ``first_order``: the inner
-    gradients are constants to the outer gradient. ``zero_head``: start the head at zero (Ye &
-    Chao 2022, "How to train your MAML to excel in few-shot classification"): episodes relabel
-    their classes at random, so a random initial head only adds noise, while from a zero head
-    the first inner step makes each class's weights its support features' mean minus the mean
-    over all classes, a prototype classifier."""
+    gradients are constants to the outer gradient. ``zero_head``: every task starts from a zero
+    head, which the outer loop does not learn (Ye & Chao 2022, "How to train your MAML to excel
+    in few-shot classification"): episodes relabel their classes at random, so a learned initial
+    head only adds label noise, while from a zero head the first inner step makes each class's
+    weights its support features' mean minus the mean over all classes, a prototype classifier."""
 
     name = "maml"
 
@@ -34,9 +34,11 @@ class MAML(FastLearner):
                  learn_inner_lr: bool = False, first_order: bool = False, zero_head: bool = False,
                  strategy: str | None = None, task_chunk: int | None = None):
         super().__init__(WithHead(backbone, 1 if n_way is None else n_way), n_way, strategy, task_chunk)
-        if zero_head:
-            nn.init.zeros_(self.net.head.weight)
-            nn.init.zeros_(self.net.head.bias)
+        self.zero_head = bool(zero_head)
+        if self.zero_head:
+            for p in self.net.head.parameters():
+                nn.init.zeros_(p)
+                p.requires_grad_(False)  # never trained: each task starts from a fresh zero head
         if inner_steps < 1:
             raise ValueError(f"inner_steps must be at least 1, got {inner_steps}")
         self.inner_steps, self.inner_lr, self.first_order = inner_steps, float(inner_lr), first_order
@@ -44,6 +46,13 @@ class MAML(FastLearner):
         self.inner_lrs = nn.ParameterDict(
             {_lr_key(k): nn.Parameter(torch.full_like(p, float(inner_lr))) for k, p in self.net.named_parameters()}
         ) if learn_inner_lr else None
+
+    def net_params(self) -> dict:
+        params = super().net_params()
+        if self.zero_head:  # fresh leaves the inner loop differentiates and the outer gradient drops
+            params.update({f"head.{k}": torch.zeros_like(p, requires_grad=True)
+                           for k, p in self.net.head.named_parameters()})
+        return params
 
     def lrs(self) -> dict:
         if self.inner_lrs is None:
