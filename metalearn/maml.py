@@ -22,14 +22,17 @@ class MAML(FastLearner):
     """The backbone plus a linear head (``n_way`` logits, or 1 output for regression), adapted by
     ``inner_steps`` of SGD at ``inner_lr`` on each support set. ``learn_inner_lr``: Meta-SGD,
     one learned rate per weight (``inner_lrs.*`` in the state dict). ``first_order``: the inner
-    gradients are constants to the outer gradient."""
+    gradients are constants to the outer gradient. ``query_chunk``: query cases per chunk in a
+    meta-step (loop strategy, backbones without batch norm over the set; None: batching.py's
+    default), see functional.chunked_query."""
 
     name = "maml"
 
     def __init__(self, backbone: Backbone, n_way: int | None, inner_steps: int = 1, inner_lr: float = 0.01,
                  learn_inner_lr: bool = False, first_order: bool = False, strategy: str | None = None,
-                 task_chunk: int | None = None):
-        super().__init__(WithHead(backbone, 1 if n_way is None else n_way), n_way, strategy, task_chunk)
+                 task_chunk: int | None = None, query_chunk: int | None = None):
+        super().__init__(WithHead(backbone, 1 if n_way is None else n_way), n_way, strategy, task_chunk,
+                         query_chunk)
         if inner_steps < 1:
             raise ValueError(f"inner_steps must be at least 1, got {inner_steps}")
         self.inner_steps, self.inner_lr, self.first_order = inner_steps, float(inner_lr), first_order
@@ -49,8 +52,13 @@ class MAML(FastLearner):
         if not train:  # evaluation: no outer graph, so first order suffices
             params = {k: p.detach() for k, p in params.items()}
             lrs = {k: (v.detach() if torch.is_tensor(v) else v) for k, v in lrs.items()}
+        query = {}
+        if train:  # the query forward is differentiated once: lean blocks, or the query set in chunks
+            query = {"query_fn": partial(self.net.functional, lean=True) if plan.lean_query else None,
+                     "query_chunk": plan.query_cases}
         return partial(maml_task, fn, params, lrs, steps=self.inner_steps, regression=self.n_way is None,
-                       first_order=self.first_order or not train, functorch=plan.functorch, batched=plan.batched)
+                       first_order=self.first_order or not train, functorch=plan.functorch, batched=plan.batched,
+                       **query)
 
     def support_state(self, support: Episodes) -> dict:
         """The adapted network: ``params.<name>``."""
