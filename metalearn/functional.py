@@ -82,7 +82,8 @@ def chunked_query(fn: Forward, adapted: Params, qx, qy: Tensor, regression: bool
     adapted weights as detached leaves, each chunk's graph freed by its ``torch.autograd.grad``, so
     at most one chunk's activations are alive beside the support graph instead of the whole query
     set's. The loss returned carries that gradient: its value is the query loss (a mean over the
-    cases, each chunk weighted by its share), plus ``s - s.detach()`` (exactly zero) for
+    cases, each chunk weighted by its share), plus ``s - s.detach()`` (exactly zero; NaN when a
+    gradient is not finite, so the step stops with DivergenceError as it would) for
     ``s = sum(<adapted, g>)``, whose gradient is the one above; ``backward`` on it therefore runs
     only through the adaptation (second order: into the support graph; Meta-SGD: into the learned
     rates). The outputs are detached."""
