@@ -10,6 +10,10 @@ set): transductive, no running statistics, no buffers. ``nn.BatchNorm2d`` is nev
 second-order gradient under ``torch.func.vmap`` is wrong in torch 2.13
 (/work/shared/notes/meta-learning-baselines.md). ``plain_norm=True`` writes batch norm with
 mean/var ops, exact under vmap; ``False`` uses the native kernel (faster, exact outside vmap).
+Because of it a conv4 with batch norm embeds a set, not each case on its own
+(``normalises_over_set``): its outputs for part of a set differ from the same cases' outputs in the
+whole set. ``lean=True`` (a meta-step's query forward on the loop strategy, differentiated once) runs
+each batch-norm block as lean.set_norm_block: the same function, less kept for backward.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metalearn.episodes import Inputs
+from metalearn.lean import set_norm_block
 
 Params = dict[str, Tensor]
 
@@ -50,7 +55,14 @@ class Backbone(nn.Module):
         """The shape of one case's input (a dict of them for fused inputs), or None when any goes."""
         return None
 
-    def functional(self, params: Params, x: Inputs, plain_norm: bool = False, prefix: str = "") -> Tensor:
+    @property
+    def normalises_over_set(self) -> bool:
+        """Whether a case's output depends on the other cases of its set (batch norm over the set),
+        so that a set cannot be embedded in parts."""
+        return False
+
+    def functional(self, params: Params, x: Inputs, plain_norm: bool = False, prefix: str = "",
+                   lean: bool = False) -> Tensor:
         raise NotImplementedError
 
     def forward(self, x: Inputs) -> Tensor:
@@ -83,7 +95,7 @@ class Conv4(Backbone):
         super().__init__()
         if norm not in ("batch", "none"):
             raise ValueError(f"conv4 norm must be 'batch' or 'none', got {norm!r}")
-        self.in_channels, self.image_size = in_channels, image_size
+        self.in_channels, self.image_size, self.norm = in_channels, image_size, norm
         self.blocks = nn.ModuleList([_Block(in_channels if i == 0 else hidden, hidden, norm == "batch")
                                      for i in range(4)])
         side = image_size
@@ -97,11 +109,21 @@ class Conv4(Backbone):
     def case_shape(self) -> tuple[int, ...]:
         return (self.in_channels, self.image_size, self.image_size)
 
-    def functional(self, params: Params, x: Tensor, plain_norm: bool = False, prefix: str = "") -> Tensor:
+    @property
+    def normalises_over_set(self) -> bool:
+        return self.norm == "batch"
+
+    def functional(self, params: Params, x: Tensor, plain_norm: bool = False, prefix: str = "",
+                   lean: bool = False) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"conv4 expects images [N, {self.in_channels}, H, W], got {tuple(x.shape)}")
+        lean = lean and not plain_norm and not torch.is_autocast_enabled(x.device.type)
         for i, block in enumerate(self.blocks):
             p = f"{prefix}blocks.{i}."
+            if lean and block.norm is not None:
+                x = set_norm_block(x, params[p + "conv.weight"], params[p + "conv.bias"],
+                                   params[p + "norm.weight"], params[p + "norm.bias"])
+                continue
             x = F.conv2d(x, params[p + "conv.weight"], params[p + "conv.bias"], padding=1)
             if block.norm is not None:
                 x = batch_norm(x, params[p + "norm.weight"], params[p + "norm.bias"], plain_norm)
@@ -128,7 +150,8 @@ class MLP(Backbone):
     def case_shape(self) -> tuple[int, ...]:
         return (self.in_features,)
 
-    def functional(self, params: Params, x: Tensor, plain_norm: bool = False, prefix: str = "") -> Tensor:
+    def functional(self, params: Params, x: Tensor, plain_norm: bool = False, prefix: str = "",
+                   lean: bool = False) -> Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"mlp expects {self.in_features} features, got shape {tuple(x.shape)}")
         for w, b in self._keys:
@@ -149,12 +172,17 @@ class Fusion(Backbone):
     def case_shape(self) -> dict[str, tuple[int, ...]]:
         return {"image": self.image.case_shape, "record": self.record.case_shape}
 
-    def functional(self, params: Params, x: dict[str, Tensor], plain_norm: bool = False, prefix: str = "") -> Tensor:
+    @property
+    def normalises_over_set(self) -> bool:
+        return self.image.normalises_over_set or self.record.normalises_over_set
+
+    def functional(self, params: Params, x: dict[str, Tensor], plain_norm: bool = False, prefix: str = "",
+                   lean: bool = False) -> Tensor:
         if not isinstance(x, dict) or set(x) != {"image", "record"}:
             got = sorted(x) if isinstance(x, dict) else type(x).__name__
             raise ValueError(f"fusion expects a dict with 'image' and 'record', got {got}")
-        return torch.cat([self.image.functional(params, x["image"], plain_norm, prefix + "image."),
-                          self.record.functional(params, x["record"], plain_norm, prefix + "record.")], dim=-1)
+        return torch.cat([self.image.functional(params, x["image"], plain_norm, prefix + "image.", lean),
+                          self.record.functional(params, x["record"], plain_norm, prefix + "record.", lean)], dim=-1)
 
 
 class WithHead(Backbone):
@@ -170,8 +198,13 @@ class WithHead(Backbone):
     def case_shape(self):
         return self.backbone.case_shape
 
-    def functional(self, params: Params, x: Inputs, plain_norm: bool = False, prefix: str = "") -> Tensor:
-        z = self.backbone.functional(params, x, plain_norm, prefix + "backbone.")
+    @property
+    def normalises_over_set(self) -> bool:
+        return self.backbone.normalises_over_set
+
+    def functional(self, params: Params, x: Inputs, plain_norm: bool = False, prefix: str = "",
+                   lean: bool = False) -> Tensor:
+        z = self.backbone.functional(params, x, plain_norm, prefix + "backbone.", lean)
         return linear(z, params[prefix + "head.weight"], params[prefix + "head.bias"])
 
 

@@ -26,17 +26,18 @@ def state_params(state: dict[str, Tensor]) -> Params:
 
 class FastLearner(MetaLearner):
     def __init__(self, net: Backbone, n_way: int | None, strategy: str | None = None,
-                 task_chunk: int | None = None):
+                 task_chunk: int | None = None, query_chunk: int | None = None):
         super().__init__()
         if n_way is not None and n_way < 2:
             raise ValueError(f"n_way must be at least 2 (or None for regression), got {n_way}")
         self.net, self.n_way = net, n_way
-        self.strategy, self.task_chunk = strategy, task_chunk
-        choose_plan(net, torch.device("cpu"), strategy, task_chunk)  # refuse bad settings now
+        self.strategy, self.task_chunk, self.query_chunk = strategy, task_chunk, query_chunk
+        choose_plan(net, torch.device("cpu"), strategy, task_chunk, query_chunk)  # refuse bad settings now
 
     # -- plumbing -----------------------------------------------------------------------------
     def plan(self) -> Plan:
-        return choose_plan(self.net, next(self.net.parameters()).device, self.strategy, self.task_chunk)
+        return choose_plan(self.net, next(self.net.parameters()).device, self.strategy, self.task_chunk,
+                           self.query_chunk)
 
     def net_params(self) -> Params:
         return dict(self.net.named_parameters())

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from metalearn.backbones import Params
+from metalearn.episodes import _map
 
 Forward = Callable[[Params, object], Tensor]
 
@@ -56,12 +57,51 @@ def per_task(params: Params, tasks: int | None) -> Params:
 
 
 def maml_task(fn: Forward, params: Params, lrs, sx, sy, qx, qy, steps: int, regression: bool,
-              first_order: bool, functorch: bool, batched: bool) -> tuple[Tensor, Tensor]:
-    """MAML: adapt on the support set, return (query loss, query outputs)."""
+              first_order: bool, functorch: bool, batched: bool, query_fn: Forward | None = None,
+              query_chunk: Callable[[int, int], int | None] | None = None) -> tuple[Tensor, Tensor]:
+    """MAML: adapt on the support set, return (query loss, query outputs). ``query_fn``: the
+    forward for the query set when it differs from ``fn`` (a lean one, backbones.py).
+    ``query_chunk(support cases, query cases)``: query cases per chunk, or None for the whole set
+    (one task, no vmap; see ``chunked_query``)."""
     params = per_task(params, sy.shape[0] if batched else None)
     adapted = inner_adapt(fn, params, lrs, sx, sy, steps, regression, first_order, functorch)
-    out = fn(adapted, qx)
+    query_fn = query_fn or fn
+    size = query_chunk(sy.shape[-1], qy.shape[-1]) if query_chunk is not None else None
+    if size is not None and torch.is_grad_enabled():
+        return chunked_query(query_fn, adapted, qx, qy, regression, size)
+    out = query_fn(adapted, qx)
     return task_loss(out, qy, regression), out
+
+
+def chunked_query(fn: Forward, adapted: Params, qx, qy: Tensor, regression: bool, size: int) -> tuple[Tensor, Tensor]:
+    """One task's query loss and outputs, the query set ``size`` cases at a time; only for a
+    forward that embeds each case on its own (no batch norm over the set).
+
+    By the chain rule the meta-gradient is ``(d adapted / d theta)^T g`` with ``g`` the gradient of
+    the query loss with respect to the adapted weights. ``g`` is summed chunk by chunk with the
+    adapted weights as detached leaves, each chunk's graph freed by its ``torch.autograd.grad``, so
+    at most one chunk's activations are alive beside the support graph instead of the whole query
+    set's. The loss returned carries that gradient: its value is the query loss (a mean over the
+    cases, each chunk weighted by its share), plus ``s - s.detach()`` (exactly zero; NaN when a
+    gradient is not finite, so the step stops with DivergenceError as it would) for
+    ``s = sum(<adapted, g>)``, whose gradient is the one above; ``backward`` on it therefore runs
+    only through the adaptation (second order: into the support graph; Meta-SGD: into the learned
+    rates). The outputs are detached."""
+    leaves = {k: p.detach().requires_grad_() for k, p in adapted.items()}
+    n = qy.shape[-1]
+    total, grads, outs = None, None, []
+    with torch.enable_grad():
+        for start in range(0, n, size):
+            part = lambda t: t[start:start + size]  # noqa: E731
+            out = fn(leaves, _map(qx, part))
+            y = part(qy)
+            loss = task_loss(out, y, regression) * (y.shape[-1] / n)
+            g = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True, materialize_grads=True)
+            grads = list(g) if grads is None else [a.add_(b) for a, b in zip(grads, g)]
+            total = loss.detach() if total is None else total + loss.detach()
+            outs.append(out.detach())
+        carrier = sum((p * g).sum() for p, g in zip(adapted.values(), grads))
+    return total + (carrier - carrier.detach()), torch.cat(outs, dim=-2)
 
 
 def reptile_task(fn: Forward, params: Params, lr: float, sx, sy, qx, qy, steps: int, regression: bool,

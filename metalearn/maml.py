@@ -26,14 +26,17 @@ class MAML(FastLearner):
     head, which the outer loop does not learn (Ye & Chao 2022, "How to train your MAML to excel
     in few-shot classification"): episodes relabel their classes at random, so a learned initial
     head only adds label noise, while from a zero head the first inner step makes each class's
-    weights its support features' mean minus the mean over all classes, a prototype classifier."""
+    weights its support features' mean minus the mean over all classes, a prototype classifier.
+    ``query_chunk``: query cases per chunk in a meta-step (loop strategy, backbones without batch
+    norm over the set; None: batching.py's default), see functional.chunked_query."""
 
     name = "maml"
 
     def __init__(self, backbone: Backbone, n_way: int | None, inner_steps: int = 1, inner_lr: float = 0.01,
                  learn_inner_lr: bool = False, first_order: bool = False, zero_head: bool = False,
-                 strategy: str | None = None, task_chunk: int | None = None):
-        super().__init__(WithHead(backbone, 1 if n_way is None else n_way), n_way, strategy, task_chunk)
+                 strategy: str | None = None, task_chunk: int | None = None, query_chunk: int | None = None):
+        super().__init__(WithHead(backbone, 1 if n_way is None else n_way), n_way, strategy, task_chunk,
+                         query_chunk)
         self.zero_head = bool(zero_head)
         if self.zero_head:
             for p in self.net.head.parameters():
@@ -65,8 +68,13 @@ class MAML(FastLearner):
         if not train:  # evaluation: no outer graph, so first order suffices
             params = {k: p.detach() for k, p in params.items()}
             lrs = {k: (v.detach() if torch.is_tensor(v) else v) for k, v in lrs.items()}
+        query = {}
+        if train:  # the query forward is differentiated once: lean blocks, or the query set in chunks
+            query = {"query_fn": partial(self.net.functional, lean=True) if plan.lean_query else None,
+                     "query_chunk": plan.query_cases}
         return partial(maml_task, fn, params, lrs, steps=self.inner_steps, regression=self.n_way is None,
-                       first_order=self.first_order or not train, functorch=plan.functorch, batched=plan.batched)
+                       first_order=self.first_order or not train, functorch=plan.functorch, batched=plan.batched,
+                       **query)
 
     def support_state(self, support: Episodes) -> dict:
         """The adapted network: ``params.<name>``."""
