@@ -4,7 +4,8 @@ Every table is keyed by ``patient_id``, a keyed pseudonym (see ``medmeta.pseudon
 an MRN. Dates are shifted by a per-patient offset, so intervals within one patient are true
 while calendar dates are not. No column holds a name, address, telecom, free text or a birth
 date. ``source`` is the SHA-256 of the input file a row came from (never its path, which may
-carry PHI); ``site`` is the site id from the site mapping or the FHIR source.
+carry PHI); ``site`` is the site id: from the site mapping (CSV, Parquet), else the ingest
+settings or the landing folder the file sits in (FHIR, OMOP), never from the data itself.
 
 This module is the single written definition of the tables; docs/store-layout.md describes
 where they live on disk.
@@ -24,10 +25,16 @@ PATIENTS = pa.schema(
     ]
 )
 
+# Coded facts keep the source's concept as (system, code, display): ``system`` is the canonical
+# URI of its code system (medmeta/terminology/systems.py: OIDs and aliases normalised, a local
+# system kept as given), ``code`` the code as the source wrote it (trimmed), ``display`` the
+# coding's display text when the source gave one (never a free-text ``text`` element).
 CONDITIONS = pa.schema(
     [
         ("patient_id", pa.string()),
-        ("code", pa.string()),  # ICD-10-CM, e.g. "E11.9"
+        ("system", pa.string()),  # e.g. "http://hl7.org/fhir/sid/icd-10-cm", "http://snomed.info/sct"
+        ("code", pa.string()),  # e.g. "E11.9", "44054006"
+        ("display", pa.string()),
         ("onset_date", pa.date32()),  # shifted
         ("site", pa.string()),
         ("source", pa.string()),
@@ -37,9 +44,15 @@ CONDITIONS = pa.schema(
 OBSERVATIONS = pa.schema(
     [
         ("patient_id", pa.string()),
-        ("code", pa.string()),  # canonical LOINC of the analyte (config/units.yaml)
-        ("value", pa.float64()),  # in the canonical unit
-        ("unit", pa.string()),  # UCUM, the analyte's canonical unit
+        ("system", pa.string()),  # the analyte's code system, LOINC for nearly every source
+        ("code", pa.string()),  # the analyte's canonical code (config/units.yaml folds aliases into one)
+        ("display", pa.string()),
+        ("value", pa.float64()),  # in the canonical unit; null for a categorical value
+        ("comparator", pa.string()),  # null for an exact value; "<" | "<=" | ">" | ">=": censored
+        ("censored", pa.bool_()),  # comparator is not null: value is a bound, never an exact number
+        ("value_system", pa.string()),  # categorical values (valueCodeableConcept, valueBoolean)
+        ("value_code", pa.string()),
+        ("unit", pa.string()),  # UCUM, the analyte's canonical unit; null for a categorical value
         ("effective_date", pa.date32()),  # shifted
         ("site", pa.string()),
         ("source", pa.string()),
@@ -49,7 +62,9 @@ OBSERVATIONS = pa.schema(
 MEDICATION_EXPOSURES = pa.schema(
     [
         ("patient_id", pa.string()),
-        ("drug_code", pa.string()),  # ATC, e.g. "A10BA02"
+        ("drug_system", pa.string()),  # e.g. "http://www.whocc.no/atc", "http://www.nlm.nih.gov/research/umls/rxnorm"
+        ("drug_code", pa.string()),  # e.g. "A10BA02", "860975"
+        ("drug_display", pa.string()),
         ("start_date", pa.date32()),  # shifted
         ("outcome", pa.string()),  # response | no_response | unknown
         ("site", pa.string()),
@@ -103,11 +118,16 @@ TABLES: dict[str, pa.Schema] = {
 # The columns that identify one fact: two rows with the same key are one row in the store.
 KEYS: dict[str, tuple[str, ...]] = {
     "patients": ("patient_id",),
-    "conditions": ("patient_id", "code", "onset_date"),
-    "observations": ("patient_id", "code", "effective_date", "value"),
-    "medication_exposures": ("patient_id", "drug_code", "start_date"),
+    "conditions": ("patient_id", "system", "code", "onset_date"),
+    "observations": ("patient_id", "system", "code", "effective_date", "value", "comparator", "value_code"),
+    "medication_exposures": ("patient_id", "drug_system", "drug_code", "start_date"),
     "images": ("image_id",),
 }
+
+# The store's layout version (``manifest.json`` ``schema_version``). 2: coded facts carry their
+# code system and display; observations carry censoring and categorical values. A home written
+# by an older version is refused with a message saying how to rebuild it.
+SCHEMA_VERSION = 2
 
 SEXES = ("female", "male", "other", "unknown")
 OUTCOMES = ("response", "no_response", "unknown")

@@ -6,11 +6,26 @@ only by a FHIR reference (``ref``, e.g. "Patient/123"), with true dates. Every r
 ``location`` ("row 12", "line 7", "entry 3") used when it is rejected. ``RawRecords`` lives in
 memory only: ``medmeta.records.canonical`` pseudonymises it before anything is written.
 
-Row fields per table (besides mrn | ref and location):
+A row names its patient by ``mrn`` (with ``issuer``: the identifier's system or assigner, None
+when the source names none; the pseudonym is keyed on both) or by ``ref`` (a reference such as
+"Patient/123" or "urn:uuid:...", resolved within the file or, at consolidation, across the files
+of the same site).
+
+Row fields per table (besides mrn [+ issuer] | ref, and location):
     patients:             birth_date (date | None), sex (female | male | other | unknown)
-    conditions:           code (ICD-10-CM), onset_date (date | None)
-    observations:         code (LOINC), value (float), unit (as written), effective_date (date | None)
-    medication_exposures: drug_code (ATC), start_date (date | None), outcome (response | no_response | unknown)
+    conditions:           system (canonical URI, medmeta.terminology.systems), code, display (str | None),
+                          onset_date (date | None)
+    observations:         system, code, display, effective_date (date | None), and either
+                          value (float) + unit (as written, str | None) + comparator (None | "<" | "<=" | ">" | ">=")
+                          or value_system + value_code (a categorical value; value None, unit None)
+    medication_exposures: drug_system, drug_code, drug_display (str | None), start_date (date | None),
+                          outcome (response | no_response | unknown)
+
+Besides rows and rejects, a parser counts what it read past: ``ignored`` by resource type (types
+medmeta has no use for), ``excluded`` by rule (a fact deliberately left out, e.g.
+"Condition: verificationStatus refuted", "Observation: status cancelled") and ``read`` by resource
+type (resources that contributed, including those only used to resolve another, e.g. Medication).
+Every resource of a file is in exactly one of: read, ignored, excluded, rejected.
 """
 
 from __future__ import annotations
@@ -28,6 +43,8 @@ class RawRecords:
     patient_refs: dict[str, str] = field(default_factory=dict)  # "Patient/<id>" -> MRN
     rejects: list[Rejected] = field(default_factory=list)
     ignored: Counter = field(default_factory=Counter)  # resource types we read past, by type
+    excluded: Counter = field(default_factory=Counter)  # facts left out on purpose, by rule
+    read: Counter = field(default_factory=Counter)  # resources that contributed, by type
 
     def add(self, table: str, row: dict) -> None:
         self.rows.setdefault(table, []).append(row)
