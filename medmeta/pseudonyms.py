@@ -46,9 +46,17 @@ class Pseudonymizer:
     def fingerprint(self) -> str:
         return self._digest("fingerprint", "medmeta").hex()[:16]
 
-    def patient_id(self, mrn: str) -> str:
-        """The pseudonym of an MRN (surrounding spaces ignored)."""
-        return "P" + self._digest("patient", str(mrn).strip()).hex()[:20]
+    def patient_id(self, mrn: str, issuer: str | None = None) -> str:
+        """The pseudonym of an MRN (surrounding spaces ignored) within its issuer's number space.
+
+        ``issuer`` is who assigned the MRN (a FHIR identifier's system or assigner, a DICOM
+        IssuerOfPatientID, a site mapping's ``issuer``): the same number from two issuers is two
+        patients. Without an issuer the MRN alone is keyed, as sources that name none expect.
+        """
+        mrn = str(mrn).strip()
+        issuer = str(issuer).strip() if issuer is not None else ""
+        value = f"{issuer}\x1e{mrn}" if issuer else mrn
+        return "P" + self._digest("patient", value).hex()[:20]
 
     def path_token(self, path: str) -> str:
         """A keyed token for a landing file's path (file names can carry PHI)."""
@@ -58,9 +66,9 @@ class Pseudonymizer:
         """A replacement DICOM UID (2.25 form), the same for the same input UID."""
         return "2.25." + str(int.from_bytes(self._digest("uid", str(uid).strip())[:16], "big"))
 
-    def date_offset_days(self, mrn: str) -> int:
+    def date_offset_days(self, mrn: str, issuer: str | None = None) -> int:
         """The per-patient date shift of an MRN's patient."""
-        return self.offset_for_token(self.patient_id(mrn))
+        return self.offset_for_token(self.patient_id(mrn, issuer))
 
     def offset_for_token(self, token: str) -> int:
         """A date shift in [-365, 365] days, never 0, for a pseudonym or reference key.
