@@ -31,7 +31,7 @@ OUTCOME_CODES = {"response": "response", "no_response": "no_response", "unknown"
 DEFAULT_SITE = "fhir"
 
 
-def parse_fhir_json(data: bytes) -> RawRecords:
+def parse_fhir_json(data: bytes, site: str = DEFAULT_SITE) -> RawRecords:
     """A Bundle or a single resource."""
     try:
         doc = json.loads(data)
@@ -39,7 +39,6 @@ def parse_fhir_json(data: bytes) -> RawRecords:
         where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
         raise Rejected(MALFORMED_JSON, f"not valid JSON{where}") from None
     _check_resource(doc)
-    site = _site(doc)
     records = RawRecords(site=site)
     if doc["resourceType"] == "Bundle":
         entries = doc.get("entry") or []
@@ -59,7 +58,7 @@ def parse_fhir_json(data: bytes) -> RawRecords:
     return records
 
 
-def parse_fhir_ndjson(data: bytes) -> RawRecords:
+def parse_fhir_ndjson(data: bytes, site: str = DEFAULT_SITE) -> RawRecords:
     """Bulk export: one resource per line; a bad line is rejected, the others kept."""
     try:
         text = data.decode("utf-8-sig")
@@ -81,7 +80,6 @@ def parse_fhir_ndjson(data: bytes) -> RawRecords:
             rejects.append(error)
             continue
         resources.append((location, None, resource))
-    site = _site(resources[0][2]) if resources else DEFAULT_SITE
     records = RawRecords(site=site, rejects=rejects)
     _read_resources(records, resources, site)
     return records
@@ -92,11 +90,6 @@ def _check_resource(resource) -> None:
         raise Rejected(NOT_FHIR, "JSON without a resourceType is not a FHIR resource")
     if resource["resourceType"] not in R4_RESOURCE_TYPES:
         raise Rejected(UNKNOWN_RESOURCE_TYPE, "resourceType is not a FHIR R4 resource type")
-
-
-def _site(resource: dict) -> str:
-    source = (resource.get("meta") or {}).get("source")
-    return source if isinstance(source, str) and source else DEFAULT_SITE
 
 
 def _read_resources(records: RawRecords, resources: list, site: str) -> None:
@@ -116,31 +109,31 @@ def _read_resources(records: RawRecords, resources: list, site: str) -> None:
 
 
 def _read_patient(records: RawRecords, res: dict, full_url, site: str, location: str) -> None:
-    mrn = _mrn(res) or f"{site}:Patient/{res.get('id', location)}"
+    mrn, issuer = _mrn(res) or (f"{site}:Patient/{res.get('id', location)}", None)
     for ref in filter(None, [f"Patient/{res['id']}" if res.get("id") else None, full_url]):
-        records.patient_refs[ref] = mrn
+        records.patient_refs[ref] = (mrn, issuer)
     birth = res.get("birthDate")
     records.add("patients", {
-        "mrn": mrn, "location": location,
+        "mrn": mrn, "issuer": issuer, "location": location,
         "birth_date": _fhir_date(birth, "birthDate") if birth else None,
         "sex": res.get("gender") if res.get("gender") in ("female", "male", "other", "unknown") else "unknown",
     })
 
 
-def _mrn(res: dict) -> str | None:
+def _mrn(res: dict) -> tuple[str, str | None] | None:
     identifiers = [i for i in res.get("identifier") or [] if isinstance(i, dict) and i.get("value")]
     for ident in identifiers:
         codings = ((ident.get("type") or {}).get("coding")) or []
         if any(c.get("code") == MR_TYPE for c in codings):
-            return str(ident["value"]).strip()
-    return str(identifiers[0]["value"]).strip() if identifiers else None
+            return str(ident["value"]).strip(), ident.get("system")
+    return (str(identifiers[0]["value"]).strip(), identifiers[0].get("system")) if identifiers else None
 
 
 def _subject(res: dict) -> dict:
     subject = res.get("subject") or {}
     identifier = subject.get("identifier") or {}
     if identifier.get("value"):
-        return {"mrn": str(identifier["value"]).strip()}
+        return {"mrn": str(identifier["value"]).strip(), "issuer": identifier.get("system")}
     reference = subject.get("reference")
     if not isinstance(reference, str) or not reference:
         raise Rejected(INVALID_RECORD, f"{res['resourceType']} has no subject")
@@ -160,7 +153,7 @@ def _read_condition(records: RawRecords, res: dict, full_url, site: str, locatio
     onset = res.get("onsetDateTime") or (res.get("onsetPeriod") or {}).get("start") or res.get("recordedDate")
     records.add("conditions", {
         **_subject(res), "location": location,
-        "code": _coding(res, "code", ICD10CM, "ICD-10-CM"),
+        "system": ICD10CM, "code": _coding(res, "code", ICD10CM, "ICD-10-CM"), "display": None,
         "onset_date": _fhir_date(onset, "onset") if onset else None,
     })
 
@@ -176,8 +169,8 @@ def _read_observation(records: RawRecords, res: dict, full_url, site: str, locat
     effective = res.get("effectiveDateTime") or (res.get("effectivePeriod") or {}).get("start") or res.get("issued")
     records.add("observations", {
         **_subject(res), "location": location,
-        "code": _coding(res, "code", LOINC, "LOINC"),
-        "value": float(value), "unit": str(quantity.get("code") or quantity.get("unit") or ""),
+        "system": LOINC, "code": _coding(res, "code", LOINC, "LOINC"), "display": None,
+        "value": float(value), "comparator": None, "unit": str(quantity.get("code") or quantity.get("unit") or ""),
         "effective_date": _fhir_date(effective, "effective") if effective else None,
     })
 
@@ -192,7 +185,7 @@ def _read_medication_statement(records: RawRecords, res: dict, full_url, site: s
                 raise Rejected(INVALID_RECORD, "treatment-response extension has a code outside its value set")
     records.add("medication_exposures", {
         **_subject(res), "location": location,
-        "drug_code": _coding(res, "medicationCodeableConcept", ATC, "ATC"),
+        "drug_system": ATC, "drug_code": _coding(res, "medicationCodeableConcept", ATC, "ATC"), "drug_display": None,
         "start_date": _fhir_date(start, "effective") if start else None,
         "outcome": outcome,
     })
