@@ -125,7 +125,8 @@ def _read_drug(row: dict, table: str):
                                     "start_date": _date(row, "drug_exposure_start"), "outcome": "unknown"}
 
 
-def _read_measurement(row: dict, table: str):
+def _read_observation(row: dict, table: str):
+    """A measurement or observation row (both name their columns after their table)."""
     system, code = _concept(row, table, table)
     fields = {"system": system, "code": code, "display": None, "effective_date": _date(row, table)}
     value = _value(row, table)
@@ -138,8 +139,8 @@ READERS: dict[str, Reader] = {
     "person": _read_person,
     "condition_occurrence": _read_condition,
     "drug_exposure": _read_drug,
-    "measurement": _read_measurement,
-    "observation": _read_measurement,
+    "measurement": _read_observation,
+    "observation": _read_observation,
 }
 
 
