@@ -26,6 +26,12 @@ medmeta has no use for), ``excluded`` by rule (a fact deliberately left out, e.g
 "Condition: verificationStatus refuted", "Observation: status cancelled") and ``read`` by resource
 type (resources that contributed, including those only used to resolve another, e.g. Medication).
 Every resource of a file is in exactly one of: read, ignored, excluded, rejected.
+
+``concepts`` holds a code-system table the file defines rather than facts about patients: an OMOP
+CDM CONCEPT table parses to one dict per concept, ``concept_id`` (int), ``system`` (canonical URI of
+its vocabulary_id), ``code`` (concept_code), ``display`` (concept_name | None); see
+``medmeta.records.omop_concepts``, whose ``resolve_omop_concepts`` applies it at consolidation to
+the rows other files coded as OMOP concept ids (system ``OMOP_CONCEPT``). Empty for other inputs.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ class RawRecords:
     ignored: Counter = field(default_factory=Counter)  # resource types we read past, by type
     excluded: Counter = field(default_factory=Counter)  # facts left out on purpose, by rule
     read: Counter = field(default_factory=Counter)  # resources that contributed, by type
+    concepts: list[dict] = field(default_factory=list)  # a vocabulary the file defines (OMOP CONCEPT)
 
     def add(self, table: str, row: dict) -> None:
         self.rows.setdefault(table, []).append(row)

@@ -1,6 +1,8 @@
-"""CSV and Parquet exports to ``RawRecords`` through a site mapping.
+"""CSV and Parquet exports to ``RawRecords``: an OMOP CDM table, or a site mapping's table.
 
-Only the mapped columns are read; the rest (names, addresses, notes) never leave this module.
+A file whose header is an OMOP CDM 5.4 table's is read as one (``medmeta.records.omop``), with no
+site mapping; any other goes through the first site mapping whose columns it has. Only the
+columns those read are looked at; the rest (names, addresses, notes) never leave this module.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from medmeta.errors import (
     UNKNOWN_SITE_LAYOUT,
     Rejected,
 )
+from medmeta.records.omop import parse_omop
+from medmeta.records.omop_cdm54 import recognise_cdm_table
 from medmeta.records.raw import RawRecords
 from medmeta.records.site_mappings import DATE_FIELDS, FieldSpec, TableMapping, find_mapping
 from medmeta.terminology.systems import LOINC
@@ -44,8 +48,12 @@ def read_parquet(data: bytes) -> pd.DataFrame:
         raise Rejected(INVALID_RECORD, f"not a readable Parquet file ({type(exc).__name__})") from None
 
 
-def parse_tabular(data: bytes, kind: str, mappings: list[TableMapping]) -> RawRecords:
+def parse_tabular(data: bytes, kind: str, mappings: list[TableMapping], site: str | None = None) -> RawRecords:
+    """``site``: the site an OMOP table belongs to (settings or landing folder); a mapping names its own."""
     frame = read_csv(data) if kind == "csv" else read_parquet(data)
+    omop_table = recognise_cdm_table(frame.columns)
+    if omop_table is not None:
+        return parse_omop(frame, omop_table, kind, site)
     mapping = find_mapping(mappings, set(map(str, frame.columns)), kind)
     if mapping is None:
         raise Rejected(UNKNOWN_SITE_LAYOUT, f"the {kind} columns match no site mapping in config/sites")
