@@ -31,6 +31,7 @@ class Rejected(MedmetaError):
 
 # The reasons a whole file is quarantined. Row-level reasons use the same codes.
 EMPTY_FILE = "empty_file"
+MACOS_METADATA = "macos_metadata"  # an AppleDouble "__MACOSX/._name" entry: Finder metadata, not data
 UNSUPPORTED_FILE_TYPE = "unsupported_file_type"
 NOT_DICOM = "not_dicom"
 TRUNCATED_DICOM = "truncated_dicom"

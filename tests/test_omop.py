@@ -120,8 +120,9 @@ def test_the_apple_double_entry_is_not_read_as_a_csv(export):
     assert entries == ["__MACOSX/._CARE_SITE.csv"]
     data = export[entries[0]]
     assert data[:4] == b"\x00\x05\x16\x07"  # AppleDouble magic (RFC 1740)
-    with pytest.raises(Rejected):  # quarantined with a reason, never parsed as a table
+    with pytest.raises(Rejected) as err:  # quarantined with its own reason, never parsed as a table
         sniff(data, entries[0])
+    assert err.value.code == "macos_metadata"
 
 
 # ---------------------------------------------------------------------------------------------

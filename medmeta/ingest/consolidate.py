@@ -25,6 +25,7 @@ from medmeta.ingest.parts import read_part_meta, read_part_table, write_parquet
 from medmeta.pseudonyms import Pseudonymizer
 from medmeta.ingest.units_step import convert_units
 from medmeta.records.canonical import DATE_COLUMNS, MEDICATION_REFS, PATIENT_REFS, staging_schema
+from medmeta.records.omop_concepts import CONCEPT_SCHEMA, resolve_omop_concepts
 from medmeta.records.units import default_units
 
 
@@ -32,6 +33,7 @@ def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer, image_size
     record_parts = sorted(set(hashes) & {p.name for p in home.parts.iterdir()}) if home.parts.exists() else []
     refs = _patient_refs(home.parts, record_parts)
     medications = _medication_refs(home.parts, record_parts)
+    concepts = _read(home.parts, record_parts, "concepts", CONCEPT_SCHEMA)
     quarantine = [_read(home.parts, record_parts, "record_quarantine", schema.RECORD_QUARANTINE)]
     counts, digests = {}, {}
     for name, table_schema in schema.TABLES.items():
@@ -42,6 +44,8 @@ def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer, image_size
             frame = _read(home.parts, record_parts, name, staging_schema(name))
             frame, unresolved = _resolve(frame, refs, pseudo)
             quarantine.append(unresolved)
+            if name != "patients":  # OMOP concept ids to their vocabularies, before units and keys
+                frame = resolve_omop_concepts(frame, name, concepts)
             if name == "medication_exposures":
                 frame, unresolved = _resolve_medications(frame, medications)
                 quarantine.append(unresolved)

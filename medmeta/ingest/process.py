@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+import pyarrow as pa
+
 from medmeta.atomic import atomic_path, write_json
 from medmeta.errors import INTERNAL_ERROR, NO_VALID_RECORDS, Rejected
 from medmeta.home import Home
@@ -25,6 +27,7 @@ from medmeta.landing.sniff import sniff
 from medmeta.landing.walk import InputItem, read_item
 from medmeta.pseudonyms import Pseudonymizer
 from medmeta.records.canonical import Canonicalizer, StagedRecords
+from medmeta.records.omop_concepts import CONCEPT_SCHEMA
 from medmeta.records.site_mappings import TableMapping
 
 
@@ -78,7 +81,7 @@ class Worker:
             return self._ingest_dicom(item, data, sha256)
         raw = self._parse_records(kind, data, site_for(item.logical_path, self.ctx.config))
         staged = self.canonicalize(raw, sha256)
-        if staged.row_count == 0 and staged.patient_refs.num_rows == 0 and staged.rejects:
+        if staged.row_count == 0 and staged.patient_refs.num_rows == 0 and not raw.concepts and staged.rejects:
             codes = sorted({e.code for e in staged.rejects})
             if len(codes) == 1:
                 raise Rejected(codes[0], f"every record was rejected ({staged.rejects[0].message})")
@@ -95,17 +98,18 @@ class Worker:
             return fhir.parse_fhir_json(data, site)
         if kind == "ndjson":
             return fhir.parse_fhir_ndjson(data, site)
-        return tabular.parse_tabular(data, kind, list(self.ctx.mappings))
+        return tabular.parse_tabular(data, kind, list(self.ctx.mappings), site)
 
     def _write_records_part(self, sha256: str, kind: str, staged: StagedRecords, raw) -> None:
         rejects = [{"source": sha256, "location": e.location or "", "reason": e.reason} for e in staged.rejects]
         tables = dict(staged.tables)
         tables["patient_refs"] = staged.patient_refs
         tables["medication_refs"] = staged.medication_refs
+        tables["concepts"] = pa.Table.from_pylist(raw.concepts, schema=CONCEPT_SCHEMA)
         tables["record_quarantine"] = record_quarantine_table(rejects)
         meta = {"kind": kind, "rows": {k: t.num_rows for k, t in sorted(staged.tables.items())},
                 "rows_rejected": len(rejects), "ignored": dict(raw.ignored), "excluded": dict(raw.excluded),
-                "read": dict(raw.read)}
+                "read": dict(raw.read), "concepts": len(raw.concepts)}
         write_part(self.home.parts, sha256, tables, meta)
 
     def _ingest_dicom(self, item: InputItem, data: bytes, sha256: str) -> tuple[FileOutcome, ImagePayload]:

@@ -10,7 +10,7 @@ import codecs
 import struct
 from pathlib import PurePosixPath
 
-from medmeta.errors import EMPTY_FILE, NOT_DICOM, UNSUPPORTED_FILE_TYPE, Rejected
+from medmeta.errors import EMPTY_FILE, MACOS_METADATA, NOT_DICOM, UNSUPPORTED_FILE_TYPE, Rejected
 
 PREFIX_BYTES = 8192
 
@@ -18,6 +18,7 @@ DICOM_MAGIC = b"DICM"
 DICOM_MAGIC_OFFSET = 128
 PARQUET_MAGIC = b"PAR1"
 UTF8_BOM = b"\xef\xbb\xbf"
+APPLE_DOUBLE_MAGIC = (b"\x00\x05\x16\x07", b"\x00\x05\x16\x00")  # AppleDouble, AppleSingle (RFC 1740)
 
 # Every DICOM value representation: an explicit-VR element carries one of these at bytes 4-5.
 DICOM_VRS = frozenset(
@@ -35,6 +36,8 @@ def sniff(data: bytes, name: str) -> str:
     """Return "dicom", "json", "ndjson", "csv" or "parquet"; raise ``Rejected`` for anything else."""
     if not data or data.isspace():
         raise Rejected(EMPTY_FILE, "the file is empty" if not data else "the file holds only whitespace")
+    if data[:4] in APPLE_DOUBLE_MAGIC:
+        raise Rejected(MACOS_METADATA, "a macOS AppleDouble file (Finder metadata of another file), not data")
     suffix = PurePosixPath(name).suffix.lower()
     if has_dicom_preamble(data):
         return "dicom"
