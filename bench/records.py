@@ -141,7 +141,7 @@ def medmeta_ingest(folder: Path) -> dict:
         validate_s = time.perf_counter() - start
     shutil.rmtree(home, ignore_errors=True)
     return {"ingest_s": ingest_s, "validate_s": validate_s, "summary": summary, "api_s": api_start,
-            "peak_rss": rss.peak, "validation_success": validation.success}
+            "peak_rss": rss.peak, "validation_success": bool(validation["success"] if isinstance(validation, dict) else validation.success)}
 
 
 def main() -> None:
