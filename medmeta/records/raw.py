@@ -19,13 +19,16 @@ Row fields per table (besides mrn [+ issuer] | ref, and location):
                           value (float) + unit (as written, str | None) + comparator (None | "<" | "<=" | ">" | ">=")
                           or value_system + value_code (a categorical value; value None, unit None)
     medication_exposures: drug_system, drug_code, drug_display (str | None), start_date (date | None),
-                          outcome (response | no_response | unknown)
+                          outcome (response | no_response | unknown); or, instead of the drug_* fields,
+                          medication_ref ("Medication/<id>" | "urn:uuid:..."): a Medication in another
+                          file of the export, resolved at consolidation through ``medications``
 
 Besides rows and rejects, a parser counts what it read past: ``ignored`` by resource type (types
 medmeta has no use for), ``excluded`` by rule (a fact deliberately left out, e.g.
 "Condition: verificationStatus refuted", "Observation: status cancelled") and ``read`` by resource
 type (resources that contributed, including those only used to resolve another, e.g. Medication).
-Every resource of a file is in exactly one of: read, ignored, excluded, rejected.
+Every resource of a file is in exactly one of: read, ignored, excluded, rejected. Rules that name a
+part of a resource ("Observation component: ...") count parts of a resource that was read, not resources.
 """
 
 from __future__ import annotations
@@ -41,6 +44,10 @@ class RawRecords:
     site: str
     rows: dict[str, list[dict]] = field(default_factory=dict)
     patient_refs: dict[str, str] = field(default_factory=dict)  # "Patient/<id>" -> MRN
+    patient_issuers: dict[str, str | None] = field(default_factory=dict)  # "Patient/<id>" -> its MRN's issuer
+    # every Medication read: "Medication/<id>" (or "urn:uuid:...") -> (drug_system, drug_code, drug_display),
+    # to resolve the ``medication_ref`` of rows whose Medication is in another file of the export
+    medications: dict[str, tuple[str, str, str | None]] = field(default_factory=dict)
     rejects: list[Rejected] = field(default_factory=list)
     ignored: Counter = field(default_factory=Counter)  # resource types we read past, by type
     excluded: Counter = field(default_factory=Counter)  # facts left out on purpose, by rule
