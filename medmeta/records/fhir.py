@@ -55,6 +55,9 @@ MR_TYPE_SYSTEMS = frozenset({None, "http://terminology.hl7.org/CodeSystem/v2-020
                              "urn:oid:2.16.840.1.113883.18.108"})
 DRUG_SYSTEMS = (RXNORM, ATC, NDC, SNOMED)  # a medication's drug: its coding in the first of these it has
 COMPARATORS = frozenset({"<", "<=", ">", ">="})
+# Observation.value[x] (R4) types not read; each excludes an Observation under its own rule name.
+UNREAD_VALUE_TYPES = ("valueString", "valueSampledData", "valueRange", "valueRatio", "valueTime", "valueDateTime",
+                      "valuePeriod")
 EXCLUDED_CONDITION_VERIFICATION = frozenset({"refuted", "entered-in-error"})
 EXCLUDED_OBSERVATION_STATUS = frozenset({"cancelled", "entered-in-error"})
 EXCLUDED_MEDICATION_STATUS = {  # a record of no exposure, or of none at all
@@ -563,9 +566,9 @@ def _observation_value(element: dict) -> str | None:
         return None if _codings(element["valueCodeableConcept"]) else "valueCodeableConcept without a coding"
     if "valueBoolean" in element or "valueInteger" in element:
         return None
-    for key in element:
-        if key.startswith("value") and key not in ("valueQuantity",):
-            return key  # valueString, valueSampledData, valueRange, ...: never stored
+    for key in UNREAD_VALUE_TYPES:
+        if key in element:
+            return key  # never stored (free text, waveforms, ranges, ...)
     return "no value"
 
 
