@@ -233,8 +233,7 @@ def test_patient_mrn_issuer_and_site():
     assert records.site == "hospital-a", "meta.source never names the site"
     [condition] = records.rows["conditions"]
     assert (condition["mrn"], condition["issuer"]) == ("M42", "https://hospital.example/mrn")
-    assert records.patient_refs == {"Patient/123": "M42"}
-    assert records.patient_issuers == {"Patient/123": "https://hospital.example/mrn"}
+    assert records.patient_refs == {"Patient/123": ("M42", "https://hospital.example/mrn")}
 
 
 def test_patient_issuer_from_the_assigner_and_the_fallback_mrn():

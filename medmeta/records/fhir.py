@@ -292,7 +292,7 @@ class _FileReader:
 
     def __init__(self, records: RawRecords):
         self.records = records
-        self.patients: dict[str, tuple[str, str | None]] = {}  # normalised ref -> (mrn, issuer)
+        self.patients = records.patient_refs  # normalised ref -> (mrn, issuer)
         self.medications: dict[str, tuple | None] = {}  # normalised ref -> drug coding (None: no coding)
         self.readers = {
             "Condition": ("conditions", self._condition),
@@ -354,9 +354,7 @@ class _FileReader:
             mrn = (f"{self.records.site}:Patient/{rid}", None)
         for ref in {f"Patient/{rid}" if isinstance(rid, str) and rid else None,
                     normalise_reference(full_url, "Patient") if full_url else None} - {None}:
-            self.patients[ref] = mrn
-            self.records.patient_refs[ref] = mrn[0]
-            self.records.patient_issuers[ref] = mrn[1]
+            self.records.patient_refs[ref] = mrn
         gender = res.get("gender")
         gender = gender.lower() if isinstance(gender, str) else None
         self.records.rows.setdefault("patients", []).append({

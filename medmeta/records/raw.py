@@ -43,10 +43,10 @@ from medmeta.errors import Rejected
 class RawRecords:
     site: str
     rows: dict[str, list[dict]] = field(default_factory=dict)
-    patient_refs: dict[str, str] = field(default_factory=dict)  # "Patient/<id>" -> MRN
-    patient_issuers: dict[str, str | None] = field(default_factory=dict)  # "Patient/<id>" -> its MRN's issuer
-    # every Medication read: "Medication/<id>" (or "urn:uuid:...") -> (drug_system, drug_code, drug_display),
-    # to resolve the ``medication_ref`` of rows whose Medication is in another file of the export
+    # "Patient/<id>" or "urn:uuid:..." -> (MRN, issuer): a reference whose Patient is in this file
+    patient_refs: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    # a Medication read in this file, by its normalised reference -> (system, code, display); rows whose
+    # Medication is in another file of the export carry ``medication_ref`` instead of drug_* fields
     medications: dict[str, tuple[str, str, str | None]] = field(default_factory=dict)
     rejects: list[Rejected] = field(default_factory=list)
     ignored: Counter = field(default_factory=Counter)  # resource types we read past, by type

@@ -20,6 +20,7 @@ from medmeta.errors import (
 )
 from medmeta.records.raw import RawRecords
 from medmeta.records.site_mappings import DATE_FIELDS, FieldSpec, TableMapping, find_mapping
+from medmeta.terminology.systems import LOINC
 
 
 def read_csv(data: bytes) -> pd.DataFrame:
@@ -57,6 +58,8 @@ def parse_tabular(data: bytes, kind: str, mappings: list[TableMapping]) -> RawRe
             row = {name: _cell(spec, name, columns, i) for name, spec in mapping.fields.items()}
             if not row.get("mrn"):
                 raise Rejected(INVALID_RECORD, "the row has no MRN")
+            row["issuer"] = mapping.issuer
+            _add_systems(row, mapping)
             if mapping.wide:
                 _add_wide(records, mapping, row, columns, i, location)
             else:
@@ -78,10 +81,20 @@ def _add_wide(records: RawRecords, mapping: TableMapping, row: dict, columns: di
             records.reject(error, f"{location} column {column}")
             continue
         records.add(mapping.table, {
-            "mrn": row["mrn"], "effective_date": row.get("effective_date"),
-            "code": analyte["code"], "value": value, "unit": analyte["unit"],
-            "location": f"{location} column {column}",
+            "mrn": row["mrn"], "issuer": mapping.issuer, "effective_date": row.get("effective_date"),
+            "system": LOINC, "code": analyte["code"], "display": None, "value": value, "unit": analyte["unit"],
+            "comparator": None, "location": f"{location} column {column}",
         })
+
+
+def _add_systems(row: dict, mapping: TableMapping) -> None:
+    """The code system (and no display: CSV exports carry codes) of the row's coded fields."""
+    if mapping.table in ("conditions", "observations"):
+        row["system"], row["display"] = mapping.system("code"), None
+        if mapping.table == "observations":
+            row["comparator"] = None
+    elif mapping.table == "medication_exposures":
+        row["drug_system"], row["drug_display"] = mapping.system("drug_code"), None
 
 
 def _cell(spec: FieldSpec, name: str, columns: dict, i: int):
