@@ -39,7 +39,8 @@ _TEXT_CONTROL_OK = frozenset("\t\n\r\f")
 FHIR_EXPORT_LOG = "fhir_export_log"
 _EXPORT_LOG_KEYS = ("exportId", "eventId")
 # The root element of a FHIR XML document: <Patient xmlns="http://hl7.org/fhir">, possibly prefixed.
-_FHIR_XML_ROOT = re.compile(r"""<(?:[A-Za-z_][\w.-]*:)?[A-Z][A-Za-z]*\b[^>]*\bxmlns(?::[\w.-]+)?\s*=\s*["']http://hl7\.org/fhir["']""")
+_FHIR_XML_ROOT = re.compile(r"""<(?:[A-Za-z_][\w.-]*:)?[A-Z][A-Za-z]*\b[^>]*"""
+                            r"""\bxmlns(?::[\w.-]+)?\s*=\s*["']http://hl7\.org/fhir["']""")
 
 
 def sniff(data: bytes, name: str) -> str:

@@ -97,7 +97,8 @@ def inflate_gzip(data: bytes, limit: int) -> bytes:
                 piece = inflater.decompress(pending, _READ_CHUNK)
                 out += piece
                 if len(out) > limit:
-                    raise Rejected(GZIP_TOO_LARGE, f"the gzip data inflates past the max_zip_entry_bytes limit of {limit}")
+                    raise Rejected(GZIP_TOO_LARGE,
+                                   f"the gzip data inflates past the max_zip_entry_bytes limit of {limit}")
                 pending = inflater.unconsumed_tail
                 if not pending and not piece:
                     raise Rejected(BAD_ARCHIVE, "the gzip data is truncated")
