@@ -130,10 +130,12 @@ def _observation(value, subject="Patient/p1"):
 def test_fhir_bundle_rows_and_row_level_rejects(canon):
     data = _bundle(PATIENT, _observation(99.0), _observation("high"), {"resourceType": "Starship"},
                    {"resourceType": "Encounter"})
-    raw = parse_fhir_json(data)
+    raw = parse_fhir_json(data, site="site_b")
     staged = canon(raw, "sha-b")
     assert sorted(e.code for e in staged.rejects) == ["non_numeric_value", "unknown_resource_type"]
     assert raw.ignored == {"Encounter": 1}
+    [row] = raw.rows["observations"]
+    assert (row["mrn"], row["issuer"]) == ("B0000009", "urn:x"), "resolved within the file, with its issuer"
     obs = staged.tables["observations"].to_pylist()
     assert len(obs) == 1 and obs[0]["patient_id"] == Pseudonymizer(KEY).patient_id("B0000009", "urn:x")
     assert obs[0]["patient_ref"] is None
@@ -146,13 +148,13 @@ def test_fhir_bundle_rows_and_row_level_rejects(canon):
 ])
 def test_fhir_file_level_rejects(payload, code):
     with pytest.raises(Rejected) as err:
-        parse_fhir_json(payload)
+        parse_fhir_json(payload, site="s")
     assert err.value.code == code
 
 
 def test_ndjson_keeps_good_lines_and_rejects_the_bad_one(canon):
     lines = [json.dumps(_observation(90.0, "Patient/other")), "{broken", json.dumps(_observation(91.0, "Patient/other"))]
-    staged = canon(parse_fhir_ndjson("\n".join(lines).encode()), "sha-n")
+    staged = canon(parse_fhir_ndjson("\n".join(lines).encode(), site="s"), "sha-n")
     assert [(e.code, e.location) for e in staged.rejects] == [("malformed_json", "line 2")]
     rows = staged.tables["observations"].to_pylist()
     assert len(rows) == 2 and all(r["patient_id"] is None and r["patient_ref"] for r in rows)

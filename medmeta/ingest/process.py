@@ -79,6 +79,9 @@ class Worker:
         kind = sniff(data, item.logical_path)
         if kind == "dicom":
             return self._ingest_dicom(item, data, sha256)
+        if kind == "fhir_export_log":  # a bulk export's log.ndjson: accounted for, no facts in it
+            write_part(self.home.parts, sha256, {}, {"kind": kind, "rows": {}, "rows_rejected": 0})
+            return FileOutcome(item.logical_path, INGESTED, sha256, kind), None
         raw = self._parse_records(kind, data, site_for(item.logical_path, self.ctx.config))
         staged = self.canonicalize(raw, sha256)
         if staged.row_count == 0 and staged.patient_refs.num_rows == 0 and not raw.concepts and staged.rejects:

@@ -19,13 +19,16 @@ Row fields per table (besides mrn [+ issuer] | ref, and location):
                           value (float) + unit (as written, str | None) + comparator (None | "<" | "<=" | ">" | ">=")
                           or value_system + value_code (a categorical value; value None, unit None)
     medication_exposures: drug_system, drug_code, drug_display (str | None), start_date (date | None),
-                          outcome (response | no_response | unknown)
+                          outcome (response | no_response | unknown); or, instead of the drug_* fields,
+                          medication_ref ("Medication/<id>" | "urn:uuid:..."): a Medication in another
+                          file of the export, resolved at consolidation through ``medications``
 
 Besides rows and rejects, a parser counts what it read past: ``ignored`` by resource type (types
 medmeta has no use for), ``excluded`` by rule (a fact deliberately left out, e.g.
 "Condition: verificationStatus refuted", "Observation: status cancelled") and ``read`` by resource
 type (resources that contributed, including those only used to resolve another, e.g. Medication).
-Every resource of a file is in exactly one of: read, ignored, excluded, rejected.
+Every resource of a file is in exactly one of: read, ignored, excluded, rejected. Rules that name a
+part of a resource ("Observation component: ...") count parts of a resource that was read, not resources.
 
 ``concepts`` holds a code-system table the file defines rather than facts about patients: an OMOP
 CDM CONCEPT table parses to one dict per concept, ``concept_id`` (int), ``system`` (canonical URI of
