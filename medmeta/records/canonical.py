@@ -133,6 +133,8 @@ class Canonicalizer:
             return out
         for name in _COPIED[table]:
             out[name] = row.get(name)
+        record_ref = row.get("record_ref")
+        out["record_id"] = self.pseudo.reference_key(raw.site, record_ref) if record_ref else None
         if table == "observations":
             out["censored"] = out["comparator"] is not None
         elif table == "medication_exposures":

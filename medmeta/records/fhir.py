@@ -340,6 +340,10 @@ class _FileReader:
             except (AttributeError, TypeError, KeyError, IndexError, ValueError):
                 records.reject(_not_r4(resource), location)
                 continue
+            rid = resource.get("id")
+            record_ref = f"{kind}/{rid}" if isinstance(rid, str) and rid else full_url
+            for row in rows:  # the resource's identity: two resources alike stay two facts
+                row["record_ref"] = record_ref
             records.rows.setdefault(table, []).extend(rows)
             records.read[kind] += 1
 

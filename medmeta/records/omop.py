@@ -52,13 +52,13 @@ _VALUES = ("value_as_number", "value_as_concept_id", "unit_concept_id", "unit_so
 READ_COLUMNS: dict[str, tuple[str, ...]] = {
     "person": ("person_id", "gender_concept_id", "gender_source_value", "birth_datetime", "year_of_birth",
                "month_of_birth", "day_of_birth"),
-    "condition_occurrence": ("person_id", *(c.format("condition") for c in _CODED), "condition_start_date",
+    "condition_occurrence": ("person_id", "condition_occurrence_id", *(c.format("condition") for c in _CODED), "condition_start_date",
                              "condition_start_datetime"),
-    "drug_exposure": ("person_id", *(c.format("drug") for c in _CODED), "drug_exposure_start_date",
+    "drug_exposure": ("person_id", "drug_exposure_id", *(c.format("drug") for c in _CODED), "drug_exposure_start_date",
                       "drug_exposure_start_datetime"),
-    "measurement": ("person_id", *(c.format("measurement") for c in _CODED), "measurement_date",
+    "measurement": ("person_id", "measurement_id", *(c.format("measurement") for c in _CODED), "measurement_date",
                     "measurement_datetime", "operator_concept_id", *_VALUES),
-    "observation": ("person_id", *(c.format("observation") for c in _CODED), "observation_date",
+    "observation": ("person_id", "observation_id", *(c.format("observation") for c in _CODED), "observation_date",
                     "observation_datetime", "value_as_string", *_VALUES),
 }
 
@@ -100,7 +100,10 @@ def parse_omop(frame: pd.DataFrame, table: str, kind: str, site: str | None = No
             records.excluded[fact] += 1
             continue
         canonical_table, fields = fact
-        records.add(canonical_table, {"mrn": mrn, "issuer": issuer, **fields, "location": location})
+        record_id = row.get(f"{table}_id")  # the row's primary key: two facts alike stay two
+        record_ref = f"{table}/{str(record_id).strip()}" if record_id not in (None, "") and table != "person" else None
+        records.add(canonical_table, {"mrn": mrn, "issuer": issuer, **fields, "location": location,
+                                      "record_ref": record_ref})
         records.read[label] += 1
     return records
 

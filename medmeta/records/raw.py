@@ -11,6 +11,11 @@ when the source names none; the pseudonym is keyed on both) or by ``ref`` (a ref
 "Patient/123" or "urn:uuid:...", resolved within the file or, at consolidation, across the files
 of the same site).
 
+Rows of conditions, observations and medication exposures may carry ``record_ref``: the identity of
+the source record within its site (FHIR "MedicationRequest/<id>", OMOP "drug_exposure/<id>"); it is
+stored keyed (``record_id``), so two prescriptions of one drug on one day stay two facts while the
+same resource in two exports of one site is one.
+
 Row fields per table (besides mrn [+ issuer] | ref, and location):
     patients:             birth_date (date | None), sex (female | male | other | unknown)
     conditions:           system (canonical URI, medmeta.terminology.systems), code, display (str | None),
