@@ -1,7 +1,10 @@
 """Parts: what one input file contributed to the store, written once under its content hash.
 
-    store/parts/<sha256>/<table>.parquet, patient_refs.parquet, record_quarantine.parquet, part.json
+    store/parts/<sha256>/<table>.arrow, patient_refs.arrow, record_quarantine.arrow, part.json
 
+A part is internal staging, read back only by consolidation: its tables are Arrow IPC files
+(uncompressed; fast to write and to read, unlike many small Parquet files), one per table that
+has rows. Parts an older medmeta wrote hold ``<table>.parquet`` instead and are read as they are.
 A part is built in a temp folder and renamed into place, so it exists whole or not at all;
 its presence is what makes the same content ``unchanged`` on the next run.
 """
@@ -36,6 +39,13 @@ def write_parquet(table: pa.Table, path: Path, compression: str = "zstd") -> Non
     pq.write_table(table, path, compression=compression, use_dictionary=True, write_statistics=False)
 
 
+def write_arrow(table: pa.Table, path: Path) -> None:
+    """A staging table as an Arrow IPC file (no schema metadata)."""
+    table = table.replace_schema_metadata(None)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+
+
 def write_part(parts_root: Path, sha256: str, tables: dict[str, pa.Table], meta: dict) -> None:
     parts_root.mkdir(parents=True, exist_ok=True)
     target = part_dir(parts_root, sha256)
@@ -45,7 +55,7 @@ def write_part(parts_root: Path, sha256: str, tables: dict[str, pa.Table], meta:
     try:
         for name, table in sorted(tables.items()):
             if table.num_rows:
-                write_parquet(table, tmp / f"{name}.parquet")
+                write_arrow(table, tmp / f"{name}.arrow")
         (tmp / PART_FILE).write_text(json.dumps(meta, sort_keys=True, indent=1))
         if target.exists():  # a half part from a killed run (no part.json): replace it
             shutil.rmtree(target)
@@ -60,7 +70,11 @@ def write_part(parts_root: Path, sha256: str, tables: dict[str, pa.Table], meta:
 
 
 def read_part_table(parts_root: Path, sha256: str, name: str) -> pa.Table | None:
-    path = part_dir(parts_root, sha256) / f"{name}.parquet"
+    folder = part_dir(parts_root, sha256)
+    path = folder / f"{name}.arrow"
+    if path.exists():
+        return pa.ipc.open_file(pa.py_buffer(path.read_bytes())).read_all()
+    path = folder / f"{name}.parquet"  # a part an older medmeta wrote
     return pq.read_table(path) if path.exists() else None
 
 
