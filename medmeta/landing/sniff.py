@@ -43,7 +43,10 @@ DICOM_VRS = frozenset(
 # A meta-less DICOM file starts with a File Meta (0002) or Identifying (0008) group element.
 _RAW_DICOM_GROUPS = (0x0002, 0x0008)
 _CSV_DELIMITERS = (",", ";", "\t")
-_TEXT_CONTROL_OK = frozenset("\t\n\r\f")
+# Control characters that make a prefix binary (all below 0x20 except \t \n \f \r). Searched in the
+# bytes: below 0x80 a byte is the same character in UTF-8 and latin-1, and UTF-8 never uses such a
+# byte inside a multi-byte sequence, so this is exactly a search of the decoded text, at C speed.
+_BINARY_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0e-\x1f]")
 FHIR_EXPORT_LOG = "fhir_export_log"
 _EXPORT_LOG_KEYS = ("exportId", "eventId")
 # The root element of a FHIR XML document: <Patient xmlns="http://hl7.org/fhir">, possibly prefixed.
@@ -103,15 +106,12 @@ def looks_like_raw_dicom(data: bytes) -> bool:
 def _text_prefix(prefix: bytes) -> str | None:
     """The prefix decoded as UTF-8 (else latin-1) without its BOM; None when it looks binary."""
     prefix = prefix.removeprefix(UTF8_BOM)
-    if b"\x00" in prefix:
+    if _BINARY_CONTROL.search(prefix):
         return None
     try:
-        text = codecs.getincrementaldecoder("utf-8")().decode(prefix, final=False)
+        return codecs.getincrementaldecoder("utf-8")().decode(prefix, final=False)
     except UnicodeDecodeError:
-        text = prefix.decode("latin-1")
-    if any(ch < " " and ch not in _TEXT_CONTROL_OK for ch in text):
-        return None
-    return text
+        return prefix.decode("latin-1")
 
 
 def _text_kind(text: str, suffix: str) -> str | None:
