@@ -14,6 +14,7 @@ consolidation converts them (``medmeta.ingest.units_step``), once per distinct c
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
@@ -47,6 +48,7 @@ _COPIED = {
 }
 
 
+@functools.cache
 def staging_schema(table: str) -> pa.Schema:
     """The canonical schema plus the staging columns (``patient_ref`` is null once resolved)."""
     out = schema.TABLES[table]
@@ -78,14 +80,7 @@ class Canonicalizer:
         tables = {}
         identities: dict[tuple, tuple] = {}  # one HMAC per patient and file, not per row
         for table, rows in raw.rows.items():
-            out = []
-            for row in rows:
-                try:
-                    out.append(self._row(table, row, raw, source, identities))
-                except Rejected as error:
-                    error.location = error.location or row.get("location")
-                    rejects.append(error)
-            tables[table] = pa.Table.from_pylist(out, schema=staging_schema(table))
+            tables[table] = self._table(table, rows, raw, source, identities, rejects)
         refs = []
         for ref, mrn in sorted(raw.patient_refs.items()):
             if ref.startswith("Patient/") or ref.startswith("urn:"):
@@ -99,6 +94,60 @@ class Canonicalizer:
         ]
         return StagedRecords(tables, pa.Table.from_pylist(refs, schema=PATIENT_REFS),
                              pa.Table.from_pylist(medications, schema=MEDICATION_REFS), rejects)
+
+    def _table(self, table: str, rows: list[dict], raw: RawRecords, source: str, identities: dict,
+               rejects: list[Rejected]) -> pa.Table:
+        """One staging table, built column by column (rows in the parser's order); a row that is
+        refused (an impossible birth date) goes to ``rejects`` with its location."""
+        table_schema = staging_schema(table)
+        columns: dict[str, list] = {name: [] for name in table_schema.names}
+        patient_ids, patient_refs, locations = columns["patient_id"], columns["patient_ref"], columns["location"]
+        offsets = []
+        if table == "patients":
+            sexes, ages = columns["sex"], columns["age_years"]
+            for row in rows:
+                patient_id, patient_ref, _ = self._identity(row, raw, identities)
+                try:
+                    age = self._age(row.get("birth_date"))
+                except Rejected as error:
+                    error.location = error.location or row.get("location")
+                    rejects.append(error)
+                    continue
+                patient_ids.append(patient_id)
+                patient_refs.append(patient_ref)
+                locations.append(row.get("location"))
+                sexes.append(row.get("sex") or "unknown")
+                ages.append(age)
+        else:
+            copied = [(columns[name], name) for name in _COPIED[table]]
+            record_ids = columns["record_id"]
+            reference_key, site = self.pseudo.reference_key, raw.site
+            for row in rows:
+                patient_id, patient_ref, offset = self._identity(row, raw, identities)
+                patient_ids.append(patient_id)
+                patient_refs.append(patient_ref)
+                locations.append(row.get("location"))
+                offsets.append(offset)
+                for column, name in copied:
+                    column.append(row.get(name))
+                record_ref = row.get("record_ref")
+                record_ids.append(reference_key(site, record_ref) if record_ref else None)
+            for name in DATE_COLUMNS.intersection(columns):
+                columns[name] = [value + timedelta(days=offset) if value else None
+                                 for value, offset in zip((row.get(name) for row in rows), offsets)]
+            if table == "observations":
+                columns["censored"] = [comparator is not None for comparator in columns["comparator"]]
+            elif table == "medication_exposures":
+                columns["outcome"] = [outcome or "unknown" for outcome in columns["outcome"]]
+                columns["medication_ref"] = [reference_key(site, row["medication_ref"]) if row.get("medication_ref")
+                                             else None for row in rows]
+        count = len(patient_ids)
+        columns["site"] = [raw.site] * count
+        columns["source"] = [source] * count
+        for name, values in columns.items():
+            if len(values) != count:  # a canonical column this table's parser does not set
+                columns[name] = [None] * count
+        return pa.Table.from_pydict(columns, schema=table_schema)
 
     def _identity(self, row: dict, raw: RawRecords, identities: dict) -> tuple:
         """(patient_id, patient_ref, date offset) of the row's patient."""
@@ -122,29 +171,6 @@ class Canonicalizer:
                 found = (None, patient_ref, self.pseudo.offset_for_token(patient_ref))
             identities[key] = found
         return found
-
-    def _row(self, table: str, row: dict, raw: RawRecords, source: str, identities: dict) -> dict:
-        patient_id, patient_ref, offset = self._identity(row, raw, identities)
-        out = {"patient_id": patient_id, "patient_ref": patient_ref, "site": raw.site, "source": source,
-               "location": row.get("location")}
-        if table == "patients":
-            out["sex"] = row.get("sex") or "unknown"
-            out["age_years"] = self._age(row.get("birth_date"))
-            return out
-        for name in _COPIED[table]:
-            out[name] = row.get(name)
-        record_ref = row.get("record_ref")
-        out["record_id"] = self.pseudo.reference_key(raw.site, record_ref) if record_ref else None
-        if table == "observations":
-            out["censored"] = out["comparator"] is not None
-        elif table == "medication_exposures":
-            out["outcome"] = out["outcome"] or "unknown"
-            ref = row.get("medication_ref")
-            out["medication_ref"] = self.pseudo.reference_key(raw.site, ref) if ref else None
-        for name in DATE_COLUMNS.intersection(row):
-            value = row[name]
-            out[name] = value + timedelta(days=offset) if value else None
-        return out
 
     def _age(self, birth: date | None) -> int | None:
         """Age at the reference date, capped at 90; an impossible birth date is refused before the cap."""
