@@ -21,7 +21,7 @@ from medmeta.atomic import atomic_path, write_json
 from medmeta.errors import UNRESOLVED_MEDICATION, UNRESOLVED_REFERENCE
 from medmeta.home import Home
 from medmeta.ingest.image_parts import read_image_rows, write_pixel_cache
-from medmeta.ingest.parts import read_part_meta, read_part_table, write_parquet
+from medmeta.ingest.parts import Part, part_hashes, read_part, write_parquet
 from medmeta.pseudonyms import Pseudonymizer
 from medmeta.ingest.units_step import convert_units
 from medmeta.records.canonical import DATE_COLUMNS, MEDICATION_REFS, PATIENT_REFS, staging_schema
@@ -30,18 +30,18 @@ from medmeta.records.units import default_units
 
 
 def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer, image_size: int) -> dict:
-    record_parts = sorted(set(hashes) & {p.name for p in home.parts.iterdir()}) if home.parts.exists() else []
-    refs = _patient_refs(home.parts, record_parts)
-    medications = _medication_refs(home.parts, record_parts)
-    concepts = _read(home.parts, record_parts, "concepts", CONCEPT_SCHEMA)
-    quarantine = [_read(home.parts, record_parts, "record_quarantine", schema.RECORD_QUARANTINE)]
+    record_parts = [read_part(home.parts, h) for h in sorted(set(hashes) & part_hashes(home.parts))]
+    refs = _patient_refs(record_parts)
+    medications = _medication_refs(record_parts)
+    concepts = _read(record_parts, "concepts", CONCEPT_SCHEMA)
+    quarantine = [_read(record_parts, "record_quarantine", schema.RECORD_QUARANTINE)]
     counts, digests = {}, {}
     for name, table_schema in schema.TABLES.items():
         if name == "images":  # DICOM always names its patient: no references to resolve
             frame = read_image_rows(home.parts, image_size, set(hashes)).to_pandas(date_as_object=True)
             frame = _attach_pixel_cache(home, _deduplicate(name, frame), image_size)
         else:
-            frame = _read(home.parts, record_parts, name, staging_schema(name))
+            frame = _read(record_parts, name, staging_schema(name))
             frame, unresolved = _resolve(frame, refs, pseudo)
             quarantine.append(unresolved)
             if name != "patients":  # OMOP concept ids to their vocabularies, before units and keys
@@ -62,20 +62,20 @@ def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer, image_size
     manifest = {
         "snapshot": snapshot, "schema_version": schema.SCHEMA_VERSION, "counts": counts, "table_sha256": digests,
         "sources": len(hashes), "key_fingerprint": pseudo.fingerprint,
-        **_resource_counts(home.parts, record_parts),
+        **_resource_counts(record_parts),
     }
     write_json(home.snapshots / f"{snapshot}.json", manifest)
     write_json(home.manifest, manifest)
     return manifest
 
 
-def _resource_counts(parts: Path, hashes: list[str]) -> dict[str, dict[str, int]]:
+def _resource_counts(parts: list[Part]) -> dict[str, dict[str, int]]:
     """What the files held besides rows, counted, never silent: resources of types medmeta has no
     use for (``resources_ignored``), facts left out by a named rule (``resources_excluded``) and
     resources that contributed (``resources_read``)."""
     counts = {"resources_ignored": Counter(), "resources_excluded": Counter(), "resources_read": Counter()}
-    for h in hashes:
-        meta = read_part_meta(parts, h)
+    for part in parts:
+        meta = part.meta
         counts["resources_ignored"].update(meta.get("ignored", {}))
         counts["resources_excluded"].update(meta.get("excluded", {}))
         counts["resources_read"].update(meta.get("read", {}))
@@ -89,15 +89,15 @@ def _attach_pixel_cache(home: Home, frame: pd.DataFrame, image_size: int) -> pd.
     return frame.drop(columns="pixels").assign(pixel_path=path, pixel_index=range(len(frame)))
 
 
-def _read(parts: Path, hashes: list[str], name: str, table_schema: pa.Schema) -> pd.DataFrame:
-    tables = [t for h in hashes if (t := read_part_table(parts, h, name)) is not None]
+def _read(parts: list[Part], name: str, table_schema: pa.Schema) -> pd.DataFrame:
+    tables = [part.tables[name] for part in parts if name in part.tables]
     table = pa.concat_tables([t.select(table_schema.names).cast(table_schema) for t in tables]) if tables \
         else table_schema.empty_table()
     return table.to_pandas(date_as_object=True)
 
 
-def _patient_refs(parts: Path, hashes: list[str]) -> dict[str, str]:
-    frame = _read(parts, hashes, "patient_refs", PATIENT_REFS).sort_values(["patient_ref", "patient_id"])
+def _patient_refs(parts: list[Part]) -> dict[str, str]:
+    frame = _read(parts, "patient_refs", PATIENT_REFS).sort_values(["patient_ref", "patient_id"])
     frame = frame.drop_duplicates("patient_ref", keep="first")
     return dict(zip(frame["patient_ref"], frame["patient_id"]))
 
@@ -125,8 +125,8 @@ def _resolve(frame: pd.DataFrame, refs: dict[str, str], pseudo: Pseudonymizer) -
     return frame.loc[~unresolved].drop(columns=["patient_ref"]), rejects
 
 
-def _medication_refs(parts: Path, hashes: list[str]) -> pd.DataFrame:
-    frame = _read(parts, hashes, "medication_refs", MEDICATION_REFS)
+def _medication_refs(parts: list[Part]) -> pd.DataFrame:
+    frame = _read(parts, "medication_refs", MEDICATION_REFS)
     return frame.sort_values(["medication_ref", "drug_system", "drug_code"], kind="mergesort") \
         .drop_duplicates("medication_ref").set_index("medication_ref")
 

@@ -1,20 +1,26 @@
 """Parts: what one input file contributed to the store, written once under its content hash.
 
-    store/parts/<sha256>/<table>.arrow, patient_refs.arrow, record_quarantine.arrow, part.json
+    store/parts/<sha256>.arrow
 
-A part is internal staging, read back only by consolidation: its tables are Arrow IPC files
-(uncompressed; fast to write and to read, unlike many small Parquet files), one per table that
-has rows. Parts an older medmeta wrote hold ``<table>.parquet`` instead and are read as they are.
-A part is built in a temp folder and renamed into place, so it exists whole or not at all;
+A part is internal staging, read back only by consolidation, so it is one Arrow IPC file (fast
+to write and to read; no folder, no file per table): a single row whose columns are the part's
+tables, each a list of structs holding that table's rows (``patients``, ``conditions``,
+``observations``, ``medication_exposures``, ``patient_refs``, ``medication_refs``, ``concepts``,
+``record_quarantine``; a table without rows is left out), and the part's meta (kind, rows per
+table, resources read / ignored / excluded) as JSON in the schema metadata key ``medmeta.part``.
+It is written to a temp file beside it and renamed into place, so it exists whole or not at all;
 its presence is what makes the same content ``unchanged`` on the next run.
+
+Parts an older medmeta wrote, ``store/parts/<sha256>/`` folders holding ``<table>.parquet`` and
+``part.json``, are read as they are.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -22,15 +28,40 @@ import pyarrow.parquet as pq
 
 from medmeta import schema
 
-PART_FILE = "part.json"
+PART_SUFFIX = ".arrow"
+META_KEY = b"medmeta.part"
+LEGACY_PART_FILE = "part.json"
 
 
-def part_dir(parts_root: Path, sha256: str) -> Path:
-    return parts_root / sha256
+@dataclass(frozen=True)
+class Part:
+    """One part as read back: its meta and its tables (only those with rows)."""
+
+    meta: dict
+    tables: dict[str, pa.Table]
+
+
+def part_path(parts_root: Path, sha256: str) -> Path:
+    return parts_root / f"{sha256}{PART_SUFFIX}"
 
 
 def part_exists(parts_root: Path, sha256: str) -> bool:
-    return (part_dir(parts_root, sha256) / PART_FILE).exists()
+    return part_path(parts_root, sha256).exists() or (parts_root / sha256 / LEGACY_PART_FILE).exists()
+
+
+def part_hashes(parts_root: Path) -> set[str]:
+    """The content hashes that have a part (either format)."""
+    if not parts_root.exists():
+        return set()
+    found = set()
+    for entry in os.scandir(parts_root):
+        if entry.name.startswith("."):
+            continue
+        if entry.name.endswith(PART_SUFFIX):
+            found.add(entry.name[:-len(PART_SUFFIX)])
+        elif entry.is_dir() and os.path.exists(os.path.join(entry.path, LEGACY_PART_FILE)):
+            found.add(entry.name)
+    return found
 
 
 def write_parquet(table: pa.Table, path: Path, compression: str = "zstd") -> None:
@@ -39,48 +70,65 @@ def write_parquet(table: pa.Table, path: Path, compression: str = "zstd") -> Non
     pq.write_table(table, path, compression=compression, use_dictionary=True, write_statistics=False)
 
 
-def write_arrow(table: pa.Table, path: Path) -> None:
-    """A staging table as an Arrow IPC file (no schema metadata)."""
-    table = table.replace_schema_metadata(None)
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
-
-
 def write_part(parts_root: Path, sha256: str, tables: dict[str, pa.Table], meta: dict) -> None:
-    parts_root.mkdir(parents=True, exist_ok=True)
-    target = part_dir(parts_root, sha256)
-    if (target / PART_FILE).exists():
+    """Stage ``tables`` and ``meta`` as the part of ``sha256``, unless it exists already."""
+    target = part_path(parts_root, sha256)
+    if target.exists():
         return
-    tmp = Path(tempfile.mkdtemp(prefix=f".{sha256[:12]}.", dir=parts_root))
+    data = encode_part(tables, meta)
+    parts_root.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{sha256[:12]}.", suffix=".tmp", dir=parts_root)
     try:
-        for name, table in sorted(tables.items()):
-            if table.num_rows:
-                write_arrow(table, tmp / f"{name}.arrow")
-        (tmp / PART_FILE).write_text(json.dumps(meta, sort_keys=True, indent=1))
-        if target.exists():  # a half part from a killed run (no part.json): replace it
-            shutil.rmtree(target)
-        os.rename(tmp, target)
-    except OSError:
-        if (target / PART_FILE).exists():  # another worker wrote the same content first
-            return
-        raise
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.rename(tmp, target)  # no fsync here: sync_all runs once before the ledger points at parts
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
-def read_part_table(parts_root: Path, sha256: str, name: str) -> pa.Table | None:
-    folder = part_dir(parts_root, sha256)
-    path = folder / f"{name}.arrow"
-    if path.exists():
-        return pa.ipc.open_file(pa.py_buffer(path.read_bytes())).read_all()
-    path = folder / f"{name}.parquet"  # a part an older medmeta wrote
-    return pq.read_table(path) if path.exists() else None
+def encode_part(tables: dict[str, pa.Table], meta: dict) -> bytes:
+    """The bytes of a part file: one row, a list-of-struct column per table with rows."""
+    names, columns = [], []
+    for name, table in sorted(tables.items()):
+        if table.num_rows:
+            rows = table.replace_schema_metadata(None).combine_chunks().to_struct_array()
+            if isinstance(rows, pa.ChunkedArray):
+                rows = rows.combine_chunks()
+            names.append(name)
+            columns.append(pa.ListArray.from_arrays(pa.array([0, len(rows)], pa.int32()), rows))
+    metadata = {META_KEY: json.dumps(meta, sort_keys=True).encode()}
+    one_row = pa.table(dict(zip(names, columns))) if names else pa.table({})
+    one_row = one_row.replace_schema_metadata(metadata)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, one_row.schema) as writer:
+        if names:
+            writer.write_table(one_row)
+    return sink.getvalue().to_pybytes()
+
+
+def read_part(parts_root: Path, sha256: str) -> Part:
+    """The part of ``sha256`` (either format)."""
+    path = part_path(parts_root, sha256)
+    if not path.exists():
+        return _read_legacy_part(parts_root / sha256)
+    reader = pa.ipc.open_file(pa.py_buffer(path.read_bytes()))
+    meta = json.loads(reader.schema.metadata[META_KEY])
+    if not reader.schema.names:
+        return Part(meta, {})
+    one_row = reader.read_all()
+    tables = {}
+    for name in one_row.column_names:
+        rows = one_row.column(name).combine_chunks().flatten()
+        tables[name] = pa.Table.from_struct_array(rows)
+    return Part(meta, tables)
+
+
+def _read_legacy_part(folder: Path) -> Part:
+    meta = json.loads((folder / LEGACY_PART_FILE).read_text())
+    tables = {p.stem: pq.read_table(p) for p in sorted(folder.glob("*.parquet"))}
+    return Part(meta, tables)
 
 
 def record_quarantine_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema.RECORD_QUARANTINE)
-
-
-def read_part_meta(parts_root: Path, sha256: str) -> dict:
-    return json.loads((part_dir(parts_root, sha256) / PART_FILE).read_text())
