@@ -21,7 +21,7 @@ from medmeta.atomic import atomic_path, write_json
 from medmeta.errors import UNRESOLVED_MEDICATION, UNRESOLVED_REFERENCE
 from medmeta.home import Home
 from medmeta.ingest.image_parts import read_image_rows, write_pixel_cache
-from medmeta.ingest.parts import Part, part_hashes, read_part, write_parquet
+from medmeta.ingest.parts import Part, part_hashes, read_part, staged_table, write_parquet
 from medmeta.pseudonyms import Pseudonymizer
 from medmeta.ingest.units_step import convert_units
 from medmeta.records.canonical import DATE_COLUMNS, MEDICATION_REFS, PATIENT_REFS, staging_schema
@@ -90,10 +90,7 @@ def _attach_pixel_cache(home: Home, frame: pd.DataFrame, image_size: int) -> pd.
 
 
 def _read(parts: list[Part], name: str, table_schema: pa.Schema) -> pd.DataFrame:
-    tables = [part.tables[name] for part in parts if name in part.tables]
-    table = pa.concat_tables([t.select(table_schema.names).cast(table_schema) for t in tables]) if tables \
-        else table_schema.empty_table()
-    return table.to_pandas(date_as_object=True)
+    return staged_table(parts, name, table_schema).to_pandas(date_as_object=True)
 
 
 def _patient_refs(parts: list[Part]) -> dict[str, str]:

@@ -35,10 +35,32 @@ LEGACY_PART_FILE = "part.json"
 
 @dataclass(frozen=True)
 class Part:
-    """One part as read back: its meta and its tables (only those with rows)."""
+    """One part as read back: its meta and, per table with rows, a one-element list of its rows
+    (a ``pa.ListArray`` of structs, as stored) or, for a part an older medmeta wrote, a table."""
 
     meta: dict
-    tables: dict[str, pa.Table]
+    tables: dict[str, pa.ListArray | pa.Table]
+
+
+def staged_table(parts: list[Part], name: str, table_schema: pa.Schema) -> pa.Table:
+    """Table ``name`` of every part, in the order of ``parts``, with ``table_schema``'s columns.
+
+    Parts written with exactly this schema (all of them, in a store this medmeta wrote) are
+    flattened in one step, not part by part; any other part is selected and cast on its own.
+    """
+    found = [part.tables[name] for part in parts if name in part.tables]
+    if not found:
+        return table_schema.empty_table()
+    rows_type = pa.list_(pa.struct(list(table_schema)))
+    if all(isinstance(rows, pa.Array) for rows in found):
+        try:
+            together = pa.chunked_array(found, rows_type)  # checks every part's type
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+            pass
+        else:
+            return pa.Table.from_struct_array(together.combine_chunks().flatten())
+    tables = [pa.Table.from_struct_array(rows.flatten()) if isinstance(rows, pa.Array) else rows for rows in found]
+    return pa.concat_tables([t.select(table_schema.names).cast(table_schema) for t in tables])
 
 
 def part_path(parts_root: Path, sha256: str) -> Path:
@@ -117,11 +139,7 @@ def read_part(parts_root: Path, sha256: str) -> Part:
     if not reader.schema.names:
         return Part(meta, {})
     one_row = reader.read_all()
-    tables = {}
-    for name in one_row.column_names:
-        rows = one_row.column(name).combine_chunks().flatten()
-        tables[name] = pa.Table.from_struct_array(rows)
-    return Part(meta, tables)
+    return Part(meta, {name: one_row.column(name).chunk(0) for name in one_row.column_names})
 
 
 def _read_legacy_part(folder: Path) -> Part:
