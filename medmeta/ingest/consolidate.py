@@ -159,8 +159,10 @@ def _deduplicate(name: str, frame: pd.DataFrame) -> pd.DataFrame:
         order = keys + ["_unknown_age", "_unknown_sex", "source"]
     else:
         order = keys + ["source"]
-    frame = frame.sort_values(order, na_position="last", kind="mergesort")
-    frame = frame.drop_duplicates(keys, keep="first")
+    # Sort and deduplicate the key columns alone, then take the kept rows of the whole frame once.
+    frame = frame.reset_index(drop=True)
+    ordered = frame[order].sort_values(order, na_position="last", kind="mergesort")
+    frame = frame.take(ordered.index[~ordered.duplicated(keys, keep="first").to_numpy()])
     return frame.drop(columns=[c for c in frame.columns if c.startswith("_")]).reset_index(drop=True)
 
 
