@@ -218,6 +218,8 @@ class UnitConverter:
         from medmeta.records.ucum import NotCommensurable, ucum
 
         registry = ucum()
+        if source.guarded != target.guarded:
+            raise NotCommensurable("an arbitrary unit converts only to itself")
         charge = source.equivalents - target.equivalents
         if charge and analyte.valence is None:
             raise NotCommensurable("equivalents, and units.yaml gives no valence for it")
