@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-# Atoms that count as moles in UCUM but are not interchangeable with moles in a lab value.
-EQUIVALENT_ATOMS = {"eq": "eq", "osm": "osm"}
 # UCUM defines [IU] as 1 [iU]: the same arbitrary unit under two codes.
 SAME_ATOM = {"[IU]": "[iU]"}
 # pint's base dimensions as UCUM atoms, for the coherent form of a dimension.
@@ -52,10 +50,6 @@ class UcumUnit:
     osmoles: int  # the net exponent of osm
     atoms: tuple[tuple[str, int], ...]  # every atom (prefix dropped) with its net exponent, sorted
 
-    @property
-    def dimensionless(self) -> bool:
-        return self.quantity is not None and self.quantity.dimensionless and not self.guarded
-
 
 class Ucum:
     """The UCUM registry: parse units, say whether two are commensurable, convert between them."""
@@ -80,6 +74,7 @@ class Ucum:
         if known is not None:
             return known
         from lark.exceptions import LarkError
+        from pint.errors import PintError
 
         try:
             tree = self._parse_tree(text, self._parser)
@@ -92,7 +87,7 @@ class Ucum:
             quantity = self._registry.from_ucum(text)
             if not hasattr(quantity, "dimensionality"):  # annotations only: UCUM's unity
                 quantity = self._quantity(1)
-        except Exception:  # noqa: BLE001 - the library can not express it (a special unit such as [pH])
+        except (LarkError, PintError):  # the library can not express it (a special unit such as [pH])
             quantity = None
         unit = UcumUnit(
             text=text,
