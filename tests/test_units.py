@@ -255,6 +255,7 @@ def test_other_code_systems_keep_their_code_and_get_the_unit_normalised():
     assert units.convert(SNOMED, "271649006", 120.0, "mmHg") == ("271649006", 120.0, "mm[Hg]")
     assert units.convert("urn:local:labs", "NA", 140.0, "mEq/L") == ("NA", 140.0, "meq/L")
     assert units.convert(None, "X", 1.0, None) == ("X", 1.0, None)
+    assert units.convert(None, "2339-0", 90.0, "mg/dL")[0] == "14749-6"  # no system: read as LOINC
     assert units.convert(SNOMED, "X", 1.0, "1") == ("X", 1.0, "1")
 
 

@@ -15,7 +15,8 @@ The contract:
 * A LOINC analyte units.yaml lists: its aliases fold into the canonical code; every value goes to
   the analyte's unit (UCUM conversions; mass <-> substance only with the analyte's molar mass,
   equivalents only with its valence, other scales only by its ``from`` rules).
-* Any other LOINC analyte, and an observation in any other code system (which keeps its code):
+* Any other LOINC analyte, and an observation in any other code system (which keeps its code;
+  a code without a system is read as LOINC):
   the unit goes to the preferred unit of its dimension (units.yaml ``preferred_units``), or to
   the dimension's coherent UCUM form; no unit stays no unit.
 * A unit that is not UCUM nor a known spelling, or that does not convert to the canonical unit,
@@ -115,7 +116,7 @@ class UnitConverter:
 
     def canonical_code(self, system: str | None, code: str) -> str:
         """The code a value of ``code`` is stored under (a LOINC alias folds; nothing else changes)."""
-        analyte = self._by_code.get(code) if system == LOINC else None
+        analyte = self._by_code.get(code) if system in (None, LOINC) else None
         return analyte.loinc if analyte else code
 
     def canonical_unit(self, code: str) -> str | None:
@@ -145,7 +146,8 @@ class UnitConverter:
     def rule(self, system: str | None, code: str, unit: str | None) -> Conversion:
         """How a value of (``system``, ``code``) in ``unit`` is stored; Rejected(UNKNOWN_UNIT) if it can't be.
 
-        ``system`` is a canonical URI (medmeta.terminology.systems). Cached per argument triple.
+        ``system`` is a canonical URI (medmeta.terminology.systems); a code without a system (None)
+        is looked up as LOINC, as the three-argument ``convert`` always did. Cached per triple.
         """
         key = (system, code, unit)
         known = self._rules.get(key)
@@ -171,7 +173,7 @@ class UnitConverter:
         return conversion.code, conversion.apply(value), conversion.unit
 
     def _rule(self, system: str | None, code: str, unit: str | None) -> Conversion:
-        analyte = self._by_code.get(code) if system == LOINC else None
+        analyte = self._by_code.get(code) if system in (None, LOINC) else None
         if analyte is not None:
             return self._listed_rule(analyte, code, self.spell(unit, analyte))
         return self._unlisted_rule(system, code, self.spell(unit))
@@ -251,7 +253,7 @@ class UnitConverter:
         try:
             source = registry.parse(unit)
         except UcumError:
-            name = f"LOINC {code}" if system == LOINC else f"{short_name(system) if system else 'uncoded system'} {code}"
+            name = f"LOINC {code}" if system in (None, LOINC) else f"{short_name(system)} {code}"
             raise Rejected(UNKNOWN_UNIT, f"{name}: the unit is not UCUM nor a known spelling; an analyte "
                                          "units.yaml does not list is stored in the preferred unit of its "
                                          "unit's dimension") from None
