@@ -37,7 +37,6 @@ from medmeta.errors import UNKNOWN_UNIT, MedmetaError, Rejected
 from medmeta.terminology.systems import LOINC, short_name
 
 UNITY_UNIT = re.compile(r"^(1|\{[^{}]*\})$")  # "1" or annotations only: UCUM's unity
-_NOT_GIVEN = object()
 
 
 @dataclass(frozen=True)
@@ -161,14 +160,8 @@ class UnitConverter:
             raise Rejected(known.code, known.message)
         return known
 
-    def convert(self, system, code, value, unit=_NOT_GIVEN) -> tuple[str, float, str | None]:
-        """(canonical code, value, canonical unit) for one value: ``rule(...).apply(value)``.
-
-        The three-argument form ``convert(code, value, unit)`` (a LOINC code) is what
-        medmeta/records/canonical.py calls today; it goes when that call passes the system.
-        """
-        if unit is _NOT_GIVEN:
-            system, code, value, unit = LOINC, system, code, value
+    def convert(self, system: str | None, code: str, value, unit: str | None) -> tuple[str, float, str | None]:
+        """(canonical code, value, canonical unit) for one value: ``rule(...).apply(value)``."""
         conversion = self.rule(system, code, unit)
         return conversion.code, conversion.apply(value), conversion.unit
 
