@@ -97,9 +97,10 @@ def _evaluate(cases: pd.DataFrame, observations: pd.DataFrame, rule: OutcomeRule
     for analyte in rule.analytes:  # rule order: the first with both values decides
         values = obs[obs["code"] == analyte][["patient_id", "value", "effective_date"]]
         joined = case.merge(values, on="patient_id", how="inner")
-        days = (pd.to_datetime(joined["effective_date"]) - joined["start"]).dt.days
-        before = joined[(days <= 0) & (days >= -rule.baseline_days)].assign(days=days)
-        after = joined[(days >= rule.follow_up_days[0]) & (days <= rule.follow_up_days[1])].assign(days=days)
+        joined = joined.assign(days=(pd.to_datetime(joined["effective_date"]) - joined["start"]).dt.days)
+        days = joined["days"]
+        before = joined[(days <= 0) & (days >= -rule.baseline_days)]
+        after = joined[(days >= rule.follow_up_days[0]) & (days <= rule.follow_up_days[1])]
         baseline = before.sort_values(["case", "days"], kind="stable").groupby("case")["value"].last()
         follow = after.sort_values(["case", "days"], kind="stable").groupby("case")["value"].first()
         has_baseline[baseline.index.to_numpy()] = True

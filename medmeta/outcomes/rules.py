@@ -68,7 +68,7 @@ class OutcomeRule:
 
     def matches(self, system: str | None, code: str | None, display: str | None) -> bool:
         """Whether one concept (as stored, or as mapped) is this rule's drug."""
-        if self.ingredients and display and any(_word(i).search(display) for i in self.ingredients):
+        if self.ingredients and isinstance(display, str) and any(_word(i).search(display) for i in self.ingredients):
             return True
         if self.codes and system == self.system and code in self.codes:
             return True
