@@ -121,6 +121,7 @@ def write_validated_home(root: Path, tables: dict[str, pd.DataFrame], snapshot: 
     Real files in the layout the gate reads (manifest.json, validation/<snapshot>/result.json and
     tables/*.parquet), so the task-set code runs exactly as on an ingested home."""
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from medmeta.home import Home
     from validation.gate import record_result, validation_dir
@@ -131,11 +132,7 @@ def write_validated_home(root: Path, tables: dict[str, pd.DataFrame], snapshot: 
     folder = validation_dir(home, snapshot) / "tables"
     folder.mkdir(parents=True, exist_ok=True)
     for name, schema in TABLES.items():
-        frame = tables.get(name, pd.DataFrame(columns=schema.names))
-        pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False).to_pandas()  # checks the schema
-        import pyarrow.parquet as pq
-
-        pq.write_table(pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False),
-                       folder / f"{name}.parquet")
+        frame = tables.get(name, pd.DataFrame(columns=schema.names)).reindex(columns=schema.names)  # absent: null
+        pq.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False), folder / f"{name}.parquet")
     record_result(home, {"snapshot": snapshot, "success": True, "critical_failures": [], "label_coverage": []})
     return home
