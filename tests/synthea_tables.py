@@ -112,7 +112,18 @@ def read_synthea(path: Path) -> dict[str, pd.DataFrame]:
                             else:
                                 continue
                             rows["observations"].append(row)
-    return {name: pd.DataFrame(rows[name], columns=TABLES[name].names) for name in TABLES}
+    tables = {name: pd.DataFrame(rows[name], columns=TABLES[name].names) for name in TABLES}
+    return {**tables, "observations": as_stored(tables["observations"])}
+
+
+def as_stored(observations: pd.DataFrame) -> pd.DataFrame:
+    """Values in the store's canonical codes and units (units.yaml), as ingest's consolidation leaves them."""
+    from medmeta.ingest.units_step import convert_units
+    from medmeta.records.units import default_units
+
+    converted, rejects = convert_units(observations.assign(location="entry", source="synthea"), default_units())
+    assert rejects.empty
+    return converted[observations.columns].reset_index(drop=True)
 
 
 def write_validated_home(root: Path, tables: dict[str, pd.DataFrame], snapshot: str = "s-test"):

@@ -21,7 +21,7 @@ from medmeta.tasksets.spec import make_spec
 from medmeta.tasksets.store import load_taskset
 from medmeta.terminology.concept_maps import load_concept_map
 from medmeta.terminology.systems import ATC, ICD10CM, LOINC, RXNORM, SNOMED
-from tests.synthea_tables import read_synthea, synthea_zip, write_validated_home
+from tests.synthea_tables import read_synthea, synthea_zip, write_validated_home, as_stored
 from tests.test_cli import run_cli
 
 GROUPS = "http://example.org/fhir/CodeSystem/disease-groups"
@@ -244,7 +244,7 @@ def _drug_home(tmp_path) -> tuple:
                                      "value_code": None, "unit": unit, "effective_date": start + timedelta(days=day),
                                      "site": "s", "source": "x"})
     tables = {"patients": pd.DataFrame(patients), "medication_exposures": pd.DataFrame(exposures),
-              "observations": pd.DataFrame(observations)}
+              "observations": as_stored(pd.DataFrame(observations))}  # LDL in mg/dL is stored as 22748-8 in mmol/L
     return write_validated_home(tmp_path / "home", tables), tables
 
 

@@ -89,13 +89,14 @@ def _evaluate(cases: pd.DataFrame, observations: pd.DataFrame, rule: OutcomeRule
     reason = np.full(n, "no_baseline", dtype=object)
     decided = np.zeros(n, bool)
     has_baseline = np.zeros(n, bool)
-    obs = observations[(observations["system"] == rule.analyte_system) & observations["code"].isin(rule.analytes)
-                       & (observations["unit"] == rule.unit) & observations["value"].notna()
+    stored = [_as_stored(rule, analyte) for analyte in rule.analytes]
+    obs = observations[(observations["system"] == rule.analyte_system)
+                       & observations["code"].isin([code for code, _, _ in stored]) & observations["value"].notna()
                        & ~observations["censored"].fillna(False).astype(bool)]
     case = pd.DataFrame({"case": np.arange(n), "patient_id": cases["patient_id"].to_numpy(),
                          "start": pd.to_datetime(cases["start_date"]).to_numpy()})
-    for analyte in rule.analytes:  # rule order: the first with both values decides
-        values = obs[obs["code"] == analyte][["patient_id", "value", "effective_date"]]
+    for code, unit, threshold in stored:  # rule order: the first with both values decides
+        values = obs[(obs["code"] == code) & (obs["unit"] == unit)][["patient_id", "value", "effective_date"]]
         joined = case.merge(values, on="patient_id", how="inner")
         joined = joined.assign(days=(pd.to_datetime(joined["effective_date"]) - joined["start"]).dt.days)
         days = joined["days"]
@@ -114,11 +115,27 @@ def _evaluate(cases: pd.DataFrame, observations: pd.DataFrame, rule: OutcomeRule
             with np.errstate(divide="ignore", invalid="ignore"):
                 change = np.where(b != 0, 100.0 * change / np.abs(b), -np.inf)
         idx = both.to_numpy()
-        outcome[idx] = np.where(change >= rule.at_least - 1e-9, "response", "no_response")
+        outcome[idx] = np.where(change >= threshold - 1e-9, "response", "no_response")
         reason[idx] = "rule"
         decided[idx] = True
     reason[~decided & has_baseline] = "no_follow_up"
     return outcome, reason
+
+
+def _as_stored(rule: OutcomeRule, analyte: str) -> tuple[str, str, float]:
+    """(code, unit, threshold) as the store holds the analyte: LOINC aliases fold into the canonical code
+    (LDL 18262-6 is stored as 22748-8 in mmol/L) and an absolute threshold in the rule's unit is scaled to
+    the stored unit; a relative threshold is unit-free."""
+    from medmeta.errors import Rejected
+    from medmeta.records.units import default_units
+
+    try:
+        conversion = default_units().rule(rule.analyte_system, analyte, rule.unit)
+    except Rejected as error:
+        raise MedmetaError(f"outcome rule {rule.name!r} (line {rule.line}): analyte {analyte} in {rule.unit}: "
+                           f"{error.message}") from None
+    threshold = rule.at_least if rule.relative else rule.at_least * conversion.scale
+    return conversion.code, conversion.unit, threshold
 
 
 def drug_report(labelled: pd.DataFrame, displays: dict[str, str]) -> dict[str, dict]:
