@@ -81,12 +81,14 @@ def ingest(
     from medmeta.errors import MedmetaError
     from medmeta.home import Home
     from medmeta.pseudonyms import load_key
+    from medmeta.store_version import check_store_version
 
     the_home = Home.at(home)
     try:  # the cheap checks, before the embedded Prefect server takes its seconds to start
         if not source.exists():
             raise MedmetaError(f"{source}: no such file or folder")
         load_key(the_home.key_file)
+        check_store_version(the_home)
         _check_rules(rules)
     except MedmetaError as error:
         _fail(str(error))
@@ -136,6 +138,9 @@ def validate(
     the_home = Home.at(home)
     try:
         _check_rules(rules)
+        from validation.gate import current_snapshot
+
+        current_snapshot(the_home)  # a snapshot to validate, of a store this medmeta reads
     except MedmetaError as error:
         _fail(str(error))
     _prefect_environment(the_home.root)
