@@ -4,6 +4,10 @@
 context and returns a ``ValidationReport``: per rule whether it passed, how many rows it
 checked and flagged, a short sample of the flagged values and the flagged rows' index labels.
 
+What the delivery must hold comes from ``rules.require`` (validation/rules.py): a required table
+without rows, or no rows in any table of ``require.any_of``, fails critically; a table that is
+not required may be empty (``ValidationReport.empty_tables`` lists the empty ones).
+
 A failed critical rule fails the snapshot; it moves no rows. A failed warning rule sends the
 rows it flagged to the validation quarantine (``ValidationReport.quarantine``); every row ends
 up either kept or quarantined, never silently dropped. A warning rule that passes thanks to
@@ -22,7 +26,7 @@ import pandas as pd
 
 from medmeta.errors import MedmetaError
 from medmeta.schema import TABLES
-from validation.rules import Rule, Rules
+from validation.rules import REQUIRE, Rule, Rules
 from validation.suites import DOCS_SITE, add_docs_site, build_suite, new_context, parent_values
 
 SAMPLE = 5  # flagged values kept per rule, as strings
@@ -62,7 +66,9 @@ class RuleResult:
 @dataclass
 class ValidationReport:
     results: list[RuleResult]
-    row_counts: dict[str, int]
+    row_counts: dict[str, int]  # per table validated
+    empty_tables: list[str] = field(default_factory=list)  # canonical tables without rows (absent ones too)
+    require: dict = field(default_factory=dict)  # what the delivery had to hold: {"tables": [...], "any_of": [...]}
 
     @property
     def critical_failures(self) -> list[RuleResult]:
@@ -91,6 +97,8 @@ class ValidationReport:
             "success": self.success,
             "rows_checked": self.rows_checked,
             "row_counts": dict(self.row_counts),
+            "empty_tables": list(self.empty_tables),
+            "require": dict(self.require),
             "critical_failures": [r.to_dict() for r in self.critical_failures],
             "warnings": [r.to_dict() for r in self.warnings],
             "results": [r.to_dict(max_rows=0) for r in self.results],
@@ -194,22 +202,37 @@ def validate_tables(tables: dict[str, pd.DataFrame], rules: Rules, docs_dir: Pat
                 for outcome in run.results:
                     rule = by_id[outcome.expectation_config.meta["rule_id"]]
                     results.append(_rule_result(rule, outcome, frame, positions))
+        if rules.delivery:
+            # one row per table of require.any_of that has rows: ExpectTableRowCountToBeBetween(min 1)
+            present = [t for t in rules.require.any_of if len(tables.get(t, ())) > 0]
+            frame = pd.DataFrame({"table": pd.Series(present, dtype=object)})
+            run = _validate(context, batch, f"medmeta.{REQUIRE}", rules.delivery, frame, docs_dir is not None)
+            by_id = {rule.id: rule for rule in rules.delivery}
+            for outcome in run.results:
+                rule = by_id[outcome.expectation_config.meta["rule_id"]]
+                result = _rule_result(rule, outcome, frame, None)
+                result.columns = tuple(rules.require.any_of)
+                results.append(result)
     order = {(r.table, r.id): i for i, r in enumerate(rules.all())}
     results.sort(key=lambda r: order[(r.table, r.rule)])
-    return ValidationReport(results=results, row_counts=row_counts)
+    empty = [t for t in TABLES if len(tables.get(t, ())) == 0]
+    return ValidationReport(results=results, row_counts=row_counts, empty_tables=empty,
+                            require=rules.require.as_dict())
 
 
 def _partition(frame: pd.DataFrame, rules: tuple[Rule, ...]) -> list[tuple[dict | None, tuple[Rule, ...], np.ndarray | None]]:
     """Group rules by their ``where``: (where, rules, positions of the rows it selects).
 
     The rules without a ``where`` come first with ``positions`` None (the whole table). Row
-    positions come from one ``groupby`` per ``where`` column, not a mask per rule.
+    positions come from one ``groupby`` per ``where`` column (and one null test for a ``None``
+    value), not a mask per rule; several columns intersect through one boolean marker array.
     """
     groups: dict[str, tuple[dict | None, list[Rule]]] = {}
     for rule in rules:
         key = json.dumps(rule.where, sort_keys=True, default=str) if rule.where else ""
         groups.setdefault(key, (rule.where, []))[1].append(rule)
     indices: dict[str, dict] = {}
+    nulls: dict[str, np.ndarray] = {}
     out = []
     for key in sorted(groups):
         where, group = groups[key]
@@ -218,12 +241,23 @@ def _partition(frame: pd.DataFrame, rules: tuple[Rule, ...]) -> list[tuple[dict 
             continue
         selected: np.ndarray | None = None
         for column, wanted in where.items():
-            if column not in indices:
-                indices[column] = frame.groupby(column, sort=False, dropna=True).indices
             values = wanted if isinstance(wanted, list) else [wanted]
-            parts = [indices[column][v] for v in values if v in indices[column]]
+            parts = []
+            if any(v is not None for v in values):
+                if column not in indices:
+                    indices[column] = frame.groupby(column, sort=False, dropna=True).indices
+                parts += [indices[column][v] for v in values if v is not None and v in indices[column]]
+            if any(v is None for v in values):
+                if column not in nulls:
+                    nulls[column] = np.flatnonzero(frame[column].isna().to_numpy())
+                parts.append(nulls[column])
             rows = np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=np.intp)
-            selected = rows if selected is None else np.intersect1d(selected, rows)
+            if selected is None:
+                selected = rows
+            else:
+                marker = np.zeros(len(frame), dtype=bool)
+                marker[selected] = True
+                selected = rows[marker[rows]]
         out.append((where, tuple(group), selected))
     return out
 
