@@ -169,7 +169,8 @@ def validate_tables(tables: dict[str, pd.DataFrame], rules: Rules, docs_dir: Pat
     Each batch holds only the columns its rules read. Rules that share a ``where`` are
     validated together as one batch of the rows it selects. That is what a GX ``row_condition`` does, done once per
     group instead of several times per expectation (26 row conditions over a million
-    observations took 3 s of filtering). Rules with a ``value_set_from`` look the parent keys
+    observations took 3 s of filtering); a ``where`` that selects no rows is not sent to GX (its
+    rules pass with ``element_count`` 0, and Data Docs leave them out). Rules with a ``value_set_from`` look the parent keys
     up at run time (validation/parent_expectation.py). With ``docs_dir``, GX Data Docs (static
     HTML) for the run are written there.
     """
@@ -191,6 +192,11 @@ def validate_tables(tables: dict[str, pd.DataFrame], rules: Rules, docs_dir: Pat
             row_counts[table] = len(frame)
             groups = _partition(frame, table_rules)
             for number, (where, group_rules, positions) in enumerate(groups):
+                if positions is not None and len(positions) == 0:
+                    # a `where` that selects no rows (a code system this delivery does not use):
+                    # the rules pass on 0 rows, as GX would say, without a GX batch (~30 ms each)
+                    results += [_on_no_rows(rule) for rule in group_rules]
+                    continue
                 name = f"medmeta.{table}" + (f".{number}" if where else "")
                 # only the columns the rules read (GX hashes the whole batch to name it), and
                 # positions, not the caller's labels: GX reports the labels of the frame it is given
@@ -225,22 +231,19 @@ def _partition(frame: pd.DataFrame, rules: tuple[Rule, ...]) -> list[tuple[dict 
 
     The rules without a ``where`` come first with ``positions`` None (the whole table). Row
     positions come from one ``groupby`` per ``where`` column (and one null test for a ``None``
-    value), not a mask per rule; several columns intersect through one boolean marker array.
+    value), not a mask per rule; several columns intersect through a boolean marker of the
+    larger selection, made once per (column, values).
     """
     groups: dict[str, tuple[dict | None, list[Rule]]] = {}
     for rule in rules:
         key = json.dumps(rule.where, sort_keys=True, default=str) if rule.where else ""
         groups.setdefault(key, (rule.where, []))[1].append(rule)
     indices: dict[str, dict] = {}
-    nulls: dict[str, np.ndarray] = {}
-    out = []
-    for key in sorted(groups):
-        where, group = groups[key]
-        if not where:
-            out.append((None, tuple(group), None))
-            continue
-        selected: np.ndarray | None = None
-        for column, wanted in where.items():
+    selections: dict[str, np.ndarray] = {}  # json (column, values) -> sorted row positions
+
+    def rows_of(column: str, wanted) -> np.ndarray:
+        key = json.dumps([column, wanted], default=str)
+        if key not in selections:
             values = wanted if isinstance(wanted, list) else [wanted]
             parts = []
             if any(v is not None for v in values):
@@ -248,16 +251,35 @@ def _partition(frame: pd.DataFrame, rules: tuple[Rule, ...]) -> list[tuple[dict 
                     indices[column] = frame.groupby(column, sort=False, dropna=True).indices
                 parts += [indices[column][v] for v in values if v is not None and v in indices[column]]
             if any(v is None for v in values):
-                if column not in nulls:
-                    nulls[column] = np.flatnonzero(frame[column].isna().to_numpy())
-                parts.append(nulls[column])
-            rows = np.sort(np.concatenate(parts)) if parts else np.empty(0, dtype=np.intp)
+                parts.append(np.flatnonzero(frame[column].isna().to_numpy()))
+            if not parts:
+                selections[key] = np.empty(0, dtype=np.intp)
+            else:  # each part is sorted already (groupby indices, flatnonzero)
+                selections[key] = parts[0] if len(parts) == 1 else np.sort(np.concatenate(parts))
+        return selections[key]
+
+    markers: dict[str, np.ndarray] = {}
+
+    def marker_of(column: str, wanted) -> np.ndarray:
+        key = json.dumps([column, wanted], default=str)
+        if key not in markers:
+            markers[key] = np.zeros(len(frame), dtype=bool)
+            markers[key][rows_of(column, wanted)] = True
+        return markers[key]
+
+    out = []
+    for key in sorted(groups):
+        where, group = groups[key]
+        if not where:
+            out.append((None, tuple(group), None))
+            continue
+        selected: np.ndarray | None = None
+        for column, wanted in sorted(where.items(), key=lambda cv: len(rows_of(*cv))):
+            rows = rows_of(column, wanted)
             if selected is None:
                 selected = rows
-            else:
-                marker = np.zeros(len(frame), dtype=bool)
-                marker[selected] = True
-                selected = rows[marker[rows]]
+            elif len(selected):  # keep the rows of the smaller selection that the larger one holds
+                selected = selected[marker_of(column, wanted)[selected]]
         out.append((where, tuple(group), selected))
     return out
 
@@ -285,6 +307,12 @@ def _run(context, definition, frame: pd.DataFrame, with_docs: bool):
     ))
     (run,) = checkpoint.run(batch_parameters={"dataframe": frame}).run_results.values()
     return run
+
+
+def _on_no_rows(rule: Rule) -> RuleResult:
+    """The result of a row-level rule whose ``where`` selects no rows: it passes, having looked at none."""
+    return RuleResult(table=rule.table, rule=rule.id, expectation=rule.expectation, severity=rule.severity,
+                      success=True, element_count=0, unexpected_count=0, columns=_columns(rule))
 
 
 def _rule_result(rule: Rule, outcome, frame: pd.DataFrame, positions: np.ndarray | None) -> RuleResult:
