@@ -31,6 +31,7 @@ class Rejected(MedmetaError):
 
 # The reasons a whole file is quarantined. Row-level reasons use the same codes.
 EMPTY_FILE = "empty_file"
+MACOS_METADATA = "macos_metadata"  # an AppleDouble "__MACOSX/._name" entry: Finder metadata, not data
 UNSUPPORTED_FILE_TYPE = "unsupported_file_type"
 NOT_DICOM = "not_dicom"
 TRUNCATED_DICOM = "truncated_dicom"
@@ -44,6 +45,7 @@ UNKNOWN_RESOURCE_TYPE = "unknown_resource_type"
 NON_NUMERIC_VALUE = "non_numeric_value"
 UNKNOWN_UNIT = "unknown_unit"
 FUTURE_BIRTH_DATE = "future_birth_date"
+IMPLAUSIBLE_BIRTH_DATE = "implausible_birth_date"  # older than 120 at the reference date
 INVALID_RECORD = "invalid_record"
 NO_VALID_RECORDS = "no_valid_records"
 UNKNOWN_SITE_LAYOUT = "unknown_site_layout"
@@ -52,7 +54,11 @@ ZIP_ENTRY_TOO_LARGE = "zip_entry_too_large"
 ZIP_TOO_LARGE = "zip_too_large"
 BAD_ARCHIVE = "bad_archive"
 NESTED_ARCHIVE = "nested_archive"
+GZIP_TOO_LARGE = "gzip_too_large"
+FHIR_XML_UNSUPPORTED = "fhir_xml_unsupported"
 SYMLINK_OUTSIDE_SOURCE = "symlink_outside_source"
 UNREADABLE = "unreadable"
 UNRESOLVED_REFERENCE = "unresolved_patient_reference"
+UNRESOLVED_MEDICATION = "unresolved_medication_reference"
+OLD_STORE = "old_store_schema"
 INTERNAL_ERROR = "internal_error"  # a bug in medmeta, never the input's fault

@@ -36,6 +36,7 @@ CONDITIONS = pa.schema(
         ("code", pa.string()),  # e.g. "E11.9", "44054006"
         ("display", pa.string()),
         ("onset_date", pa.date32()),  # shifted
+        ("record_id", pa.string()),  # keyed id of the source record (FHIR resource, OMOP row); null for CSV rows
         ("site", pa.string()),
         ("source", pa.string()),
     ]
@@ -54,6 +55,7 @@ OBSERVATIONS = pa.schema(
         ("value_code", pa.string()),
         ("unit", pa.string()),  # UCUM, the analyte's canonical unit; null for a categorical value
         ("effective_date", pa.date32()),  # shifted
+        ("record_id", pa.string()),  # keyed id of the source record (FHIR resource, OMOP row); null for CSV rows
         ("site", pa.string()),
         ("source", pa.string()),
     ]
@@ -66,6 +68,7 @@ MEDICATION_EXPOSURES = pa.schema(
         ("drug_code", pa.string()),  # e.g. "A10BA02", "860975"
         ("drug_display", pa.string()),
         ("start_date", pa.date32()),  # shifted
+        ("record_id", pa.string()),  # keyed id of the source record (FHIR resource, OMOP row); null for CSV rows
         ("outcome", pa.string()),  # response | no_response | unknown
         ("site", pa.string()),
         ("source", pa.string()),
@@ -118,9 +121,10 @@ TABLES: dict[str, pa.Schema] = {
 # The columns that identify one fact: two rows with the same key are one row in the store.
 KEYS: dict[str, tuple[str, ...]] = {
     "patients": ("patient_id",),
-    "conditions": ("patient_id", "system", "code", "onset_date"),
-    "observations": ("patient_id", "system", "code", "effective_date", "value", "comparator", "value_code"),
-    "medication_exposures": ("patient_id", "drug_system", "drug_code", "start_date"),
+    "conditions": ("patient_id", "system", "code", "onset_date", "record_id"),
+    "observations": ("patient_id", "system", "code", "effective_date", "value", "comparator", "value_code",
+                     "record_id"),
+    "medication_exposures": ("patient_id", "drug_system", "drug_code", "start_date", "record_id"),
     "images": ("image_id",),
 }
 

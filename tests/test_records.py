@@ -17,6 +17,7 @@ from medmeta.records.fhir import parse_fhir_json, parse_fhir_ndjson
 from medmeta.records.site_mappings import install_default_sites, load_site_mappings, parse_site
 from medmeta.records.tabular import parse_tabular
 from medmeta.records.units import default_units
+from medmeta.ingest.units_step import convert_units
 
 KEY = b"unit-test-key-0123456789"
 
@@ -30,7 +31,14 @@ def mappings(tmp_path_factory):
 
 @pytest.fixture
 def canon():
-    return Canonicalizer(Pseudonymizer(KEY), default_units(), date(2026, 1, 1), date(2026, 6, 1))
+    return Canonicalizer(Pseudonymizer(KEY), date(2026, 1, 1), date(2026, 6, 1))
+
+
+def converted(staged) -> list[dict]:
+    """The staged observations after consolidation's unit step."""
+    frame, rejects = convert_units(staged.tables["observations"].to_pandas(), default_units())
+    assert rejects.empty
+    return frame.to_dict("records")
 
 
 def test_units_convert_to_the_canonical_unit():
@@ -54,7 +62,7 @@ def test_site_a_csv_is_mapped_pseudonymised_and_shifted(mappings, canon):
     staged = canon(raw, "sha-x")
     patients = staged.tables["patients"].to_pylist()
     assert len(patients) == 1 and [e.code for e in staged.rejects] == ["future_birth_date"]
-    assert patients[0]["patient_id"] == Pseudonymizer(KEY).patient_id("A0000001")
+    assert patients[0]["patient_id"] == Pseudonymizer(KEY).patient_id("A0000001", "urn:medmeta:site-a:mrn")
     assert patients[0]["sex"] == "female" and patients[0]["age_years"] == 55
     assert "Zzyzx" not in json.dumps(patients) and staged.rejects[0].location == "row 3"
 
@@ -66,13 +74,20 @@ def test_site_a_wide_labs_become_long_canonical_observations(mappings, canon):
         "A0000001,2024-02-10,abc,,14,\n"
     ).encode()
     staged = canon(parse_tabular(csv, "csv", mappings), "sha-y")
-    rows = staged.tables["observations"].to_pylist()
+    rows = converted(staged)
     assert {r["code"] for r in rows} == {"14749-6", "14682-9", "718-7"}
     assert all(r["unit"] in ("mmol/L", "umol/L", "g/dL") for r in rows)
     assert [e.code for e in staged.rejects] == ["non_numeric_value"]
-    offset = Pseudonymizer(KEY).date_offset_days("A0000001")
+    offset = Pseudonymizer(KEY).date_offset_days("A0000001", "urn:medmeta:site-a:mrn")
     assert rows[0]["effective_date"] == date(2024, 2, 3) + timedelta(days=offset)
     assert "Zzyzx" not in json.dumps(rows, default=str)
+
+
+def test_birth_dates_older_than_120_years_are_refused_before_the_age_cap(mappings, canon):
+    csv = ("MRN,DOB,GENDER\n" "A1,03/04/1870,F\n" "A2,03/04/1930,M\n").encode()
+    staged = canon(parse_tabular(csv, "csv", mappings), "sha-old")
+    assert [r["age_years"] for r in staged.tables["patients"].to_pylist()] == [90]
+    assert [(e.code, e.location) for e in staged.rejects] == [("implausible_birth_date", "row 2")]
 
 
 def test_site_c_parquet_long_format(mappings, canon):
@@ -84,7 +99,7 @@ def test_site_c_parquet_long_format(mappings, canon):
     buf = io.BytesIO()
     pq.write_table(table, buf)
     staged = canon(parse_tabular(buf.getvalue(), "parquet", mappings), "sha-z")
-    values = {r["code"]: (r["value"], r["unit"]) for r in staged.tables["observations"].to_pylist()}
+    values = {r["code"]: (r["value"], r["unit"]) for r in converted(staged)}
     assert values["718-7"] == (pytest.approx(13.5), "g/dL")
     assert values["8480-6"] == (pytest.approx(120.0, abs=0.1), "mm[Hg]")
 
@@ -115,12 +130,14 @@ def _observation(value, subject="Patient/p1"):
 def test_fhir_bundle_rows_and_row_level_rejects(canon):
     data = _bundle(PATIENT, _observation(99.0), _observation("high"), {"resourceType": "Starship"},
                    {"resourceType": "Encounter"})
-    raw = parse_fhir_json(data)
+    raw = parse_fhir_json(data, site="site_b")
     staged = canon(raw, "sha-b")
     assert sorted(e.code for e in staged.rejects) == ["non_numeric_value", "unknown_resource_type"]
     assert raw.ignored == {"Encounter": 1}
+    [row] = raw.rows["observations"]
+    assert (row["mrn"], row["issuer"]) == ("B0000009", "urn:x"), "resolved within the file, with its issuer"
     obs = staged.tables["observations"].to_pylist()
-    assert len(obs) == 1 and obs[0]["patient_id"] == Pseudonymizer(KEY).patient_id("B0000009")
+    assert len(obs) == 1 and obs[0]["patient_id"] == Pseudonymizer(KEY).patient_id("B0000009", "urn:x")
     assert obs[0]["patient_ref"] is None
 
 
@@ -131,13 +148,13 @@ def test_fhir_bundle_rows_and_row_level_rejects(canon):
 ])
 def test_fhir_file_level_rejects(payload, code):
     with pytest.raises(Rejected) as err:
-        parse_fhir_json(payload)
+        parse_fhir_json(payload, site="s")
     assert err.value.code == code
 
 
 def test_ndjson_keeps_good_lines_and_rejects_the_bad_one(canon):
     lines = [json.dumps(_observation(90.0, "Patient/other")), "{broken", json.dumps(_observation(91.0, "Patient/other"))]
-    staged = canon(parse_fhir_ndjson("\n".join(lines).encode()), "sha-n")
+    staged = canon(parse_fhir_ndjson("\n".join(lines).encode(), site="s"), "sha-n")
     assert [(e.code, e.location) for e in staged.rejects] == [("malformed_json", "line 2")]
     rows = staged.tables["observations"].to_pylist()
     assert len(rows) == 2 and all(r["patient_id"] is None and r["patient_ref"] for r in rows)

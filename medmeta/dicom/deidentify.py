@@ -55,6 +55,7 @@ MODIFIED_DATES_CODE = ("113107", "Retain Longitudinal Temporal Information Modif
 PATIENT_CHARACTERISTICS_CODE = ("113108", "Retain Patient Characteristics Option")
 
 PATIENT_ID = 0x00100020
+ISSUER_OF_PATIENT_ID = 0x00100021
 PATIENT_NAME = 0x00100010
 PATIENT_BIRTH_DATE = 0x00100030
 PATIENT_SEX = 0x00100040
@@ -129,21 +130,27 @@ class DeidResult:
     date_offset_days: int | None  # the shift applied to dates, None when they were removed
 
 
-def deidentify(ds: Dataset, pseudo: Pseudonymizer) -> DeidResult:
-    """De-identify ``ds`` in place (file meta included) and say how."""
+def deidentify(ds: Dataset, pseudo: Pseudonymizer, issuer_aliases: tuple[tuple[str, str], ...] = ()) -> DeidResult:
+    """De-identify ``ds`` in place (file meta included) and say how.
+
+    The Patient ID is pseudonymised within its issuer (IssuerOfPatientID, through
+    ``issuer_aliases`` when the records name the same issuer otherwise), as records are.
+    """
     quiet = _QUIET.set(True)
     try:
         with warnings.catch_warnings():  # pydicom's warnings may quote the values they reject
             warnings.simplefilter("ignore")
-            return _deidentify(ds, pseudo)
+            return _deidentify(ds, pseudo, dict(issuer_aliases))
     finally:
         _QUIET.reset(quiet)
 
 
-def _deidentify(ds: Dataset, pseudo: Pseudonymizer) -> DeidResult:
+def _deidentify(ds: Dataset, pseudo: Pseudonymizer, issuer_aliases: dict[str, str]) -> DeidResult:
     mrn = _patient_id_text(ds)
-    patient_id = pseudo.patient_id(mrn) if mrn else None
-    offset = pseudo.date_offset_days(mrn) if mrn else None
+    issuer = _issuer_text(ds)
+    issuer = issuer_aliases.get(issuer, issuer) or None
+    patient_id = pseudo.patient_id(mrn, issuer) if mrn else None
+    offset = pseudo.date_offset_days(mrn, issuer) if mrn else None
     cleaner = _Cleaner(pseudo, patient_id, offset)
     cleaner.clean(ds, top_level=True)
     meta = getattr(ds, "file_meta", None)
@@ -331,6 +338,14 @@ def _patient_id_text(ds: Dataset) -> str:
     try:
         return "\\".join(_texts(ds[PATIENT_ID].value)) if PATIENT_ID in ds else ""
     except Exception:  # noqa: BLE001 - an unreadable Patient ID counts as none
+        return ""
+
+
+def _issuer_text(ds: Dataset) -> str:
+    """The stripped Issuer of Patient ID; empty when missing or unreadable."""
+    try:
+        return "\\".join(_texts(ds[ISSUER_OF_PATIENT_ID].value)).strip() if ISSUER_OF_PATIENT_ID in ds else ""
+    except Exception:  # noqa: BLE001 - an unreadable issuer counts as none
         return ""
 
 

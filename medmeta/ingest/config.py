@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields
 from datetime import date
 from importlib import resources
@@ -11,6 +12,8 @@ from pathlib import Path
 import yaml
 
 from medmeta.errors import MedmetaError
+
+_SITE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,9 @@ class IngestConfig:
     age_reference_date: date = date(2026, 1, 1)
     workers: int = 0
     batch_size: int = 256
+    site: str | None = None  # the site of every FHIR / OMOP file; None: the landing folder it sits in
+    # issuer spellings -> one issuer, e.g. a DICOM IssuerOfPatientID -> the FHIR identifier system
+    issuer_aliases: tuple[tuple[str, str], ...] = ()
 
     @property
     def worker_count(self) -> int:
@@ -51,6 +57,15 @@ class IngestConfig:
         for name, value in values.items():
             if name == "age_reference_date":
                 kwargs[name] = value if isinstance(value, date) else date.fromisoformat(str(value))
+            elif name == "site":
+                if value is not None and not (isinstance(value, str) and _SITE.fullmatch(value)):
+                    raise MedmetaError(f"{origin}: site must be letters, digits, '_' or '-' (at most 64), not {value!r}")
+                kwargs[name] = value
+            elif name == "issuer_aliases":
+                if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                          for k, v in value.items()):
+                    raise MedmetaError(f"{origin}: issuer_aliases must map issuer spellings to issuers (text to text)")
+                kwargs[name] = tuple(sorted((k.strip(), v.strip()) for k, v in value.items()))
             else:
                 if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                     raise MedmetaError(f"{origin}: {name} must be a whole number >= 0, not {value!r}")

@@ -18,19 +18,22 @@ import pyarrow as pa
 
 from medmeta import schema
 from medmeta.atomic import atomic_path, write_json
-from medmeta.errors import UNRESOLVED_REFERENCE
+from medmeta.errors import UNRESOLVED_MEDICATION, UNRESOLVED_REFERENCE
 from medmeta.home import Home
 from medmeta.ingest.image_parts import read_image_rows, write_pixel_cache
 from medmeta.ingest.parts import read_part_meta, read_part_table, write_parquet
 from medmeta.pseudonyms import Pseudonymizer
-from medmeta.records.canonical import DATE_COLUMNS, PATIENT_REFS
-
-SCHEMA_VERSION = 1
+from medmeta.ingest.units_step import convert_units
+from medmeta.records.canonical import DATE_COLUMNS, MEDICATION_REFS, PATIENT_REFS, staging_schema
+from medmeta.records.omop_concepts import CONCEPT_SCHEMA, resolve_omop_concepts
+from medmeta.records.units import default_units
 
 
 def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer, image_size: int) -> dict:
     record_parts = sorted(set(hashes) & {p.name for p in home.parts.iterdir()}) if home.parts.exists() else []
     refs = _patient_refs(home.parts, record_parts)
+    medications = _medication_refs(home.parts, record_parts)
+    concepts = _read(home.parts, record_parts, "concepts", CONCEPT_SCHEMA)
     quarantine = [_read(home.parts, record_parts, "record_quarantine", schema.RECORD_QUARANTINE)]
     counts, digests = {}, {}
     for name, table_schema in schema.TABLES.items():
@@ -38,9 +41,17 @@ def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer, image_size
             frame = read_image_rows(home.parts, image_size, set(hashes)).to_pandas(date_as_object=True)
             frame = _attach_pixel_cache(home, _deduplicate(name, frame), image_size)
         else:
-            frame = _read(home.parts, record_parts, name, table_schema.append(pa.field("patient_ref", pa.string())))
+            frame = _read(home.parts, record_parts, name, staging_schema(name))
             frame, unresolved = _resolve(frame, refs, pseudo)
             quarantine.append(unresolved)
+            if name != "patients":  # OMOP concept ids to their vocabularies, before units and keys
+                frame = resolve_omop_concepts(frame, name, concepts)
+            if name == "medication_exposures":
+                frame, unresolved = _resolve_medications(frame, medications)
+                quarantine.append(unresolved)
+            if name == "observations":
+                frame, unconvertible = convert_units(frame, default_units())
+                quarantine.append(unconvertible)
             frame = _deduplicate(name, frame)
         digests[name] = _write_table(home.table(name), frame, table_schema)
         counts[name] = len(frame)
@@ -49,21 +60,26 @@ def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer, image_size
     counts["record_quarantine"] = len(rejects)
     snapshot = hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]
     manifest = {
-        "snapshot": snapshot, "schema_version": SCHEMA_VERSION, "counts": counts, "table_sha256": digests,
+        "snapshot": snapshot, "schema_version": schema.SCHEMA_VERSION, "counts": counts, "table_sha256": digests,
         "sources": len(hashes), "key_fingerprint": pseudo.fingerprint,
-        "resources_ignored": _ignored_resources(home.parts, record_parts),
+        **_resource_counts(home.parts, record_parts),
     }
     write_json(home.snapshots / f"{snapshot}.json", manifest)
     write_json(home.manifest, manifest)
     return manifest
 
 
-def _ignored_resources(parts: Path, hashes: list[str]) -> dict[str, int]:
-    """FHIR resources of R4 types medmeta does not read (Encounter ...), counted, never silent."""
-    counts: Counter = Counter()
+def _resource_counts(parts: Path, hashes: list[str]) -> dict[str, dict[str, int]]:
+    """What the files held besides rows, counted, never silent: resources of types medmeta has no
+    use for (``resources_ignored``), facts left out by a named rule (``resources_excluded``) and
+    resources that contributed (``resources_read``)."""
+    counts = {"resources_ignored": Counter(), "resources_excluded": Counter(), "resources_read": Counter()}
     for h in hashes:
-        counts.update(read_part_meta(parts, h).get("ignored", {}))
-    return dict(sorted(counts.items()))
+        meta = read_part_meta(parts, h)
+        counts["resources_ignored"].update(meta.get("ignored", {}))
+        counts["resources_excluded"].update(meta.get("excluded", {}))
+        counts["resources_read"].update(meta.get("read", {}))
+    return {name: dict(sorted(c.items())) for name, c in counts.items()}
 
 
 def _attach_pixel_cache(home: Home, frame: pd.DataFrame, image_size: int) -> pd.DataFrame:
@@ -87,29 +103,56 @@ def _patient_refs(parts: Path, hashes: list[str]) -> dict[str, str]:
 
 
 def _resolve(frame: pd.DataFrame, refs: dict[str, str], pseudo: Pseudonymizer) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Rows known by a FHIR reference get their patient and their dates re-shifted."""
+    """Rows known by a reference get their patient and their dates re-shifted (vectorised per reference)."""
     pending = frame["patient_ref"].notna() & frame["patient_id"].isna()
     if not pending.any():
-        return frame.drop(columns="patient_ref"), schema.RECORD_QUARANTINE.empty_table().to_pandas()
+        return frame.drop(columns=["patient_ref"]), _no_rejects()
     frame = frame.copy()
-    date_columns = [c for c in frame.columns if c in DATE_COLUMNS]
-    for i in frame.index[pending]:
-        ref = frame.at[i, "patient_ref"]
-        patient_id = refs.get(ref)
-        if patient_id is None:
-            continue
-        delta = timedelta(days=pseudo.offset_for_token(patient_id) - pseudo.offset_for_token(ref))
-        frame.at[i, "patient_id"] = patient_id
-        for column in date_columns:
-            if frame.at[i, column] is not None and not pd.isna(frame.at[i, column]):
-                frame.at[i, column] = frame.at[i, column] + delta
+    keys = frame.loc[pending, "patient_ref"]
+    found = keys.map(refs)
+    deltas = {ref: timedelta(days=pseudo.offset_for_token(refs[ref]) - pseudo.offset_for_token(ref))
+              for ref in keys.unique() if ref in refs}
+    hit = found.notna()
+    index = keys.index[hit]
+    frame.loc[index, "patient_id"] = found[hit]
+    shift = keys[hit].map(deltas)
+    for column in [c for c in frame.columns if c in DATE_COLUMNS]:
+        dates = frame.loc[index, column]
+        known = dates.notna()
+        frame.loc[index[known.to_numpy()], column] = [d + s for d, s in zip(dates[known], shift[known])]
     unresolved = frame["patient_id"].isna() & frame["patient_ref"].notna()
-    rejects = pd.DataFrame({
-        "source": frame.loc[unresolved, "source"],
-        "location": "patient reference",
-        "reason": f"{UNRESOLVED_REFERENCE}: no ingested Patient resource has this reference",
-    })
-    return frame.loc[~unresolved].drop(columns="patient_ref"), rejects
+    rejects = _rejects(frame[unresolved], f"{UNRESOLVED_REFERENCE}: no ingested Patient resource has this reference")
+    return frame.loc[~unresolved].drop(columns=["patient_ref"]), rejects
+
+
+def _medication_refs(parts: Path, hashes: list[str]) -> pd.DataFrame:
+    frame = _read(parts, hashes, "medication_refs", MEDICATION_REFS)
+    return frame.sort_values(["medication_ref", "drug_system", "drug_code"], kind="mergesort") \
+        .drop_duplicates("medication_ref").set_index("medication_ref")
+
+
+def _resolve_medications(frame: pd.DataFrame, medications: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Exposures whose Medication was in another file of the export get its code."""
+    pending = frame["medication_ref"].notna() & frame["drug_code"].isna()
+    if pending.any():
+        frame = frame.copy()
+        keys = frame.loc[pending, "medication_ref"]
+        for column in ("drug_system", "drug_code", "drug_display"):
+            frame.loc[keys.index, column] = keys.map(medications[column]).to_numpy()
+    unresolved = frame["drug_code"].isna()
+    rejects = _rejects(frame[unresolved],
+                       f"{UNRESOLVED_MEDICATION}: no ingested Medication resource has this reference")
+    return frame.loc[~unresolved].drop(columns=["medication_ref"]), rejects
+
+
+def _rejects(rows: pd.DataFrame, reason: str) -> pd.DataFrame:
+    return pd.DataFrame({"source": rows["source"].to_numpy(),
+                         "location": rows["location"].fillna("record").to_numpy(),
+                         "reason": [reason] * len(rows)})
+
+
+def _no_rejects() -> pd.DataFrame:
+    return schema.RECORD_QUARANTINE.empty_table().to_pandas()
 
 
 def _deduplicate(name: str, frame: pd.DataFrame) -> pd.DataFrame:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+import pyarrow as pa
+
 from medmeta.atomic import atomic_path, write_json
 from medmeta.errors import INTERNAL_ERROR, NO_VALID_RECORDS, Rejected
 from medmeta.home import Home
@@ -25,8 +27,8 @@ from medmeta.landing.sniff import sniff
 from medmeta.landing.walk import InputItem, read_item
 from medmeta.pseudonyms import Pseudonymizer
 from medmeta.records.canonical import Canonicalizer, StagedRecords
+from medmeta.records.omop_concepts import CONCEPT_SCHEMA
 from medmeta.records.site_mappings import TableMapping
-from medmeta.records.units import default_units
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class Worker:
         self.ctx = ctx
         self.home = Home(ctx.home)
         self.pseudo = Pseudonymizer(ctx.key)
-        self.canonicalize = Canonicalizer(self.pseudo, default_units(), ctx.config.age_reference_date, ctx.today)
+        self.canonicalize = Canonicalizer(self.pseudo, ctx.config.age_reference_date, ctx.today)
         logging.getLogger("pydicom").setLevel(logging.CRITICAL)  # its messages can quote values
 
     def process(self, item: InputItem) -> tuple[FileOutcome, ImagePayload | None]:
@@ -77,34 +79,40 @@ class Worker:
         kind = sniff(data, item.logical_path)
         if kind == "dicom":
             return self._ingest_dicom(item, data, sha256)
-        raw = self._parse_records(kind, data)
+        if kind == "fhir_export_log":  # a bulk export's log.ndjson: accounted for, no facts in it
+            write_part(self.home.parts, sha256, {}, {"kind": kind, "rows": {}, "rows_rejected": 0})
+            return FileOutcome(item.logical_path, INGESTED, sha256, kind), None
+        raw = self._parse_records(kind, data, site_for(item.logical_path, self.ctx.config))
         staged = self.canonicalize(raw, sha256)
-        if staged.row_count == 0 and staged.patient_refs.num_rows == 0 and staged.rejects:
+        if staged.row_count == 0 and staged.patient_refs.num_rows == 0 and not raw.concepts and staged.rejects:
             codes = sorted({e.code for e in staged.rejects})
             if len(codes) == 1:
                 raise Rejected(codes[0], f"every record was rejected ({staged.rejects[0].message})")
             raise Rejected(NO_VALID_RECORDS, f"every record was rejected ({', '.join(codes)})")
-        self._write_records_part(sha256, kind, staged, dict(raw.ignored))
+        self._write_records_part(sha256, kind, staged, raw)
         outcome = FileOutcome(item.logical_path, INGESTED, sha256, kind, records=staged.row_count,
                               rows_rejected=len(staged.rejects))
         return outcome, None
 
-    def _parse_records(self, kind: str, data: bytes):
+    def _parse_records(self, kind: str, data: bytes, site: str):
         from medmeta.records import fhir, tabular
 
         if kind == "json":
-            return fhir.parse_fhir_json(data)
+            return fhir.parse_fhir_json(data, site)
         if kind == "ndjson":
-            return fhir.parse_fhir_ndjson(data)
-        return tabular.parse_tabular(data, kind, list(self.ctx.mappings))
+            return fhir.parse_fhir_ndjson(data, site)
+        return tabular.parse_tabular(data, kind, list(self.ctx.mappings), site)
 
-    def _write_records_part(self, sha256: str, kind: str, staged: StagedRecords, ignored: dict[str, int]) -> None:
+    def _write_records_part(self, sha256: str, kind: str, staged: StagedRecords, raw) -> None:
         rejects = [{"source": sha256, "location": e.location or "", "reason": e.reason} for e in staged.rejects]
         tables = dict(staged.tables)
         tables["patient_refs"] = staged.patient_refs
+        tables["medication_refs"] = staged.medication_refs
+        tables["concepts"] = pa.Table.from_pylist(raw.concepts, schema=CONCEPT_SCHEMA)
         tables["record_quarantine"] = record_quarantine_table(rejects)
         meta = {"kind": kind, "rows": {k: t.num_rows for k, t in sorted(staged.tables.items())},
-                "rows_rejected": len(rejects), "ignored": ignored}
+                "rows_rejected": len(rejects), "ignored": dict(raw.ignored), "excluded": dict(raw.excluded),
+                "read": dict(raw.read), "concepts": len(raw.concepts)}
         write_part(self.home.parts, sha256, tables, meta)
 
     def _ingest_dicom(self, item: InputItem, data: bytes, sha256: str) -> tuple[FileOutcome, ImagePayload]:
@@ -114,7 +122,7 @@ class Worker:
         ds = read_dicom(data, max_pixels=self.ctx.config.max_pixels_per_image)
         pixels = decode_pixels(ds, size=self.ctx.config.image_size)
         transfer_syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
-        ids = deidentify(ds, self.pseudo)
+        ids = deidentify(ds, self.pseudo, issuer_aliases=self.ctx.config.issuer_aliases)
         row = {
             "image_id": str(ds.get("SOPInstanceUID", "") or self.pseudo.uid(sha256)),
             "patient_id": ids.patient_id,
@@ -144,6 +152,23 @@ class Worker:
         write_json(folder / "reason.json", {"path": item.logical_path, "code": error.code, "reason": error.reason,
                                             "copied": data is not None})
         return FileOutcome(item.logical_path, QUARANTINED, sha256, reason=error.reason)
+
+
+def site_for(logical_path: str, config: IngestConfig) -> str:
+    """The site of a FHIR or OMOP file: the ``site`` setting, else the landing folder it sits in.
+
+    The first folder of the file's path under SOURCE names its site (``site_b/bulk/Patient.ndjson``
+    is site ``site_b``; an archive counts as a folder, without its ``.zip``); a file at the top of
+    SOURCE belongs to ``default``. Never taken from the data (FHIR ``meta.source`` names a server
+    request, not a site): references between the files of one export resolve within their site.
+    """
+    if config.site:
+        return config.site
+    parts = logical_path.split("/")
+    if len(parts) < 2:
+        return "default"
+    first = parts[0]
+    return first[:-4] if first.lower().endswith(".zip") else first
 
 
 def _text(ds, keyword: str) -> str | None:

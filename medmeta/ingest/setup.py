@@ -15,6 +15,7 @@ from datetime import date
 from pathlib import Path
 from typing import Iterator
 
+from medmeta import schema
 from medmeta.errors import MedmetaError
 from medmeta.home import Home
 from medmeta.ingest.config import IngestConfig
@@ -46,12 +47,26 @@ class IngestSetup:
             raise MedmetaError(f"the home {the_home.root} must not be inside the source {source_path}")
         settings = IngestConfig.load(config, workers=workers)
         key = load_key(the_home.key_file)
+        check_store_version(the_home)
         _check_key_matches_store(the_home, Pseudonymizer(key))
         install_default_sites(the_home.sites_dir)
         mappings = tuple(load_site_mappings(the_home.sites_dir))
         known = known_image_sources(the_home.parts, settings.image_size)
         ctx = WorkerContext(the_home.root, settings, key, mappings, date.today(), known)
         return cls(source_path, the_home, settings, ctx)
+
+
+def check_store_version(home: Home) -> None:
+    """Refuse a store an older medmeta wrote: its parts would be taken as this version's."""
+    if not home.manifest.exists():
+        return
+    found = json.loads(home.manifest.read_text()).get("schema_version", 1)
+    if found != schema.SCHEMA_VERSION:
+        raise MedmetaError(
+            f"the store in {home.root} has schema version {found}, this medmeta writes {schema.SCHEMA_VERSION} "
+            f"(coded facts now keep their code system): ingest into a new home, or move {home.store} and "
+            f"{home.ledger} aside and ingest the landing data again"
+        )
 
 
 def _check_key_matches_store(home: Home, pseudo: Pseudonymizer) -> None:

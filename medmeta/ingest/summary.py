@@ -26,6 +26,8 @@ def summarize(outcomes: list[FileOutcome], manifest: dict) -> dict:
         "images": counts["images"],
         "tables": {k: v for k, v in counts.items()},
         "resources_ignored": manifest.get("resources_ignored", {}),
+        "resources_excluded": manifest.get("resources_excluded", {}),
+        "resources_read": manifest.get("resources_read", {}),
         "snapshot": manifest["snapshot"],
     }
     assert summary["files_seen"] == sum(status[s] for s in (INGESTED, UNCHANGED, QUARANTINED))
@@ -49,6 +51,9 @@ def summary_markdown(summary: dict) -> str:
     if summary["resources_ignored"]:
         lines += ["", "| FHIR resources read past | count |", "|---|---:|",
                   *[f"| {kind} | {n} |" for kind, n in summary["resources_ignored"].items()]]
+    if summary.get("resources_excluded"):
+        lines += ["", "| facts left out by rule | count |", "|---|---:|",
+                  *[f"| {rule} | {n} |" for rule, n in summary["resources_excluded"].items()]]
     if reasons:
         lines += ["", "| quarantine reason | files |", "|---|---:|",
                   *[f"| `{code}` | {n} |" for code, n in sorted(reasons.items())]]

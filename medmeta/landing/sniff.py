@@ -1,5 +1,10 @@
 """What kind of file is this? Decided from the content, the name only breaks ties.
 
+A FHIR bulk export's ``log.ndjson`` (lines with ``exportId`` / ``eventId`` and no
+``resourceType``) is its own kind, "fhir_export_log": the export's log, holding no records.
+FHIR XML is recognised and refused as such (``fhir_xml_unsupported``). A ".gz" ending is looked
+through (``medmeta.landing.walk.read_item`` has inflated the data already).
+
 Only a prefix of the data is examined (plus the last bytes for Parquet), so sniffing a
 large file costs next to nothing.
 """
@@ -7,10 +12,19 @@ large file costs next to nothing.
 from __future__ import annotations
 
 import codecs
+import json
+import re
 import struct
 from pathlib import PurePosixPath
 
-from medmeta.errors import EMPTY_FILE, NOT_DICOM, UNSUPPORTED_FILE_TYPE, Rejected
+from medmeta.errors import (
+    EMPTY_FILE,
+    FHIR_XML_UNSUPPORTED,
+    MACOS_METADATA,
+    NOT_DICOM,
+    UNSUPPORTED_FILE_TYPE,
+    Rejected,
+)
 
 PREFIX_BYTES = 8192
 
@@ -18,6 +32,7 @@ DICOM_MAGIC = b"DICM"
 DICOM_MAGIC_OFFSET = 128
 PARQUET_MAGIC = b"PAR1"
 UTF8_BOM = b"\xef\xbb\xbf"
+APPLE_DOUBLE_MAGIC = (b"\x00\x05\x16\x07", b"\x00\x05\x16\x00")  # AppleDouble, AppleSingle (RFC 1740)
 
 # Every DICOM value representation: an explicit-VR element carries one of these at bytes 4-5.
 DICOM_VRS = frozenset(
@@ -29,13 +44,22 @@ DICOM_VRS = frozenset(
 _RAW_DICOM_GROUPS = (0x0002, 0x0008)
 _CSV_DELIMITERS = (",", ";", "\t")
 _TEXT_CONTROL_OK = frozenset("\t\n\r\f")
+FHIR_EXPORT_LOG = "fhir_export_log"
+_EXPORT_LOG_KEYS = ("exportId", "eventId")
+# The root element of a FHIR XML document: <Patient xmlns="http://hl7.org/fhir">, possibly prefixed.
+_FHIR_XML_ROOT = re.compile(r"""<(?:[A-Za-z_][\w.-]*:)?[A-Z][A-Za-z]*\b[^>]*"""
+                            r"""\bxmlns(?::[\w.-]+)?\s*=\s*["']http://hl7\.org/fhir["']""")
 
 
 def sniff(data: bytes, name: str) -> str:
-    """Return "dicom", "json", "ndjson", "csv" or "parquet"; raise ``Rejected`` for anything else."""
+    """Return "dicom", "json", "ndjson", "fhir_export_log", "csv" or "parquet"; raise ``Rejected``
+    for anything else."""
     if not data or data.isspace():
         raise Rejected(EMPTY_FILE, "the file is empty" if not data else "the file holds only whitespace")
-    suffix = PurePosixPath(name).suffix.lower()
+    if data[:4] in APPLE_DOUBLE_MAGIC:
+        raise Rejected(MACOS_METADATA, "a macOS AppleDouble file (Finder metadata of another file), not data")
+    path = PurePosixPath(name)
+    suffix = (path.with_suffix("") if path.suffix.lower() == ".gz" else path).suffix.lower()
     if has_dicom_preamble(data):
         return "dicom"
     if data.startswith(PARQUET_MAGIC) and data.endswith(PARQUET_MAGIC) and len(data) >= 8:
@@ -93,7 +117,11 @@ def _text_prefix(prefix: bytes) -> str | None:
 def _text_kind(text: str, suffix: str) -> str | None:
     stripped = text.lstrip()
     if stripped.startswith(("{", "[")):
+        if _is_export_log(stripped):
+            return FHIR_EXPORT_LOG
         return "ndjson" if _is_ndjson(stripped, suffix) else "json"
+    if stripped.startswith("<") and _FHIR_XML_ROOT.search(stripped):
+        raise Rejected(FHIR_XML_UNSUPPORTED, "FHIR XML is not read; export the data as FHIR JSON or NDJSON")
     if _has_delimited_header(stripped) or (stripped and suffix in (".csv", ".tsv")):
         return "csv"
     return None
@@ -104,6 +132,16 @@ def _is_ndjson(text: str, suffix: str) -> bool:
     if not all(line.startswith("{") for line in lines):
         return False
     return len(lines) >= 2 or suffix in (".ndjson", ".jsonl")
+
+
+def _is_export_log(text: str) -> bool:
+    """The first line is a JSON object naming an exportId or eventId and no resourceType."""
+    first = text.split("\n", 1)[0].strip()
+    try:
+        line = json.loads(first)
+    except ValueError:  # a line longer than the prefix, or not JSON: look at its keys as text
+        return '"resourceType"' not in first and any(f'"{key}"' in first for key in _EXPORT_LOG_KEYS)
+    return isinstance(line, dict) and "resourceType" not in line and any(key in line for key in _EXPORT_LOG_KEYS)
 
 
 def _has_delimited_header(text: str) -> bool:

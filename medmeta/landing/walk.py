@@ -5,6 +5,9 @@ their first bytes, not their name) into their entries. What must not be read is 
 anyway, with the reason in ``problem``: symlinks that leave SOURCE, archive entries that
 climb out of the archive or are too large, nested archives, broken archives. Nothing is
 ever extracted or written; ``read_item`` streams an entry and stops at the size limit.
+A gzip file (recognised by its first bytes; a FHIR bulk export's ``.ndjson.gz``), plain or in an
+archive, is inflated by ``read_item`` within ``max_zip_entry_bytes``: a gzip bomb is refused
+(``gzip_too_large``), never inflated without bound.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 
 from medmeta.errors import (
     BAD_ARCHIVE,
+    GZIP_TOO_LARGE,
     NESTED_ARCHIVE,
     SYMLINK_OUTSIDE_SOURCE,
     UNREADABLE,
@@ -35,6 +39,7 @@ from medmeta.errors import (
 from medmeta.ingest.config import IngestConfig
 
 ZIP_MAGIC = b"PK\x03\x04"
+GZIP_MAGIC = b"\x1f\x8b\x08"  # gzip, deflate method (RFC 1952)
 _READ_CHUNK = 1024 * 1024
 _READABLE_COMPRESSION = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -72,8 +77,41 @@ def read_item(item: InputItem, config: IngestConfig) -> bytes:
     if item.problem is not None:
         raise item.problem
     if item.member is None:
-        return _read_file(item.fs_path, config.max_file_bytes)
-    return _read_entry(item.fs_path, item.member, config.max_zip_entry_bytes)
+        data = _read_file(item.fs_path, config.max_file_bytes)
+    else:
+        data = _read_entry(item.fs_path, item.member, config.max_zip_entry_bytes)
+    if data.startswith(GZIP_MAGIC) and data[128:132] != b"DICM":  # never a DICOM file whose preamble looks so
+        return inflate_gzip(data, config.max_zip_entry_bytes)
+    return data
+
+
+def inflate_gzip(data: bytes, limit: int) -> bytes:
+    """The content of a gzip file (all its members), refused once it passes ``limit`` bytes."""
+    out = bytearray()
+    remaining = data
+    while remaining:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        pending = remaining
+        try:
+            while not inflater.eof:
+                piece = inflater.decompress(pending, _READ_CHUNK)
+                out += piece
+                if len(out) > limit:
+                    raise Rejected(GZIP_TOO_LARGE,
+                                   f"the gzip data inflates past the max_zip_entry_bytes limit of {limit}")
+                pending = inflater.unconsumed_tail
+                if not pending and not piece:
+                    raise Rejected(BAD_ARCHIVE, "the gzip data is truncated")
+        except zlib.error:
+            raise Rejected(BAD_ARCHIVE, "the gzip data is damaged") from None
+        remaining = inflater.unused_data
+        if remaining and not remaining.startswith(GZIP_MAGIC):
+            if remaining.strip(b"\x00"):
+                raise Rejected(BAD_ARCHIVE, "the gzip data is followed by bytes that are not gzip")
+            break  # zero padding after the last member
+    if out.startswith(GZIP_MAGIC) or out.startswith(ZIP_MAGIC):
+        raise Rejected(NESTED_ARCHIVE, "the gzip data holds another archive; archives inside archives are not opened")
+    return bytes(out)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,9 +1,15 @@
-"""``RawRecords`` to canonical, de-identified tables: the only place MRNs and true dates end.
+"""``RawRecords`` to de-identified staging tables: the only place MRNs and true dates end.
 
-MRNs become keyed pseudonyms, birth dates become ages, every other date is shifted by the
-patient's keyed offset, lab values go to their canonical unit. A row known only by a FHIR
-reference to a patient in another file keeps an opaque ``patient_ref`` key and is shifted by
-that key's offset for now; ``medmeta.ingest.consolidate`` re-keys it once the patient is known.
+MRNs (with their issuer) become keyed pseudonyms, birth dates become ages, every other date is
+shifted by the patient's keyed offset. A row known only by a reference to a patient in another
+file keeps an opaque ``patient_ref`` key and is shifted by that key's offset for now;
+``medmeta.ingest.consolidate`` re-keys it once the patient is known. Likewise a medication known
+only by a reference to a Medication in another file keeps a ``medication_ref`` key.
+
+What a staging table holds beyond the canonical columns (``staging_schema``): ``patient_ref``,
+``location`` (where in the file: used when consolidation rejects the row) and, for
+medication exposures, ``medication_ref``. Values stay in the unit the source wrote:
+consolidation converts them (``medmeta.ingest.units_step``), once per distinct code and unit.
 """
 
 from __future__ import annotations
@@ -14,25 +20,46 @@ from datetime import date, timedelta
 import pyarrow as pa
 
 from medmeta import schema
-from medmeta.errors import FUTURE_BIRTH_DATE, Rejected
+from medmeta.errors import FUTURE_BIRTH_DATE, IMPLAUSIBLE_BIRTH_DATE, Rejected
 from medmeta.pseudonyms import Pseudonymizer
 from medmeta.records.raw import RawRecords
-from medmeta.records.units import UnitConverter
 
 MAX_REPORTED_AGE = 90  # HIPAA safe harbour: older ages are reported as 90
+MAX_PLAUSIBLE_AGE = 120  # an older birth date is a data error, not a very old patient
 DATE_COLUMNS = {"onset_date", "effective_date", "start_date"}
 PATIENT_REFS = pa.schema([("patient_ref", pa.string()), ("patient_id", pa.string())])
+MEDICATION_REFS = pa.schema([
+    ("medication_ref", pa.string()), ("drug_system", pa.string()), ("drug_code", pa.string()),
+    ("drug_display", pa.string()),
+])
+_EXTRA = {
+    "patients": [("patient_ref", pa.string()), ("location", pa.string())],
+    "conditions": [("patient_ref", pa.string()), ("location", pa.string())],
+    "observations": [("patient_ref", pa.string()), ("location", pa.string())],
+    "medication_exposures": [("patient_ref", pa.string()), ("location", pa.string()),
+                             ("medication_ref", pa.string())],
+}
+# Row fields a parser sets that are copied as they are (dates are shifted, identity is replaced).
+_COPIED = {
+    "conditions": ("system", "code", "display"),
+    "observations": ("system", "code", "display", "value", "comparator", "value_system", "value_code", "unit"),
+    "medication_exposures": ("drug_system", "drug_code", "drug_display", "outcome"),
+}
 
 
 def staging_schema(table: str) -> pa.Schema:
-    """The canonical schema plus the unresolved reference key (null once resolved)."""
-    return schema.TABLES[table].append(pa.field("patient_ref", pa.string()))
+    """The canonical schema plus the staging columns (``patient_ref`` is null once resolved)."""
+    out = schema.TABLES[table]
+    for name, kind in _EXTRA[table]:
+        out = out.append(pa.field(name, kind))
+    return out
 
 
 @dataclass
 class StagedRecords:
     tables: dict[str, pa.Table]
     patient_refs: pa.Table
+    medication_refs: pa.Table
     rejects: list[Rejected] = field(default_factory=list)
 
     @property
@@ -43,54 +70,90 @@ class StagedRecords:
 @dataclass(frozen=True)
 class Canonicalizer:
     pseudo: Pseudonymizer
-    units: UnitConverter
     age_reference_date: date
     today: date
 
     def __call__(self, raw: RawRecords, source: str) -> StagedRecords:
         rejects = list(raw.rejects)
         tables = {}
+        identities: dict[tuple, tuple] = {}  # one HMAC per patient and file, not per row
         for table, rows in raw.rows.items():
             out = []
             for row in rows:
                 try:
-                    out.append(self._row(table, row, raw, source))
+                    out.append(self._row(table, row, raw, source, identities))
                 except Rejected as error:
                     error.location = error.location or row.get("location")
                     rejects.append(error)
             tables[table] = pa.Table.from_pylist(out, schema=staging_schema(table))
-        refs = [
-            {"patient_ref": self.pseudo.reference_key(raw.site, ref), "patient_id": self.pseudo.patient_id(mrn)}
-            for ref, mrn in sorted(raw.patient_refs.items()) if ref.startswith("Patient/")
+        refs = []
+        for ref, mrn in sorted(raw.patient_refs.items()):
+            if ref.startswith("Patient/") or ref.startswith("urn:"):
+                mrn, issuer = mrn if isinstance(mrn, tuple) else (mrn, None)
+                refs.append({"patient_ref": self.pseudo.reference_key(raw.site, ref),
+                             "patient_id": self.pseudo.patient_id(mrn, issuer)})
+        medications = [
+            {"medication_ref": self.pseudo.reference_key(raw.site, ref), "drug_system": system, "drug_code": code,
+             "drug_display": display}
+            for ref, (system, code, display) in sorted(getattr(raw, "medications", {}).items())
         ]
-        return StagedRecords(tables, pa.Table.from_pylist(refs, schema=PATIENT_REFS), rejects)
+        return StagedRecords(tables, pa.Table.from_pylist(refs, schema=PATIENT_REFS),
+                             pa.Table.from_pylist(medications, schema=MEDICATION_REFS), rejects)
 
-    def _row(self, table: str, row: dict, raw: RawRecords, source: str) -> dict:
-        mrn = row.get("mrn") or raw.patient_refs.get(row.get("ref", ""))
+    def _identity(self, row: dict, raw: RawRecords, identities: dict) -> tuple:
+        """(patient_id, patient_ref, date offset) of the row's patient."""
+        mrn = row.get("mrn")
         if mrn:
-            patient_id, patient_ref = self.pseudo.patient_id(mrn), None
-            offset = self.pseudo.offset_for_token(patient_id)
+            key = ("mrn", mrn, row.get("issuer"))
         else:
-            patient_id, patient_ref = None, self.pseudo.reference_key(raw.site, row["ref"])
-            offset = self.pseudo.offset_for_token(patient_ref)
-        out = {"patient_id": patient_id, "patient_ref": patient_ref, "site": raw.site, "source": source}
+            known = raw.patient_refs.get(row.get("ref", ""))
+            if known:
+                mrn, issuer = known if isinstance(known, tuple) else (known, None)
+                key = ("mrn", mrn, issuer)
+            else:
+                key = ("ref", row["ref"])
+        found = identities.get(key)
+        if found is None:
+            if key[0] == "mrn":
+                patient_id = self.pseudo.patient_id(key[1], key[2])
+                found = (patient_id, None, self.pseudo.offset_for_token(patient_id))
+            else:
+                patient_ref = self.pseudo.reference_key(raw.site, key[1])
+                found = (None, patient_ref, self.pseudo.offset_for_token(patient_ref))
+            identities[key] = found
+        return found
+
+    def _row(self, table: str, row: dict, raw: RawRecords, source: str, identities: dict) -> dict:
+        patient_id, patient_ref, offset = self._identity(row, raw, identities)
+        out = {"patient_id": patient_id, "patient_ref": patient_ref, "site": raw.site, "source": source,
+               "location": row.get("location")}
         if table == "patients":
             out["sex"] = row.get("sex") or "unknown"
             out["age_years"] = self._age(row.get("birth_date"))
-        elif table == "observations":
-            out["code"], out["value"], out["unit"] = self.units.convert(row["code"], row["value"], row["unit"])
-        for name, value in row.items():
-            if name in DATE_COLUMNS:
-                out[name] = value + timedelta(days=offset) if value else None
-            elif name in ("code", "drug_code", "outcome") and name not in out:
-                out[name] = value
+            return out
+        for name in _COPIED[table]:
+            out[name] = row.get(name)
+        record_ref = row.get("record_ref")
+        out["record_id"] = self.pseudo.reference_key(raw.site, record_ref) if record_ref else None
+        if table == "observations":
+            out["censored"] = out["comparator"] is not None
+        elif table == "medication_exposures":
+            out["outcome"] = out["outcome"] or "unknown"
+            ref = row.get("medication_ref")
+            out["medication_ref"] = self.pseudo.reference_key(raw.site, ref) if ref else None
+        for name in DATE_COLUMNS.intersection(row):
+            value = row[name]
+            out[name] = value + timedelta(days=offset) if value else None
         return out
 
     def _age(self, birth: date | None) -> int | None:
+        """Age at the reference date, capped at 90; an impossible birth date is refused before the cap."""
         if birth is None:
             return None
         if birth > self.today:
             raise Rejected(FUTURE_BIRTH_DATE, "the birth date is in the future")
         ref = self.age_reference_date
         years = ref.year - birth.year - ((ref.month, ref.day) < (birth.month, birth.day))
+        if years > MAX_PLAUSIBLE_AGE:
+            raise Rejected(IMPLAUSIBLE_BIRTH_DATE, f"the birth date makes the patient older than {MAX_PLAUSIBLE_AGE}")
         return min(max(years, 0), MAX_REPORTED_AGE)

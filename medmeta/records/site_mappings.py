@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from medmeta.errors import MedmetaError
+from medmeta.terminology.systems import ATC, ICD10CM, LOINC, canonical_system, is_system_name
 
 FIELDS: dict[str, set[str]] = {
     "patients": {"mrn", "birth_date", "sex"},
@@ -24,9 +25,11 @@ FIELDS: dict[str, set[str]] = {
     "medication_exposures": {"mrn", "drug_code", "start_date", "outcome"},
 }
 DATE_FIELDS = {"birth_date", "onset_date", "effective_date", "start_date"}
-SITE_KEYS = {"site", "format", "csv", "tables"}
+SITE_KEYS = {"site", "format", "csv", "tables", "issuer"}
 TABLE_KEYS = {"table", "match", "columns", "wide", "phi"}
-FIELD_KEYS = {"column", "date_format", "codes", "icd10_dotless"}
+FIELD_KEYS = {"column", "date_format", "codes", "icd10_dotless", "system"}
+# The code system of a coded field when the mapping names none.
+DEFAULT_SYSTEMS = {"code": {"conditions": ICD10CM, "observations": LOINC}, "drug_code": {"medication_exposures": ATC}}
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class FieldSpec:
     date_format: str | None = None
     codes: dict[str, str] | None = None
     icd10_dotless: bool = False
+    system: str | None = None  # coded fields: the code system's canonical URI
 
 
 @dataclass(frozen=True)
@@ -46,12 +50,19 @@ class TableMapping:
     fields: dict[str, FieldSpec]
     wide: dict[str, dict] = field(default_factory=dict)  # column -> {code, unit}
     csv_options: dict = field(default_factory=dict)
+    issuer: str | None = None  # who assigned the MRNs in this site's files (inside the pseudonym)
+
+    def system(self, name: str) -> str | None:
+        """The code system of coded field ``name`` (``code`` or ``drug_code``)."""
+        spec = self.fields.get(name)
+        return (spec.system if spec else None) or DEFAULT_SYSTEMS.get(name, {}).get(self.table)
 
     def matches(self, columns: set[str]) -> bool:
         return set(self.match) <= columns
 
 
 def _field(origin: str, name: str, spec) -> FieldSpec:
+    """One mapped field: a column name, or {column, date_format, codes, icd10_dotless, system}."""
     if isinstance(spec, str):
         return FieldSpec(column=spec)
     if not isinstance(spec, dict) or "column" not in spec:
@@ -60,11 +71,17 @@ def _field(origin: str, name: str, spec) -> FieldSpec:
     if unknown:
         raise MedmetaError(f"{origin}: field {name!r} has unknown key(s) {sorted(unknown)}")
     codes = spec.get("codes")
+    system = spec.get("system")
+    if system is not None and name not in DEFAULT_SYSTEMS:
+        raise MedmetaError(f"{origin}: field {name!r} is not coded; only code and drug_code take a system")
+    if system is not None and not is_system_name(system):
+        raise MedmetaError(f"{origin}: field {name!r} names an unknown code system (give a known name or a URI)")
     return FieldSpec(
         column=str(spec["column"]),
         date_format=spec.get("date_format"),
         codes={str(k): str(v) for k, v in codes.items()} if codes else None,
         icd10_dotless=bool(spec.get("icd10_dotless", False)),
+        system=canonical_system(system) if system is not None else None,
     )
 
 
@@ -98,6 +115,7 @@ def parse_site(doc: dict, origin: str) -> list[TableMapping]:
             site=str(doc["site"]), format=fmt, table=table, match=tuple(map(str, t["match"])),
             fields=fields, wide={str(k): {"code": str(v["code"]), "unit": str(v["unit"])} for k, v in wide.items()},
             csv_options=dict(doc.get("csv") or {}),
+            issuer=str(doc["issuer"]).strip() if doc.get("issuer") else None,
         ))
     return mappings
 

@@ -1,6 +1,8 @@
-"""CSV and Parquet exports to ``RawRecords`` through a site mapping.
+"""CSV and Parquet exports to ``RawRecords``: an OMOP CDM table, or a site mapping's table.
 
-Only the mapped columns are read; the rest (names, addresses, notes) never leave this module.
+A file whose header is an OMOP CDM 5.4 table's is read as one (``medmeta.records.omop``), with no
+site mapping; any other goes through the first site mapping whose columns it has. Only the
+columns those read are looked at; the rest (names, addresses, notes) never leave this module.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from medmeta.errors import (
     UNKNOWN_SITE_LAYOUT,
     Rejected,
 )
+from medmeta.records.omop import parse_omop
+from medmeta.records.omop_cdm54 import recognise_cdm_table
 from medmeta.records.raw import RawRecords
 from medmeta.records.site_mappings import DATE_FIELDS, FieldSpec, TableMapping, find_mapping
+from medmeta.terminology.systems import LOINC
 
 
 def read_csv(data: bytes) -> pd.DataFrame:
@@ -43,8 +48,12 @@ def read_parquet(data: bytes) -> pd.DataFrame:
         raise Rejected(INVALID_RECORD, f"not a readable Parquet file ({type(exc).__name__})") from None
 
 
-def parse_tabular(data: bytes, kind: str, mappings: list[TableMapping]) -> RawRecords:
+def parse_tabular(data: bytes, kind: str, mappings: list[TableMapping], site: str | None = None) -> RawRecords:
+    """``site``: the site an OMOP table belongs to (settings or landing folder); a mapping names its own."""
     frame = read_csv(data) if kind == "csv" else read_parquet(data)
+    omop_table = recognise_cdm_table(frame.columns)
+    if omop_table is not None:
+        return parse_omop(frame, omop_table, kind, site)
     mapping = find_mapping(mappings, set(map(str, frame.columns)), kind)
     if mapping is None:
         raise Rejected(UNKNOWN_SITE_LAYOUT, f"the {kind} columns match no site mapping in config/sites")
@@ -57,6 +66,8 @@ def parse_tabular(data: bytes, kind: str, mappings: list[TableMapping]) -> RawRe
             row = {name: _cell(spec, name, columns, i) for name, spec in mapping.fields.items()}
             if not row.get("mrn"):
                 raise Rejected(INVALID_RECORD, "the row has no MRN")
+            row["issuer"] = mapping.issuer
+            _add_systems(row, mapping)
             if mapping.wide:
                 _add_wide(records, mapping, row, columns, i, location)
             else:
@@ -78,10 +89,20 @@ def _add_wide(records: RawRecords, mapping: TableMapping, row: dict, columns: di
             records.reject(error, f"{location} column {column}")
             continue
         records.add(mapping.table, {
-            "mrn": row["mrn"], "effective_date": row.get("effective_date"),
-            "code": analyte["code"], "value": value, "unit": analyte["unit"],
-            "location": f"{location} column {column}",
+            "mrn": row["mrn"], "issuer": mapping.issuer, "effective_date": row.get("effective_date"),
+            "system": LOINC, "code": analyte["code"], "display": None, "value": value, "unit": analyte["unit"],
+            "comparator": None, "location": f"{location} column {column}",
         })
+
+
+def _add_systems(row: dict, mapping: TableMapping) -> None:
+    """The code system (and no display: CSV exports carry codes) of the row's coded fields."""
+    if mapping.table in ("conditions", "observations"):
+        row["system"], row["display"] = mapping.system("code"), None
+        if mapping.table == "observations":
+            row["comparator"] = None
+    elif mapping.table == "medication_exposures":
+        row["drug_system"], row["drug_display"] = mapping.system("drug_code"), None
 
 
 def _cell(spec: FieldSpec, name: str, columns: dict, i: int):

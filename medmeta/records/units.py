@@ -13,6 +13,16 @@ import yaml
 
 from medmeta.errors import UNKNOWN_UNIT, MedmetaError, Rejected
 
+LOINC = "http://loinc.org"
+
+
+@dataclass(frozen=True)
+class Conversion:
+    code: str  # the analyte's canonical code
+    unit: str  # its canonical unit
+    scale: float
+    offset: float = 0.0
+
 
 @dataclass(frozen=True)
 class Analyte:
@@ -45,6 +55,19 @@ class UnitConverter:
     def canonical_unit(self, code: str) -> str | None:
         analyte = self._by_code.get(code)
         return analyte.unit if analyte else None
+
+    def rule(self, system: str | None, code: str, unit: str | None) -> Conversion:
+        """How to bring a value of ``code`` written in ``unit`` to the canonical code and unit."""
+        unit = self.spell(unit or "")
+        analyte = self._by_code.get(code) if system in (None, LOINC) else None
+        if analyte is None:
+            return Conversion(code, unit, 1.0)
+        if unit == analyte.unit:
+            return Conversion(analyte.loinc, unit, 1.0)
+        rule = analyte.conversions.get(unit)
+        if rule is None:
+            raise Rejected(UNKNOWN_UNIT, f"the value's unit has no conversion to {analyte.unit} ({analyte.name})")
+        return Conversion(analyte.loinc, analyte.unit, *rule)
 
     def convert(self, code: str, value: float, unit: str) -> tuple[str, float, str]:
         """(canonical code, value, unit); codes we have no rule for pass through unchanged."""

@@ -108,6 +108,11 @@ class ImageSpec:
 # ---------------------------------------------------------------- planning
 
 
+def mrn_issuer(site: str) -> str:
+    """The issuer of a site's MRNs, as its records name it (FHIR identifier system, site mapping issuer)."""
+    return f"urn:medmeta:{site.replace('_', '-')}:mrn"
+
+
 def pick_syntax(rng: np.random.Generator, site: SiteImaging) -> str:
     uids, shares = zip(*site.syntaxes)
     return str(uids[int(rng.choice(len(uids), p=np.array(shares) / sum(shares)))])
@@ -166,7 +171,7 @@ def add_patient(ds: Dataset, spec: ImageSpec, rng: np.random.Generator) -> None:
     p = spec.patient
     ds.PatientName = p.person.dicom_name
     ds.PatientID = p.mrn
-    ds.IssuerOfPatientID = SITES[spec.site].institution
+    ds.IssuerOfPatientID = mrn_issuer(spec.site)  # the records' MRN system: images and records link
     ds.OtherPatientIDs = f"INS{int(rng.integers(10**8, 10**9))}"
     ds.PatientBirthDate = p.birth_date.strftime("%Y%m%d")
     ds.PatientSex = {"male": "M", "female": "F"}.get(p.sex, "O")

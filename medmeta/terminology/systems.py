@@ -87,3 +87,9 @@ def short_name(uri: str) -> str:
     """``sct`` for SNOMED CT's URI; a local system's URI as it is."""
     system = BY_URI.get(uri)
     return system.short if system else uri
+
+
+def is_system_name(name: str) -> bool:
+    """A known system's spelling, or an absolute URI / URN naming a local one."""
+    text = str(name).strip()
+    return known_system(text) is not None or text.startswith(("http://", "https://", "urn:"))

@@ -1,0 +1,54 @@
+"""Observations to their canonical code and unit, once per distinct (system, code, unit).
+
+Parts keep values as the source wrote them; consolidation converts them here, so the cost of
+the UCUM library is paid once per distinct pair and a change of ``units.yaml`` applies to every
+part at the next ingest. A value whose unit can not be converted to its analyte's canonical unit
+leaves the table for the record quarantine, with the file and location it came from.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from medmeta.errors import Rejected
+
+_KEY = ["system", "code", "unit"]
+
+
+def convert_units(frame: pd.DataFrame, converter) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(converted rows, rejects [source, location, reason])``; categorical values pass unchanged."""
+    numeric = frame["value"].notna()
+    if not numeric.any():
+        return frame, _rejects(frame.iloc[:0], [])
+    keys = frame.loc[numeric, _KEY].astype(object).where(frame.loc[numeric, _KEY].notna(), None)
+    pairs = keys.drop_duplicates()
+    table, failed = [], {}
+    for system, code, unit in pairs.itertuples(index=False, name=None):
+        try:
+            rule = converter.rule(system, code, unit)
+            table.append((system, code, unit, rule.code, rule.unit, rule.scale, rule.offset))
+        except Rejected as error:
+            failed[(system, code, unit)] = error.reason
+    rules = pd.DataFrame(table, columns=[*_KEY, "_code", "_unit", "_scale", "_offset"])
+    out = frame.copy()
+    joined = keys.reset_index().merge(rules, on=_KEY, how="left").set_index("index")
+    ok = joined["_code"].notna()
+    index = joined.index[ok]
+    values = out.loc[index, "value"].to_numpy(dtype="float64")
+    out.loc[index, "value"] = values * joined.loc[index, "_scale"].to_numpy("float64") \
+        + joined.loc[index, "_offset"].to_numpy("float64")
+    out.loc[index, "code"] = joined.loc[index, "_code"].to_numpy()
+    out.loc[index, "unit"] = joined.loc[index, "_unit"].replace("", None).to_numpy()
+    bad = joined.index[~ok]
+    reasons = [failed[k] for k in keys.loc[bad].itertuples(index=False, name=None)]
+    rejects = _rejects(out.loc[bad], reasons)
+    return out.drop(index=bad), rejects
+
+
+def _rejects(rows: pd.DataFrame, reasons: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({
+        "source": rows["source"].to_numpy(),
+        "location": rows["location"].fillna("observation").to_numpy() if len(rows) else np.array([], dtype=object),
+        "reason": np.array(reasons, dtype=object),
+    })
