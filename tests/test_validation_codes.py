@@ -10,23 +10,17 @@ from the specifications, independently of validation/check_digits.py.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import textwrap
-import zipfile
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from medmeta.terminology.systems import ATC, ICD10, ICD10CM, LOINC, NDC, RXNORM, SNOMED
+from tests.realdata import BUNDLES_100P, copy_export, needs_realdata
 from tests.test_validation_core import canonical_frame
 from validation.check_digits import is_valid_loinc, is_valid_sctid
 from validation.rules import load_rules
 from validation.run import validate_tables
-
-REALDATA = Path(os.environ.get("MEDMETA_REALDATA") or Path(__file__).resolve().parents[1].parent / "shared" / "realdata")
-BUNDLES = REALDATA / "synthea_r4_transaction_bundles_100p.zip"
 
 
 # ---- reference implementations, from the specifications ----
@@ -93,15 +87,11 @@ def _codings(node, out: dict[str, set[str]]) -> None:
 
 @pytest.fixture(scope="module")
 def real_codes(tmp_path_factory) -> dict[str, list[str]]:
-    if not BUNDLES.is_file():
-        pytest.skip(f"the shared real data is absent ({BUNDLES}); set MEDMETA_REALDATA to its folder")
-    copy = tmp_path_factory.mktemp("realdata") / BUNDLES.name
-    shutil.copyfile(BUNDLES, copy)
+    """Every SNOMED CT and LOINC code of the 100-patient Synthea export, found by walking its JSON."""
+    folder = copy_export(BUNDLES_100P, tmp_path_factory.mktemp("realdata"))
     found: dict[str, set[str]] = {SNOMED: set(), LOINC: set()}
-    with zipfile.ZipFile(copy) as archive:
-        for name in archive.namelist():
-            if name.endswith(".json"):
-                _codings(json.loads(archive.read(name)), found)
+    for path in folder.rglob("*.json"):
+        _codings(json.loads(path.read_bytes()), found)
     return {system: sorted(codes) for system, codes in found.items()}
 
 
@@ -114,10 +104,12 @@ def corruptions(code: str) -> list[str]:
     return out
 
 
+@needs_realdata
 def test_the_export_holds_enough_codes_to_mean_something(real_codes):
     assert len(real_codes[SNOMED]) >= 100 and len(real_codes[LOINC]) >= 90
 
 
+@needs_realdata
 def test_every_real_snomed_code_is_valid_and_every_single_digit_change_is_not(real_codes):
     for code in real_codes[SNOMED]:
         assert reference_sctid(code), code
@@ -127,6 +119,7 @@ def test_every_real_snomed_code_is_valid_and_every_single_digit_change_is_not(re
             assert not is_valid_sctid(wrong), wrong
 
 
+@needs_realdata
 def test_every_real_loinc_code_is_valid_and_every_single_digit_change_is_not(real_codes):
     for code in real_codes[LOINC]:
         assert reference_loinc(code), code
@@ -149,6 +142,7 @@ def test_the_implementations_agree_on_malformed_codes():
         assert is_valid_loinc(code) is reference_loinc(code) is False, code
 
 
+@needs_realdata
 def test_the_gx_expectations_flag_exactly_the_corrupted_rows(real_codes, tmp_path):
     """The GX rules (validation/rules.yaml) on a table of the real codes with some corrupted:
     the rows they flag are the rows the reference implementation rejects, nothing else."""
