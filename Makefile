@@ -20,7 +20,7 @@ install: $(STAMP)
 demo: install
 	$(BIN)/medmeta key create --home $(DEMO_HOME)
 	$(BIN)/medmeta synth --out $(DEMO_DATA) --patients 240 --seed 0 --faults
-	$(BIN)/medmeta run $(DEMO_DATA) --home $(DEMO_HOME) --config medmeta/config/pipeline-demo.yaml
+	$(BIN)/medmeta run $(DEMO_DATA) --home $(DEMO_HOME) --config medmeta/config/pipeline-demo.yaml --rules validation/deliveries/images.yaml
 	@echo
 	@echo "See it in the Prefect UI: $(BIN)/medmeta server --home $(DEMO_HOME)   then open http://127.0.0.1:4200"
 	@echo "Published models: $(BIN)/medmeta models list --home $(DEMO_HOME)"

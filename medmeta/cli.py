@@ -157,6 +157,7 @@ def validate(
     short = digest(result)
     summary = {k: result[k] for k in ("snapshot", "success", "rows_checked", "rows_quarantined", "label_coverage",
                                       "data_docs")}
+    summary.update(require=result.get("require"), empty_tables=result.get("empty_tables", []))
     for key in ("critical_failures", "warnings"):
         summary[key] = [{"table": r["table"], "expectation": r["rule"], "unexpected_count": r["unexpected_count"]}
                         for r in result[key]]

@@ -13,7 +13,7 @@ def check_store_version(home: Home) -> None:
     """Refuse a store an older medmeta wrote: its parts and tables lack the columns this one needs."""
     if not home.manifest.exists():
         return
-    found = json.loads(home.manifest.read_text()).get("schema_version", 1)
+    found = json.loads(home.manifest.read_text()).get("schema_version", schema.SCHEMA_VERSION)  # every medmeta wrote one
     if found != schema.SCHEMA_VERSION:
         raise MedmetaError(
             f"the store in {home.root} has schema version {found}, this medmeta reads {schema.SCHEMA_VERSION} "

@@ -101,7 +101,7 @@ def test_synthea_disease_task_set_over_snomed_ct(synthea_home, tmp_path):
                      "--json", home=home, env_key="realdata-test-key-0123456789")
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = json.loads((home / "tasksets" / "synthea-disease" / "manifest.json").read_text())
-    assert manifest["classes"]["system"] == "http://snomed.info/sct"
+    assert manifest["classes"]["system"]["uri"] == "http://snomed.info/sct"
     classes = [c for split in ("train", "val", "test") for c in manifest["splits"][split]["classes"]]
     assert len(classes) >= 14 and all(c["cases"] >= 8 for c in classes)
 

@@ -60,7 +60,8 @@ def plan_taskset(home: Home, spec: TaskSetSpec) -> Plan:
     else:
         form = _drug_cases(snap, spec, maps)
     cases, excluded, counts = form.cases, form.excluded, form.counts
-    roles = {code: snap.coverage.get((spec.kind, code), "unknown") for code in counts}
+    system = form.classes["system"]["uri"]  # coverage is per concept: (kind, system, code)
+    roles = {code: snap.coverage.get((spec.kind, system, code), "unknown") for code in counts}
     per = "" if spec.kind == "disease" else " of each outcome"
     need = f" ({spec.cases_needed}{per}: shots {spec.shots} + queries {spec.queries})"
     while True:
