@@ -164,3 +164,27 @@ def test_omop_export_is_accounted_for_and_validates(tmp_path):
     conditions = validated(home, "conditions")
     assert len(conditions) == len({r["condition_occurrence_id"] for r in rows["condition_occurrence"]})
     assert set(conditions["system"]) == {"http://snomed.info/sct"}
+
+
+def test_medmeta_run_on_synthea_publishes_a_records_model(synthea_home, tmp_path):
+    """The whole pipeline on real records: a SNOMED CT task set, a trained ProtoNet, its evaluation against
+    both baselines, a published version (short settings: this checks the path, bench/synthea.py the quality)."""
+    home, _, _ = synthea_home
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(
+        "tasksets:\n  - {by: disease, inputs: records, ways: 3, shots: 5, queries: 3, seed: 0, name: synthea-run}\n"
+        "train: {algorithms: [protonet], steps: 30, val_every: 15, val_episodes: 10, checkpoint_every: 15}\n"
+        "evaluate: {episodes: 30, shots: [5], baseline_steps: 20, pretrain_steps: 20}\n"
+        "publish: {adapt: false}\n")
+    result = medmeta("run", str(home.parent / "landing"), "--config", str(config), "--json", home=home,
+                     env_key="realdata-test-key-0123456789")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "completed" and summary["ingest"]["files_unchanged"] == 103
+    (model,) = summary["models"]
+    assert model["algorithm"] == "protonet" and model["published"]
+    scores = model["evaluation"][0]
+    assert {"meta", "from_scratch", "pretrain_finetune"} <= set(scores), scores  # both baselines, same episodes
+    assert all(0.0 <= scores[m]["accuracy"] <= 1.0 and scores[m]["ci95"] > 0 for m in ("meta", "from_scratch"))
+    listed = medmeta("models", "list", "--json", home=home, env_key="realdata-test-key-0123456789")
+    assert listed.returncode == 0 and "synthea-run" in listed.stdout
