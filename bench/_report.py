@@ -56,3 +56,22 @@ def revision(root: Path, paths: tuple[str, ...] = ("metalearn",)) -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown revision"
     return head + (f" + uncommitted changes in {', '.join(paths)}" if dirty else "")
+
+
+MODEL_TABLE_HEAD = ("| algorithm | shots | meta-learner | from scratch | pretrain + fine-tune | vs from scratch "
+                    "| vs pretrain + fine-tune |\n|---|---:|---:|---:|---:|---:|---:|")
+
+
+def model_table_rows(run: dict) -> list[str]:
+    """One Markdown row per model and shot count of a ``medmeta run --json`` summary: accuracy in %,
+    mean ± 95% interval, for the meta-learner and both baselines on the same episodes."""
+    lines = []
+    for model in run["models"]:
+        for entry in model["evaluation"]:
+            meta, scratch, pre = entry["meta"], entry["from_scratch"], entry["pretrain_finetune"]
+            lines.append(f"| {model['algorithm']} | {entry['shots']} | {100 * meta['accuracy']:.1f} ± {100 * meta['ci95']:.1f} | "
+                         f"{100 * scratch['accuracy']:.1f} ± {100 * scratch['ci95']:.1f} | "
+                         f"{100 * pre['accuracy']:.1f} ± {100 * pre['ci95']:.1f} | "
+                         f"{100 * (meta['accuracy'] - scratch['accuracy']):+.1f} | "
+                         f"{100 * (meta['accuracy'] - pre['accuracy']):+.1f} |")
+    return lines
