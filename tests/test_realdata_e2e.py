@@ -188,3 +188,17 @@ def test_medmeta_run_on_synthea_publishes_a_records_model(synthea_home, tmp_path
     assert all(0.0 <= scores[m]["accuracy"] <= 1.0 and scores[m]["ci95"] > 0 for m in ("meta", "from_scratch"))
     listed = medmeta("models", "list", "--json", home=home, env_key="realdata-test-key-0123456789")
     assert listed.returncode == 0 and "synthea-run" in listed.stdout
+
+
+def test_omop_export_gives_a_snomed_ct_disease_task_set(tmp_path):
+    (tmp_path / "landing").mkdir()
+    (tmp_path / "landing" / OMOP_27P).write_bytes((REALDATA / OMOP_27P).read_bytes())
+    home = tmp_path / "home"
+    assert medmeta("ingest", str(tmp_path / "landing"), home=home, env_key="realdata-test-key-0123456789").returncode == 0
+    result = medmeta("tasks", "build", "--by", "disease", "--inputs", "records", "--name", "omop", home=home,
+                     env_key="realdata-test-key-0123456789")
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = json.loads((home / "tasksets" / "omop" / "manifest.json").read_text())
+    assert manifest["classes"]["system"]["uri"] == "http://snomed.info/sct"
+    classes = [c for split in ("train", "val", "test") for c in manifest["splits"][split]["classes"]]
+    assert len(classes) >= 3 and all(c["cases"] >= 8 for c in classes)
