@@ -60,7 +60,8 @@ def main() -> None:
     run = json.loads(medmeta("run", str(work / "landing"), "--config", str(args.config), "--json", env=env).stdout)
     minutes = (time.perf_counter() - started) / 60
     manifest = json.loads((work / "home" / "tasksets" / "synthea-disease" / "manifest.json").read_text())
-    classes = {s: [c["code"] for c in v["classes"]] for s, v in manifest["splits"].items() if s != "adaptation"}
+    classes = {s: [f"{c.get('display') or c['code']} ({c['code']})" for c in v["classes"]]
+               for s, v in manifest["splits"].items() if s != "adaptation"}
     from medmeta.training.settings import load_settings
 
     episodes = load_settings(args.config).evaluate["episodes"]
@@ -69,7 +70,7 @@ def main() -> None:
 `python bench/synthea.py` — {cpu_model()}, {os.cpu_count()} cores, load average {load_before} before and
 {load_average()} after, medmeta {revision(ROOT, ('medmeta', 'metalearn', 'flows', 'tasks'))}. The shared 100-patient Synthea R4 export
 ingested, validated ({'passed' if run['validation']['success'] else 'FAILED'}), a 3-way 5-shot 3-query records task set over
-{manifest['classes']['system']['short']} concepts (label policy: {manifest['classes']['label_policy_choice']};
+{manifest['classes']['system']['uri']} concepts (label policy: {manifest['classes']['label_policy_choice']};
 meta-train / meta-val / meta-test classes: {', '.join(f"{s} {len(v)}" for s, v in classes.items())}; {len(manifest['features']['record']['names'])} record features),
 ProtoNet and MAML trained and evaluated by `medmeta run` with `bench/synthea.yaml`; every method scored on the same {episodes}
 meta-test episodes per shot count. Accuracy in %, mean ± 95% interval (chance: 33.3); the whole run took {minutes:.1f} min.
