@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,18 +24,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))  # first: bench/metalearn.py must not shadow the metalearn package
 
-from _report import MODEL_TABLE_HEAD, cpu_model, load_average, model_table_rows, revision, write_section  # noqa: E402
+from _report import run_medmeta, MODEL_TABLE_HEAD, cpu_model, load_average, model_table_rows, revision, write_section  # noqa: E402
 
 SECTION = "quality"
 TARGET_POINTS = 10.0
 
 
-def medmeta(*args: str, env: dict) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "medmeta.cli", *args], capture_output=True, text=True, env=env,
-                            cwd=ROOT)
-    if result.returncode != 0:
-        raise SystemExit(f"medmeta {' '.join(args)} failed:\n{result.stderr[-3000:]}")
-    return result
+def medmeta(*args: str, env: dict):
+    return run_medmeta(ROOT, *args, env=env)
 
 
 def main() -> None:

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,19 +25,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-from _report import MODEL_TABLE_HEAD, cpu_model, load_average, model_table_rows, revision, write_section  # noqa: E402
+from _report import run_medmeta, MODEL_TABLE_HEAD, cpu_model, load_average, model_table_rows, revision, write_section  # noqa: E402
 
 SECTION = "synthea"
 REALDATA = Path(os.environ.get("MEDMETA_REALDATA", ROOT.parent / "shared" / "realdata"))
 BUNDLES = "synthea_r4_transaction_bundles_100p.zip"
 
 
-def medmeta(*args: str, env: dict) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "medmeta.cli", *args], capture_output=True, text=True, env=env,
-                            cwd=ROOT)
-    if result.returncode != 0:
-        raise SystemExit(f"medmeta {' '.join(args)} failed:\n{result.stderr[-3000:]}")
-    return result
+def medmeta(*args: str, env: dict):
+    return run_medmeta(ROOT, *args, env=env)
 
 
 def main() -> None:

@@ -40,6 +40,17 @@ def validated(home: Path, table: str):
     return pq.read_table(home / "validation" / snapshot / "tables" / f"{table}.parquet").to_pandas()
 
 
+def ingest_export(name: str, folder: Path) -> tuple[Path, Path, dict]:
+    """A copy of the shared export ``name`` ingested into a fresh home: (home, the copy, the summary)."""
+    (folder / "landing").mkdir()
+    archive = folder / "landing" / name
+    archive.write_bytes((REALDATA / name).read_bytes())
+    home = folder / "home"
+    result = medmeta("ingest", str(folder / "landing"), "--json", home=home, env_key="realdata-test-key-0123456789")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return home, archive, json.loads(result.stdout)
+
+
 def count_bundles(archive: Path) -> Counter:
     """Conditions (refuted / entered-in-error apart), MedicationRequests, numeric values of Observations
     and their components, per the FHIR they came in."""
@@ -68,14 +79,8 @@ def count_bundles(archive: Path) -> Counter:
 @pytest.fixture(scope="module")
 def synthea_home(tmp_path_factory):
     """The 100-patient Synthea bundles ingested and validated once for this module."""
-    folder = tmp_path_factory.mktemp("synthea")
-    (folder / "landing").mkdir()
-    archive = folder / "landing" / BUNDLES_100P
-    archive.write_bytes((REALDATA / BUNDLES_100P).read_bytes())
-    home = folder / "home"
-    result = medmeta("ingest", str(folder / "landing"), "--json", home=home, env_key="realdata-test-key-0123456789")
-    assert result.returncode == 0, result.stderr[-2000:]
-    return home, json.loads(result.stdout), count_bundles(archive)
+    home, archive, summary = ingest_export(BUNDLES_100P, tmp_path_factory.mktemp("synthea"))
+    return home, summary, count_bundles(archive)
 
 
 def test_synthea_bundles_reach_the_validated_store(synthea_home):
@@ -131,13 +136,8 @@ def count_ndjson(archive: Path) -> Counter:
 
 
 def test_bulk_ndjson_export_is_accounted_for_and_validates(tmp_path):
-    (tmp_path / "landing").mkdir()
-    archive = tmp_path / "landing" / BULK_10P
-    archive.write_bytes((REALDATA / BULK_10P).read_bytes())
-    home = tmp_path / "home"
-    result = medmeta("ingest", str(tmp_path / "landing"), "--json", home=home, env_key="realdata-test-key-0123456789")
-    assert result.returncode == 0, result.stderr[-2000:]
-    summary, counts = json.loads(result.stdout), count_ndjson(archive)
+    home, archive, summary = ingest_export(BULK_10P, tmp_path)
+    counts = count_ndjson(archive)
     assert summary["files_quarantined"] == 0 and summary["files_seen"] == summary["files_ingested"]
     assert summary["validation"]["success"], summary["validation"]
     seen = Counter(summary["resources_read"]) + Counter(summary["resources_ignored"])
@@ -148,13 +148,7 @@ def test_bulk_ndjson_export_is_accounted_for_and_validates(tmp_path):
 
 
 def test_omop_export_is_accounted_for_and_validates(tmp_path):
-    (tmp_path / "landing").mkdir()
-    archive = tmp_path / "landing" / OMOP_27P
-    archive.write_bytes((REALDATA / OMOP_27P).read_bytes())
-    home = tmp_path / "home"
-    result = medmeta("ingest", str(tmp_path / "landing"), "--json", home=home, env_key="realdata-test-key-0123456789")
-    assert result.returncode == 0, result.stderr[-2000:]
-    summary = json.loads(result.stdout)
+    home, archive, summary = ingest_export(OMOP_27P, tmp_path)
     assert [q["reason"].split(":")[0] for q in summary["quarantined"]] == ["macos_metadata"]
     assert summary["validation"]["success"], summary["validation"]
     with zipfile.ZipFile(archive) as z:
@@ -191,10 +185,7 @@ def test_medmeta_run_on_synthea_publishes_a_records_model(synthea_home, tmp_path
 
 
 def test_omop_export_gives_a_snomed_ct_disease_task_set(tmp_path):
-    (tmp_path / "landing").mkdir()
-    (tmp_path / "landing" / OMOP_27P).write_bytes((REALDATA / OMOP_27P).read_bytes())
-    home = tmp_path / "home"
-    assert medmeta("ingest", str(tmp_path / "landing"), home=home, env_key="realdata-test-key-0123456789").returncode == 0
+    home, _, _ = ingest_export(OMOP_27P, tmp_path)
     result = medmeta("tasks", "build", "--by", "disease", "--inputs", "records", "--name", "omop", home=home,
                      env_key="realdata-test-key-0123456789")
     assert result.returncode == 0, result.stderr[-2000:]
