@@ -8,6 +8,30 @@ import re
 from pathlib import Path
 
 
+def quiet_prefect_environment() -> None:
+    """What a bench needs before Prefect is imported: its own Prefect home, no analytics, room for the
+    embedded server to start on a loaded machine, warnings only, and a throwaway pseudonym key."""
+    import tempfile
+
+    os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="medmeta-bench-prefect-"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MEDMETA_PSEUDONYM_KEY", "benchmark-only-key-0123456789abcdef")
+
+
+def run_medmeta(root: Path, *args: str, env: dict):
+    """``medmeta ARGS`` in a subprocess; exits the bench with medmeta's stderr when it fails."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "medmeta.cli", *args], capture_output=True, text=True, env=env,
+                            cwd=root)
+    if result.returncode != 0:
+        raise SystemExit(f"medmeta {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return result
+
+
 def write_section(out: Path, section: str, text: str) -> None:
     """Replace the text between ``<!-- bench:SECTION:begin -->`` and ``<!-- bench:SECTION:end -->``
     in ``out`` (appending the block when it is not there yet); the rest of the file is kept."""
@@ -56,3 +80,22 @@ def revision(root: Path, paths: tuple[str, ...] = ("metalearn",)) -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown revision"
     return head + (f" + uncommitted changes in {', '.join(paths)}" if dirty else "")
+
+
+MODEL_TABLE_HEAD = ("| algorithm | shots | meta-learner | from scratch | pretrain + fine-tune | vs from scratch "
+                    "| vs pretrain + fine-tune |\n|---|---:|---:|---:|---:|---:|---:|")
+
+
+def model_table_rows(run: dict) -> list[str]:
+    """One Markdown row per model and shot count of a ``medmeta run --json`` summary: accuracy in %,
+    mean ± 95% interval, for the meta-learner and both baselines on the same episodes."""
+    lines = []
+    for model in run["models"]:
+        for entry in model["evaluation"]:
+            meta, scratch, pre = entry["meta"], entry["from_scratch"], entry["pretrain_finetune"]
+            lines.append(f"| {model['algorithm']} | {entry['shots']} | {100 * meta['accuracy']:.1f} ± {100 * meta['ci95']:.1f} | "
+                         f"{100 * scratch['accuracy']:.1f} ± {100 * scratch['ci95']:.1f} | "
+                         f"{100 * pre['accuracy']:.1f} ± {100 * pre['ci95']:.1f} | "
+                         f"{100 * (meta['accuracy'] - scratch['accuracy']):+.1f} | "
+                         f"{100 * (meta['accuracy'] - pre['accuracy']):+.1f} |")
+    return lines

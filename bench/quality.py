@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,18 +24,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))  # first: bench/metalearn.py must not shadow the metalearn package
 
-from _report import cpu_model, load_average, revision, write_section  # noqa: E402
+from _report import run_medmeta, MODEL_TABLE_HEAD, cpu_model, load_average, model_table_rows, revision, write_section  # noqa: E402
 
 SECTION = "quality"
 TARGET_POINTS = 10.0
 
 
-def medmeta(*args: str, env: dict) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "medmeta.cli", *args], capture_output=True, text=True, env=env,
-                            cwd=ROOT)
-    if result.returncode != 0:
-        raise SystemExit(f"medmeta {' '.join(args)} failed:\n{result.stderr[-3000:]}")
-    return result
+def medmeta(*args: str, env: dict):
+    return run_medmeta(ROOT, *args, env=env)
 
 
 def main() -> None:
@@ -57,15 +52,10 @@ def main() -> None:
     run = json.loads(medmeta("run", str(work / "landing"), "--config", str(args.config), "--json", env=env).stdout)
     minutes = (time.perf_counter() - started) / 60
 
-    lines, verdicts = [], []
+    lines, verdicts = model_table_rows(run), []
     for model in run["models"]:
         for entry in model["evaluation"]:
-            meta, scratch, pre = entry["meta"], entry["from_scratch"], entry["pretrain_finetune"]
-            gain = 100 * (meta["accuracy"] - scratch["accuracy"])
-            lines.append(f"| {model['algorithm']} | {entry['shots']} | {100 * meta['accuracy']:.1f} ± {100 * meta['ci95']:.1f} | "
-                         f"{100 * scratch['accuracy']:.1f} ± {100 * scratch['ci95']:.1f} | "
-                         f"{100 * pre['accuracy']:.1f} ± {100 * pre['ci95']:.1f} | {gain:+.1f} | "
-                         f"{100 * (meta['accuracy'] - pre['accuracy']):+.1f} |")
+            gain = 100 * (entry["meta"]["accuracy"] - entry["from_scratch"]["accuracy"])
             if entry["shots"] == 5 and model["algorithm"] in ("protonet", "maml"):
                 verdicts.append(f"{model['algorithm']} {gain:+.1f} points over from scratch at 5-shot: "
                                 f"{'met' if gain >= TARGET_POINTS else 'NOT met'}")
@@ -81,8 +71,7 @@ Synthetic cohort of {args.patients} patients with {args.diseases} diseases; task
 {', '.join(f"{s} {len(v['classes'])}" for s, v in ts['splits'].items())}); settings `bench/quality.yaml` over
 `medmeta/config/pipeline.yaml`; every method scored on the same {episodes} meta-test episodes per shot count. Accuracy in %, mean ± 95% interval; the whole pipeline took {minutes:.1f} min.
 
-| algorithm | shots | meta-learner | from scratch | pretrain + fine-tune | vs from scratch | vs pretrain + fine-tune |
-|---|---:|---:|---:|---:|---:|---:|
+{MODEL_TABLE_HEAD}
 {chr(10).join(lines)}
 
 Target (5-way 5-shot, at least +10 points over from scratch): {'; '.join(verdicts)}.

@@ -32,13 +32,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="medmeta-bench-prefect-"))
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("MEDMETA_PSEUDONYM_KEY", "benchmark-only-key-0123456789abcdef")
+from _report import quiet_prefect_environment, write_section  # noqa: E402  (bench/_report.py)
 
-from _report import write_section  # noqa: E402  (bench/_report.py)
+quiet_prefect_environment()
 
 SECTION = "records"
 REALDATA = Path(os.environ.get("MEDMETA_REALDATA", ROOT.parent / "shared" / "realdata"))

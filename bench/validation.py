@@ -1,5 +1,5 @@
 """Validation speed: the observations suite in Great Expectations against the same rules as
-plain pandas boolean masks, on the same 1,000,000 canonical rows, in one process.
+plain pandas boolean masks, on the same 1,000,000 canonical rows (schema v2), in one process.
 
     python bench/validation.py [--rows 1000000] [--out BENCHMARKS.md]
 
@@ -29,25 +29,56 @@ from _report import write_section  # noqa: E402  (bench/_report.py)
 SECTION = "validation"
 
 
+# categorical observations (Synthea's tobacco smoking status): LOINC code, SNOMED CT answer
+SMOKING = "72166-2"
+ANSWERS = ["266919005", "449868002", "8517006", "428041000124106"]
+
+
 def observations(rows: int, patients: pd.Series, rules, seed: int = 0) -> pd.DataFrame:
-    """Canonical observations inside their plausible ranges, with 0.1% planted in mg/dL."""
+    """Canonical observations (schema v2): 90% measurements of the analytes the rules know, inside
+    their plausible ranges (2% censored, "<"), 10% categorical (a SNOMED CT answer, no value).
+    Planted: 0.1% of the values in mg/dL, 0.02% LOINC codes and 0.02% answers with a wrong check digit."""
+    from medmeta.terminology.systems import LOINC, SNOMED
+
     rng = np.random.default_rng(seed)
     ranges = {r.where["code"]: (r.kwargs["min_value"], r.kwargs["max_value"]) for r in rules
-              if r.expectation == "ExpectColumnValuesToBeBetween" and r.where}
+              if r.expectation == "ExpectColumnValuesToBeBetween" and r.where and "code" in r.where}
     units = {r.where["code"]: r.kwargs["value_set"][0] for r in rules
-             if r.expectation == "ExpectColumnValuesToBeInSet" and r.where}
+             if r.expectation == "ExpectColumnValuesToBeInSet" and r.where and "code" in r.where}
     codes = np.array(sorted(ranges))
-    code = codes[rng.integers(0, len(codes), rows)]
-    low = np.array([ranges[c][0] for c in code], float)
-    high = np.array([ranges[c][1] for c in code], float)
+    categorical = rng.uniform(size=rows) < 0.1
+    code = np.where(categorical, SMOKING, codes[rng.integers(0, len(codes), rows)]).astype(object)
+    low = np.array([ranges.get(c, (0, 0))[0] for c in code], float)
+    high = np.array([ranges.get(c, (0, 0))[1] for c in code], float)
     value = low + (high - low) * rng.uniform(0.1, 0.9, rows)
-    bad = rng.choice(rows, rows // 1000, replace=False)
+    value[categorical] = np.nan
+    measured = np.flatnonzero(~categorical)
+    bad = rng.choice(measured, rows // 1000, replace=False)
     value[bad] = high[bad] * 18  # a value left in the wrong unit
+    censored = np.zeros(rows, bool)
+    censored[rng.choice(measured, rows // 50, replace=False)] = True
+    value_code = np.where(categorical, np.array(ANSWERS, object)[rng.integers(0, len(ANSWERS), rows)], None)
+    bad_code = rng.choice(measured, rows // 5000, replace=False)
+    code[bad_code] = [c[:-1] + str((int(c[-1]) + 1) % 10) for c in code[bad_code]]  # a wrong check digit
+    bad_answer = rng.choice(np.flatnonzero(categorical), rows // 5000, replace=False)
+    value_code[bad_answer] = "266919006"
     return pd.DataFrame({
         "patient_id": patients.to_numpy()[rng.integers(0, len(patients), rows)],
-        "code": code, "value": value, "unit": [units[c] for c in code],
+        "system": LOINC, "code": code, "display": None, "value": value,
+        "comparator": np.where(censored, "<", None), "censored": censored,
+        "value_system": np.where(categorical, SNOMED, None), "value_code": value_code,
+        "unit": [units.get(c) for c in code],
         "effective_date": pd.Timestamp("2024-01-01").date(), "site": "site_b", "source": "0" * 64,
     })
+
+
+def _check_digits() -> dict:
+    from validation.check_digits import is_valid_loinc, is_valid_sctid
+
+    return {"ExpectColumnValuesToBeValidLoincCode": is_valid_loinc, "ExpectColumnValuesToBeValidSnomedCtId": is_valid_sctid}
+
+
+CHECK_DIGITS = _check_digits()
 
 
 def pandas_failures(frame: pd.DataFrame, rule, patients: pd.Series, scopes: dict) -> int:
@@ -60,8 +91,11 @@ def pandas_failures(frame: pd.DataFrame, rule, patients: pd.Series, scopes: dict
     if key not in scopes:
         scope = np.ones(len(frame), bool)
         for column, wanted in (rule.where or {}).items():
-            scope &= (frame[column] == wanted).to_numpy() if not isinstance(wanted, list) else \
-                frame[column].isin(wanted).to_numpy()
+            if wanted is None:
+                scope &= frame[column].isna().to_numpy()
+            else:
+                scope &= (frame[column] == wanted).to_numpy() if not isinstance(wanted, list) else \
+                    frame[column].isin(wanted).to_numpy()
         scopes[key] = scope
     scope = scopes[key]
     column = frame[kw["column"]] if "column" in kw else None
@@ -76,6 +110,12 @@ def pandas_failures(frame: pd.DataFrame, rule, patients: pd.Series, scopes: dict
         bad = ~column.isin(allowed).to_numpy() & column.notna().to_numpy()
     elif rule.expectation == "ExpectColumnValuesToBeBetween":
         bad = ((column < kw["min_value"]) | (column > kw["max_value"])).to_numpy()
+    elif rule.expectation in CHECK_DIGITS:
+        check = CHECK_DIGITS[rule.expectation]
+        present = column[scope & column.notna().to_numpy()]
+        verdict = {code: check(code) for code in present.unique()}  # once per distinct code
+        bad = np.zeros(len(frame), bool)
+        bad[np.flatnonzero(scope & column.notna().to_numpy())] = ~present.map(verdict).to_numpy(bool)
     else:
         raise NotImplementedError(rule.expectation)
     return int((bad & scope).sum())
@@ -95,7 +135,7 @@ def main() -> None:
     obs_rules = rules.tables["observations"]
     patients = pd.DataFrame({"patient_id": [f"P{i:020x}" for i in range(5000)]})
     frame = observations(args.rows, patients["patient_id"], obs_rules)
-    only = replace(rules, tables={"observations": obs_rules})
+    only = replace(rules, tables={"observations": obs_rules}, delivery=())  # the observations suite alone
     validate_tables({"observations": frame.head(1000), "patients": patients}, only)  # GX import and warm-up
 
     gx_times, pandas_times = [], []
@@ -115,8 +155,9 @@ def main() -> None:
     text = f"""## Validation speed (issue 3)
 
 `{command}` — {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, load average {load}.
-{args.rows:,} canonical observation rows, the observations suite ({len(obs_rules)} rules: formats, not-null, the
-patient exists, per-LOINC canonical units and plausible ranges), {sum(gx_failed.values()):,} failing rows planted;
+{args.rows:,} canonical observation rows (schema v2: 10% categorical, 2% censored), the observations suite
+({len(obs_rules)} rules: code formats per system with the LOINC and SNOMED CT check digits, not-null, the patient
+exists, per-LOINC canonical units and plausible ranges), {sum(gx_failed.values()):,} failing rows planted;
 both sides find the same failures. Median of {args.repeat} interleaved runs; each `where` mask computed once on
 the pandas side.
 

@@ -22,7 +22,7 @@ from flows.adapt import adapt_flow
 from flows.evaluate import evaluate_flow
 from flows.ingest import ingest_flow
 from flows.publish import publish_flow
-from flows.tasksets import build_tasksets_flow
+from flows.tasksets import TASKSET_OPTIONS, build_tasksets_flow
 from flows.train import train_flow
 from medmeta.home import Home
 from medmeta.training.settings import load_settings
@@ -53,7 +53,8 @@ def pipeline_flow(landing: str, home: str | None = None, config: str | None = No
     for entry in settings.tasksets:
         built = build_tasksets_flow(by=entry["by"], inputs=entry.get("inputs"), ways=entry.get("ways"),
                                     shots=entry.get("shots"), queries=entry.get("queries"),
-                                    seed=int(entry.get("seed", 0)), name=entry.get("name"), home=root)
+                                    seed=int(entry.get("seed", 0)), name=entry.get("name"), home=root,
+                                    **{k: entry[k] for k in TASKSET_OPTIONS if k in entry})
         summary["tasksets"].append(built)
         for algorithm in settings.train["algorithms"]:
             with training_slot():

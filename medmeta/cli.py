@@ -81,12 +81,14 @@ def ingest(
     from medmeta.errors import MedmetaError
     from medmeta.home import Home
     from medmeta.pseudonyms import load_key
+    from medmeta.store_version import check_store_version
 
     the_home = Home.at(home)
     try:  # the cheap checks, before the embedded Prefect server takes its seconds to start
         if not source.exists():
             raise MedmetaError(f"{source}: no such file or folder")
         load_key(the_home.key_file)
+        check_store_version(the_home)
         _check_rules(rules)
     except MedmetaError as error:
         _fail(str(error))
@@ -136,6 +138,9 @@ def validate(
     the_home = Home.at(home)
     try:
         _check_rules(rules)
+        from validation.gate import current_snapshot
+
+        current_snapshot(the_home)  # a snapshot to validate, of a store this medmeta reads
     except MedmetaError as error:
         _fail(str(error))
     _prefect_environment(the_home.root)
@@ -152,6 +157,7 @@ def validate(
     short = digest(result)
     summary = {k: result[k] for k in ("snapshot", "success", "rows_checked", "rows_quarantined", "label_coverage",
                                       "data_docs")}
+    summary.update(require=result.get("require"), empty_tables=result.get("empty_tables", []))
     for key in ("critical_failures", "warnings"):
         summary[key] = [{"table": r["table"], "expectation": r["rule"], "unexpected_count": r["unexpected_count"]}
                         for r in result[key]]
@@ -460,25 +466,38 @@ app.add_typer(tasks_app, name="tasks")
 
 @tasks_app.command("build")
 def tasks_build(
-    by: str = typer.Option(..., "--by", help="disease (classes are ICD-10-CM codes) or drug (one binary response task per ATC code)."),
+    by: str = typer.Option(..., "--by", help="disease (one class per condition concept) or drug (one binary response task per drug concept)."),
     inputs: Optional[str] = typer.Option(None, "--inputs", help="images, records or both [default: images for disease, records for drug]."),
     ways: Optional[int] = typer.Option(None, "--ways", help="Classes per episode [default: 3; drug: 2]."),
     shots: Optional[int] = typer.Option(None, "--shots", help="Support cases per class [default: 5]."),
     queries: Optional[int] = typer.Option(None, "--queries", help="Query cases per class [default: 3; drug: 5]."),
     seed: int = typer.Option(0, "--seed", help="Seeds the split of classes into meta-train/val/test."),
     name: Optional[str] = typer.Option(None, "--name", help="[default: <by>-<inputs>-<W>w<K>s<Q>q-seed<S>]"),
+    system: str = typer.Option("auto", "--system", help="The class code system: auto (the one with the most patients), a short name (sct, icd10cm, rxnorm, atc, ...) or a URI."),
+    concept_map: Optional[list[Path]] = typer.Option(None, "--concept-map", help="A concept map (FHIR ConceptMap .json or .csv source_system,source_code,target_system,target_code), applied before classes are formed; repeatable, in order."),
+    outcomes: Optional[Path] = typer.Option(None, "--outcomes", help="Drug tasks: your outcome rule file [default: medmeta/config/outcomes.yaml]."),
+    label_policy: str = typer.Option("auto", "--label-policy", help="Disease tasks: auto, rarest (one case per patient) or per-split (one case per patient within each split)."),
+    conditions: str = typer.Option("disorders", "--conditions", help="Disease tasks: disorders (SNOMED CT findings and situations are no classes) or all."),
+    feature_min_patients: float = typer.Option(0.2, "--feature-min-patients", help="Record features: analytes (and drug tasks' conditions) of at least this fraction of the meta-train patients."),
     home: Optional[Path] = HomeOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Build a task set from the current snapshot (refused when its validation failed); a Prefect flow."""
     from medmeta.errors import MedmetaError
     from medmeta.home import Home
-    from medmeta.tasksets.build import plan_taskset
+    from medmeta.tasksets.build import NotEnoughClasses, plan_taskset
     from medmeta.tasksets.spec import make_spec
 
     the_home = Home.at(home)
-    try:  # the gate, the cases and the split (a second or less), before the embedded Prefect server starts
-        plan_taskset(the_home, make_spec(by, inputs, ways, shots, queries, seed, name))
+    options = dict(system=system, concept_maps=[str(p) for p in concept_map or []],
+                   outcomes=str(outcomes) if outcomes else None, label_policy=label_policy, conditions=conditions,
+                   feature_min_patients_fraction=feature_min_patients)
+    try:  # the gate, the map and rule files, the cases and the split, before the embedded Prefect server starts
+        plan_taskset(the_home, make_spec(by, inputs, ways, shots, queries, seed, name, **options))
+    except NotEnoughClasses as error:  # what was found per class still goes out with --json
+        if as_json:
+            _emit({"error": str(error), **error.report}, True, "")
+        _fail(str(error))
     except MedmetaError as error:
         _fail(str(error))
     _prefect_environment(the_home.root)
@@ -487,10 +506,11 @@ def tasks_build(
 
     try:
         with _spinner("building the task set"), embedded_run_settings():
-            summary = build_tasksets_flow(by, inputs, ways, shots, queries, seed, name, str(the_home.root))
+            summary = build_tasksets_flow(by, inputs, ways, shots, queries, seed, name, str(the_home.root), **options)
     except MedmetaError as error:
         _fail(str(error))
-    human = [f"task set {summary['name']} from snapshot {summary['snapshot']} ({summary['path']})"]
+    human = [f"task set {summary['name']} from snapshot {summary['snapshot']} ({summary['path']}), classes in "
+             f"{summary['class_system']}"]
     unit = "drugs" if summary["kind"] == "drug" else "diseases"
     human += [f"  {split}: {len(e['classes'])} {unit}, {e['cases']} cases ({', '.join(e['classes'])})"
               for split, e in summary["splits"].items()]

@@ -4,6 +4,7 @@ file, accounting, idempotency, incremental runs, and nothing written outside the
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -170,3 +171,20 @@ def test_fhir_resources_not_read_are_counted_not_dropped_silently(ingested, tmp_
     assert summary["files_ingested"] == 1 and summary["resources_ignored"] == {"Encounter": 2}
     manifest = json.loads((work_home / "store" / "manifest.json").read_text())
     assert manifest["resources_ignored"] == {"Encounter": 2}
+
+
+def test_a_store_written_by_schema_1_is_refused_with_how_to_rebuild_it(tmp_path):
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    (home / "store").mkdir(parents=True)
+    (home / "store" / "manifest.json").write_text(json.dumps({"snapshot": "abc", "schema_version": 1}))
+    (tmp_path / "landing").mkdir()
+    env = {**os.environ, "MEDMETA_PSEUDONYM_KEY": "k" * 32}
+    for args in (["ingest", str(tmp_path / "landing")], ["validate"], ["tasks", "build", "--by", "disease"]):
+        result = subprocess.run([sys.executable, "-m", "medmeta.cli", *args, "--home", str(home)],
+                                capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1])
+        assert result.returncode == 2, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "schema version 1" in lines[0] and "ingest into a new home" in lines[0], args

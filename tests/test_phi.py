@@ -21,6 +21,7 @@ from pydicom.sequence import Sequence
 
 from medmeta.dicom.basic_profile import BASIC_PROFILE
 from tests.conftest import TEST_KEY
+from tests.realdata import BUNDLES_100P, copy_export, needs_realdata
 
 MARK = "PHIMARK9931"
 MRN = "A7PHIMARK9931"
@@ -103,6 +104,10 @@ def _readable(path: Path) -> bytes:
         import pyarrow.parquet as pq
 
         data += json.dumps(pq.read_table(path).to_pylist(), default=str).encode()
+    elif path.suffix in (".arrow", ".feather", ".ipc"):
+        import pyarrow.feather as feather
+
+        data += json.dumps(feather.read_table(path).to_pylist(), default=str).encode()
     return data
 
 
@@ -139,3 +144,75 @@ def test_phi_never_leaves_the_landing_zone(prefect_api, tmp_path, caplog, capfd)
         if found := _hits(text.encode()):
             leaks[name] = found
     assert leaks == {}
+
+
+@needs_realdata
+@pytest.mark.usefixtures("pseudonym_key")
+def test_phi_of_a_real_synthea_bundle_never_leaves_the_landing_zone(prefect_api, tmp_path, caplog, capfd):
+    """A real Synthea patient bundle with markers in names, addresses, telecoms, notes and every text field."""
+    from flows.ingest import ingest_flow
+
+    export = copy_export(BUNDLES_100P, tmp_path / "export")
+    patient_files = sorted(p for p in export.rglob("*.json") if '"resourceType": "Patient"' in p.read_text()[:20000]
+                           or '"resourceType":"Patient"' in p.read_text()[:20000])
+    bundle = json.loads(patient_files[0].read_text())
+    planted, needles = _plant_in_bundle(bundle)
+    landing = tmp_path / "landing" / "hospital"
+    landing.mkdir(parents=True)
+    (landing / "export.json").write_text(json.dumps(bundle))
+    home = tmp_path / "home"
+    caplog.set_level(logging.DEBUG)
+    summary = ingest_flow(str(tmp_path / "landing"), str(home))
+
+    assert summary["files_quarantined"] == 0 and summary["patients"] == 1
+    assert summary["tables"]["conditions"] > 0 and summary["tables"]["observations"] > 0
+    assert planted > 50  # markers really went into the bundle's text fields
+    leaks = {}
+    for path in sorted(home.rglob("*")):
+        if path.is_file() and "quarantine" not in path.relative_to(home).parts:
+            data = _readable(path)
+            if found := [n for n in needles if n.encode() in data]:
+                leaks[str(path.relative_to(home))] = found
+    for db_file in prefect_api.parent.glob(prefect_api.name + "*"):
+        data = db_file.read_bytes()
+        if found := [n for n in needles if n.encode() in data]:
+            leaks[f"prefect database {db_file.name}"] = found
+    out, err = capfd.readouterr()
+    for name, text in (("stdout", out), ("stderr", err), ("log records", caplog.text)):
+        if found := [n for n in needles if n.encode() in text.encode()]:
+            leaks[name] = found
+    assert leaks == {}
+
+
+def _plant_in_bundle(bundle: dict) -> tuple[int, list[str]]:
+    """Markers in the Patient's name, address, telecom, identifiers' values and birth date's text, and in
+    every ``text``, ``note`` and narrative of every resource; returns (markers planted, needles to search)."""
+    planted = 0
+    patient = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
+    patient["name"] = [{"family": MARK, "given": [MARK], "text": f"{MARK} {MARK}"}]
+    patient["address"] = [{"line": [f"{MARK} Street"], "city": MARK, "postalCode": MARK}]
+    patient["telecom"] = [{"system": "phone", "value": MARK}, {"system": "email", "value": f"{MARK}@example.org"}]
+    needles = [MARK, TEST_KEY, patient["birthDate"]]
+    needles += [i["value"] for i in patient.get("identifier", []) if len(str(i.get("value", ""))) >= 8]
+
+    def visit(node) -> int:
+        count = 0
+        if isinstance(node, dict):
+            for key, value in list(node.items()):
+                if key == "text" and isinstance(value, str):
+                    node[key] = f"{MARK} {value}"
+                    count += 1
+                elif key == "text" and isinstance(value, dict):  # narrative
+                    value["div"] = f'<div xmlns="http://www.w3.org/1999/xhtml">{MARK}</div>'
+                    count += 1
+                else:
+                    count += visit(value)
+            if node.get("resourceType") in ("Condition", "Observation", "MedicationRequest", "Encounter"):
+                node["note"] = [{"text": MARK, "authorString": MARK}]
+                count += 1
+        elif isinstance(node, list):
+            count += sum(visit(item) for item in node)
+        return count
+
+    planted += visit(bundle) + 4
+    return planted, needles

@@ -43,12 +43,12 @@ def converted(staged) -> list[dict]:
 
 def test_units_convert_to_the_canonical_unit():
     units = default_units()
-    assert units.convert("2345-7", 180.0, "mg/dl") == ("14749-6", pytest.approx(9.99, abs=0.01), "mmol/L")
-    assert units.convert("15074-8", 5.5, "mmol/L") == ("14749-6", 5.5, "mmol/L")
-    code, celsius, unit = units.convert("8310-5", 98.6, "[degF]")
+    assert units.convert("http://loinc.org", "2345-7", 180.0, "mg/dl") == ("14749-6", pytest.approx(9.99, abs=0.01), "mmol/L")
+    assert units.convert("http://loinc.org", "15074-8", 5.5, "mmol/L") == ("14749-6", 5.5, "mmol/L")
+    code, celsius, unit = units.convert("http://loinc.org", "8310-5", 98.6, "[degF]")
     assert (code, unit) == ("8310-5", "Cel") and celsius == pytest.approx(37.0)
     with pytest.raises(Rejected) as err:
-        units.convert("2345-7", 1.0, "furlongs")
+        units.convert("http://loinc.org", "2345-7", 1.0, "furlongs")
     assert err.value.code == "unknown_unit" and "furlongs" not in str(err.value)
 
 

@@ -28,6 +28,7 @@ from medmeta.landing.walk import entry_logical_path
 from medmeta.synth import generate_cohort, generate_images, phantoms
 from medmeta.synth.catalogue import DEFAULT_DISEASES, DISEASES
 from medmeta.synth.cohort import build_cohort
+from medmeta.terminology.systems import LOINC as LOINC_SYSTEM
 
 SEED = 7
 PATIENTS = 240
@@ -79,13 +80,11 @@ def summary(run) -> dict:
 
 
 @pytest.fixture(scope="module")
-def units() -> dict:
-    """LOINC code -> the units accepted for it (canonical and convertible)."""
-    accepted = {}
-    for analyte in config_yaml("units.yaml")["analytes"].values():
-        for code in [analyte["loinc"], *analyte.get("aliases", [])]:
-            accepted[code] = {analyte["unit"], *analyte.get("from", {})}
-    return accepted
+def units():
+    """The ingest's unit converter (config/units.yaml on a UCUM library)."""
+    from medmeta.records.units import default_units
+
+    return default_units()
 
 
 @pytest.fixture(scope="module")
@@ -245,16 +244,13 @@ def test_site_c_parquet_has_exactly_the_mapped_columns_and_types(out):
 # ---------------------------------------------------------------- units
 
 
-def canonical_means(rows: list[tuple[str, str, float]]) -> dict[str, float]:
-    """Mean canonical value per analyte, converted with config/units.yaml."""
-    by_code, values = {}, {}
-    for name, analyte in config_yaml("units.yaml")["analytes"].items():
-        for code in [analyte["loinc"], *analyte.get("aliases", [])]:
-            by_code[code] = (name, analyte)
+def canonical_means(rows: list[tuple[str, str, float]], units) -> dict[str, float]:
+    """Mean canonical value per analyte, converted by the ingest's converter (config/units.yaml)."""
+    name_of = {a.loinc: name for name, a in units.analytes().items()}
+    values = {}
     for code, unit, value in rows:
-        name, analyte = by_code[code]
-        rule = analyte.get("from", {}).get(unit, {"scale": 1.0}) if unit != analyte["unit"] else {"scale": 1.0}
-        values.setdefault(name, []).append(value * rule["scale"] + rule.get("offset", 0.0))
+        canonical, converted, _ = units.convert(LOINC_SYSTEM, code, value, unit)
+        values.setdefault(name_of[canonical], []).append(converted)
     return {name: float(np.mean(v)) for name, v in values.items()}
 
 
@@ -269,11 +265,11 @@ def test_every_site_uses_units_from_the_unit_table_and_values_agree(out, units):
     site_b = [(o["code"]["coding"][0]["code"], o["valueQuantity"]["code"], o["valueQuantity"]["value"])
               for o in observations]
     for site in (site_a, site_b, site_c):
-        assert all(unit in units[code] for code, unit, _ in site)
+        assert all(units.rule(LOINC_SYSTEM, code, unit).unit == units.canonical_unit(code) for code, unit, _ in site)
     plausible = {"glucose": (4, 9), "creatinine": (60, 140), "hemoglobin": (11, 15.5), "sodium": (135, 142),
                  "body_weight": (65, 90), "body_temperature": (36.5, 37.5)}
     for site in (site_a, site_b, site_c):
-        means = canonical_means(site)
+        means = canonical_means(site, units)
         for name, (low, high) in plausible.items():
             assert low < means[name] < high, (name, means[name])
     assert {u for c, u, _ in site_c if c in ("718-7", "59260-0")} == {"g/L", "mmol/L"}, "a mix of units"

@@ -27,7 +27,28 @@ SMALL = dict(ways=2, shots=2, queries=2)  # 4 cases per class: most diseases of 
 
 @pytest.fixture(scope="module")
 def home(cohort150, tmp_path_factory) -> Home:
-    return Home(copy_home(cohort150, tmp_path_factory.mktemp("tasksets") / "home"))
+    home = Home(copy_home(cohort150, tmp_path_factory.mktemp("tasksets") / "home"))
+    _as_schema_v2(home)
+    return home
+
+
+def _as_schema_v2(home: Home) -> None:
+    """The synthetic cohort's validated tables with their code systems (ICD-10-CM, LOINC, ATC) filled in
+    where the ingest on this branch leaves them empty; a no-op once ingest writes schema v2 itself."""
+    from medmeta.schema import TABLES
+    from medmeta.terminology.systems import ATC, ICD10CM, LOINC
+
+    fill = {"conditions": {"system": ICD10CM}, "observations": {"system": LOINC, "censored": False},
+            "medication_exposures": {"drug_system": ATC}}
+    folder = home.root / "validation" / current_snapshot(home) / "tables"
+    for table, values in fill.items():
+        frame = pd.read_parquet(folder / f"{table}.parquet")
+        for column in TABLES[table].names:
+            if column not in frame:
+                frame[column] = values.get(column)
+            elif column in values:
+                frame[column] = frame[column].fillna(values[column])
+        frame[TABLES[table].names].to_parquet(folder / f"{table}.parquet", index=False)
 
 
 def _validated(home: Home, table: str) -> pd.DataFrame:

@@ -11,16 +11,30 @@ import pytest
 
 from medmeta.errors import MedmetaError
 from medmeta.home import Home
+from medmeta.schema import TABLES
 from tests.conftest import TEST_KEY, ingested_home
 from tests.test_cli import run_cli
+from tests.test_validation_core import as_v2
 from validation.gate import require_passed
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
+def fill_v2(home: Path) -> None:
+    """The store's tables in schema v2 (``as_v2``: a no-op once the ingest writes every column)."""
+    store = {name: pd.read_parquet(home / "store" / f"{name}.parquet") for name in TABLES}
+    for name, frame in as_v2(store).items():
+        frame.to_parquet(home / "store" / f"{name}.parquet", index=False)
+
+
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    return ingested_home(tmp_path_factory.mktemp("validated"), patients=60, seed=11)
+    from flows.validate import validate_flow
+
+    home = ingested_home(tmp_path_factory.mktemp("validated"), patients=60, seed=11)
+    fill_v2(home)
+    assert validate_flow(str(home))["success"]
+    return home
 
 
 def test_ingest_validates_its_snapshot_and_the_gate_lets_it_through(home):
@@ -76,6 +90,39 @@ def test_an_empty_snapshot_fails_critically_and_later_stages_refuse_it(tmp_path)
     assert json.loads(result.stdout)["success"] is False
     with pytest.raises(MedmetaError, match="failed validation"):
         require_passed(Home(tmp_path / "home"))
+
+
+def test_a_records_only_snapshot_passes_unless_its_delivery_promised_images(home, tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
+    work = tmp_path / "home"
+    shutil.copytree(home, work)
+    images = pd.read_parquet(work / "store" / "images.parquet")
+    images.iloc[:0].to_parquet(work / "store" / "images.parquet", index=False)  # a records-only delivery
+    env = {"MEDMETA_PSEUDONYM_KEY": TEST_KEY, "PREFECT_API_URL": PREFECT_API_URL.value()}
+
+    passed = run_cli("validate", "--home", str(work), "--json", env=env)
+    assert passed.returncode == 0, passed.stderr[-2000:]
+    assert json.loads(passed.stdout)["success"]
+    result = require_passed(Home(work))  # the whole result, as recorded
+    assert result["empty_tables"] == ["images"]
+    assert result["require"] == {"tables": ["patients"], "any_of": ["conditions", "observations", "medication_exposures"]}
+
+    promised = tmp_path / "images-promised.yaml"
+    promised.write_text("require: {tables: [patients, images]}\n")
+    failed = run_cli("validate", "--home", str(work), "--rules", str(promised), "--json", env=env)
+    assert failed.returncode == 1 and "images.not_empty" in failed.stderr
+    assert [(f["table"], f["expectation"]) for f in json.loads(failed.stdout)["critical_failures"]] == [("images", "not_empty")]
+    with pytest.raises(MedmetaError, match=r"critical: images.not_empty"):
+        require_passed(Home(work))
+
+
+def test_a_bad_require_is_refused_before_anything_runs(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("require: {tables: [patients, xrays]}\n")
+    result = run_cli("validate", "--home", str(tmp_path / "home"), "--rules", str(rules))
+    assert result.returncode == 2 and str(rules) in result.stderr and "require.tables" in result.stderr
+    assert "xrays" in result.stderr
 
 
 def test_a_bad_rules_file_is_refused_before_anything_runs(tmp_path):

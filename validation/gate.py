@@ -16,6 +16,7 @@ from pathlib import Path
 from medmeta.atomic import write_json
 from medmeta.errors import MedmetaError
 from medmeta.home import Home
+from medmeta.store_version import check_store_version
 
 
 def validation_dir(home: Home, snapshot: str) -> Path:
@@ -38,6 +39,7 @@ def read_result(home: Home, snapshot: str) -> dict | None:
 def current_snapshot(home: Home) -> str:
     if not home.manifest.exists():
         raise MedmetaError(f"no snapshot in {home.root}: run `medmeta ingest` first")
+    check_store_version(home)
     return json.loads(home.manifest.read_text())["snapshot"]
 
 

@@ -14,6 +14,12 @@ def report_markdown(result: dict) -> str:
         f"{result['rows_checked']} rows checked, {result['rows_quarantined']} quarantined, "
         f"{len(result['critical_failures'])} critical failures, {len(result['warnings'])} warnings.",
     ]
+    require = result.get("require")
+    if require:
+        lines += ["", f"Required: {', '.join(require['tables']) or 'no table'}"
+                  + (f"; at least one of {', '.join(require['any_of'])}" if require["any_of"] else "") + "."]
+    if result.get("empty_tables"):
+        lines += ["", f"Empty tables: {', '.join(result['empty_tables'])}."]
     for table in sorted({r["table"] for r in result["rules"]}):
         lines += ["", f"## {table}", "", "| rule | expectation | severity | unexpected | sample |", "|---|---|---|---:|---|"]
         for r in (r for r in result["rules"] if r["table"] == table):
@@ -33,6 +39,7 @@ def digest(result: dict) -> dict:
     return {
         "success": result["success"], "rows_checked": result["rows_checked"],
         "rows_quarantined": result["rows_quarantined"],
+        "empty_tables": result.get("empty_tables", []),
         "critical_failures": [f"{f['table']}.{f['rule']}" for f in result["critical_failures"]],
         "warnings": [f"{w['table']}.{w['rule']}" for w in result["warnings"]],
     }

@@ -1,8 +1,14 @@
 """The validation rules: read from YAML, checked whole before any data is touched.
 
 The packaged ``validation/rules.yaml`` holds the defaults. A user's file replaces, per table it
-names, that table's whole rule list (and may override ``label_coverage``). Every problem is
-refused with a ``MedmetaError`` naming the file, the table, the rule number and what is wrong.
+names, that table's whole rule list, and may override ``label_coverage`` and ``require`` key by
+key. Every problem is refused with a ``MedmetaError`` naming the file, the table (or key), the
+rule number and what is wrong.
+
+What a delivery must hold is ``require``: ``tables`` each must have at least one row, and at
+least one of ``any_of`` must. The critical non-empty checks are generated from it (``Rules``
+holds them with the others): a rule ``not_empty`` first in each required table, and the rule
+``any_of`` of the pseudo-table ``require``. A table that is not required may be empty.
 
 This module does not import Great Expectations (it takes seconds): the expectation classes a
 rule may name are a static allow-list, ``SUPPORTED``, which the tests check against GX.
@@ -20,6 +26,7 @@ import yaml
 
 from medmeta.errors import MedmetaError
 from medmeta.schema import TABLES
+from medmeta.terminology.systems import canonical_system
 
 DEFAULT_RULES = Path(__file__).with_name("rules.yaml")
 SEVERITIES = ("critical", "warning")
@@ -42,6 +49,9 @@ SUPPORTED: dict[str, tuple[str, frozenset[str]]] = {
     "ExpectColumnValueLengthsToBeBetween": ("column", frozenset({"mostly", "min_value", "max_value"})),
     "ExpectColumnValuesToBeOfType": ("column", frozenset({"mostly", "type_"})),
     "ExpectColumnValuesToBeInTypeList": ("column", frozenset({"mostly", "type_list"})),
+    # medmeta's own (validation/code_expectations.py): code systems with a check digit
+    "ExpectColumnValuesToBeValidSnomedCtId": ("column", frozenset({"mostly"})),
+    "ExpectColumnValuesToBeValidLoincCode": ("column", frozenset({"mostly"})),
     "ExpectColumnPairValuesAToBeGreaterThanB": ("pair", frozenset({"mostly", "or_equal", "ignore_row_if"})),
     "ExpectColumnPairValuesToBeEqual": ("pair", frozenset({"mostly", "ignore_row_if"})),
     "ExpectColumnPairValuesToBeInSet": ("pair", frozenset({"mostly", "value_pairs_set", "ignore_row_if"})),
@@ -49,6 +59,12 @@ SUPPORTED: dict[str, tuple[str, frozenset[str]]] = {
     "ExpectColumnToExist": ("table", frozenset({"column"})),
 }
 _RULE_KEYS = {"expectation", "severity", "id", "where", "value_set_from"}
+_TOP_LEVEL = ("tables", "label_coverage", "require")
+
+NOT_EMPTY = "not_empty"  # the id of the generated rule "a required table has rows"; reserved
+REQUIRE = "require"  # the pseudo-table of the rule ``any_of`` (it reads several tables)
+ANY_OF = "any_of"
+SYSTEM_COLUMNS = frozenset({"system", "drug_system", "value_system"})  # a `where` value there names a code system
 
 
 @dataclass(frozen=True)
@@ -58,7 +74,7 @@ class Rule:
     expectation: str  # GX class name
     severity: str  # critical | warning
     kwargs: dict[str, Any]  # passed to the GX class as they are (value_set filled in at run time)
-    where: dict[str, Any] | None = None  # {column: value or [values]}: the rows the rule applies to
+    where: dict[str, Any] | None = None  # {column: value or [values]}, None = null: the rows the rule applies to
     value_set_from: tuple[str, str] | None = None  # (table, column) whose values are the set
 
     @property
@@ -77,20 +93,36 @@ class LabelCoverage:
 
 
 @dataclass(frozen=True)
+class Require:
+    """What a delivery must hold: every one of ``tables``, and at least one of ``any_of``
+    (nothing when ``any_of`` is empty)."""
+
+    tables: tuple[str, ...] = ("patients",)
+    any_of: tuple[str, ...] = ("conditions", "observations", "medication_exposures")
+
+    def as_dict(self) -> dict:
+        return {"tables": list(self.tables), "any_of": list(self.any_of)}
+
+
+@dataclass(frozen=True)
 class Rules:
-    tables: dict[str, tuple[Rule, ...]]
+    tables: dict[str, tuple[Rule, ...]]  # per table, its generated ``not_empty`` (when required) first
     label_coverage: LabelCoverage = field(default_factory=LabelCoverage)
     files: tuple[str, ...] = ()
+    require: Require = field(default_factory=Require)
+    delivery: tuple[Rule, ...] = ()  # rules over several tables: ``require.any_of``
 
     def all(self) -> list[Rule]:
-        return [rule for rules in self.tables.values() for rule in rules]
+        return [rule for rules in self.tables.values() for rule in rules] + list(self.delivery)
 
 
 def load_rules(path: Path | str | None = None) -> Rules:
-    """The packaged rules, with ``path``'s tables (and label_coverage) replacing them."""
+    """The packaged rules, with ``path``'s tables replacing them and its ``label_coverage`` and
+    ``require`` keys replacing theirs; the critical non-empty rules generated from ``require``."""
     base = _read(DEFAULT_RULES)
     tables = _parse_tables(DEFAULT_RULES, base)
     coverage = _parse_coverage(DEFAULT_RULES, base.get("label_coverage") or {}, LabelCoverage())
+    require = parse_require(DEFAULT_RULES, base.get("require") or {}, Require())
     files = [str(DEFAULT_RULES)]
     if path is not None:
         path = Path(path)
@@ -98,8 +130,59 @@ def load_rules(path: Path | str | None = None) -> Rules:
         tables.update(_parse_tables(path, user))
         if "label_coverage" in user:
             coverage = _parse_coverage(path, user["label_coverage"] or {}, coverage)
+        if "require" in user:
+            require = parse_require(path, user["require"], require)
         files.append(str(path))
-    return Rules(tables=tables, label_coverage=coverage, files=tuple(files))
+    tables, delivery = _with_required(tables, require)
+    return Rules(tables=tables, label_coverage=coverage, files=tuple(files), require=require, delivery=delivery)
+
+
+def parse_require(path: Path | str, raw: Any, default: Require) -> Require:
+    """``require`` from a settings file; a key left out keeps ``default``'s value.
+
+    ``{tables: [patients, images], any_of: [conditions, observations]}``: lists of canonical
+    table names, each at most once. Anything else is refused naming ``path`` and the key.
+    """
+    if not isinstance(raw, dict):
+        raise MedmetaError(f"rules file {path}: require must be a mapping with 'tables' and/or 'any_of'")
+    unknown = set(raw) - {"tables", "any_of"}
+    if unknown:
+        raise MedmetaError(f"rules file {path}: require: unknown key(s) {sorted(map(str, unknown))} "
+                           "(require takes tables and any_of)")
+    values = {}
+    for key in ("tables", "any_of"):
+        if key not in raw:
+            values[key] = getattr(default, key)
+            continue
+        names = raw[key]
+        if names is None:
+            names = []
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise MedmetaError(f"rules file {path}: require.{key} must be a list of table names")
+        for name in names:
+            if name not in TABLES:
+                raise MedmetaError(f"rules file {path}: require.{key}: unknown table {name!r} "
+                                   f"(tables: {', '.join(TABLES)})")
+        if len(set(names)) != len(names):
+            raise MedmetaError(f"rules file {path}: require.{key} names a table twice")
+        values[key] = tuple(names)
+    return Require(**values)
+
+
+def _with_required(tables: dict[str, tuple[Rule, ...]], require: Require
+                   ) -> tuple[dict[str, tuple[Rule, ...]], tuple[Rule, ...]]:
+    """The tables' rules with ``not_empty`` first in each required table, and the delivery rules."""
+    out = dict(tables)
+    for table in require.tables:
+        rule = Rule(table=table, id=NOT_EMPTY, expectation="ExpectTableRowCountToBeBetween", severity="critical",
+                    kwargs={"min_value": 1})
+        out[table] = (rule, *out.get(table, ()))
+    delivery = ()
+    if require.any_of:
+        # validated on a batch holding one row per non-empty table of ``any_of`` (validation/run.py)
+        delivery = (Rule(table=REQUIRE, id=ANY_OF, expectation="ExpectTableRowCountToBeBetween",
+                         severity="critical", kwargs={"min_value": 1}),)
+    return out, delivery
 
 
 def _read(path: Path) -> dict:
@@ -112,8 +195,8 @@ def _read(path: Path) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise MedmetaError(f"rules file {path}: expected a mapping with 'tables' and 'label_coverage'")
-    unknown = set(data) - {"tables", "label_coverage"}
+        raise MedmetaError(f"rules file {path}: expected a mapping with {', '.join(map(repr, _TOP_LEVEL))}")
+    unknown = set(data) - set(_TOP_LEVEL)
     if unknown:
         raise MedmetaError(f"rules file {path}: unknown top-level key(s) {sorted(unknown)}")
     return data
@@ -167,6 +250,13 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
 
 
+def _canonical_systems(value: Any) -> Any:
+    """A code system named in a ``where`` as its canonical URI (``sct`` -> http://snomed.info/sct)."""
+    if isinstance(value, list):
+        return [_canonical_systems(v) for v in value]
+    return canonical_system(value) if isinstance(value, str) else value
+
+
 def _parse_rule(path: Path, table: str, number: int, raw: Any) -> Rule:
     def fail(problem: str):
         _fail(path, table, number, problem)
@@ -185,6 +275,9 @@ def _parse_rule(path: Path, table: str, number: int, raw: Any) -> Rule:
     rule_id = raw.get("id", f"{name}_{number}")
     if not isinstance(rule_id, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]+", rule_id):
         fail("id must be a non-empty string of letters, digits, '_', '.', '-'")
+    if rule_id == NOT_EMPTY:
+        fail(f"the id {NOT_EMPTY!r} is reserved: which tables must have rows is the top-level 'require' "
+             "(e.g. require: {tables: [patients, images]})")
 
     kwargs = {k: v for k, v in raw.items() if k not in _RULE_KEYS}
     columns = set(TABLES[table].names)
@@ -252,12 +345,15 @@ def _parse_rule(path: Path, table: str, number: int, raw: Any) -> Rule:
         if kind == "table":
             fail("'where' only applies to column and column-pair expectations")
         if not isinstance(where, dict) or not where:
-            fail("'where' must map column names to a value or a list of values")
+            fail("'where' must map column names to a value, null, or a list of them")
         for column, value in where.items():
             if column not in columns:
                 fail(f"where column {column!r} is not a column of {table}")
-            if isinstance(value, (dict, type(None))) or (isinstance(value, list) and not value):
-                fail(f"where {column}: expected a value or a non-empty list of values")
+            values = value if isinstance(value, list) else [value]
+            if not values or any(isinstance(v, (dict, list)) for v in values):
+                fail(f"where {column}: expected a value, null, or a non-empty list of them")
+        where = {column: _canonical_systems(value) if column in SYSTEM_COLUMNS else value
+                 for column, value in where.items()}
     return Rule(
         table=table,
         id=rule_id,

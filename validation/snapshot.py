@@ -50,6 +50,8 @@ def validate_snapshot(home: Home, rules_path: str | Path | None = None) -> dict:
         "rows_checked": report.rows_checked,
         "rows_quarantined": len(quarantined),
         "row_counts": details["row_counts"],
+        "empty_tables": details["empty_tables"],  # no rows; a failure only when ``require`` names them
+        "require": details["require"],
         "rules": details["results"],
         "label_coverage": label_coverage(kept, rules),
         "data_docs": str(folder / "data_docs" / "index.html"),

@@ -48,12 +48,19 @@ def parent_values(tables: dict[str, pd.DataFrame], table: str, column: str) -> l
     return pd.unique(frame[column].dropna()).tolist()
 
 
+def expectation_class(name: str):
+    """The GX class a rule names: one of GX's own, or one of medmeta's (validation/code_expectations.py)."""
+    import great_expectations.expectations as gxe
+
+    from validation.code_expectations import CUSTOM
+
+    return CUSTOM[name] if name in CUSTOM else getattr(gxe, name)
+
+
 def build_expectation(rule: Rule):
     """The GX expectation of one rule. A ``value_set_from`` rule becomes
     ``ExpectColumnValuesToBeInParentColumn`` (validation/parent_expectation.py): the parent's keys
     are bound at run time, not copied into the configuration."""
-    import great_expectations.expectations as gxe
-
     kwargs = dict(rule.kwargs)
     meta = {"rule_id": rule.id, "severity": rule.severity}
     if rule.value_set_from is not None:
@@ -61,7 +68,7 @@ def build_expectation(rule: Rule):
 
         kwargs.pop("value_set", None)
         return ExpectColumnValuesToBeInParentColumn(**kwargs, parent=".".join(rule.value_set_from), meta=meta)
-    return getattr(gxe, rule.expectation)(**kwargs, meta=meta)
+    return expectation_class(rule.expectation)(**kwargs, meta=meta)
 
 
 def build_suite(name: str, rules: tuple[Rule, ...]):

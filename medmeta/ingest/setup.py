@@ -15,12 +15,12 @@ from datetime import date
 from pathlib import Path
 from typing import Iterator
 
-from medmeta import schema
 from medmeta.errors import MedmetaError
 from medmeta.home import Home
 from medmeta.ingest.config import IngestConfig
 from medmeta.ingest.image_parts import known_image_sources
 from medmeta.ingest.process import WorkerContext
+from medmeta.store_version import check_store_version
 from medmeta.pseudonyms import Pseudonymizer, load_key
 from medmeta.records.site_mappings import install_default_sites, load_site_mappings
 
@@ -54,19 +54,6 @@ class IngestSetup:
         known = known_image_sources(the_home.parts, settings.image_size)
         ctx = WorkerContext(the_home.root, settings, key, mappings, date.today(), known)
         return cls(source_path, the_home, settings, ctx)
-
-
-def check_store_version(home: Home) -> None:
-    """Refuse a store an older medmeta wrote: its parts would be taken as this version's."""
-    if not home.manifest.exists():
-        return
-    found = json.loads(home.manifest.read_text()).get("schema_version", 1)
-    if found != schema.SCHEMA_VERSION:
-        raise MedmetaError(
-            f"the store in {home.root} has schema version {found}, this medmeta writes {schema.SCHEMA_VERSION} "
-            f"(coded facts now keep their code system): ingest into a new home, or move {home.store} and "
-            f"{home.ledger} aside and ingest the landing data again"
-        )
 
 
 def _check_key_matches_store(home: Home, pseudo: Pseudonymizer) -> None:

@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import date
 
 import pandas as pd
 
 from medmeta.errors import INVALID_RECORD, NON_NUMERIC_VALUE, Rejected
 from medmeta.records.omop_cdm54 import normalise_column
 from medmeta.records.omop_concepts import UNIT_PREFIX, concept_table
+from medmeta.records.cells import blank, to_date
 from medmeta.records.raw import RawRecords
 from medmeta.terminology.systems import OMOP_CONCEPT
 
@@ -157,9 +158,9 @@ def _value(row: dict, table: str) -> dict | str:
     if value_concept:
         return {"value": None, "unit": None, "comparator": None,
                 "value_system": OMOP_CONCEPT, "value_code": str(value_concept)}
-    if not _blank(row.get("value_as_string")):
+    if not blank(row.get("value_as_string")):
         return f"OMOP {table}: value only as free text (value_as_string)"
-    if not _blank(row.get("value_source_value")):
+    if not blank(row.get("value_source_value")):
         return f"OMOP {table}: value only as source text (value_source_value)"
     return f"OMOP {table}: no value"
 
@@ -175,7 +176,7 @@ def _comparator(row: dict) -> str | None:
 
 def _unit(row: dict) -> str | None:
     written = row.get("unit_source_value")
-    if not _blank(written):
+    if not blank(written):
         return str(written).strip()
     unit_concept = _integer(row.get("unit_concept_id"), "unit_concept_id")
     return f"{UNIT_PREFIX}{unit_concept}" if unit_concept else None
@@ -188,7 +189,7 @@ def _concept(row: dict, table: str, stem: str) -> tuple[str, str]:
         concept = _integer(row.get(column), column)
         if concept:
             return OMOP_CONCEPT, str(concept)
-    if not _blank(row.get(source_value)):
+    if not blank(row.get(source_value)):
         return SOURCE_VALUE_SYSTEM + table, str(row[source_value]).strip()
     raise Rejected(INVALID_RECORD, f"the row names no concept ({standard} and {source} are 0, no {source_value})")
 
@@ -201,8 +202,8 @@ def _person_id(row: dict) -> str:
 
 
 def _birth_date(row: dict) -> date | None:
-    if not _blank(row.get("birth_datetime")):
-        return _to_date(row["birth_datetime"], "birth_datetime")
+    if not blank(row.get("birth_datetime")):
+        return to_date(row["birth_datetime"], None, "birth_datetime")
     year = _integer(row.get("year_of_birth"), "year_of_birth")
     if year is None:
         return None
@@ -219,32 +220,20 @@ def _sex(row: dict) -> str:
     if gender:
         return {MALE: "male", FEMALE: "female"}.get(gender, "unknown")
     written = row.get("gender_source_value")
-    return SEX_SOURCE_VALUES.get(str(written).strip().lower(), "unknown") if not _blank(written) else "unknown"
+    return SEX_SOURCE_VALUES.get(str(written).strip().lower(), "unknown") if not blank(written) else "unknown"
 
 
 def _date(row: dict, stem: str) -> date | None:
     """``<stem>_date``, else the date of ``<stem>_datetime``; None when both are blank."""
     for column in (f"{stem}_date", f"{stem}_datetime"):
-        if not _blank(row.get(column)):
-            return _to_date(row[column], column)
+        if not blank(row.get(column)):
+            return to_date(row[column], None, column)
     return None
-
-
-def _to_date(value, column: str) -> date:
-    if isinstance(value, datetime):
-        return value.date()
-    if isinstance(value, date):
-        return value
-    text = str(value).strip()
-    try:
-        return date.fromisoformat(text[:10])
-    except ValueError:
-        raise Rejected(INVALID_RECORD, f"{column} is not a valid date") from None
 
 
 def _integer(value, column: str) -> int | None:
     """An integer cell (ids, concept ids, birth year); None when blank."""
-    if _blank(value):
+    if blank(value):
         return None
     try:
         number = float(str(value).strip()) if not isinstance(value, int) else value
@@ -256,7 +245,7 @@ def _integer(value, column: str) -> int | None:
 
 
 def _number(value, column: str) -> float | None:
-    if _blank(value):
+    if blank(value):
         return None
     try:
         number = float(str(value).strip())
@@ -266,10 +255,3 @@ def _number(value, column: str) -> float | None:
         raise Rejected(NON_NUMERIC_VALUE, f"{column} is not a finite number")
     return number
 
-
-def _blank(value) -> bool:
-    if value is None or value is pd.NaT or value is pd.NA:
-        return True
-    if isinstance(value, float):
-        return math.isnan(value)
-    return isinstance(value, str) and not value.strip()

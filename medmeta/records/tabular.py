@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import math
-from datetime import date, datetime
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -22,6 +21,7 @@ from medmeta.errors import (
 )
 from medmeta.records.omop import parse_omop
 from medmeta.records.omop_cdm54 import recognise_cdm_table
+from medmeta.records.cells import blank, to_date
 from medmeta.records.raw import RawRecords
 from medmeta.records.site_mappings import DATE_FIELDS, FieldSpec, TableMapping, find_mapping
 from medmeta.terminology.systems import LOINC
@@ -81,7 +81,7 @@ def parse_tabular(data: bytes, kind: str, mappings: list[TableMapping], site: st
 def _add_wide(records: RawRecords, mapping: TableMapping, row: dict, columns: dict, i: int, location: str):
     for column, analyte in mapping.wide.items():
         cell = columns[column][i] if column in columns else None
-        if _blank(cell):
+        if blank(cell):
             continue
         try:
             value = _number(cell, column)
@@ -107,7 +107,7 @@ def _add_systems(row: dict, mapping: TableMapping) -> None:
 
 def _cell(spec: FieldSpec, name: str, columns: dict, i: int):
     raw = columns[spec.column][i] if spec.column in columns else None
-    if _blank(raw):
+    if blank(raw):
         if spec.codes and "" in spec.codes:
             return spec.codes[""]
         return None
@@ -125,11 +125,6 @@ def _cell(spec: FieldSpec, name: str, columns: dict, i: int):
     return text
 
 
-def _blank(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or (
-        isinstance(value, str) and not value.strip()) or value is pd.NaT
-
-
 def _number(value, column: str) -> float:
     try:
         number = float(value)
@@ -138,21 +133,4 @@ def _number(value, column: str) -> float:
     if not math.isfinite(number):
         raise Rejected(NON_NUMERIC_VALUE, f"column {column} is not a finite number")
     return number
-
-
-def to_date(value, date_format: str | None, column: str) -> date:
-    """A date from a date, a timestamp, or text (ISO 8601 or the mapping's format)."""
-    if isinstance(value, datetime):
-        return value.date()
-    if isinstance(value, date):
-        return value
-    text = str(value).strip()
-    try:
-        if date_format:
-            return datetime.strptime(text, date_format).date()
-        return date.fromisoformat(text[:10])
-    except ValueError:
-        raise Rejected(INVALID_RECORD, f"column {column} is not a valid date") from None
-
-
 

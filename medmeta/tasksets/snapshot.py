@@ -14,6 +14,7 @@ import pandas as pd
 from medmeta.errors import MedmetaError
 from medmeta.home import Home
 from medmeta.schema import TABLES
+from validation.coverage import coverage_roles
 from validation.gate import current_snapshot, require_passed, validation_dir
 
 
@@ -22,7 +23,7 @@ class ValidatedSnapshot:
     home: Home
     snapshot: str
     tables: dict[str, pd.DataFrame]
-    coverage: dict[tuple[str, str], str]  # (kind, code) -> meta_train | meta_test_only | too_few
+    coverage: dict[tuple[str, str | None, str], str]  # (kind, system, code) -> meta_train | meta_test_only | too_few
 
     def pixels(self, images: pd.DataFrame) -> np.ndarray:
         """The cached pixels of ``images``' rows, in their order: float16 ``(N, S, S)``."""
@@ -53,5 +54,5 @@ def load_validated(home: Home) -> ValidatedSnapshot:
     for name, schema in TABLES.items():
         path = folder / f"{name}.parquet"
         tables[name] = pd.read_parquet(path) if path.exists() else schema.empty_table().to_pandas()
-    coverage = {(c["kind"], c["code"]): c["role"] for c in result.get("label_coverage", [])}
+    coverage = coverage_roles(result.get("label_coverage", []))
     return ValidatedSnapshot(home, snapshot, tables, coverage)

@@ -1,9 +1,12 @@
-"""What a task set is asked to be: by disease or drug, which inputs, ways/shots/queries, seed, name."""
+"""What a task set is asked to be: by disease or drug, which inputs, ways/shots/queries, seed, name,
+and how classes, labels and features are formed (class system, concept maps, outcome rules, label
+policy, which conditions are diseases, how common an analyte must be to be a feature)."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from medmeta.errors import MedmetaError
 
@@ -11,6 +14,9 @@ KINDS = ("disease", "drug")
 INPUTS = ("images", "records", "both")
 DEFAULTS = {"disease": dict(ways=3, shots=5, queries=3), "drug": dict(ways=2, shots=5, queries=5)}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+LABEL_POLICIES = ("auto", "rarest", "per-split")
+CONDITION_FILTERS = ("disorders", "all")
+FEATURE_MIN_PATIENTS_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
@@ -22,6 +28,12 @@ class TaskSetSpec:
     queries: int
     seed: int
     name: str
+    system: str = "auto"  # the class code system: auto, or any spelling systems.py knows, or a URI
+    concept_maps: tuple[str, ...] = ()  # map files, applied in order before classes are formed
+    outcomes: str | None = None  # drug tasks: a user's outcome rule file (None: medmeta/config/outcomes.yaml)
+    label_policy: str = "auto"  # disease tasks: auto | rarest | per-split (medmeta.tasksets.cases)
+    conditions: str = "disorders"  # disease tasks: disorders | all (medmeta.tasksets.classes)
+    feature_min_patients_fraction: float = FEATURE_MIN_PATIENTS_FRACTION
 
     @property
     def cases_needed(self) -> int:
@@ -33,8 +45,13 @@ class TaskSetSpec:
 
 
 def make_spec(kind: str, inputs: str | None = None, ways: int | None = None, shots: int | None = None,
-              queries: int | None = None, seed: int = 0, name: str | None = None) -> TaskSetSpec:
-    """A checked spec, defaults filled in; a ``MedmetaError`` naming any bad argument."""
+              queries: int | None = None, seed: int = 0, name: str | None = None, system: str | None = None,
+              concept_maps=(), outcomes: str | None = None, label_policy: str | None = None,
+              conditions: str | None = None, feature_min_patients_fraction: float | None = None) -> TaskSetSpec:
+    """A checked spec, defaults filled in; a ``MedmetaError`` naming any bad argument.
+
+    Concept map and outcome rule files must exist here; their content is checked when the task set
+    is planned (``medmeta.tasksets.build.plan_taskset``), before anything is written."""
     if kind not in KINDS:
         raise MedmetaError(f"--by must be one of {', '.join(KINDS)}, got {kind!r}")
     inputs = inputs or ("images" if kind == "disease" else "records")
@@ -54,4 +71,21 @@ def make_spec(kind: str, inputs: str | None = None, ways: int | None = None, sho
     name = name or f"{kind}-{inputs}-{ways}w{shots}s{queries}q-seed{seed}"
     if not NAME.match(name):
         raise MedmetaError(f"task set name {name!r}: letters, digits, '.', '_' and '-' only (at most 100)")
-    return TaskSetSpec(kind, inputs, int(ways), int(shots), int(queries), int(seed), name)
+    system = (system or "auto").strip()
+    label_policy = label_policy or "auto"
+    if label_policy not in LABEL_POLICIES:
+        raise MedmetaError(f"--label-policy must be one of {', '.join(LABEL_POLICIES)}, got {label_policy!r}")
+    conditions = conditions or "disorders"
+    if conditions not in CONDITION_FILTERS:
+        raise MedmetaError(f"--conditions must be one of {', '.join(CONDITION_FILTERS)}, got {conditions!r}")
+    fraction = FEATURE_MIN_PATIENTS_FRACTION if feature_min_patients_fraction is None else feature_min_patients_fraction
+    if not 0 <= float(fraction) <= 1:
+        raise MedmetaError(f"--feature-min-patients must be a fraction in [0, 1], got {fraction!r}")
+    maps = tuple(str(Path(p).resolve()) for p in (concept_maps or ()))
+    for path in maps + ((str(Path(outcomes).resolve()),) if outcomes else ()):
+        if not Path(path).is_file():
+            raise MedmetaError(f"{path}: no such file")
+    if outcomes and kind != "drug":
+        raise MedmetaError("--outcomes applies to drug tasks (--by drug)")
+    return TaskSetSpec(kind, inputs, int(ways), int(shots), int(queries), int(seed), name, system, maps,
+                       str(Path(outcomes).resolve()) if outcomes else None, label_policy, conditions, float(fraction))

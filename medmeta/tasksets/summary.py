@@ -19,6 +19,11 @@ def summarize(manifest: dict, folder: str | None = None) -> dict:
                      for s in _ordered(manifest)}
     out["excluded"] = [{"code": e["code"], "cases": e["cases"], "reason": e["reason"],
                         "adaptation_only": e["adaptation_only"]} for e in manifest["excluded"]]
+    classes = manifest.get("classes") or {}
+    out["class_system"] = (classes.get("system") or {}).get("short")
+    out["label_policy"] = manifest.get("label_policy")
+    if "outcomes" in manifest:  # drug tasks: per drug, what the outcome rules found and whether it was usable
+        out["outcomes"] = manifest["outcomes"]
     out["features"] = {"record": len(record["names"]) if record else 0,
                        "record_names": record["names"] if record else [],
                        "image_size": image["size"] if image else None}
@@ -37,6 +42,9 @@ def summary_markdown(manifest: dict) -> str:
              f"Features: {short['features']['record']} record features"
              + (f", images {short['features']['image_size']}" if short["features"]["image_size"] else "") + ".",
              "", f"Label policy: {manifest['label_policy']}.",
+             f"Classes: {short['class_system'] or 'codes'}"
+             + (f" ({manifest['classes'].get('label_policy_choice')})" if manifest.get("classes", {}).get("label_policy_choice")
+                else "") + ".",
              "", "| split | classes | cases | per class |", "|---|---:|---:|---|"]
     for split, entry in short["splits"].items():
         per = ", ".join(f"`{c}` {n}" for c, n in entry["cases_per_class"].items())
@@ -48,4 +56,10 @@ def summary_markdown(manifest: dict) -> str:
                   for e in short["excluded"]]
     else:
         lines.append("None: every class has enough cases for an episode.")
+    if "outcomes" in manifest:
+        lines += ["", "## Outcomes per drug", "", "| drug | responders | non-responders | unknown | usable |",
+                  "|---|---:|---:|---|---|"]
+        lines += [f"| `{code}` | {o['responders']} | {o['non_responders']} | "
+                  f"{', '.join(f'{n} {r}' for r, n in o['unknown'].items()) or '-'} | "
+                  f"{'yes' if o.get('usable') else 'no'} |" for code, o in manifest["outcomes"].items()]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""Drug outcomes defined as data: rule files (``rules``) and their application to a snapshot (``apply``)."""
