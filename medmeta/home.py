@@ -4,7 +4,7 @@
       secrets/pseudonym.key        the local pseudonym key (0600), when not given by env or block
       config/sites/*.yaml          per-site column and unit mappings (copied on first use)
       store/                       the canonical, de-identified store
-        parts/<sha256>/            what one input file contributed (written once, atomically)
+        parts/<sha256>.arrow       what one input file contributed (written once, atomically)
         <table>.parquet            the consolidated tables of the current snapshot
         record_quarantine.parquet  rows rejected inside otherwise good files
         manifest.json              the current snapshot: id, counts, table hashes

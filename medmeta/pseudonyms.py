@@ -13,7 +13,6 @@ anywhere else; ``Pseudonymizer.fingerprint`` identifies it without revealing it.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import secrets
@@ -40,7 +39,7 @@ class Pseudonymizer:
         return f"Pseudonymizer(fingerprint={self.fingerprint})"
 
     def _digest(self, purpose: str, value: str) -> bytes:
-        return hmac.new(self._key, f"{purpose}\x1f{value}".encode("utf-8"), hashlib.sha256).digest()
+        return hmac.digest(self._key, f"{purpose}\x1f{value}".encode("utf-8"), "sha256")
 
     @property
     def fingerprint(self) -> str:
