@@ -67,6 +67,7 @@ def medmeta_ingest(folder: Path) -> tuple[float, dict, float]:
     from prefect import flow
 
     from flows.ingest import ingest_flow
+    from medmeta.ingest.pool import start_forkserver
     from medmeta.prefect_runtime import embedded_run_settings
 
     @flow
@@ -74,6 +75,7 @@ def medmeta_ingest(folder: Path) -> tuple[float, dict, float]:
         return 1
 
     start = time.perf_counter()
+    start_forkserver()  # as `medmeta ingest` does while the Prefect API starts
     warm_up()
     api_start = time.perf_counter() - start
     home = Path(tempfile.mkdtemp(prefix="medmeta-bench-home-"))

@@ -9,6 +9,7 @@ from prefect import flow, unmapped
 from medmeta.ingest.pool import WorkerPool
 from medmeta.ingest.setup import IngestSetup, home_lock
 from medmeta.ingest.summary import summarize
+from medmeta.ingest.units_step import warm_units_for
 from flows.validate import validate_flow
 from tasks.ingest import build_snapshot, discover_inputs, ingest_batch, report_ingest
 from validation.report import digest
@@ -22,6 +23,7 @@ def ingest_flow(source: str, home: str | None = None, config: str | None = None,
     with home_lock(setup.home):
         with WorkerPool(setup.worker_context, setup.config.worker_count) as pool:  # boots while files are found
             items = discover_inputs(setup)
+            warm_units_for([item.logical_path for item in items])  # records: the UCUM registry, meanwhile
             size = setup.config.batch_size
             batches = [items[i:i + size] for i in range(0, len(items), size)]
             futures = ingest_batch.map(batches, pool=unmapped(pool), setup=unmapped(setup))

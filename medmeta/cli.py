@@ -93,6 +93,7 @@ def ingest(
     except MedmetaError as error:
         _fail(str(error))
     _prefect_environment(the_home.root)
+    _warm_ingest_workers()
     from flows.ingest import ingest_flow
 
     try:
@@ -166,6 +167,13 @@ def validate(
         typer.secho(f"error: validation failed: critical expectations {', '.join(short['critical_failures'])}",
                     err=True, fg=typer.colors.RED)
         raise typer.Exit(1)
+
+
+def _warm_ingest_workers() -> None:
+    """Boot the ingest's forkserver while Prefect's API starts, so its workers fork warm."""
+    from medmeta.ingest.pool import start_forkserver
+
+    start_forkserver()
 
 
 PipelineConfigOption = typer.Option(None, "--config", help="Pipeline settings (YAML); see medmeta/config/pipeline.yaml.")
@@ -285,6 +293,7 @@ def run_pipeline(
     except MedmetaError as error:
         _fail(str(error))
     _prefect_environment(the_home.root)
+    _warm_ingest_workers()
     from flows.pipeline import pipeline_flow
     from medmeta.prefect_runtime import embedded_run_settings
     from medmeta.training.report import summary_text

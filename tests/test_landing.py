@@ -442,3 +442,17 @@ def test_json_fixture_files_of_pydicom_sniff_as_json():
     data = (PYDICOM_FILES / "test1.json").read_bytes()
     json.loads(data)
     assert sniff(data, "test1.json") == "json"
+
+
+def test_pool_chunks_put_the_largest_files_first_and_cover_every_item_once():
+    from medmeta.ingest.pool import balanced_chunks
+    from medmeta.landing.walk import InputItem
+
+    sizes = [5, 900, 40, 40, 3000, 1, 1, 1, 700, 60]
+    items = [InputItem(f"f{i}", Path(f"f{i}"), None, size) for i, size in enumerate(sizes)]
+    chunks = balanced_chunks(items, workers=2)
+    flat = [i for chunk in chunks for i in chunk]
+    assert sorted(flat) == list(range(len(items)))  # every file once
+    assert flat[0] == 4 and [sizes[i] for i in flat] == sorted(sizes, reverse=True)
+    assert chunks[0] == [4]  # the largest alone: over a quarter of a worker's share
+    assert all(len(c) <= 32 for c in balanced_chunks(items * 10, workers=2))

@@ -20,6 +20,33 @@ from medmeta.landing.walk import InputItem
 PRELOAD = ["medmeta.ingest.process", "medmeta.dicom.pixels", "medmeta.dicom.deidentify", "medmeta.landing.sniff"]
 
 
+def start_forkserver() -> None:
+    """Boot the forkserver and its preloaded imports now, in the background (idempotent).
+
+    The CLI calls it before Prefect's API takes its seconds to start, so the ingest's workers fork
+    from a warm server instead of waiting for it (about 0.9 s of imports on 2 cores).
+    """
+    from multiprocessing import forkserver
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload(PRELOAD)
+    forkserver.ensure_running()
+
+
+def balanced_chunks(items: list[InputItem], workers: int, most: int = 32) -> list[list[int]]:
+    """Indices of ``items`` in chunks for the pool: largest files first, each chunk about a quarter of
+    a worker's share of the bytes (at most ``most`` files), so no worker is left with a long tail."""
+    order = sorted(range(len(items)), key=lambda i: (-items[i].size, i))
+    target = max(1, sum(item.size for item in items) // (workers * 4))
+    chunks, current, size = [], [], 0
+    for i in order:
+        current.append(i)
+        size += items[i].size
+        if size >= target or len(current) >= most:
+            chunks.append(current)
+            current, size = [], 0
+    return chunks + ([current] if current else [])
+
+
 class WorkerPool:
     """``map(items)`` processes a batch of items across ``workers`` processes (1: in-process)."""
 
@@ -28,8 +55,8 @@ class WorkerPool:
         self._local = Worker(ctx) if workers <= 1 else None
         self._executor = None
         if workers > 1:
+            start_forkserver()
             mp = multiprocessing.get_context("forkserver")
-            mp.set_forkserver_preload(PRELOAD)
             self._executor = ProcessPoolExecutor(workers, mp_context=mp, initializer=init_worker, initargs=(ctx,))
             # Boot the forkserver and the workers now, in the background, while files are found.
             self._warming = threading.Thread(target=self._warm_up, daemon=True)
@@ -43,10 +70,13 @@ class WorkerPool:
         if self._local is not None:
             return [self._local.process(item) for item in items]
         self._warming.join()
-        chunk = max(1, min(32, len(items) // (self.workers * 4) or 1))
-        chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
-        futures = [self._executor.submit(process_items, c) for c in chunks]
-        return [outcome for f in futures for outcome in f.result()]
+        chunks = balanced_chunks(items, self.workers)
+        futures = [self._executor.submit(process_items, [items[i] for i in c]) for c in chunks]
+        results: list = [None] * len(items)
+        for chunk, future in zip(chunks, futures):
+            for i, result in zip(chunk, future.result()):
+                results[i] = result
+        return results
 
     def close(self) -> None:
         if self._executor is not None:

@@ -27,8 +27,7 @@ from medmeta.ingest.parts import part_exists, record_quarantine_table, write_par
 from medmeta.landing.sniff import sniff
 from medmeta.landing.walk import InputItem, read_item
 from medmeta.pseudonyms import Pseudonymizer
-from medmeta.records.canonical import Canonicalizer, StagedRecords
-from medmeta.records.omop_concepts import CONCEPT_SCHEMA
+from medmeta.records.canonical import CONCEPTS, Canonicalizer, StagedRecords
 from medmeta.records.site_mappings import TableMapping
 
 
@@ -109,7 +108,7 @@ class Worker:
         tables = dict(staged.tables)
         tables["patient_refs"] = staged.patient_refs
         tables["medication_refs"] = staged.medication_refs
-        tables["concepts"] = pa.Table.from_pylist(raw.concepts, schema=CONCEPT_SCHEMA)
+        tables["concepts"] = pa.Table.from_pylist(raw.concepts, schema=CONCEPTS)
         tables["record_quarantine"] = record_quarantine_table(rejects)
         meta = {"kind": kind, "rows": {k: t.num_rows for k, t in sorted(staged.tables.items())},
                 "rows_rejected": len(rejects), "ignored": dict(raw.ignored), "excluded": dict(raw.excluded),

@@ -14,6 +14,17 @@ import pandas as pd
 from medmeta.errors import Rejected
 
 _KEY = ["system", "code", "unit"]
+RECORD_SUFFIXES = (".json", ".ndjson", ".csv", ".tsv", ".txt", ".parquet", ".gz", ".zip")
+
+
+def warm_units_for(paths: list[str]) -> None:
+    """Start building the UCUM registry in the background when the landing may hold records (judged by
+    file names alone: it is only a head start), so consolidation does not wait a second for it while the
+    workers are busy; a folder of DICOM never builds it."""
+    if any(p.lower().endswith(RECORD_SUFFIXES) for p in paths):
+        from medmeta.records.ucum import build_in_background
+
+        build_in_background()
 
 
 def convert_units(frame: pd.DataFrame, converter) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -33,6 +33,11 @@ MEDICATION_REFS = pa.schema([
     ("medication_ref", pa.string()), ("drug_system", pa.string()), ("drug_code", pa.string()),
     ("drug_display", pa.string()),
 ])
+# An OMOP CONCEPT table as a part stages it (medmeta.records.omop_concepts resolves rows through it);
+# here, not there, so a worker that meets only FHIR never imports pandas.
+CONCEPTS = pa.schema([
+    ("concept_id", pa.int64()), ("system", pa.string()), ("code", pa.string()), ("display", pa.string()),
+])
 _EXTRA = {
     "patients": [("patient_ref", pa.string()), ("location", pa.string())],
     "conditions": [("patient_ref", pa.string()), ("location", pa.string())],

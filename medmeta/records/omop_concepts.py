@@ -20,14 +20,10 @@ import pandas as pd
 import pyarrow as pa
 
 from medmeta.errors import INVALID_RECORD, Rejected
+from medmeta.records.canonical import CONCEPTS
 from medmeta.terminology.systems import OMOP_CONCEPT, UCUM, canonical_system
 
-CONCEPT_SCHEMA = pa.schema([
-    ("concept_id", pa.int64()),
-    ("system", pa.string()),
-    ("code", pa.string()),
-    ("display", pa.string()),
-])
+CONCEPT_SCHEMA = CONCEPTS  # staged by every part that holds a CONCEPT table (medmeta.records.canonical)
 UNIT_PREFIX = "omop-concept:"  # a unit known only by its unit_concept_id
 
 # Per canonical table, the (system, code, display) columns that may hold an OMOP concept id.

@@ -19,6 +19,7 @@ What the library does not decide, this module does, following UCUM's own rules:
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
@@ -175,7 +176,24 @@ class Ucum:
         return ".".join(parts)
 
 
-@lru_cache(maxsize=1)
+_BUILDING = threading.Lock()
+
+
 def ucum() -> Ucum:
-    """The process's UCUM registry, built on first use."""
+    """The process's UCUM registry, built on first use (once: a caller arriving while another thread
+    builds it waits for that one)."""
+    with _BUILDING:
+        return _registry()
+
+
+@lru_cache(maxsize=1)
+def _registry() -> Ucum:
     return Ucum()
+
+
+def build_in_background() -> threading.Thread:
+    """Start building the registry in a daemon thread (about a second of pint parsing), so that the
+    ingest's consolidation finds it ready; ``ucum()`` waits for it if it is not."""
+    thread = threading.Thread(target=ucum, name="ucum-registry", daemon=True)
+    thread.start()
+    return thread
