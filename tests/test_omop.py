@@ -23,7 +23,7 @@ import pytest
 from medmeta.errors import INVALID_RECORD, NON_NUMERIC_VALUE, Rejected
 from medmeta.landing.sniff import sniff
 from medmeta.records.omop import READ_COLUMNS
-from medmeta.records.omop_cdm54 import CDM54_TABLES, recognise_cdm_table
+from medmeta.records.omop_tables import CDM54_TABLES, recognise_cdm_table
 from medmeta.records.omop_concepts import CONCEPT_SCHEMA, concept_table, resolve_omop_concepts
 from medmeta.records.site_mappings import load_site_mappings
 from medmeta.records.tabular import parse_tabular

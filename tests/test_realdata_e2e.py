@@ -162,7 +162,7 @@ def test_omop_export_is_accounted_for_and_validates(tmp_path):
 
 def test_medmeta_run_on_synthea_publishes_a_records_model(synthea_home, tmp_path):
     """The whole pipeline on real records: a SNOMED CT task set, a trained ProtoNet, its evaluation against
-    both baselines, a published version (short settings: this checks the path, bench/synthea.py the quality)."""
+    both baselines, a published version (short settings: this checks the path, bench/real_records.py the quality)."""
     home, _, _ = synthea_home
     config = tmp_path / "pipeline.yaml"
     config.write_text(

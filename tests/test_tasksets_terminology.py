@@ -1,6 +1,6 @@
 """Task sets over any code system: Synthea's SNOMED CT classes, concept maps, outcome rules as data.
 
-The Synthea tables come from ``tests/synthea_tables.py`` (plain json, not medmeta's ingest) and
+The Synthea tables come from ``tests/fhir_bundle_tables.py`` (plain json, not medmeta's ingest) and
 are written as a validated home; every count checked here is made again by the test's own code.
 """
 
@@ -21,7 +21,7 @@ from medmeta.tasksets.spec import make_spec
 from medmeta.tasksets.store import load_taskset
 from medmeta.terminology.concept_maps import load_concept_map
 from medmeta.terminology.systems import ATC, ICD10CM, LOINC, RXNORM, SNOMED
-from tests.synthea_tables import read_synthea, synthea_zip, write_validated_home, as_stored
+from tests.fhir_bundle_tables import read_synthea, synthea_zip, write_validated_home, as_stored
 from tests.test_cli import run_cli
 
 GROUPS = "http://example.org/fhir/CodeSystem/disease-groups"

@@ -1,6 +1,6 @@
 """One OMOP CDM 5.4 table (a CSV or Parquet file) to ``RawRecords``, with no site mapping.
 
-The table is recognised from its header (``medmeta.records.omop_cdm54``). Read:
+The table is recognised from its header (``medmeta.records.omop_tables``). Read:
     person               -> patients: person_id as the MRN, issued by "omop:<site>" (person ids are
                             unique only within one CDM); birth from birth_datetime, else
                             year/month/day_of_birth (a missing month or day is the 1st, as OHDSI's
@@ -35,7 +35,7 @@ from datetime import date
 import pandas as pd
 
 from medmeta.errors import INVALID_RECORD, NON_NUMERIC_VALUE, Rejected
-from medmeta.records.omop_cdm54 import normalise_column
+from medmeta.records.omop_tables import normalise_column
 from medmeta.records.omop_concepts import UNIT_PREFIX, concept_table
 from medmeta.records.cells import blank, to_date
 from medmeta.records.raw import RawRecords

@@ -20,7 +20,7 @@ from medmeta.errors import (
     Rejected,
 )
 from medmeta.records.omop import parse_omop
-from medmeta.records.omop_cdm54 import recognise_cdm_table
+from medmeta.records.omop_tables import recognise_cdm_table
 from medmeta.records.cells import blank, to_date
 from medmeta.records.raw import RawRecords
 from medmeta.records.site_mappings import DATE_FIELDS, FieldSpec, TableMapping, find_mapping

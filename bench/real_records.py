@@ -1,9 +1,9 @@
 """The whole pipeline on real records: the shared 100-patient Synthea FHIR export to published models.
 
-    python bench/synthea.py [--out BENCHMARKS.md]
+    python bench/real_records.py [--out BENCHMARKS.md]
 
 Copies ``../shared/realdata/synthea_r4_transaction_bundles_100p.zip`` into a fresh landing folder
-(never into the repository), runs ``medmeta run`` with bench/synthea.yaml (3-way records task set over
+(never into the repository), runs ``medmeta run`` with bench/real_records.yaml (3-way records task set over
 SNOMED CT concepts, ProtoNet and MAML, 600 meta-test episodes per shot count) in a fresh home, and
 tabulates each model against training from scratch and pretrain-then-fine-tune on the same episodes.
 The issue asks for the numbers, whatever they are: 100 patients give 15 disease classes, few for
@@ -38,7 +38,7 @@ def medmeta(*args: str, env: dict):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=ROOT / "bench" / "synthea.yaml")
+    parser.add_argument("--config", type=Path, default=ROOT / "bench" / "real_records.yaml")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if not (REALDATA / BUNDLES).exists():
@@ -62,12 +62,12 @@ def main() -> None:
     episodes = load_settings(args.config).evaluate["episodes"]
     text = f"""## The pipeline on real records: Synthea, 100 patients (issue 11)
 
-`python bench/synthea.py` — {cpu_model()}, {os.cpu_count()} cores, load average {load_before} before and
+`python bench/real_records.py` — {cpu_model()}, {os.cpu_count()} cores, load average {load_before} before and
 {load_average()} after, medmeta {revision(ROOT, ('medmeta', 'metalearn', 'flows', 'tasks'))}. The shared 100-patient Synthea R4 export
 ingested, validated ({'passed' if run['validation']['success'] else 'FAILED'}), a 3-way 5-shot 3-query records task set over
 {manifest['classes']['system']['uri']} concepts (label policy: {manifest['classes']['label_policy_choice']};
 meta-train / meta-val / meta-test classes: {', '.join(f"{s} {len(v)}" for s, v in classes.items())}; {len(manifest['features']['record']['names'])} record features),
-ProtoNet and MAML trained and evaluated by `medmeta run` with `bench/synthea.yaml`; every method scored on the same {episodes}
+ProtoNet and MAML trained and evaluated by `medmeta run` with `bench/real_records.yaml`; every method scored on the same {episodes}
 meta-test episodes per shot count. Accuracy in %, mean ± 95% interval (chance: 33.3); the whole run took {minutes:.1f} min.
 
 {MODEL_TABLE_HEAD}
