@@ -147,7 +147,7 @@ def test_bulk_ndjson_export_is_accounted_for_and_validates(tmp_path):
     assert len(validated(home, "medication_exposures")) >= 0.99 * counts["MedicationRequest"]
 
 
-def test_omop_export_is_accounted_for_and_validates(tmp_path):
+def test_omop_export_is_accounted_for_validates_and_gives_a_snomed_ct_task_set(tmp_path):
     home, archive, summary = ingest_export(OMOP_27P, tmp_path)
     assert [q["reason"].split(":")[0] for q in summary["quarantined"]] == ["macos_metadata"]
     assert summary["validation"]["success"], summary["validation"]
@@ -158,6 +158,13 @@ def test_omop_export_is_accounted_for_and_validates(tmp_path):
     conditions = validated(home, "conditions")
     assert len(conditions) == len({r["condition_occurrence_id"] for r in rows["condition_occurrence"]})
     assert set(conditions["system"]) == {"http://snomed.info/sct"}
+    result = medmeta("tasks", "build", "--by", "disease", "--inputs", "records", "--name", "omop", home=home,
+                     env_key="realdata-test-key-0123456789")
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = json.loads((home / "tasksets" / "omop" / "manifest.json").read_text())
+    assert manifest["classes"]["system"]["uri"] == "http://snomed.info/sct"
+    classes = [c for split in ("train", "val", "test") for c in manifest["splits"][split]["classes"]]
+    assert len(classes) >= 3 and all(c["cases"] >= 8 for c in classes)
 
 
 def test_medmeta_run_on_synthea_publishes_a_records_model(synthea_home, tmp_path):
@@ -182,14 +189,3 @@ def test_medmeta_run_on_synthea_publishes_a_records_model(synthea_home, tmp_path
     assert all(0.0 <= scores[m]["accuracy"] <= 1.0 and scores[m]["ci95"] > 0 for m in ("meta", "from_scratch"))
     listed = medmeta("models", "list", "--json", home=home, env_key="realdata-test-key-0123456789")
     assert listed.returncode == 0 and "synthea-run" in listed.stdout
-
-
-def test_omop_export_gives_a_snomed_ct_disease_task_set(tmp_path):
-    home, _, _ = ingest_export(OMOP_27P, tmp_path)
-    result = medmeta("tasks", "build", "--by", "disease", "--inputs", "records", "--name", "omop", home=home,
-                     env_key="realdata-test-key-0123456789")
-    assert result.returncode == 0, result.stderr[-2000:]
-    manifest = json.loads((home / "tasksets" / "omop" / "manifest.json").read_text())
-    assert manifest["classes"]["system"]["uri"] == "http://snomed.info/sct"
-    classes = [c for split in ("train", "val", "test") for c in manifest["splits"][split]["classes"]]
-    assert len(classes) >= 3 and all(c["cases"] >= 8 for c in classes)
