@@ -22,9 +22,10 @@ from flows.adapt import adapt_flow
 from flows.evaluate import evaluate_flow
 from flows.ingest import ingest_flow
 from flows.publish import publish_flow
-from flows.tasksets import TASKSET_OPTIONS, build_tasksets_flow
+from flows.tasksets import build_tasksets_flow
 from flows.train import train_flow
 from medmeta.home import Home
+from medmeta.tasksets.spec import TASKSET_OPTIONS
 from medmeta.training.settings import load_settings
 from tasks.concurrency import training_slot
 from tasks.pipeline import record_pipeline_run, report_pipeline

@@ -5,13 +5,11 @@ from __future__ import annotations
 from prefect import flow
 
 from medmeta.home import Home
-from medmeta.tasksets.spec import make_spec
+from medmeta.tasksets.spec import TASKSET_OPTIONS, make_spec
 from medmeta.tasksets.store import taskset_dir
 from medmeta.tasksets.summary import summarize
 from tasks.tasksets import build_taskset_task, report_taskset
 
-# the task-set keys a pipeline settings entry may give beyond by/inputs/ways/shots/queries/seed/name
-TASKSET_OPTIONS = ("system", "concept_maps", "outcomes", "label_policy", "conditions", "feature_min_patients_fraction")
 
 
 @flow(name="build-tasksets", persist_result=False, validate_parameters=True)

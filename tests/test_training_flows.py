@@ -68,6 +68,8 @@ def home(base, tmp_path, monkeypatch) -> Home:
     ("evaluate: {shots: [0]}", "evaluate.shots must be a list of positive integers"),
     ("publish: {shots: 3}", "publish.shots \\(3\\) must be one of evaluate.shots"),
     ("- just a list", "must be a mapping"),
+    ("tasksets: [{by: disease, sytem: sct}]", "tasksets entry 1: unknown key\\(s\\) sytem"),
+    ("tasksets: [{inputs: records}]", "tasksets entry 1 must be a mapping with at least 'by'"),
 ])
 def test_bad_settings_are_refused_naming_the_file_and_the_key(tmp_path, text, message):
     path = tmp_path / "bad.yaml"

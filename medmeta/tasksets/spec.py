@@ -44,6 +44,12 @@ class TaskSetSpec:
         return asdict(self)
 
 
+# The keys of a pipeline settings' task-set entry (medmeta/config/pipeline.yaml ``tasksets``): ``by`` and
+# make_spec's other arguments, under the names the CLI's options have.
+TASKSET_OPTIONS = ("system", "concept_maps", "outcomes", "label_policy", "conditions", "feature_min_patients_fraction")
+TASKSET_KEYS = ("by", "inputs", "ways", "shots", "queries", "seed", "name", *TASKSET_OPTIONS)
+
+
 def make_spec(kind: str, inputs: str | None = None, ways: int | None = None, shots: int | None = None,
               queries: int | None = None, seed: int = 0, name: str | None = None, system: str | None = None,
               concept_maps=(), outcomes: str | None = None, label_policy: str | None = None,

@@ -87,6 +87,14 @@ def _checked(raw: dict, source: str) -> PipelineSettings:
     train, evaluate, publish = raw["train"], raw["evaluate"], raw["publish"]
     if not isinstance(raw["tasksets"], list) or not raw["tasksets"]:
         fail("tasksets must be a non-empty list")
+    from medmeta.tasksets.spec import TASKSET_KEYS
+
+    for number, entry in enumerate(raw["tasksets"], start=1):
+        if not isinstance(entry, dict) or "by" not in entry:
+            fail(f"tasksets entry {number} must be a mapping with at least 'by' (disease or drug)")
+        unknown = sorted(set(entry) - set(TASKSET_KEYS))
+        if unknown:
+            fail(f"tasksets entry {number}: unknown key(s) {', '.join(map(str, unknown))}; known: {', '.join(TASKSET_KEYS)}")
     for algorithm in train["algorithms"]:
         if algorithm not in ALGORITHMS:
             fail(f"train.algorithms: unknown algorithm {algorithm!r}; choose from {', '.join(ALGORITHMS)}")
