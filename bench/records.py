@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
-from _report import quiet_prefect_environment, write_section  # noqa: E402  (bench/_report.py)
+from _report import quiet_prefect_environment, start_ingest_runtime, write_section  # noqa: E402  (bench/_report.py)
 
 quiet_prefect_environment()
 
@@ -113,21 +113,11 @@ def _tree_rss(pid: int) -> int:
 
 
 def medmeta_ingest(folder: Path) -> dict:
-    from prefect import flow
-
     from flows.ingest import ingest_flow
-    from medmeta.ingest.pool import start_forkserver
     from flows.validate import validate_flow
     from medmeta.prefect_runtime import embedded_run_settings
 
-    @flow
-    def warm_up() -> int:
-        return 1
-
-    start = time.perf_counter()
-    start_forkserver()  # as `medmeta ingest` does while the Prefect API starts
-    warm_up()
-    api_start = time.perf_counter() - start
+    api_start = start_ingest_runtime()
     home = Path(tempfile.mkdtemp(prefix="medmeta-bench-home-"))
     with embedded_run_settings():  # exactly as `medmeta ingest` runs it
         with PeakRss() as rss:

@@ -21,7 +21,7 @@ from medmeta.atomic import atomic_path, write_json
 from medmeta.errors import UNRESOLVED_MEDICATION, UNRESOLVED_REFERENCE
 from medmeta.home import Home
 from medmeta.ingest.image_parts import read_image_rows, write_pixel_cache
-from medmeta.ingest.parts import Part, part_hashes, read_part, staged_table, write_parquet
+from medmeta.ingest.parts import Part, part_hashes, read_part, rejected_rows, staged_table, write_parquet
 from medmeta.pseudonyms import Pseudonymizer
 from medmeta.ingest.units_step import convert_units
 from medmeta.records.canonical import DATE_COLUMNS, MEDICATION_REFS, PATIENT_REFS, staging_schema
@@ -118,7 +118,7 @@ def _resolve(frame: pd.DataFrame, refs: dict[str, str], pseudo: Pseudonymizer) -
         known = dates.notna()
         frame.loc[index[known.to_numpy()], column] = [d + s for d, s in zip(dates[known], shift[known])]
     unresolved = frame["patient_id"].isna() & frame["patient_ref"].notna()
-    rejects = _rejects(frame[unresolved], f"{UNRESOLVED_REFERENCE}: no ingested Patient resource has this reference")
+    rejects = rejected_rows(frame[unresolved], f"{UNRESOLVED_REFERENCE}: no ingested Patient resource has this reference")
     return frame.loc[~unresolved].drop(columns=["patient_ref"]), rejects
 
 
@@ -137,15 +137,9 @@ def _resolve_medications(frame: pd.DataFrame, medications: pd.DataFrame) -> tupl
         for column in ("drug_system", "drug_code", "drug_display"):
             frame.loc[keys.index, column] = keys.map(medications[column]).to_numpy()
     unresolved = frame["drug_code"].isna()
-    rejects = _rejects(frame[unresolved],
+    rejects = rejected_rows(frame[unresolved],
                        f"{UNRESOLVED_MEDICATION}: no ingested Medication resource has this reference")
     return frame.loc[~unresolved].drop(columns=["medication_ref"]), rejects
-
-
-def _rejects(rows: pd.DataFrame, reason: str) -> pd.DataFrame:
-    return pd.DataFrame({"source": rows["source"].to_numpy(),
-                         "location": rows["location"].fillna("record").to_numpy(),
-                         "reason": [reason] * len(rows)})
 
 
 def _no_rejects() -> pd.DataFrame:

@@ -148,5 +148,17 @@ def _read_legacy_part(folder: Path) -> Part:
     return Part(meta, tables)
 
 
+def rejected_rows(rows, reasons) -> "pd.DataFrame":
+    """Record-quarantine rows (source, location, reason) for staged ``rows`` that consolidation rejects;
+    ``reasons`` is one reason for all or one per row."""
+    import numpy as np
+    import pandas as pd
+
+    reasons = [reasons] * len(rows) if isinstance(reasons, str) else list(reasons)
+    return pd.DataFrame({"source": rows["source"].to_numpy(dtype=object),
+                         "location": rows["location"].fillna("record").to_numpy(dtype=object),
+                         "reason": np.array(reasons, dtype=object)})
+
+
 def record_quarantine_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema.RECORD_QUARANTINE)

@@ -8,10 +8,10 @@ leaves the table for the record quarantine, with the file and location it came f
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 from medmeta.errors import Rejected
+from medmeta.ingest.parts import rejected_rows
 
 _KEY = ["system", "code", "unit"]
 RECORD_SUFFIXES = (".json", ".ndjson", ".csv", ".tsv", ".txt", ".parquet", ".gz", ".zip")
@@ -31,7 +31,7 @@ def convert_units(frame: pd.DataFrame, converter) -> tuple[pd.DataFrame, pd.Data
     """``(converted rows, rejects [source, location, reason])``; categorical values pass unchanged."""
     numeric = frame["value"].notna()
     if not numeric.any():
-        return frame, _rejects(frame.iloc[:0], [])
+        return frame, rejected_rows(frame.iloc[:0], [])
     keys = frame.loc[numeric, _KEY].astype(object).where(frame.loc[numeric, _KEY].notna(), None)
     pairs = keys.drop_duplicates()
     table, failed = [], {}
@@ -53,13 +53,5 @@ def convert_units(frame: pd.DataFrame, converter) -> tuple[pd.DataFrame, pd.Data
     out.loc[index, "unit"] = joined.loc[index, "_unit"].replace("", None).to_numpy()
     bad = joined.index[~ok]
     reasons = [failed[k] for k in keys.loc[bad].itertuples(index=False, name=None)]
-    rejects = _rejects(out.loc[bad], reasons)
+    rejects = rejected_rows(out.loc[bad], reasons)
     return out.drop(index=bad), rejects
-
-
-def _rejects(rows: pd.DataFrame, reasons: list[str]) -> pd.DataFrame:
-    return pd.DataFrame({
-        "source": rows["source"].to_numpy(),
-        "location": rows["location"].fillna("observation").to_numpy() if len(rows) else np.array([], dtype=object),
-        "reason": np.array(reasons, dtype=object),
-    })
