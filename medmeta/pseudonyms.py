@@ -58,8 +58,14 @@ class Pseudonymizer:
         return "P" + self._digest("patient", value).hex()[:20]
 
     def path_token(self, path: str) -> str:
-        """A keyed token for a landing file's path (file names can carry PHI)."""
-        return self._digest("path", str(path)).hex()[:32]
+        """A keyed token for a landing file's or folder's path (file names can carry PHI).
+
+        Keyed on the name's bytes, so a name that is not UTF-8 (kept surrogate-escaped, as
+        ``os.fsdecode`` gives it) has a token too; a UTF-8 name's token is what it always was.
+        """
+        from medmeta.landing.names import name_bytes
+
+        return hmac.digest(self._key, b"path\x1f" + name_bytes(str(path)), "sha256").hex()[:32]
 
     def uid(self, uid: str) -> str:
         """A replacement DICOM UID (2.25 form), the same for the same input UID."""
