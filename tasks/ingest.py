@@ -1,4 +1,8 @@
-"""Prefect tasks of the ingest flow: coarse, one batch of files each, nothing but counts logged."""
+"""Prefect tasks of the ingest flow: coarse, one batch of files each, nothing but counts logged.
+
+Their parameters and results (the landing folder, the files' names) are neither cached nor
+persisted (``NO_RESULTS``), and Prefect records only references to upstream runs as task inputs:
+no name reaches its database. The run summary they write holds path tokens only."""
 
 from __future__ import annotations
 
@@ -40,8 +44,8 @@ def ingest_batch(items: list[InputItem], pool: WorkerPool, setup: IngestSetup) -
 @task(name="build-snapshot", **NO_RESULTS)
 def build_snapshot(setup: IngestSetup, outcomes: list[FileOutcome]) -> dict:
     sync_all()  # every staged part on disk before the ledger points at it
-    ledger = Ledger.load(setup.home.ledger)
-    ledger.record(str(setup.source), outcomes)
+    ledger = Ledger.load(setup.home.ledger, setup.pseudonymizer)
+    ledger.record(setup.source, outcomes)
     ledger.save()
     manifest = consolidate(setup.home, ledger.active_hashes(), setup.pseudonymizer, setup.config.image_size)
     get_run_logger().info("snapshot %s", manifest["snapshot"])

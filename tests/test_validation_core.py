@@ -77,8 +77,8 @@ def store(tmp_path_factory) -> dict[str, pd.DataFrame]:
         with WorkerPool(setup.worker_context, 1) as pool:
             results = pool.map(items)
         write_image_batch(setup.home.parts, setup.config.image_size, [p for _, p in results if p])
-        ledger = Ledger.load(setup.home.ledger)
-        ledger.record(str(setup.source), [o for o, _ in results])
+        ledger = Ledger.load(setup.home.ledger, setup.pseudonymizer)
+        ledger.record(setup.source, [o for o, _ in results])
         ledger.save()
         consolidate(setup.home, ledger.active_hashes(), setup.pseudonymizer, setup.config.image_size)
     return as_v2({name: pd.read_parquet(home / "store" / f"{name}.parquet") for name in TABLES})

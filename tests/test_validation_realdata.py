@@ -48,8 +48,8 @@ def synthea(tmp_path_factory):
         setup = IngestSetup.create(str(root / "landing"), str(home), workers=1)
         with WorkerPool(setup.worker_context, 1) as pool:
             results = pool.map(discover(setup.source, setup.config))
-        ledger = Ledger.load(setup.home.ledger)
-        ledger.record(str(setup.source), [o for o, _ in results])
+        ledger = Ledger.load(setup.home.ledger, setup.pseudonymizer)
+        ledger.record(setup.source, [o for o, _ in results])
         ledger.save()
         consolidate(setup.home, ledger.active_hashes(), setup.pseudonymizer, setup.config.image_size)
     tables = {n: pd.read_parquet(home / "store" / f"{n}.parquet") for n in TABLES if (home / "store" / f"{n}.parquet").exists()}

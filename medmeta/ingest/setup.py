@@ -19,6 +19,7 @@ from medmeta.errors import MedmetaError
 from medmeta.home import Home
 from medmeta.ingest.config import IngestConfig
 from medmeta.ingest.image_parts import known_image_sources
+from medmeta.ingest.landings import landing_token, resolve_landing
 from medmeta.ingest.process import WorkerContext
 from medmeta.store_version import check_store_version
 from medmeta.pseudonyms import Pseudonymizer, load_key
@@ -37,16 +38,19 @@ class IngestSetup:
         return Pseudonymizer(self.worker_context.key)
 
     @classmethod
-    def create(cls, source: str, home: str | None = None, config: str | None = None,
+    def create(cls, source: str | None, home: str | None = None, config: str | None = None,
                workers: int | None = None) -> "IngestSetup":
-        source_path = Path(source).expanduser().resolve()
-        if not source_path.exists():
-            raise MedmetaError(f"{source}: no such file or folder")
-        the_home = Home.at(home).ensure()
-        if the_home.root == source_path or source_path in the_home.root.parents:
-            raise MedmetaError(f"the home {the_home.root} must not be inside the source {source_path}")
-        settings = IngestConfig.load(config, workers=workers)
+        """``source``: the landing folder or zip, by its path or its landing token (``resolve_landing``).
+        Errors name the landing by its token: they reach Prefect's state messages and logs."""
+        the_home = Home.at(home)
         key = load_key(the_home.key_file)
+        source_path = resolve_landing(source, Pseudonymizer(key))
+        if not source_path.exists():
+            raise MedmetaError(f"the landing folder {landing_token(source_path, Pseudonymizer(key))} does not exist")
+        if the_home.root == source_path or source_path in the_home.root.parents:
+            raise MedmetaError(f"the home {the_home.root} must not be inside the landing folder")
+        the_home.ensure()
+        settings = IngestConfig.load(config, workers=workers)
         check_store_version(the_home)
         _check_key_matches_store(the_home, Pseudonymizer(key))
         install_default_sites(the_home.sites_dir)

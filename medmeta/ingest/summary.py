@@ -1,7 +1,9 @@
 """The ingest summary: the JSON the CLI prints and the Markdown artifact people read.
 
-The artifact shows counts and reason codes only: file names can carry PHI, so paths stay
-in the JSON on the user's own terminal and in the home, never in Prefect.
+A file is named by the keyed token of its path (``Pseudonymizer.path_token``, as in the ledger),
+never by its name: file names can carry PHI, and the summary goes to ``H/runs/`` and to the flow's
+caller. The names of the quarantined files stay in this process's memory (``quarantined_names``),
+for the operator's terminal only; the artifact shows counts and reason codes.
 """
 
 from __future__ import annotations
@@ -9,17 +11,27 @@ from __future__ import annotations
 from collections import Counter
 
 from medmeta.ingest.outcome import INGESTED, QUARANTINED, UNCHANGED, FileOutcome
+from medmeta.pseudonyms import Pseudonymizer
+
+_names_seen: dict[str, str] = {}  # path token -> name, of the files this process quarantined
 
 
-def summarize(outcomes: list[FileOutcome], manifest: dict) -> dict:
+def summarize(outcomes: list[FileOutcome], manifest: dict, pseudonymizer: Pseudonymizer) -> dict:
+    """Counts of the run and the new snapshot; each quarantined file as its path token and reason."""
     status = Counter(o.status for o in outcomes)
+    quarantined = []
+    for outcome in outcomes:
+        if outcome.status == QUARANTINED:
+            token = pseudonymizer.path_token(outcome.path)
+            _names_seen[token] = outcome.path
+            quarantined.append({"token": token, "reason": outcome.reason})
     counts = manifest["counts"]
     summary = {
         "files_seen": len(outcomes),
         "files_ingested": status[INGESTED],
         "files_unchanged": status[UNCHANGED],
         "files_quarantined": status[QUARANTINED],
-        "quarantined": [{"path": o.path, "reason": o.reason} for o in outcomes if o.status == QUARANTINED],
+        "quarantined": quarantined,
         "rows_quarantined": counts["record_quarantine"],  # in the snapshot, whichever run rejected them
         "patients": counts["patients"],
         "records": counts["conditions"] + counts["observations"] + counts["medication_exposures"],
@@ -32,6 +44,13 @@ def summarize(outcomes: list[FileOutcome], manifest: dict) -> dict:
     }
     assert summary["files_seen"] == sum(status[s] for s in (INGESTED, UNCHANGED, QUARANTINED))
     return summary
+
+
+def quarantined_names(summary: dict) -> list[dict]:
+    """The summary's quarantined files with their names, as this process saw them: ``{"path",
+    "token", "reason"}`` each (``path`` None for a file another process quarantined). For the
+    terminal only, shown through ``medmeta.landing.names.display_name``; never to be written."""
+    return [{"path": _names_seen.get(q["token"]), **q} for q in summary["quarantined"]]
 
 
 def summary_markdown(summary: dict) -> str:
