@@ -3,6 +3,11 @@ triggered by the watcher's ``medmeta.cases.arrived`` event (tasks/watch.py).
 
 All three run on the process that serves them (``medmeta serve``) or, with ``prefect deploy``
 and ``prefect.yaml``, on a process work pool's workers.
+
+Prefect holds the landing folder by its keyed token only (a path can name a patient): the
+deployments' ``landing`` parameter is the token, and the flow-run processes find the folder in
+``$MEDMETA_LANDINGS`` (``landings_env``; ``medmeta serve`` sets it, a worker needs it in its
+environment).
 """
 
 from __future__ import annotations
@@ -16,12 +21,27 @@ WATCHER = "landing-watcher"
 
 @dataclass(frozen=True)
 class ServeSettings:
-    landing: str
+    landing: str  # the folder's path: never handed to Prefect, see landing_token
     home: str
     config: str | None = None  # the pipeline's settings (medmeta/config/pipeline.yaml when None)
     cron: str = "0 2 * * *"
     timezone: str = "UTC"
     watch_every_s: int = 30
+
+
+def landing_token(settings: ServeSettings) -> str:
+    """The token the deployments give for the landing folder (keyed with the home's key)."""
+    from flows.landing_flow import home_pseudonymizer
+    from medmeta.ingest.landings import register_landing
+
+    return register_landing(settings.landing, home_pseudonymizer(settings.home))
+
+
+def landings_env(settings: ServeSettings) -> dict[str, str]:
+    """The environment that lets the deployments' flow-run processes resolve the landing token."""
+    from medmeta.ingest.landings import LANDINGS_ENV, landings_environment
+
+    return {LANDINGS_ENV: landings_environment([settings.landing])}
 
 
 def build_deployments(settings: ServeSettings) -> list:
@@ -34,7 +54,8 @@ def build_deployments(settings: ServeSettings) -> list:
     from flows.watch import watch_landing_flow
     from tasks.watch import CASES_ARRIVED
 
-    parameters = {"landing": settings.landing, "home": settings.home, "config": settings.config}
+    landing = landing_token(settings)
+    parameters = {"landing": landing, "home": settings.home, "config": settings.config}
     # one run of each pipeline deployment at a time: a second one waits (ingest holds the home's lock);
     # a look at the landing folder while the last one is still looking is dropped
     one_then_queue = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
@@ -51,7 +72,7 @@ def build_deployments(settings: ServeSettings) -> list:
     )
     watcher = watch_landing_flow.to_deployment(
         name=WATCHER, interval=settings.watch_every_s, tags=["medmeta"], concurrency_limit=one_then_drop,
-        parameters={"landing": settings.landing, "home": settings.home},
+        parameters={"landing": landing, "home": settings.home},
         description=f"Looks at the landing folder every {settings.watch_every_s} s; emits {CASES_ARRIVED}.",
     )
     return [nightly, on_new_cases, watcher]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from deployments.definitions import ServeSettings, build_deployments
+from deployments.definitions import ServeSettings, build_deployments, landings_env
 from medmeta.errors import MedmetaError
 from tasks.concurrency import ensure_training_limit
 
@@ -36,5 +36,6 @@ def serve(settings: ServeSettings) -> None:
 
     require_server()
     ensure_training_limit()  # visible (Concurrency page) before the first pipeline trains
+    os.environ.update(landings_env(settings))  # the flow-run subprocesses resolve the landing token with it
     deployments = build_deployments(settings)
     prefect_serve(*deployments, print_starting_message=True)

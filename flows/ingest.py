@@ -4,21 +4,27 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from prefect import flow, unmapped
+from prefect import unmapped
 
 from medmeta.ingest.pool import WorkerPool
 from medmeta.ingest.setup import IngestSetup, home_lock
 from medmeta.ingest.summary import summarize
 from medmeta.ingest.units_step import warm_units_for
+from flows.landing_flow import landing_flow
 from flows.validate import validate_flow
 from tasks.ingest import build_snapshot, discover_inputs, ingest_batch, report_ingest
 from validation.report import digest
 
 
-@flow(name="ingest", persist_result=False, validate_parameters=True)
-def ingest_flow(source: str, home: str | None = None, config: str | None = None, workers: int | None = None,
+@landing_flow("source", name="ingest", persist_result=False, validate_parameters=True)
+def ingest_flow(source: str | None, home: str | None = None, config: str | None = None, workers: int | None = None,
                 run_validation: bool = True, rules: str | None = None) -> dict:
-    """Walk SOURCE, ingest every file (or quarantine it with a reason), build a snapshot, validate it."""
+    """Walk SOURCE, ingest every file (or quarantine it with a reason), build a snapshot, validate it.
+
+    SOURCE is the landing folder or zip: its path in process, its landing token from Prefect (the
+    flow run's parameter is always the token: flows/landing_flow.py). The summary names files by
+    their path tokens; ``medmeta.ingest.summary.quarantined_names`` gives this process their names.
+    """
     setup = IngestSetup.create(source, home, config, workers)
     with home_lock(setup.home):
         with WorkerPool(setup.worker_context, setup.config.worker_count) as pool:  # boots while files are found
@@ -29,7 +35,7 @@ def ingest_flow(source: str, home: str | None = None, config: str | None = None,
             futures = ingest_batch.map(batches, pool=unmapped(pool), setup=unmapped(setup))
             outcomes = [outcome for future in futures for outcome in future.result()]
         manifest = build_snapshot(setup, outcomes)
-    summary = summarize(outcomes, manifest)
+    summary = summarize(outcomes, manifest, setup.pseudonymizer)
     report_ingest(setup, summary, datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ"))
     if run_validation:
         result = validate_flow(str(setup.home.root), rules)

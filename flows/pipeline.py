@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from prefect import flow
 from prefect.states import Completed, Failed
 
 from flows.adapt import adapt_flow
 from flows.evaluate import evaluate_flow
 from flows.ingest import ingest_flow
+from flows.landing_flow import landing_flow
 from flows.publish import publish_flow
 from flows.tasksets import build_tasksets_flow
 from flows.train import train_flow
@@ -31,11 +31,14 @@ from tasks.concurrency import training_slot
 from tasks.pipeline import record_pipeline_run, report_pipeline
 
 
-@flow(name="pipeline", persist_result=False, validate_parameters=True)
-def pipeline_flow(landing: str, home: str | None = None, config: str | None = None, rules: str | None = None):
+@landing_flow("landing", name="pipeline", persist_result=False, validate_parameters=True)
+def pipeline_flow(landing: str | None, home: str | None = None, config: str | None = None, rules: str | None = None):
     """Landing data to published few-shot models; returns the run summary (in a Completed or Failed state).
 
-    ``rules``: a validation rules file replacing the defaults per table (validation/rules.yaml).
+    ``landing``: the landing folder's path in process, its landing token from Prefect (a deployment
+    gives the token; Prefect never holds the path: flows/landing_flow.py); None for the one folder
+    in ``$MEDMETA_LANDINGS``. ``rules``: a validation rules file replacing the defaults per table
+    (validation/rules.yaml). The summary names quarantined files by their path tokens only.
     """
     settings = load_settings(config)  # a bad settings file fails before anything runs
     the_home = Home.at(home)
@@ -43,8 +46,8 @@ def pipeline_flow(landing: str, home: str | None = None, config: str | None = No
     started = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     ingest = ingest_flow(landing, root, rules=rules)
     summary: dict = {"started": started, "ingest": {k: ingest[k] for k in (
-        "snapshot", "files_seen", "files_ingested", "files_unchanged", "files_quarantined", "rows_quarantined",
-        "patients", "records", "images")}, "validation": ingest["validation"], "tasksets": [], "models": [], "adapted": []}
+        "snapshot", "files_seen", "files_ingested", "files_unchanged", "files_quarantined", "quarantined",
+        "rows_quarantined", "patients", "records", "images")}, "validation": ingest["validation"], "tasksets": [], "models": [], "adapted": []}
     if not ingest["validation"]["success"]:
         failed = ", ".join(ingest["validation"]["critical_failures"])
         summary["status"] = "validation_failed"

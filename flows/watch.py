@@ -3,20 +3,25 @@ changed files have appeared in the landing folder since it last looked (counts o
 
 from __future__ import annotations
 
-from prefect import flow
-
+from flows.landing_flow import home_pseudonymizer, landing_flow
 from medmeta.home import Home
 from tasks.watch import announce_arrival, look_at_landing
 
 
-@flow(name="watch-landing", persist_result=False)
-def watch_landing_flow(landing: str, home: str | None = None, settle_s: float = 2.0) -> dict:
-    from medmeta.landing.changes import landing_token
-    from medmeta.pseudonyms import Pseudonymizer, load_key
+@landing_flow("landing", name="watch-landing", persist_result=False)
+def watch_landing_flow(landing: str | None, home: str | None = None, settle_s: float = 2.0) -> dict:
+    """``landing``: the folder's path in process, its landing token from Prefect (the deployment's
+    parameter); None for the one folder in ``$MEDMETA_LANDINGS``. The event names it by its token."""
+    from medmeta.errors import MedmetaError
+    from medmeta.ingest.landings import landing_token, resolve_landing
 
     the_home = Home.at(home)
-    changes = look_at_landing(landing, the_home, settle_s)
+    pseudonymizer = home_pseudonymizer(home)
+    folder = resolve_landing(landing, pseudonymizer)
+    token = landing_token(folder, pseudonymizer)
+    if not folder.is_dir():  # said here by token: the message becomes the flow run's state in Prefect
+        raise MedmetaError(f"the landing folder {token} does not exist")
+    changes = look_at_landing(str(folder), the_home, settle_s)
     if changes["new"] or changes["changed"]:
-        token = landing_token(landing, Pseudonymizer(load_key(the_home.key_file)))
         announce_arrival(token, changes)
     return changes
