@@ -52,6 +52,8 @@ class Worker:
         self.home = Home(ctx.home)
         self.pseudo = Pseudonymizer(ctx.key)
         self.canonicalize = Canonicalizer(self.pseudo, ctx.config.age_reference_date, ctx.today)
+        self.operator_sites = frozenset({DEFAULT_FOLDER_SITE, *([ctx.config.site] if ctx.config.site else []),
+                                         *(mapping.site for mapping in ctx.mappings)})
         logging.getLogger("pydicom").setLevel(logging.CRITICAL)  # its messages can quote values
 
     def process(self, item: InputItem) -> tuple[FileOutcome, ImagePayload | None]:
@@ -82,8 +84,10 @@ class Worker:
         if kind == "fhir_export_log":  # a bulk export's log.ndjson: accounted for, no facts in it
             write_part(self.home.parts, sha256, {}, {"kind": kind, "rows": {}, "rows_rejected": 0})
             return FileOutcome(item.logical_path, INGESTED, sha256, kind), None
-        raw = self._parse_records(kind, data, site_for(item.logical_path, self.ctx.config))
+        site = site_for(item.logical_path, self.ctx.config)
+        raw = self._parse_records(kind, data, site)
         staged = self.canonicalize(raw, sha256)
+        staged.tables = with_site(staged.tables, stored_site(raw.site, site, self.operator_sites, self.pseudo))
         if staged.row_count == 0 and staged.patient_refs.num_rows == 0 and not raw.concepts and staged.rejects:
             codes = sorted({e.code for e in staged.rejects})
             if len(codes) == 1:
@@ -154,6 +158,30 @@ class Worker:
         return FileOutcome(item.logical_path, QUARANTINED, sha256, reason=error.reason)
 
 
+DEFAULT_FOLDER_SITE = "default"  # the site of a file at the top of SOURCE
+
+
+def stored_site(site: str, folder_site: str, operator_sites: frozenset[str], pseudo: Pseudonymizer) -> str:
+    """The store's ``site`` value for records of ``site``. A site id the operator chose (the
+    ``site`` setting, a site mapping's ``site``, ``default``) is kept; the name of the landing folder
+    a file sits in (``folder_site``, when the records took it as their site) is stored as
+    ``folder-<keyed token>``: folder names can carry PHI. References and pseudonyms are keyed on
+    the site itself, so they stay what they were."""
+    if site != folder_site or site in operator_sites:
+        return site
+    return "folder-" + pseudo.path_token(site)[:16]
+
+
+def with_site(tables: dict[str, pa.Table], site: str) -> dict[str, pa.Table]:
+    """``tables`` with their ``site`` column set to ``site``."""
+    out = {}
+    for name, table in tables.items():
+        at = table.schema.get_field_index("site")
+        column = pa.array([site] * table.num_rows, pa.string())
+        out[name] = table if at < 0 else table.set_column(at, table.schema.field(at), column)
+    return out
+
+
 def site_for(logical_path: str, config: IngestConfig) -> str:
     """The site of a FHIR or OMOP file: the ``site`` setting, else the landing folder it sits in.
 
@@ -166,7 +194,7 @@ def site_for(logical_path: str, config: IngestConfig) -> str:
         return config.site
     parts = logical_path.split("/")
     if len(parts) < 2:
-        return "default"
+        return DEFAULT_FOLDER_SITE
     first = parts[0]
     return first[:-4] if first.lower().endswith(".zip") else first
 
