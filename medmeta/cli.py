@@ -86,7 +86,7 @@ def ingest(
     the_home = Home.at(home)
     try:  # the cheap checks, before the embedded Prefect server takes its seconds to start
         if not source.exists():
-            raise MedmetaError(f"{source}: no such file or folder")
+            raise MedmetaError(f"{_shown(source)}: no such file or folder")
         load_key(the_home.key_file)
         check_store_version(the_home)
         _check_rules(rules)
@@ -118,12 +118,32 @@ def ingest(
         f"store: {summary['patients']} patients, {summary['records']} records, {summary['images']} images; "
         f"snapshot {summary['snapshot']}"
     )
-    for q in summary["quarantined"]:
-        human += f"\n  quarantined {q['path']}: {q['reason']}"
+    summary = {**summary, "quarantined": _quarantined_with_names(summary["quarantined"])}
+    human += "".join(f"\n  {line}" for line in _quarantined_lines(summary["quarantined"]))
     from validation.report import summary_line
 
     human += "\n" + summary_line(summary["validation"])
     _emit(summary, as_json, human)
+
+
+def _shown(path: Path | str) -> str:
+    """A path as the terminal may show it (``display_name``: no control character, no escape sequence)."""
+    from medmeta.landing.names import display_name
+
+    return display_name(str(path))
+
+
+def _quarantined_with_names(quarantined: list[dict]) -> list[dict]:
+    """The summary's quarantined files (tokens) with their names for the terminal, escaped; only ever
+    printed, never written: the flow's summary and the run file hold the tokens alone."""
+    from medmeta.ingest.summary import quarantined_names
+
+    return [{"path": _shown(q["path"]) if q["path"] is not None else None, "token": q["token"], "reason": q["reason"]}
+            for q in quarantined_names({"quarantined": quarantined})]
+
+
+def _quarantined_lines(quarantined: list[dict]) -> list[str]:
+    return [f"quarantined {q['path'] or 'the file with token ' + q['token']}: {q['reason']}" for q in quarantined]
 
 
 @app.command()
@@ -286,7 +306,7 @@ def run_pipeline(
     the_home = Home.at(home)
     try:
         if not landing.exists():
-            raise MedmetaError(f"{landing}: no such file or folder")
+            raise MedmetaError(f"{_shown(landing)}: no such file or folder")
         load_key(the_home.key_file)
         _settings(config)
         _check_rules(rules)
@@ -307,7 +327,11 @@ def run_pipeline(
     summary = state.result(raise_on_failure=False)
     if not isinstance(summary, dict):  # the flow crashed before it had a summary
         _fail(f"the pipeline failed: {state.message or summary}")
-    _emit({**summary, "state": state.type.value, "message": state.message}, as_json, summary_text(summary))
+    quarantined = _quarantined_with_names(summary["ingest"].get("quarantined", []))
+    summary = {**summary, "ingest": {**summary["ingest"], "quarantined": quarantined}}
+    first, *rest = summary_text(summary).split("\n")  # the ingest line, then the files it quarantined
+    human = "\n".join([first, *(f"  {line}" for line in _quarantined_lines(quarantined)), *rest])
+    _emit({**summary, "state": state.type.value, "message": state.message}, as_json, human)
     if not state.is_completed():
         typer.secho(f"error: {state.message}", err=True, fg=typer.colors.RED)
         raise typer.Exit(1)
@@ -329,7 +353,7 @@ def serve(
     the_home = Home.at(home)
     try:
         if not landing.is_dir():
-            raise MedmetaError(f"{landing}: the landing folder does not exist")
+            raise MedmetaError(f"{_shown(landing)}: the landing folder does not exist")
         from medmeta.pseudonyms import load_key
 
         load_key(the_home.key_file)
