@@ -40,14 +40,15 @@ def test_serve_registers_the_nightly_the_watcher_and_the_triggered_deployments(s
     assert (training_limit.limit, training_limit.active) == (1, True)
     [schedule] = nightly.schedules
     assert (schedule.schedule.cron, schedule.schedule.timezone, schedule.active) == (CRON, TIMEZONE, True)
-    assert nightly.parameters == {"landing": str(served.landing), "home": str(served.home),
-                                  "config": str(served.config)}
+    landing = _landing_token(served.landing)  # Prefect holds the landing folder by its keyed token only
+    assert nightly.parameters == {"landing": landing, "home": str(served.home), "config": str(served.config)}
     assert on_new_cases.schedules == [] and on_new_cases.parameters == nightly.parameters
     assert _one_at_a_time(nightly) == _one_at_a_time(on_new_cases) == (1, "ENQUEUE")
     assert _one_at_a_time(watcher) == (1, "CANCEL_NEW")
     [every] = watcher.schedules
     assert every.schedule.interval.total_seconds() == 3
-    assert watcher.parameters == {"landing": str(served.landing), "home": str(served.home)}
+    assert watcher.parameters == {"landing": landing, "home": str(served.home)}
+    assert str(served.landing) not in json.dumps([d.model_dump(mode="json") for d in (nightly, on_new_cases, watcher)])
     triggers = [a for a in automations if CASES_ARRIVED in a.trigger.expect]
     assert len(triggers) == 1, [a.name for a in automations]
     [action] = triggers[0].actions
@@ -62,6 +63,8 @@ def test_new_cases_start_a_pipeline_run_that_publishes_a_model(triggered_run):
     assert run.state.is_completed()
     assert [name for name, _ in triggered_run.subflows] == ["ingest", "build-tasksets", "train", "evaluate", "publish"]
     assert all(sub.state.is_completed() for _, sub in triggered_run.subflows)
+    [ingest] = [sub for name, sub in triggered_run.subflows if name == "ingest"]
+    assert ingest.parameters["source"] == _landing_token(served.landing), "the subflow got the token, not the path"
     [name] = registry.model_names(served.home)
     assert registry.versions(served.home, name) == [1]
     assert registry.read_aliases(served.home, name)["champion"] == 1
@@ -120,6 +123,14 @@ def test_prefect_yaml_deploys_the_deployments_on_their_work_pools(tmp_path):
     assert trigger.actions[0].deployment_id == deployments[ON_NEW_CASES].id
     assert deployments[NIGHTLY].pull_steps == [
         {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
+
+
+def _landing_token(landing) -> str:
+    from medmeta.ingest.landings import landing_token
+    from medmeta.pseudonyms import Pseudonymizer
+    from tests.conftest import TEST_KEY
+
+    return landing_token(landing, Pseudonymizer(TEST_KEY))
 
 
 def _one_at_a_time(deployment) -> tuple[int, str]:

@@ -44,32 +44,49 @@ def ingested(cohort, tmp_path_factory):
     return landing, synth, home, summary, outside_before
 
 
+def _ledger_entries(home: Path, landing: Path) -> dict[str, dict]:
+    """The ledger's entries of ``landing``, keyed by path token (the ledger holds no names)."""
+    from medmeta.ingest.landings import landing_token
+    from medmeta.pseudonyms import Pseudonymizer
+    from tests.conftest import TEST_KEY
+
+    return json.loads((home / "ledger.json").read_text())["sources"][landing_token(landing, Pseudonymizer(TEST_KEY))]
+
+
+def _token(path: str) -> str:
+    from medmeta.pseudonyms import Pseudonymizer
+    from tests.conftest import TEST_KEY
+
+    return Pseudonymizer(TEST_KEY).path_token(path)
+
+
 def test_every_file_is_accounted_for(ingested):
     landing, synth, home, summary, _ = ingested
     assert summary["files_seen"] == summary["files_ingested"] + summary["files_unchanged"] + summary["files_quarantined"]
     assert summary["files_unchanged"] == 0 and summary["files_ingested"] > 0
-    ledger = json.loads((home / "ledger.json").read_text())["sources"][str(landing.resolve())]
-    assert len(ledger) == summary["files_seen"]
+    assert len(_ledger_entries(home, landing)) == summary["files_seen"]
 
 
 def test_every_hostile_file_is_quarantined_with_its_reason(ingested):
+    from medmeta.ingest.summary import quarantined_names
+
     _, synth, home, summary, _ = ingested
-    got = {q["path"]: q["reason"].split(":", 1)[0] for q in summary["quarantined"]}
+    got = {q["path"]: q["reason"].split(":", 1)[0] for q in quarantined_names(summary)}
     expected = synth["expected_faults"]
     assert {path: got.get(path) for path in expected} == expected
     assert set(got) == set(expected), "only the planted faults are quarantined"
-    for q in summary["quarantined"]:
-        reasons = [json.loads(p.read_text()) for p in (home / "quarantine").glob("*/reason.json")]
-        assert q["path"] in {r["path"] for r in reasons}
+    assert {q["token"] for q in summary["quarantined"]} == {_token(path) for path in expected}
+    reasons = [json.loads(p.read_text()) for p in (home / "quarantine").glob("*/reason.json")]
+    assert set(got) <= {r["path"] for r in reasons}
 
 
 def test_row_faults_land_in_record_quarantine(ingested):
     landing, synth, home, summary, _ = ingested
-    ledger = json.loads((home / "ledger.json").read_text())["sources"][str(landing.resolve())]
+    ledger = _ledger_entries(home, landing)
     rejects = pd.read_parquet(home / "store" / "record_quarantine.parquet")
     got = {(r.source, r.location, r.reason.split(":", 1)[0]) for r in rejects.itertuples()}
     for fault in synth["expected_row_faults"]:
-        assert (ledger[fault["path"]]["sha256"], fault["location"], fault["code"]) in got
+        assert (ledger[_token(fault["path"])]["sha256"], fault["location"], fault["code"]) in got
     assert summary["rows_quarantined"] >= len(synth["expected_row_faults"])
 
 
