@@ -17,8 +17,8 @@ from validation.report import digest
 
 
 @landing_flow("source", name="ingest", persist_result=False, validate_parameters=True)
-def ingest_flow(source: str | None, home: str | None = None, config: str | None = None, workers: int | None = None,
-                run_validation: bool = True, rules: str | None = None) -> dict:
+def ingest_flow(source: str | None = None, home: str | None = None, config: str | None = None,
+                workers: int | None = None, run_validation: bool = True, rules: str | None = None) -> dict:
     """Walk SOURCE, ingest every file (or quarantine it with a reason), build a snapshot, validate it.
 
     SOURCE is the landing folder or zip: its path in process, its landing token from Prefect (the

@@ -32,7 +32,8 @@ from tasks.pipeline import record_pipeline_run, report_pipeline
 
 
 @landing_flow("landing", name="pipeline", persist_result=False, validate_parameters=True)
-def pipeline_flow(landing: str | None, home: str | None = None, config: str | None = None, rules: str | None = None):
+def pipeline_flow(landing: str | None = None, home: str | None = None, config: str | None = None,
+                  rules: str | None = None):
     """Landing data to published few-shot models; returns the run summary (in a Completed or Failed state).
 
     ``landing``: the landing folder's path in process, its landing token from Prefect (a deployment

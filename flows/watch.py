@@ -9,7 +9,7 @@ from tasks.watch import announce_arrival, look_at_landing
 
 
 @landing_flow("landing", name="watch-landing", persist_result=False)
-def watch_landing_flow(landing: str | None, home: str | None = None, settle_s: float = 2.0) -> dict:
+def watch_landing_flow(landing: str | None = None, home: str | None = None, settle_s: float = 2.0) -> dict:
     """``landing``: the folder's path in process, its landing token from Prefect (the deployment's
     parameter); None for the one folder in ``$MEDMETA_LANDINGS``. The event names it by its token."""
     from medmeta.errors import MedmetaError

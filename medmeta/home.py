@@ -10,7 +10,7 @@
         manifest.json              the current snapshot: id, counts, table hashes
       cache/pixels/<image_id>.npy  decoded, normalised, resized pixels (float16)
       snapshots/<id>.json          every snapshot manifest ever made
-      ledger.json                  input path -> content hash and outcome
+      ledger.json                  input path token -> content hash and outcome (never a name)
       quarantine/<sha256>/         a copy of a rejected file and reason.json
       runs/<run>.json              the summary of each ingest run
 

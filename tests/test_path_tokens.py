@@ -163,9 +163,9 @@ def test_a_version_1_ledger_is_tokenised_when_loaded(tmp_path):
     (tmp_path / "ledger.json").write_text(json.dumps(v1))
 
     ledger = Ledger.load(tmp_path / "ledger.json", pseudo)
-    assert ledger.sources == {pseudo.path_token(landing): {
-        pseudo.path_token(NAMES["plain"]): {"sha256": "a" * 64, "status": "ingested"},
-        pseudo.path_token(NAMES["broken"]): {"sha256": "b" * 64, "status": "quarantined", "reason": "malformed_json: bad"}}}
+    [(plain, ingested), (broken, quarantined)] = v1["sources"][landing].items()
+    assert ledger.sources == {pseudo.path_token(landing): {pseudo.path_token(plain): ingested,
+                                                           pseudo.path_token(broken): quarantined}}
     assert ledger.active_hashes() == ["a" * 64]
     ledger.save()
     assert json.loads((tmp_path / "ledger.json").read_text())["version"] == 2
