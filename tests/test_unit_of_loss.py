@@ -223,3 +223,32 @@ def test_the_ingest_stores_every_good_csv_row_and_quarantines_the_bad_one(name, 
     assert len(store["observations"]) == cells
     assert [(q["location"], q["reason"].split(":")[0]) for q in store["record_quarantine"]] == [
         (f"row {at}{column}", reason)]
+
+
+# ---------------------------------------------------------------------------------------------
+# OMOP CDM rows: ids read exactly, never through a float
+
+
+PERSON_HEADER = ("person_id,gender_concept_id,year_of_birth,month_of_birth,day_of_birth,birth_datetime,"
+                 "race_concept_id,ethnicity_concept_id\n")
+CONCEPT_HEADER = ("concept_id,concept_name,domain_id,vocabulary_id,concept_class_id,standard_concept,concept_code,"
+                  "valid_start_date,valid_end_date,invalid_reason\n")
+
+
+@pytest.mark.parametrize("person_id, reason", [("1" * 30, "number_too_large"), ("9" * 5000, "number_too_large"),
+                                               ("1e999", "not_finite"), ("12.5", "invalid_record")])
+def test_an_omop_row_with_an_unreadable_id_is_rejected_alone(person_id, reason, mappings):
+    data = (PERSON_HEADER + "7,8507,1970,1,1,,0,0\n" + f"{person_id},8532,1980,,,,0,0\n"
+            + "12345678901234567,8532,1990,,,,0,0\n").encode()
+    records = parse_tabular(data, "csv", mappings, "s")
+    assert [(e.code, e.location) for e in records.rejects] == [(reason, "row 3")]
+    assert [row["mrn"] for row in records.rows["patients"]] == ["7", "12345678901234567"], "ids exact, not floats"
+
+
+def test_omop_concept_ids_beyond_15_digits_are_rejected_not_wrapped(mappings):
+    row = "{},Diabetes,Condition,SNOMED,Clinical Finding,S,{},1970-01-01,2099-12-31,\n"
+    data = (CONCEPT_HEADER + row.format("1" * 30, "1") + row.format("18446744073709551615", "2")
+            + row.format("201826", "44054006")).encode()
+    records = parse_tabular(data, "csv", mappings, "s")
+    assert [(e.code, e.location) for e in records.rejects] == [("invalid_record", "row 2"), ("invalid_record", "row 3")]
+    assert [c["concept_id"] for c in records.concepts] == [201826]

@@ -35,9 +35,11 @@ CODED_COLUMNS: dict[str, tuple[tuple[str, str, str | None], ...]] = {
 
 
 def concept_ids(values: pd.Series) -> pd.Series:
-    """Each cell as an integer concept id (nullable Int64): NA when blank or not an integer."""
+    """Each cell as an integer concept id (nullable Int64): NA when blank, not an integer, or of more
+    than 15 digits (CDM concept ids are 32-bit; beyond 2**53 a float64 on the way would round it, beyond
+    64 bits it would wrap)."""
     text = values.astype("string").str.strip()
-    numbers = pd.to_numeric(text.where(text.str.fullmatch(r"[+-]?\d+(\.0*)?", na=False)), errors="coerce")
+    numbers = pd.to_numeric(text.where(text.str.fullmatch(r"[+-]?\d{1,15}(\.0*)?", na=False)), errors="coerce")
     return numbers.astype("Int64")
 
 
