@@ -245,6 +245,15 @@ def test_an_omop_row_with_an_unreadable_id_is_rejected_alone(person_id, reason, 
     assert [row["mrn"] for row in records.rows["patients"]] == ["7", "12345678901234567"], "ids exact, not floats"
 
 
+@pytest.mark.parametrize("birth", ["99999999999,1,1", "1970,99999999999,1", "1970,1,-99999999999"])
+def test_an_omop_birth_date_part_beyond_a_c_int_is_rejected_alone(birth, mappings):
+    """Found by bench/fuzz_readers.py: ``date()`` raised OverflowError."""
+    data = (PERSON_HEADER + "7,8507,1970,1,1,,0,0\n" + f"8,8532,{birth},,0,0\n").encode()
+    records = parse_tabular(data, "csv", mappings, "s")
+    assert [(e.code, e.location) for e in records.rejects] == [("invalid_record", "row 3")]
+    assert [row["mrn"] for row in records.rows["patients"]] == ["7"]
+
+
 def test_omop_concept_ids_beyond_15_digits_are_rejected_not_wrapped(mappings):
     row = "{},Diabetes,Condition,SNOMED,Clinical Finding,S,{},1970-01-01,2099-12-31,\n"
     data = (CONCEPT_HEADER + row.format("1" * 30, "1") + row.format("18446744073709551615", "2")

@@ -213,7 +213,7 @@ def _birth_date(row: dict) -> date | None:
     day = _integer(row.get("day_of_birth"), "day_of_birth") or 1
     try:
         return date(year, month, day)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: a part beyond a C int
         raise Rejected(INVALID_RECORD, "year/month/day_of_birth is not a valid date") from None
 
 
