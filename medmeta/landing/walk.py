@@ -57,8 +57,9 @@ from medmeta.ingest.config import IngestConfig
 ZIP_MAGIC = b"PK\x03\x04"
 GZIP_MAGIC = b"\x1f\x8b\x08"  # gzip, deflate method (RFC 1952)
 _READ_CHUNK = 1024 * 1024
-# One open per file: never through a symlink in the last part, never blocking (a FIFO), never inherited.
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# One open per file: never through a symlink in the last part, never blocking (a FIFO), never inherited,
+# never taking a terminal device as the controlling terminal.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
 _READABLE_COMPRESSION = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
 _DRIVE = re.compile(r"^[A-Za-z]:")
 # Errors zipfile raises for a damaged archive or entry.
