@@ -435,7 +435,7 @@ class _OpenArchives(threading.local):
     keep = 4
 
     def __init__(self):
-        self.archives: OrderedDict[tuple, tuple[zipfile.ZipFile, BinaryIO]] = OrderedDict()
+        self.archives: OrderedDict[tuple, _KeptArchive] = OrderedDict()
 
     def get(self, path: Path, root: Path) -> zipfile.ZipFile:
         handle = open_checked(path, root)
@@ -446,16 +446,29 @@ class _OpenArchives(threading.local):
             if kept is not None:
                 handle.close()
             else:
-                kept = (zipfile.ZipFile(handle), handle)
+                kept = _KeptArchive(zipfile.ZipFile(handle), handle)
         except BaseException:
             handle.close()
             raise
         self.archives[key] = kept
         while len(self.archives) > self.keep:
-            archive, kept_handle = self.archives.popitem(last=False)[1]
-            archive.close()
-            kept_handle.close()
-        return kept[0]
+            self.archives.popitem(last=False)[1].close()
+        return kept.archive
+
+
+class _KeptArchive:
+    """A zip archive and the checked file it was parsed from (zipfile leaves a file it was given
+    open): closed together, also when dropped."""
+
+    def __init__(self, archive: zipfile.ZipFile, handle: BinaryIO):
+        self.archive = archive
+        self.handle = handle
+
+    def close(self) -> None:
+        self.archive.close()
+        self.handle.close()
+
+    __del__ = close
 
 
 _open_archives = _OpenArchives()
