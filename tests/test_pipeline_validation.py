@@ -39,3 +39,8 @@ def test_a_snapshot_failing_validation_stops_the_pipeline_before_training(operat
 
     [run] = [r for r in flow_runs(operate_server.url, "pipeline") if r.parameters.get("home") == str(home)]
     assert run.state.is_failed() and "patients.at_most_one_patient" in run.state.message
+    from medmeta.ingest.landings import landing_token
+    from medmeta.pseudonyms import Pseudonymizer
+    from tests.conftest import TEST_KEY
+
+    assert run.parameters["landing"] == landing_token(landing, Pseudonymizer(TEST_KEY)), "Prefect holds no path"
