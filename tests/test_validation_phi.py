@@ -12,15 +12,18 @@ the rules and the columns, with the values as keyed hashes.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from medmeta.pseudonyms import Pseudonymizer
+from medmeta.pseudonyms import KEY_BLOCK_ENV, KEY_ENV, Pseudonymizer
 from medmeta.records.masking import masked
 from tests.conftest import TEST_KEY, ingested_home
 from tests.phi_search import leaks
@@ -101,6 +104,11 @@ def test_names_failing_warning_rules_reach_no_file_artifact_or_log(clean_home, t
                   texts={"stdout": output.out, "stderr": output.err, "log": caplog.text})
     assert not outside_the_store(found), sorted(outside_the_store(found))
 
+    # the Data Docs (one site per run) still show each failed rule with its count
+    docs = Path(result["data_docs"])
+    pages = [page.read_text() for page in docs.parent.glob("validations/medmeta/conditions/**/*.html")]
+    assert docs.is_file() and any("2 unexpected values found" in page for page in pages)
+
     # ... and an operator holding the key can still find each value: its keyed hash, length, classes
     quarantine = pd.read_parquet(home / "validation" / result["snapshot"] / "quarantine.parquet")
     records = [json.loads(r) for r in quarantine["record"]]
@@ -134,3 +142,15 @@ def test_a_name_failing_a_critical_rule_fails_the_gate_naming_the_rule_not_the_n
                   texts={"stdout": output.out, "stderr": output.err, "log": caplog.text,
                          "gate": str(refused.value)})
     assert not outside_the_store(found), sorted(outside_the_store(found))
+    assert not (home / "validation" / result["snapshot"] / "tables").exists()  # a failed snapshot keeps none
+
+
+def test_validate_without_the_pseudonym_key_is_refused_in_one_line(clean_home, tmp_path):
+    home, _ = planted_home(clean_home, tmp_path)
+    results = {path: path.read_bytes() for path in (home / "validation").rglob("result.json")}
+    env = {k: v for k, v in os.environ.items() if k not in (KEY_ENV, KEY_BLOCK_ENV)}
+    result = subprocess.run([sys.executable, "-m", "medmeta.cli", "validate", "--home", str(home)],
+                            capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]
+    assert "no pseudonym key" in result.stderr
+    assert results and {path: path.read_bytes() for path in (home / "validation").rglob("result.json")} == results
