@@ -90,7 +90,7 @@ def discover(source: Path, config: IngestConfig) -> list[InputItem]:
     """Every input under ``source`` (a folder or a zip file), sorted by logical path."""
     source = Path(source)
     if not source.exists():
-        raise MedmetaError(f"{source}: no such file or folder")
+        raise MedmetaError("the landing folder is gone (it was there when the run started)")  # no path: this reaches Prefect
     root = Path(os.path.realpath(source))
     if root.is_dir():
         items = _folder_items(root, config)
