@@ -39,7 +39,11 @@ def _fail(message: str) -> None:
 
 
 def _prefect_environment(home: Path) -> None:
-    """Prefect's embedded server keeps its database in the home unless told otherwise."""
+    """Prefect's embedded server keeps its database in the home unless told otherwise; the caches of
+    matplotlib, torch and other libraries stay in the home too (``medmeta.tool_caches``)."""
+    from medmeta.tool_caches import keep_caches_in
+
+    keep_caches_in(home)
     if not os.environ.get("PREFECT_API_URL") and not os.environ.get("PREFECT_HOME"):
         (home / "prefect").mkdir(parents=True, exist_ok=True)
         os.environ["PREFECT_HOME"] = str(home / "prefect")
@@ -333,6 +337,9 @@ def serve(
         if not landing.is_dir():
             raise MedmetaError(f"{landing}: the landing folder does not exist")
         from medmeta.pseudonyms import load_key
+        from medmeta.tool_caches import keep_caches_in
+
+        keep_caches_in(the_home.root)  # the served flows run in children of this process
 
         load_key(the_home.key_file)
         from deployments.definitions import ServeSettings
