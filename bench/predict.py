@@ -152,7 +152,8 @@ def report(results: list[dict], args, load_before: str, load_after: str) -> str:
              f"(MLP 64-64, {3 + 2 * len(LABS)} features: age, sex, {len(LABS)} labs with 1 in 8 missing), 15 "
              "support cases; the JSON counted after each run. Reference: main's duplicate-id check before issue 12 "
              "(`sorted({i for i in ids if ids.count(i) > 1})`), timed alone on the same ids"
-             + (", and that main's whole `medmeta predict` on the same files" if args.reference_root else "") + ".",
+             + (f", and the whole `medmeta predict` of main at {revision(args.reference_root, ('medmeta',))} (its "
+                f"predict/cases.py as before issue 12) on the same files" if args.reference_root else "") + ".",
              "", "| query rows | CSV MiB | medmeta predict, s | peak memory, MiB | rows per second "
              "(start-up included) | old duplicate check alone, s |" + (" old medmeta predict, s |" if args.reference_root else ""),
              "|---:|---:|---:|---:|---:|---:|" + ("---:|" if args.reference_root else "")]
