@@ -164,11 +164,11 @@ def test_forged_weights_are_refused_in_one_line(home, cases, tmp_path, data, rea
         registry.load(home, name)
 
 
-def test_predictions_in_batches_equal_one_forward(home):
+def test_predictions_in_batches_equal_one_forward_unless_the_backbone_normalises_over_the_set(home):
     import torch
 
     from medmeta import registry
-    from medmeta.predict.run import QUERY_BATCH, in_batches
+    from medmeta.predict.run import QUERY_BATCH, in_batches, query_batch
     from medmeta.training.models import build_learner
 
     found, weights = registry.load(home, RECORDS_MODEL)
@@ -178,4 +178,8 @@ def test_predictions_in_batches_equal_one_forward(home):
     support = torch.randn(6, 5)
     adapted = learner.adapt(support, torch.tensor([0, 1, 0, 1, 0, 1]))
     query = torch.randn(QUERY_BATCH * 2 + 3, 5)
-    assert torch.allclose(in_batches(adapted, query), adapted(query), atol=1e-6)
+    assert query_batch(learner, query) == QUERY_BATCH
+    assert torch.allclose(in_batches(adapted, query, QUERY_BATCH), adapted(query), atol=1e-6)
+    conv = build_learner({"algorithm": "protonet", "backbone": {"name": "conv4", "config": {
+        "in_channels": 1, "image_size": 16, "hidden": 4}}, "learner": {}, "n_way": 2})
+    assert query_batch(conv, torch.zeros(QUERY_BATCH + 5, 1, 16, 16)) == QUERY_BATCH + 5  # batch norm over the set

@@ -18,7 +18,7 @@ from medmeta.home import Home
 from medmeta.predict.cases import DEFAULT_MAX_INPUT_BYTES, Cases, read_cases
 
 DRUG_CLASSES = ["no_response", "response"]
-QUERY_BATCH = 4096  # query cases per forward pass: memory stays bounded however many cases there are
+QUERY_BATCH = 4096  # query cases per forward pass, so memory stays bounded however many there are
 
 
 def model_inputs(cases: Cases, spec: dict, modalities: list[str] | None, role: str,
@@ -105,13 +105,19 @@ def _count(inputs) -> int:
     return len(next(iter(inputs.values()))) if isinstance(inputs, dict) else len(inputs)
 
 
-def in_batches(predict_fn, inputs):
-    """``predict_fn(inputs)`` computed ``QUERY_BATCH`` cases at a time and concatenated."""
+def in_batches(predict_fn, inputs, batch: int = QUERY_BATCH):
+    """``predict_fn(inputs)`` computed ``batch`` cases at a time and concatenated."""
     import torch
 
     total = _count(inputs)
-    return torch.cat([predict_fn(_rows(inputs, start, start + QUERY_BATCH))
-                      for start in range(0, max(total, 1), QUERY_BATCH)])
+    return torch.cat([predict_fn(_rows(inputs, start, start + batch)) for start in range(0, max(total, 1), batch)])
+
+
+def query_batch(learner, inputs) -> int:
+    """``QUERY_BATCH``, or every query case at once when the backbone normalises over the set it embeds
+    (conv4's batch norm: a case's output depends on the other cases of its set, so splitting the query
+    would change the predictions)."""
+    return _count(inputs) if getattr(learner.net, "normalises_over_set", True) else QUERY_BATCH
 
 
 def predict(home: Home, ref: str, query: Path, support: Path | None = None,
@@ -138,7 +144,7 @@ def predict(home: Home, ref: str, query: Path, support: Path | None = None,
         state = found.load_weights()
         classes = list(adaptation["label_order"])
         counts = {c["code"]: c["support_cases"] for c in adaptation["classes"]}
-        logits = in_batches(lambda x: learner.predict_with_state(state, x), query_x)
+        logits = in_batches(lambda x: learner.predict_with_state(state, x), query_x, query_batch(learner, query_x))
         adapted_on = "stored state"
     else:
         if support is None:
@@ -159,7 +165,8 @@ def predict(home: Home, ref: str, query: Path, support: Path | None = None,
         support_x = model_inputs(support_cases, spec, modalities, "support", max_input_bytes)
         per_label = Counter(labels)
         counts = {c: per_label[i] for i, c in enumerate(classes)}
-        logits = in_batches(learner.adapt(support_x, torch.tensor(labels, dtype=torch.int64)), query_x)
+        logits = in_batches(learner.adapt(support_x, torch.tensor(labels, dtype=torch.int64)), query_x,
+                            query_batch(learner, query_x))
         adapted_on = "support"
     probabilities = torch.softmax(logits.double(), dim=-1).tolist()
     return {"model": found.ref, "weights_from": used.ref, "algorithm": spec["algorithm"], "classes": classes,
