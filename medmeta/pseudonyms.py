@@ -61,6 +61,16 @@ class Pseudonymizer:
         """A keyed token for a landing file's path (file names can carry PHI)."""
         return self._digest("path", str(path)).hex()[:32]
 
+    def value_token(self, value: str) -> str:
+        """A keyed token for a value that must never be written as text (medmeta/records/masking.py).
+
+        The same value always gives the same token, so an operator holding the key can find the
+        value in the source file; nobody without the key can test a guess. Lone surrogates (bytes
+        of a non-UTF-8 input kept by ``surrogateescape``) are hashed, not refused.
+        """
+        data = b"value\x1f" + str(value).encode("utf-8", "surrogatepass")
+        return hmac.digest(self._key, data, "sha256").hex()[:16]
+
     def uid(self, uid: str) -> str:
         """A replacement DICOM UID (2.25 form), the same for the same input UID."""
         return "2.25." + str(int.from_bytes(self._digest("uid", str(uid).strip())[:16], "big"))
