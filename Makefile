@@ -35,6 +35,7 @@ bench: install
 	$(BIN)/python bench/quality.py --out BENCHMARKS.md
 	$(BIN)/python bench/records.py --out BENCHMARKS.md
 	$(BIN)/python bench/real_records.py --out BENCHMARKS.md
+	$(BIN)/python bench/predict.py --out BENCHMARKS.md
 
 # learn2learn and higher live in their own environment, never in medmeta's dependencies
 bench-env:

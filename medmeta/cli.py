@@ -15,6 +15,8 @@ from typing import Optional
 
 import typer
 
+from medmeta.predict.cases import DEFAULT_MAX_INPUT_BYTES, MAX_INPUT_BYTES_ENV
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="medmeta: medical data to published few-shot models.")
 key_app = typer.Typer(no_args_is_help=True, help="The pseudonym key.")
 app.add_typer(key_app, name="key")
@@ -37,7 +39,11 @@ def _fail(message: str) -> None:
 
 
 def _prefect_environment(home: Path) -> None:
-    """Prefect's embedded server keeps its database in the home unless told otherwise."""
+    """Prefect's embedded server keeps its database in the home unless told otherwise; the caches of
+    matplotlib, torch and other libraries stay in the home too (``medmeta.tool_caches``)."""
+    from medmeta.tool_caches import keep_caches_in
+
+    keep_caches_in(home)
     if not os.environ.get("PREFECT_API_URL") and not os.environ.get("PREFECT_HOME"):
         (home / "prefect").mkdir(parents=True, exist_ok=True)
         os.environ["PREFECT_HOME"] = str(home / "prefect")
@@ -358,6 +364,9 @@ def serve(
         if not landing.is_dir():
             raise MedmetaError(f"{_shown(landing)}: the landing folder does not exist")
         from medmeta.pseudonyms import load_key
+        from medmeta.tool_caches import keep_caches_in
+
+        keep_caches_in(the_home.root)  # the served flows run in children of this process
 
         load_key(the_home.key_file)
         from deployments.definitions import ServeSettings
@@ -411,19 +420,32 @@ app.add_typer(models_app, name="models")
 
 @models_app.command("list")
 def models_list(home: Optional[Path] = HomeOption, as_json: bool = JsonOption) -> None:
-    """Every model: its versions, champion and challenger, and the champion's gate metric."""
+    """Every model: its versions, champion and challenger, and the champion's gate metric.
+
+    A damaged registry file (a truncated card or aliases file, weights of the wrong size) is named with
+    its reason and fix after the healthy models, and the exit status is then 1 (healthy models: 0)."""
     from medmeta.errors import MedmetaError
-    from medmeta.registry import list_models, registry_root
+    from medmeta.registry import registry_root, survey
 
     try:
-        models = list_models(home)
+        models, damaged = survey(home)
     except MedmetaError as error:
         _fail(str(error))
     lines = [f"{m['name']}: versions {', '.join(map(str, m['versions']))}; champion {m['champion'] or '-'}, "
              f"challenger {m['challenger'] or '-'}; {m['algorithm']}, {m['metric']['name']} "
-             f"{m['metric']['value']:.4g} (version {m['metric']['version']})" for m in models]
-    _emit({"registry": str(registry_root(home)), "models": models}, as_json,
+             f"{_metric_text(m['metric']['value'])} (version {m['metric']['version']})" for m in models]
+    lines += [f"DAMAGED {d['name']}" + (f" version {d['version']}" if d["version"] is not None else "")
+              + f": {d['file']}: {d['reason']}; {d['fix']}" for d in damaged]
+    _emit({"registry": str(registry_root(home)), "models": models, "damaged": damaged}, as_json,
           "\n".join(lines) or f"no models in {registry_root(home)}")
+    if damaged:
+        typer.secho(f"error: {len(damaged)} damaged registry file{'s' if len(damaged) > 1 else ''} "
+                    "(listed above); the other models are usable", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1)
+
+
+def _metric_text(value) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) else "n/a"
 
 
 @models_app.command("show")
@@ -432,19 +454,19 @@ def models_show(
     home: Optional[Path] = HomeOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """A version's model card, and the aliases that point at it now."""
+    """A version's model card, and the aliases that point at it now (a damaged one: one line, exit 2)."""
     from medmeta.errors import MedmetaError
     from medmeta.registry import ALIASES, read_aliases, resolve
 
     try:
         found = resolve(home, ref)
         aliases = read_aliases(home, found.name)
+        text = None if as_json else found.card_markdown()
     except MedmetaError as error:
         _fail(str(error))
     current = [a for a in ALIASES if aliases[a] == found.version]
     _emit({"name": found.name, "version": found.version, "path": str(found.path), "aliases": current,
-           "card": found.card}, as_json,
-          found.card_md_path.read_text(encoding="utf-8") + f"\ncurrent aliases: {', '.join(current) or 'none'}")
+           "card": found.card}, as_json, f"{text}\ncurrent aliases: {', '.join(current) or 'none'}")
 
 # -- predict -------------------------------------------------------------------------------------
 
@@ -456,6 +478,9 @@ def predict(
     support: Optional[Path] = typer.Option(None, "--support", help="Labelled cases to adapt on (CSV with a label "
                                                                    "column, or a DICOM folder with labels.csv); "
                                                                    "optional for an adapted model."),
+    max_input_bytes: int = typer.Option(DEFAULT_MAX_INPUT_BYTES, "--max-input-bytes", min=1, envvar=MAX_INPUT_BYTES_ENV,
+                                        help="The largest file predict reads (a support or query CSV, a DICOM "
+                                             "file); a larger one is refused before it is read."),
     home: Optional[Path] = HomeOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -465,7 +490,7 @@ def predict(
     from medmeta.predict import predict as run_predict
 
     try:
-        result = run_predict(Home.at(home), model, query, support)
+        result = run_predict(Home.at(home), model, query, support, max_input_bytes)
     except (MedmetaError, ValueError) as error:  # ValueError: metalearn's EpisodeError / AdaptedStateError
         _fail(str(error))
     lines = [f"{result['model']} ({result['algorithm']}, adapted on {result['adapted_on']}; classes "

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from medmeta.errors import MedmetaError, Rejected
+from medmeta.predict.cases import DEFAULT_MAX_INPUT_BYTES, read_input
 
 
 @lru_cache(maxsize=1)
@@ -28,8 +29,10 @@ def minimum_side() -> int:
     return int(max(floors, default=0))
 
 
-def load_images(files: list[Path], size: int, modalities: list[str] | None, role: str) -> np.ndarray:
-    """``[N, 1, size, size]`` float32 in [0, 1], one image per file, in order."""
+def load_images(files: list[Path], size: int, modalities: list[str] | None, role: str,
+                max_bytes: int = DEFAULT_MAX_INPUT_BYTES) -> np.ndarray:
+    """``[N, 1, size, size]`` float32 in [0, 1], one image per file, in order; each file read once
+    from a descriptor checked to be a regular file of at most ``max_bytes`` (``cases.read_input``)."""
     from medmeta.dicom.pixels import decode_pixels, read_dicom
     from medmeta.ingest.config import IngestConfig
 
@@ -37,10 +40,7 @@ def load_images(files: list[Path], size: int, modalities: list[str] | None, role
     floor = minimum_side()
     out = np.empty((len(files), 1, size, size), np.float32)
     for i, path in enumerate(files):
-        try:
-            data = path.read_bytes()
-        except OSError as error:
-            raise MedmetaError(f"{role} image {path}: cannot be read ({error.strerror})") from None
+        data = read_input(path, f"{role} image", max_bytes)
         try:
             ds = read_dicom(data, max_pixels=max_pixels)
             modality = str(ds.get("Modality", "") or "").strip().upper()

@@ -40,9 +40,9 @@ def _number(text: str, column: str, case: str, source) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise MedmetaError(f"{source}: case {case}, column {column}: {text!r} is not a number") from None
+        raise MedmetaError(f"{source}: case {case}, column {column}: not a number") from None
     if not math.isfinite(value):
-        raise MedmetaError(f"{source}: case {case}, column {column}: {text!r} is not a finite number")
+        raise MedmetaError(f"{source}: case {case}, column {column}: not a finite number")
     return value
 
 
@@ -69,8 +69,7 @@ def record_features(columns: dict[str, list[str]], ids: list[str], record_spec: 
             values = []
             for case, text in zip(ids, columns["sex"]):
                 if text.lower() not in SEX:
-                    raise MedmetaError(f"{source}: case {case}, column sex: {text!r} is not female, male, "
-                                       "other or unknown")
+                    raise MedmetaError(f"{source}: case {case}, column sex: not female, male, other or unknown")
                 values.append(SEX[text.lower()][index])
             raw[name] = values
         elif name in columns:

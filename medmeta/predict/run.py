@@ -15,12 +15,14 @@ from pathlib import Path
 
 from medmeta.errors import MedmetaError
 from medmeta.home import Home
-from medmeta.predict.cases import Cases, read_cases
+from medmeta.predict.cases import DEFAULT_MAX_INPUT_BYTES, Cases, read_cases
 
 DRUG_CLASSES = ["no_response", "response"]
+QUERY_BATCH = 4096  # query cases per forward pass, so memory stays bounded however many there are
 
 
-def model_inputs(cases: Cases, spec: dict, modalities: list[str] | None, role: str):
+def model_inputs(cases: Cases, spec: dict, modalities: list[str] | None, role: str,
+                 max_bytes: int = DEFAULT_MAX_INPUT_BYTES):
     """The cases as the learner's input (a tensor, or ``{"image", "record"}`` for fused inputs)."""
     import torch
 
@@ -44,7 +46,7 @@ def model_inputs(cases: Cases, spec: dict, modalities: list[str] | None, role: s
     parts = {}
     if wants_images:
         size = int(spec["features"]["image"]["size"][0])
-        parts["image"] = torch.from_numpy(load_images(cases.files, size, modalities, role))
+        parts["image"] = torch.from_numpy(load_images(cases.files, size, modalities, role, max_bytes))
     if wants_records:
         parts["record"] = torch.from_numpy(record_features(cases.records, cases.ids, spec["features"]["record"],
                                                            f"{role} {cases.source}"))
@@ -68,40 +70,81 @@ def support_labels(cases: Cases, spec: dict, source) -> tuple[list[str], list[in
         raise MedmetaError(f"support {source}: the model is {n_way}-way and needs labelled cases of exactly {n_way} "
                            f"classes; the support set has {len(found)} ({', '.join(found)})"
                            + (f", none of {', '.join(missing)}" if missing else ""))
-    return classes, [classes.index(label) for label in cases.labels]
+    index = {c: i for i, c in enumerate(classes)}
+    return classes, [index[label] for label in cases.labels]
 
 
 def _resolve(home: Home, ref: str):
     from medmeta import registry
 
-    found = registry.resolve(home, ref)  # ModelNotFound lists what exists
-    spec = found.card.get("config", {}).get("spec")
+    found = registry.resolve(home, ref)  # ModelNotFound lists what exists; DamagedEntry names the file
+    config = found.card.get("config")
+    spec = config.get("spec") if isinstance(config, dict) else None
     if not isinstance(spec, dict):
         raise MedmetaError(f"model {found.ref} has no config.spec in its card; it was not published by medmeta "
                            "train/publish and cannot be rebuilt")
     return found, spec
 
 
-def predict(home: Home, ref: str, query: Path, support: Path | None = None) -> dict:
-    """``{"model", "classes", "adapted_on", "support", "predictions": {case id: {class: probability}}}``."""
+def _learner(found, spec: dict):
+    """The learner rebuilt from a card's spec, or one line saying the card's spec does not fit."""
+    from medmeta.training.models import build_learner
+
+    try:
+        return build_learner(spec)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise MedmetaError(f"model {found.ref}: its card's config.spec can not be rebuilt "
+                           f"({type(error).__name__}: {str(error)[:120]})") from None
+
+
+def _rows(inputs, start: int, stop: int):
+    return {k: v[start:stop] for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[start:stop]
+
+
+def _count(inputs) -> int:
+    return len(next(iter(inputs.values()))) if isinstance(inputs, dict) else len(inputs)
+
+
+def in_batches(predict_fn, inputs, batch: int = QUERY_BATCH):
+    """``predict_fn(inputs)`` computed ``batch`` cases at a time and concatenated."""
     import torch
 
-    from medmeta.training.models import build_learner
+    total = _count(inputs)
+    return torch.cat([predict_fn(_rows(inputs, start, start + batch)) for start in range(0, max(total, 1), batch)])
+
+
+def query_batch(learner, inputs) -> int:
+    """``QUERY_BATCH``, or every query case at once when the backbone normalises over the set it embeds
+    (conv4's batch norm: a case's output depends on the other cases of its set, so splitting the query
+    would change the predictions)."""
+    return _count(inputs) if getattr(learner.net, "normalises_over_set", True) else QUERY_BATCH
+
+
+def predict(home: Home, ref: str, query: Path, support: Path | None = None,
+            max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES) -> dict:
+    """``{"model", "classes", "adapted_on", "support", "predictions": {case id: {class: probability}}}``.
+
+    Linear in the number of query cases; every input file is read once, checked to be a regular file
+    of at most ``max_input_bytes`` (``cases.py``).
+    """
+    from collections import Counter
+
+    import torch
 
     found, spec = _resolve(home, ref)
     card = found.card
     adaptation = card.get("adaptation")
     modalities = card.get("dicom_modalities")
-    query_cases = read_cases(query, "query")
-    query_x = model_inputs(query_cases, spec, modalities, "query")
+    query_cases = read_cases(query, "query", max_input_bytes)
+    query_x = model_inputs(query_cases, spec, modalities, "query", max_input_bytes)
     torch.manual_seed(0)
-    learner = build_learner(spec)
+    learner = _learner(found, spec)
     used = found
     if adaptation and support is None:
         state = found.load_weights()
         classes = list(adaptation["label_order"])
         counts = {c["code"]: c["support_cases"] for c in adaptation["classes"]}
-        logits = learner.predict_with_state(state, query_x)
+        logits = in_batches(lambda x: learner.predict_with_state(state, x), query_x, query_batch(learner, query_x))
         adapted_on = "stored state"
     else:
         if support is None:
@@ -110,14 +153,20 @@ def predict(home: Home, ref: str, query: Path, support: Path | None = None) -> d
         if adaptation:  # adapt the parent meta-model on the user's support instead
             parent = card["parent"]
             used, spec = _resolve(home, f"{parent['name']}@{parent['version']}")
-            learner = build_learner(spec)
-        learner.load_state_dict(used.load_weights())
+            learner = _learner(used, spec)
+        try:
+            learner.load_state_dict(used.load_weights())
+        except RuntimeError as error:  # tensors that do not fit the spec's architecture
+            raise MedmetaError(f"model {used.ref}: its weights do not fit its card's config.spec "
+                               f"({str(error).splitlines()[0][:160]})") from None
         learner.eval()
-        support_cases = read_cases(support, "support")
+        support_cases = read_cases(support, "support", max_input_bytes)
         classes, labels = support_labels(support_cases, spec, support_cases.source)
-        support_x = model_inputs(support_cases, spec, modalities, "support")
-        counts = {c: labels.count(i) for i, c in enumerate(classes)}
-        logits = learner.adapt(support_x, torch.tensor(labels, dtype=torch.int64))(query_x)
+        support_x = model_inputs(support_cases, spec, modalities, "support", max_input_bytes)
+        per_label = Counter(labels)
+        counts = {c: per_label[i] for i, c in enumerate(classes)}
+        logits = in_batches(learner.adapt(support_x, torch.tensor(labels, dtype=torch.int64)), query_x,
+                            query_batch(learner, query_x))
         adapted_on = "support"
     probabilities = torch.softmax(logits.double(), dim=-1).tolist()
     return {"model": found.ref, "weights_from": used.ref, "algorithm": spec["algorithm"], "classes": classes,

@@ -23,3 +23,15 @@ class ChecksumMismatch(RegistryError):
 
 class InvalidCard(RegistryError):
     """Card content, weights or gate input given to ``publish`` that can not be recorded."""
+
+
+class DamagedEntry(RegistryError):
+    """A registry file (card, aliases, weights) that is not what medmeta wrote: truncated, edited,
+    unreadable or of the wrong kind. ``path`` is the file, ``reason`` what is wrong with it."""
+
+    def __init__(self, path, reason: str, fix: str):
+        super().__init__(f"{path} is damaged: {reason}; {fix}")
+        self.path, self.reason, self.fix = path, reason, fix
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.reason, self.fix))

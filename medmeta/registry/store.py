@@ -22,7 +22,8 @@ from typing import Any, Mapping
 from medmeta import atomic
 from medmeta.home import Home
 from medmeta.registry import card as cards
-from medmeta.registry.errors import InvalidCard, InvalidModelName, ModelNotFound
+from medmeta.registry import stored
+from medmeta.registry.errors import DamagedEntry, InvalidCard, InvalidModelName, ModelNotFound
 from medmeta.registry.gate import ChampionScore, Gate, check_inputs, decide, metric_value
 from medmeta.registry.lock import exclusive, try_exclusive
 from medmeta.registry.names import ALIASES, Ref, check_name, parse_ref
@@ -59,8 +60,13 @@ class ModelVersion:
         return self.path / CARD_MD_FILE
 
     def load_weights(self) -> dict:
-        """The weights (name -> CPU torch.Tensor), after checking their SHA-256 against the card."""
-        return read_weights(self.weights_path, self.card["weights"]["sha256"])
+        """The weights (name -> CPU torch.Tensor), after checking their size and SHA-256 against the
+        card and the safetensors header against the file (``DamagedEntry``, ``ChecksumMismatch``)."""
+        return read_weights(self.weights_path, self.card["weights"]["sha256"], self.card["weights"]["bytes"])
+
+    def card_markdown(self) -> str:
+        """``card.md``, the card for people (``DamagedEntry`` when it can not be read)."""
+        return stored.read_text(self.card_md_path)
 
 
 def registry_root(home: Home | str | os.PathLike | None = None) -> Path:
@@ -186,20 +192,55 @@ def model_names(home: Home | str | os.PathLike | None = None) -> list[str]:
 
 
 def list_models(home: Home | str | os.PathLike | None = None) -> list[dict]:
-    """One summary per model: versions, aliases, and the champion's (else the latest's) gate metric."""
-    summaries = []
+    """One summary per healthy model (``survey``'s first half): versions, aliases, and the champion's
+    (else the latest's) gate metric."""
+    return survey(home)[0]
+
+
+def survey(home: Home | str | os.PathLike | None = None) -> tuple[list[dict], list[dict]]:
+    """``(summaries, damaged)``: every model that can be summarised, and every damaged file.
+
+    A model is summarised when its aliases and the card it shows (the champion's, else the latest's)
+    read back whole. Each damaged file is one ``{"name", "version" (None for aliases.json), "file",
+    "reason", "fix"}``: any version's card, or its weights file when missing or not of the size its
+    card records (checked with ``stat``; the checksum is checked when weights are loaded).
+    """
+    summaries, damaged = [], []
     for name in model_names(home):
         model_dir = registry_root(home) / name
         found = _versions_on_disk(model_dir)
-        aliases = _reconcile(model_dir, write=False)
+        cards_read, broken = {}, set()
+        for version in found:
+            try:
+                cards_read[version] = card = _read_card(model_dir, version)
+            except DamagedEntry as error:
+                damaged.append(_damage(name, version, error))
+                broken.add(version)
+                continue
+            problem = stored.weights_problem(model_dir / "versions" / str(version) / WEIGHTS_FILE, card)
+            if problem:
+                damaged.append(_damage(name, version, DamagedEntry(
+                    model_dir / "versions" / str(version) / WEIGHTS_FILE, problem, stored.WEIGHTS_FIX)))
+        try:
+            aliases = _reconcile(model_dir, write=False)
+        except DamagedEntry as error:
+            if not any(d["file"] == str(error.path) for d in damaged):
+                damaged.append(_damage(name, None, error))
+            continue
         shown = aliases["champion"] if aliases["champion"] in found else found[-1]
-        shown_card = _read_card(model_dir, shown)
+        if shown in broken:
+            continue  # named in damaged
+        shown_card = cards_read[shown]
         metric = shown_card["gate"]["metric"]
         summaries.append({"name": name, "versions": found, "latest": found[-1], "champion": aliases["champion"],
                           "challenger": aliases["challenger"], "algorithm": shown_card["algorithm"],
                           "metric": {"name": metric, "value": metric_value(shown_card["metrics"], metric),
                                      "version": shown, "evaluation_id": shown_card["evaluation_id"]}})
-    return summaries
+    return summaries, damaged
+
+
+def _damage(name: str, version: int | None, error: DamagedEntry) -> dict:
+    return {"name": name, "version": version, "file": str(error.path), "reason": error.reason, "fix": error.fix}
 
 
 # ---- internals ---------------------------------------------------------------------------------
@@ -236,14 +277,12 @@ def _what_exists(model_dir: Path) -> str:
 
 
 def _read_card(model_dir: Path, version: int) -> dict:
-    return json.loads((model_dir / "versions" / str(version) / CARD_FILE).read_text(encoding="utf-8"))
+    return stored.read_card(model_dir / "versions" / str(version) / CARD_FILE, model_dir.name, version)
 
 
 def _read_aliases(model_dir: Path) -> dict:
-    path = model_dir / "aliases.json"
-    if not path.exists():
-        return {"champion": None, "challenger": None, "history": []}
-    return json.loads(path.read_text(encoding="utf-8"))
+    aliases = stored.read_aliases_file(model_dir / "aliases.json")
+    return aliases if aliases is not None else {"champion": None, "challenger": None, "history": []}
 
 
 def _apply_publish(model_dir: Path, aliases: dict, version: int, decision: dict, note: str = "",

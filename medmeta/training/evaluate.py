@@ -117,7 +117,7 @@ def evaluate_model(home: Home, name: str, settings: PipelineSettings) -> dict:
                   "seconds": round(time.perf_counter() - started, 3)}
     from medmeta.training.plots import accuracy_against_shots
 
-    accuracy_against_shots(evaluation, folder / "evaluation.png")
+    accuracy_against_shots(evaluation, folder / "evaluation.png", home=home)
     write_json(folder / "evaluation.json", evaluation)
     return {**evaluation, "cached": False}
 

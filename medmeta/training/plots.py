@@ -1,13 +1,24 @@
-"""The PNGs people look at: a training curve, and accuracy against shots with the baselines."""
+"""The PNGs people look at: a training curve, and accuracy against shots with the baselines.
+
+matplotlib writes a font cache on first use; ``home`` (given by the callers, which know it) keeps it
+in ``H/cache/matplotlib`` (``medmeta.tool_caches``) when matplotlib is not yet imported, so nothing
+lands in ``~/.cache``, whoever started the flow.
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from medmeta.atomic import atomic_path
+from medmeta.home import Home
 
 
-def _figure():
+def _figure(home: Home | None):
+    if home is not None and "matplotlib" not in sys.modules:
+        from medmeta.tool_caches import keep_caches_in
+
+        keep_caches_in(home.root)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -16,9 +27,9 @@ def _figure():
     return plt
 
 
-def training_curve(result: dict, path: Path) -> Path:
+def training_curve(result: dict, path: Path, home: Home | None = None) -> Path:
     """Meta-training loss (and accuracy) per step, meta-validation accuracy per validation."""
-    plt = _figure()
+    plt = _figure(home)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4))
     steps = [h["step"] for h in result["history"]]
     ax_loss.plot(steps, [h["loss"] for h in result["history"]], lw=1)
@@ -34,9 +45,9 @@ def training_curve(result: dict, path: Path) -> Path:
     return _save(fig, plt, path)
 
 
-def accuracy_against_shots(evaluation: dict, path: Path) -> Path:
+def accuracy_against_shots(evaluation: dict, path: Path, home: Home | None = None) -> Path:
     """Meta-test accuracy (95% CI) against shots, per method."""
-    plt = _figure()
+    plt = _figure(home)
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     by_method: dict[str, list[tuple[int, float, float]]] = {}
     for entry in evaluation["by_shots"]:

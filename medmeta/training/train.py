@@ -76,6 +76,6 @@ def train_model(home: Home, taskset: str, algorithm: str, settings: PipelineSett
     }
     from medmeta.training.plots import training_curve
 
-    training_curve(summary, folder / "curve.png")
+    training_curve(summary, folder / "curve.png", home=home)
     write_json(folder / "result.json", summary)
     return {**summary, "cached": False}
