@@ -131,4 +131,5 @@ def check_writable(folder: object) -> None:
             probe.flush()
             os.fsync(probe.fileno())
     except OSError as error:
-        raise HomeNotWritable(fault_line(error, folder) or f"cannot write {folder}: {error.strerror}") from None
+        bare = OSError(error.errno, error.strerror)  # the probe's own name would only confuse
+        raise HomeNotWritable(fault_line(bare, folder) or f"cannot write {folder}: {error.strerror}") from None
