@@ -12,6 +12,10 @@ def server_environment(home: Path, port: int) -> dict[str, str]:
     env.setdefault("PREFECT_HOME", str(home / "prefect"))
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     env["PREFECT_UI_API_URL"] = f"http://127.0.0.1:{port}/api"
+    # Training-slot leases on disk (they outlive a restart) and looked at every 10 s: the slot of a
+    # killed run is back within its lease (60 s) and 10 s (tasks/concurrency.py).
+    env.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", "prefect.server.concurrency.lease_storage.filesystem")
+    env.setdefault("PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS", "10")
     env.pop("PREFECT_API_URL", None)  # the server is the API; it must not point at another one
     return env
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
@@ -38,15 +39,28 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+_HOME: list[Path] = []  # the home the running command writes, named by a fault's line (main)
+
+
 def _prefect_environment(home: Path) -> None:
     """Prefect's embedded server keeps its database in the home unless told otherwise; the caches of
-    matplotlib, torch and other libraries stay in the home too (``medmeta.tool_caches``)."""
+    matplotlib, torch and other libraries stay in the home too (``medmeta.tool_caches``).
+
+    A home that can not take a file (read-only, full) is refused here, before Prefect starts.
+    """
+    from medmeta.errors import check_writable
     from medmeta.tool_caches import keep_caches_in
 
+    _HOME[:] = [home]
+    check_writable(home)
     keep_caches_in(home)
     if not os.environ.get("PREFECT_API_URL") and not os.environ.get("PREFECT_HOME"):
         (home / "prefect").mkdir(parents=True, exist_ok=True)
         os.environ["PREFECT_HOME"] = str(home / "prefect")
+    if not os.environ.get("PREFECT_API_URL"):  # leases on disk: a killed run's training slot is given back
+        from tasks.concurrency import FILESYSTEM_LEASES
+
+        os.environ.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", FILESYSTEM_LEASES)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -103,9 +117,7 @@ def ingest(
     from flows.ingest import ingest_flow
 
     try:
-        from medmeta.prefect_runtime import embedded_run_settings
-
-        with _progress() as reporter, embedded_run_settings():
+        with _progress() as reporter, _running():
             from medmeta import progress
 
             progress.set_reporter(reporter)
@@ -175,10 +187,8 @@ def validate(
         _fail(str(error))
     _prefect_environment(the_home.root)
     from flows.validate import validate_flow
-    from medmeta.prefect_runtime import embedded_run_settings
-
     try:
-        with _spinner("validating the snapshot"), embedded_run_settings():
+        with _spinner("validating the snapshot"), _running():
             result = validate_flow(str(the_home.root), str(rules) if rules else None)
     except MedmetaError as error:
         _fail(str(error))
@@ -226,10 +236,8 @@ def _run_stage(home: Optional[Path], config: Optional[Path], what: str, call):
     except MedmetaError as error:
         _fail(str(error))
     _prefect_environment(the_home.root)
-    from medmeta.prefect_runtime import embedded_run_settings
-
     try:
-        with _spinner(what), embedded_run_settings():
+        with _spinner(what), _running():
             return call(str(the_home.root), str(config) if config else None)
     except MedmetaError as error:
         _fail(str(error))
@@ -324,16 +332,17 @@ def run_pipeline(
     _prefect_environment(the_home.root)
     _warm_ingest_workers()
     from flows.pipeline import pipeline_flow
-    from medmeta.prefect_runtime import embedded_run_settings
     from medmeta.training.report import summary_text
 
     try:
-        with _spinner("running the pipeline"), embedded_run_settings():
+        with _spinner("running the pipeline"), _running():
             state = pipeline_flow(str(landing), str(the_home.root), str(config) if config else None,
                                   str(rules) if rules else None, return_state=True)
     except MedmetaError as error:
         _fail(str(error))
     summary = state.result(raise_on_failure=False)
+    if isinstance(summary, BaseException):
+        _fail_run(summary, the_home.root)
     if not isinstance(summary, dict):  # the flow crashed before it had a summary
         _fail(f"the pipeline failed: {state.message or summary}")
     quarantined = _quarantined_with_names(summary["ingest"].get("quarantined", []))
@@ -563,10 +572,9 @@ def tasks_build(
         _fail(str(error))
     _prefect_environment(the_home.root)
     from flows.tasksets import build_tasksets_flow
-    from medmeta.prefect_runtime import embedded_run_settings
 
     try:
-        with _spinner("building the task set"), embedded_run_settings():
+        with _spinner("building the task set"), _running():
             summary = build_tasksets_flow(by, inputs, ways, shots, queries, seed, name, str(the_home.root), **options)
     except MedmetaError as error:
         _fail(str(error))
@@ -615,6 +623,31 @@ class _progress:
         return self._bar.__exit__(*exc)
 
 
+@contextmanager
+def _running() -> Iterator[None]:
+    """A flow runs: the embedded-server settings, and faults kept to one line on the terminal."""
+    from medmeta.cli_errors import hide_fault_records
+    from medmeta.prefect_runtime import embedded_run_settings
+
+    with embedded_run_settings():
+        hide_fault_records()  # after Prefect (imported by now) has set up its console handlers
+        yield
+
+
+def _fail_run(error: BaseException, home: Path) -> None:
+    """The exception that failed a `medmeta run`: one line when it is a fault, else a traceback."""
+    from medmeta.errors import fault_line
+    from medmeta.tasksets.build import NotEnoughClasses
+
+    line = fault_line(error, home)
+    if line is None:
+        raise error
+    if isinstance(error, NotEnoughClasses):  # `medmeta run` has no --ways: say where they are set
+        line += ("; `medmeta run` takes ways, shots and queries from the task set's entry under `tasksets:` "
+                 "in the --config file (medmeta/config/pipeline.yaml)")
+    _fail(line)
+
+
 def _spinner(text: str):
     from rich.console import Console
 
@@ -622,12 +655,16 @@ def _spinner(text: str):
 
 
 def main() -> None:
-    from medmeta.errors import MedmetaError
+    """The ``medmeta`` entry point: a fault (``medmeta.errors.fault_line``) ends in one line and exit 2."""
+    from medmeta.errors import fault_line
 
     try:
         app()
-    except MedmetaError as error:
-        typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+    except Exception as error:
+        line = fault_line(error, _HOME[0] if _HOME else "the home")
+        if line is None:
+            raise
+        typer.secho(f"error: {line}", err=True, fg=typer.colors.RED)
         sys.exit(2)
 
 

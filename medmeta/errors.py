@@ -66,3 +66,74 @@ UNRESOLVED_REFERENCE = "unresolved_patient_reference"
 UNRESOLVED_MEDICATION = "unresolved_medication_reference"
 OLD_STORE = "old_store_schema"
 INTERNAL_ERROR = "internal_error"  # a bug in medmeta, never the input's fault
+
+
+# -- faults of the machine, not of the input: one line each on the terminal (medmeta.cli) ----------
+
+DISK_FULL_ERRNOS = frozenset({28, 122, 27})  # ENOSPC, EDQUOT, EFBIG (a file-size limit: `ulimit -f`)
+READ_ONLY_ERRNOS = frozenset({30, 13, 1})  # EROFS, EACCES, EPERM
+
+
+def os_fault(error: BaseException) -> OSError | None:
+    """The disk-full or read-only ``OSError`` behind ``error`` (itself, or its cause or context,
+    as libraries such as Great Expectations wrap it), or None."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS | READ_ONLY_ERRNOS:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def fault_line(error: BaseException, home: object) -> str | None:
+    """One line naming the cause and the fix of a fault the user can mend, or None for a bug.
+
+    ``home`` is the home the command writes (named in the line: where to free space or what to
+    make writable). Input and configuration faults are ``MedmetaError``s and say it themselves.
+    """
+    if isinstance(error, MedmetaError):
+        return str(error)
+    fault = os_fault(error)
+    if fault is None:
+        return None
+    if fault.errno in DISK_FULL_ERRNOS:
+        return f"the disk is full writing {home}: free space and rerun"
+    if fault.filename and not _inside(fault.filename, home):
+        return None  # not the home: an input the reader could not open is the reader's to report
+    return (f"cannot write {fault.filename or home}: the home {home} is read-only ({fault.strerror}); "
+            "make it writable, or pass another --home, and rerun")
+
+
+def _inside(path: object, folder: object) -> bool:
+    from pathlib import Path
+
+    try:
+        return Path(str(path)).resolve().is_relative_to(Path(str(folder)).resolve())
+    except (OSError, ValueError):
+        return False
+
+
+class HomeNotWritable(MedmetaError):
+    """The home can not be written at all (a read-only mount, no permission, a full disk)."""
+
+
+def check_writable(folder: object) -> None:
+    """Refuse a home that can not take one new file, before anything is read or written.
+
+    A real write, not ``os.access``: root passes every permission check, not a read-only mount.
+    """
+    import os
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(folder)
+    target = folder if folder.exists() else next((p for p in folder.parents if p.exists()), folder)
+    try:
+        with tempfile.TemporaryFile(dir=target, prefix=".medmeta-write-check-") as probe:
+            probe.write(b"x")
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as error:
+        bare = OSError(error.errno, error.strerror)  # the probe's own name would only confuse
+        raise HomeNotWritable(fault_line(bare, folder) or f"cannot write {folder}: {error.strerror}") from None

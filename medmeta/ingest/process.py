@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from medmeta.atomic import atomic_path, write_json
-from medmeta.errors import INTERNAL_ERROR, NO_VALID_RECORDS, Rejected
+from medmeta.errors import INTERNAL_ERROR, NO_VALID_RECORDS, Rejected, os_fault
 from medmeta.home import PRIVATE_FILE_MODE, Home
 from medmeta.ingest.config import IngestConfig
 from medmeta.ingest.image_parts import ImagePayload
@@ -75,6 +75,8 @@ class Worker:
         except Rejected as error:
             return self._quarantine(item, error, sha256, data), None
         except Exception as exc:  # a parser bug must not stop the batch, nor leak data
+            if os_fault(exc) is not None:  # a full disk or read-only home stops the run; the file is not to blame
+                raise
             error = Rejected(INTERNAL_ERROR, f"unexpected {type(exc).__name__} while ingesting")
             return self._quarantine(item, error, sha256, data), None
 
