@@ -62,3 +62,4 @@ UNRESOLVED_REFERENCE = "unresolved_patient_reference"
 UNRESOLVED_MEDICATION = "unresolved_medication_reference"
 OLD_STORE = "old_store_schema"
 INTERNAL_ERROR = "internal_error"  # a bug in medmeta, never the input's fault
+INVALID_CODE = "invalid_code"  # a code (or code system) outside its vocabulary's format: never stored as text

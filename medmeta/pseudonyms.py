@@ -61,6 +61,20 @@ class Pseudonymizer:
         """A keyed token for a landing file's path (file names can carry PHI)."""
         return self._digest("path", str(path)).hex()[:32]
 
+    def value_token(self, value: str) -> str:
+        """A keyed token for a value kept out of the store (a code, unit or name that failed its
+        vocabulary): an operator with the key can find the value in the source file; nobody else can."""
+        return self._digest("value", str(value)).hex()[:16]
+
+    def site_token(self, folder: str) -> str:
+        """The store's ``site`` for a landing folder whose name is not a configured site (names can carry PHI)."""
+        return "site-" + self._digest("site", str(folder)).hex()[:12]
+
+    def derived_key(self, purpose: str, length: int = 32) -> bytes:
+        """Key material for ``purpose`` (e.g. sealing staged text), derived from the key, never the key itself."""
+        blocks = (self._digest(f"key:{purpose}", str(i)) for i in range((length + 31) // 32))
+        return b"".join(blocks)[:length]
+
     def uid(self, uid: str) -> str:
         """A replacement DICOM UID (2.25 form), the same for the same input UID."""
         return "2.25." + str(int.from_bytes(self._digest("uid", str(uid).strip())[:16], "big"))

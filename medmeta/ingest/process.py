@@ -52,6 +52,7 @@ class Worker:
         self.home = Home(ctx.home)
         self.pseudo = Pseudonymizer(ctx.key)
         self.canonicalize = Canonicalizer(self.pseudo, ctx.config.age_reference_date, ctx.today)
+        self.known_sites = frozenset(m.site for m in ctx.mappings)
         logging.getLogger("pydicom").setLevel(logging.CRITICAL)  # its messages can quote values
 
     def process(self, item: InputItem) -> tuple[FileOutcome, ImagePayload | None]:
@@ -82,7 +83,7 @@ class Worker:
         if kind == "fhir_export_log":  # a bulk export's log.ndjson: accounted for, no facts in it
             write_part(self.home.parts, sha256, {}, {"kind": kind, "rows": {}, "rows_rejected": 0})
             return FileOutcome(item.logical_path, INGESTED, sha256, kind), None
-        raw = self._parse_records(kind, data, site_for(item.logical_path, self.ctx.config))
+        raw = self._parse_records(kind, data, site_for(item.logical_path, self.ctx.config, self.known_sites, self.pseudo))
         staged = self.canonicalize(raw, sha256)
         if staged.row_count == 0 and staged.patient_refs.num_rows == 0 and not raw.concepts and staged.rejects:
             codes = sorted({e.code for e in staged.rejects})
@@ -108,7 +109,7 @@ class Worker:
         tables = dict(staged.tables)
         tables["patient_refs"] = staged.patient_refs
         tables["medication_refs"] = staged.medication_refs
-        tables["concepts"] = pa.Table.from_pylist(raw.concepts, schema=CONCEPTS)
+        tables["concepts"] = pa.Table.from_pylist(staged.concepts, schema=CONCEPTS)
         tables["record_quarantine"] = record_quarantine_table(rejects)
         meta = {"kind": kind, "rows": {k: t.num_rows for k, t in sorted(staged.tables.items())},
                 "rows_rejected": len(rejects), "ignored": dict(raw.ignored), "excluded": dict(raw.excluded),
@@ -116,6 +117,7 @@ class Worker:
         write_part(self.home.parts, sha256, tables, meta)
 
     def _ingest_dicom(self, item: InputItem, data: bytes, sha256: str) -> tuple[FileOutcome, ImagePayload]:
+        from medmeta.dicom.defined_terms import BODY_PARTS, MODALITIES, defined_term
         from medmeta.dicom.deidentify import deidentify
         from medmeta.dicom.pixels import decode_pixels, read_dicom
 
@@ -128,8 +130,8 @@ class Worker:
             "patient_id": ids.patient_id,
             "study_uid": _text(ds, "StudyInstanceUID"),
             "series_uid": _text(ds, "SeriesInstanceUID"),
-            "modality": _text(ds, "Modality"),
-            "body_part": _text(ds, "BodyPartExamined"),
+            "modality": defined_term(ds.get("Modality"), MODALITIES),  # else null: a name typed there stays out
+            "body_part": defined_term(ds.get("BodyPartExamined"), BODY_PARTS),
             "transfer_syntax": transfer_syntax,
             "photometric": pixels.photometric,
             "rows": pixels.rows, "columns": pixels.columns, "frames": pixels.frames,
@@ -154,13 +156,16 @@ class Worker:
         return FileOutcome(item.logical_path, QUARANTINED, sha256, reason=error.reason)
 
 
-def site_for(logical_path: str, config: IngestConfig) -> str:
+def site_for(logical_path: str, config: IngestConfig, known_sites: frozenset[str], pseudo: Pseudonymizer) -> str:
     """The site of a FHIR or OMOP file: the ``site`` setting, else the landing folder it sits in.
 
     The first folder of the file's path under SOURCE names its site (``site_b/bulk/Patient.ndjson``
-    is site ``site_b``; an archive counts as a folder, without its ``.zip``); a file at the top of
-    SOURCE belongs to ``default``. Never taken from the data (FHIR ``meta.source`` names a server
-    request, not a site): references between the files of one export resolve within their site.
+    is in folder ``site_b``; an archive counts as a folder, without its ``.zip``); a file at the top
+    of SOURCE belongs to ``default``. The store's ``site`` is a configured name (the ``site`` setting,
+    or a site mapping's ``site`` the folder is named after), else a keyed token of the folder's name
+    (``pseudo.site_token``): exports are named after patients, so a folder's name is never stored.
+    Never taken from the data (FHIR ``meta.source`` names a server request, not a site): references
+    between the files of one export resolve within their site.
     """
     if config.site:
         return config.site
@@ -168,7 +173,10 @@ def site_for(logical_path: str, config: IngestConfig) -> str:
     if len(parts) < 2:
         return "default"
     first = parts[0]
-    return first[:-4] if first.lower().endswith(".zip") else first
+    folder = first[:-4] if first.lower().endswith(".zip") else first
+    if folder in known_sites:
+        return folder
+    return pseudo.site_token(folder)
 
 
 def _text(ds, keyword: str) -> str | None:
