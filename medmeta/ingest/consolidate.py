@@ -57,7 +57,7 @@ def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer, image_size
                 if missing := int(frame[column].isna().sum()):
                     withheld[f"images.{column}"] = missing
         else:
-            frame = _open_sealed(_read(record_parts, name, staging_schema(name)), name, sealer)
+            frame = open_sealed(_read(record_parts, name, staging_schema(name)), name, sealer)
             frame, unresolved = _resolve(frame, refs, pseudo)
             quarantine.append(unresolved)
             if name == "medication_exposures":
@@ -142,7 +142,7 @@ def _resolve(frame: pd.DataFrame, refs: dict[str, str], pseudo: Pseudonymizer) -
     return frame.loc[~unresolved].drop(columns=["patient_ref"]), rejects
 
 
-def _open_sealed(frame: pd.DataFrame, name: str, sealer: Sealer) -> pd.DataFrame:
+def open_sealed(frame: pd.DataFrame, name: str, sealer: Sealer) -> pd.DataFrame:
     """The staged free-text columns of table ``name`` opened (``medmeta.records.sealed``)."""
     columns = [c for c in SEALED_FIELDS.get(name, ()) if frame[c].notna().any()]
     return frame.assign(**{c: sealer.open_column(frame[c]) for c in columns}) if columns else frame

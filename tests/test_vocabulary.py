@@ -1,0 +1,146 @@
+"""Closed vocabularies at ingest: code formats, hashed descriptions, displays by attestation, sealed
+staging text, UCUM units without annotations, DICOM defined terms and the store's site."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pandas as pd
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from medmeta.dicom.defined_terms import BODY_PARTS, MODALITIES, defined_term
+from medmeta.ingest.config import IngestConfig
+from medmeta.ingest.process import site_for
+from medmeta.ingest.units_step import stored_unit
+from medmeta.pseudonyms import Pseudonymizer
+from medmeta.records.canonical import Canonicalizer
+from medmeta.records.displays import keep_attested_displays
+from medmeta.records.raw import RawRecords
+from medmeta.records.sealed import Sealer
+from medmeta.records.vocabulary import character_classes, code_fits, describe_value, system_fits
+from medmeta.terminology.systems import ATC, ICD10CM, LOINC, NDC, RXNORM, SNOMED
+
+PSEUDO = Pseudonymizer("vocabulary-test-key-0123456789")
+
+
+@pytest.mark.parametrize(("system", "good", "bad"), [
+    (SNOMED, ["38341003", "44054006", "73211009"], ["38341004", "Smith, John", "038341003", "3834100 3"]),
+    (LOINC, ["2345-7", "718-7", "15074-8"], ["2345-8", "2345", "Smith-1"]),
+    (ICD10CM, ["E11.9", "E119", "G35.D", "S52.521A", "C4A.0"], ["Smith, John", "e11.9", "E11.9 x", "11.9"]),
+    (RXNORM, ["860975", "1"], ["0", "86 0975", "RX860975"]),
+    (ATC, ["A10BA02", "A10", "A", "C10AA"], ["A10BA0", "Smith", "a10ba02"]),
+    (NDC, ["0069-2587-10", "00692587010"], ["69-2587-10", "Smith"]),
+    ("urn:hospital:local-codes", ["DX-001", "abc.12", "A:B/C"], ["Smith, John", "Smith John", "x" * 41, "", "Jöhn"]),
+])
+def test_a_code_fits_its_system_or_is_refused(system, good, bad):
+    assert all(code_fits(system, code) for code in good)
+    assert not any(code_fits(system, code) for code in bad)
+
+
+def test_a_code_system_is_known_or_a_uri_without_spaces():
+    assert system_fits(SNOMED) and system_fits("urn:oid:1.2.3") and system_fits("1.2.840.10008")
+    assert system_fits("https://hospital.example/fhir/CodeSystem/dx")
+    assert not system_fits("Smith, John") and not system_fits("http://x.org/Smith John") and not system_fits(None)
+
+
+def test_a_refused_value_is_described_by_a_keyed_hash_its_length_and_classes():
+    text = describe_value("Smith, John", PSEUDO)
+    assert text.startswith("value:") and ", 11 chars, letters+space+punct" in text
+    assert "Smith" not in text and "John" not in text
+    assert describe_value("Smith, John", PSEUDO) == text, "the same value, the same hash: findable"
+    assert describe_value("Smith, John", Pseudonymizer("another-key-entirely-0123456789")) != text
+    assert character_classes("Jöhn 12\x07") == "letters+non-ascii letters+digits+space+other"
+
+
+@given(st.text(min_size=1, max_size=60))
+def test_no_description_quotes_its_value(value):
+    described = describe_value(value, PSEUDO)
+    head = described.split(",", 1)[0]  # "value:<16 hex>"
+    assert described.count(",") == 2 and len(head) == len("value:") + 16
+    if len(value) >= 3 and not all(c in "0123456789abcdef" for c in value):
+        assert value not in described
+
+
+@given(st.text(max_size=15), st.sampled_from([" ", ","]), st.text(max_size=15))
+def test_no_local_code_holds_a_space_or_a_comma(before, separator, after):
+    assert not code_fits("urn:local", before + separator + after)
+
+
+def _conditions(rows):
+    return pd.DataFrame(rows, columns=["patient_id", "system", "code", "display"])
+
+
+def test_a_display_is_kept_when_enough_patients_attest_it():
+    label = "Hypertension (disorder)"
+    frame = _conditions([(f"P{i}", SNOMED, "38341003", label) for i in range(3)])
+    kept, withheld = keep_attested_displays(frame, "conditions", 3)
+    assert kept["display"].tolist() == [label] * 3 and withheld == {}
+
+
+def test_a_display_one_patient_carries_is_withheld_even_on_many_rows():
+    name = "Smith, John"
+    frame = _conditions([("P1", SNOMED, "73211009", name)] * 5 + [("P2", SNOMED, "73211009", "Diabetes (disorder)"),
+                                                                 ("P3", SNOMED, "73211009", "Diabetes (disorder)")])
+    kept, withheld = keep_attested_displays(frame, "conditions", 3)
+    assert kept["display"].isna().all() and withheld == {"conditions.display": 7}
+    assert kept["code"].tolist() == ["73211009"] * 7, "the code stays"
+
+
+def test_a_display_needs_its_own_code_and_system_attested():
+    rows = [(f"P{i}", SNOMED, "38341003", "Hypertension (disorder)") for i in range(3)]
+    rows.append(("P9", SNOMED, "44054006", "Hypertension (disorder)"))  # the same words under another code
+    kept, _ = keep_attested_displays(_conditions(rows), "conditions", 3)
+    assert kept["display"].isna().tolist() == [False, False, False, True]
+
+
+def test_staged_text_is_sealed_deterministically_and_opens_only_with_its_key():
+    sealer = Sealer(PSEUDO)
+    sealed = sealer.seal("Smith, John")
+    assert "Smith" not in sealed and sealed == Sealer(PSEUDO).seal("Smith, John")
+    assert sealer.open(sealed) == "Smith, John" and sealer.seal(None) is None
+    assert Sealer(Pseudonymizer("another-key-entirely-0123456789")).open(sealed) is None
+    assert sealer.open("mg/dL") == "mg/dL", "a part written before sealing holds plain text"
+
+
+def test_the_canonicalizer_rejects_a_name_in_a_code_and_seals_displays_and_units():
+    canon = Canonicalizer(PSEUDO, date(2026, 1, 1), date(2026, 6, 1))
+    raw = RawRecords(site="s")
+    base = {"mrn": "M1", "onset_date": None, "location": "row 2"}
+    raw.add("conditions", {**base, "system": ICD10CM, "code": "Smith, John", "display": None})
+    raw.add("conditions", {**base, "system": ICD10CM, "code": "E11.9", "display": "Type 2 diabetes"})
+    raw.add("observations", {**base, "system": LOINC, "code": "2345-7", "display": None, "value": 5.0,
+                             "unit": "Smith John", "comparator": None, "effective_date": None, "location": "row 3"})
+    staged = canon(raw, "sha")
+    assert [e.code for e in staged.rejects] == ["invalid_code"] and staged.rejects[0].location == "row 2"
+    assert "Smith" not in staged.rejects[0].reason and "value:" in staged.rejects[0].reason
+    conditions = staged.tables["conditions"].to_pylist()
+    assert [c["code"] for c in conditions] == ["E11.9"] and conditions[0]["display"].startswith("sealed:")
+    assert staged.tables["observations"].to_pylist()[0]["unit"].startswith("sealed:")
+
+
+@pytest.mark.parametrize(("unit", "canonical", "stored"), [
+    ("mmol/L", "mmol/L", "mmol/L"), ("{cells}/uL", None, "/uL"), ("10*3/uL{SmithJohn}", None, "10*3/uL"),
+    ("{score}", None, "1"), ("{beats}/min", "{beats}/min", "{beats}/min"), (None, None, None),
+])
+def test_a_stored_unit_holds_no_annotation_but_its_canonical_one(unit, canonical, stored):
+    assert stored_unit(unit, canonical) == stored
+
+
+def test_dicom_enumerated_values_are_defined_terms_or_nothing():
+    assert defined_term("CT ", MODALITIES) == "CT" and defined_term("MR", MODALITIES) == "MR"
+    assert defined_term("SMITH", MODALITIES) is None and defined_term(None, MODALITIES) is None
+    assert defined_term("CHEST", BODY_PARTS) == "CHEST" and defined_term("HEAD", BODY_PARTS) == "HEAD"
+    assert defined_term("JOHN SMITH", BODY_PARTS) is None and defined_term("WHOLE BODY", BODY_PARTS) is None
+
+
+def test_the_store_site_is_a_configured_name_or_a_keyed_token_never_a_folder_name():
+    config = IngestConfig()
+    known = frozenset({"site_a", "site_c"})
+    assert site_for("site_a/conditions.json", config, known, PSEUDO) == "site_a"
+    token = site_for("Smith_John_export/bundle.json", config, known, PSEUDO)
+    assert token.startswith("site-") and "Smith" not in token
+    assert site_for("Smith_John_export.zip/bundle.json", config, known, PSEUDO) == token, "an archive is its folder"
+    assert site_for("bundle.json", config, known, PSEUDO) == "default"
+    assert site_for("Smith_John_export/b.json", IngestConfig(site="hospital_a"), known, PSEUDO) == "hospital_a"
