@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from medmeta.errors import Rejected
 from medmeta.dicom.defined_terms import BODY_PARTS, MODALITIES, defined_term
 from medmeta.ingest.config import IngestConfig
 from medmeta.ingest.process import site_for
@@ -21,6 +22,7 @@ from medmeta.records.raw import RawRecords
 from medmeta.records.sealed import Sealer
 from medmeta.records.vocabulary import character_classes, code_fits, describe_value, system_fits
 from medmeta.terminology.systems import ATC, ICD10CM, LOINC, NDC, RXNORM, SNOMED
+from tests.realdata import REALDATA, needs_realdata
 
 PSEUDO = Pseudonymizer("vocabulary-test-key-0123456789")
 
@@ -144,3 +146,56 @@ def test_the_store_site_is_a_configured_name_or_a_keyed_token_never_a_folder_nam
     assert site_for("Smith_John_export.zip/bundle.json", config, known, PSEUDO) == token, "an archive is its folder"
     assert site_for("bundle.json", config, known, PSEUDO) == "default"
     assert site_for("Smith_John_export/b.json", IngestConfig(site="hospital_a"), known, PSEUDO) == "hospital_a"
+
+
+def test_a_vocabulary_table_is_held_to_its_own_column_types():
+    from medmeta.records.vocabulary import vocabulary_code_fits, vocabulary_system_fits
+    from medmeta.terminology.systems import UCUM
+
+    assert code_fits(UCUM, "mg/dL") and code_fits(UCUM, "[degF]") and code_fits(UCUM, "10*3/uL")
+    assert not code_fits(UCUM, "Smith John") and vocabulary_code_fits(UCUM, "{mitoses}/[10 HPF]")
+    assert vocabulary_system_fits("Condition Type") and not system_fits("Condition Type")
+    assert vocabulary_code_fits("Ethnicity", "Not Hispanic") and not vocabulary_code_fits(SNOMED, "38341004")
+    assert not vocabulary_code_fits("Ethnicity", "x" * 51)
+
+
+@needs_realdata
+@pytest.mark.slow
+def test_every_code_of_the_shared_real_exports_fits_its_vocabulary():
+    """No real export loses a row to the vocabulary check: Synthea bundles, bulk NDJSON, OMOP CDM, Epic-like."""
+    import gzip
+    import zipfile
+
+    from medmeta.landing.sniff import sniff
+    from medmeta.records.fhir import parse_fhir_json, parse_fhir_ndjson
+    from medmeta.records.tabular import parse_tabular
+    canon = Canonicalizer(PSEUDO, date(2026, 1, 1), date(2026, 6, 1))
+    rows, refused = 0, []
+
+    def read(name: str, data: bytes) -> None:
+        nonlocal rows
+        if name.endswith(".gz"):
+            data, name = gzip.decompress(data), name[:-3]
+        if not name.endswith((".json", ".ndjson", ".csv")):
+            return
+        try:
+            kind = sniff(data, name)
+        except Rejected:  # not a record file (Finder metadata ...): the landing tests' business
+            return
+        parse = {"json": lambda: parse_fhir_json(data, "s"), "ndjson": lambda: parse_fhir_ndjson(data, "s"),
+                 "csv": lambda: parse_tabular(data, "csv", [], "s")}.get(kind)
+        if parse is None:
+            return
+        staged = canon(parse(), "x")
+        rows += staged.row_count
+        refused.extend(e.reason for e in staged.rejects if e.code == "invalid_code")
+
+    for path in sorted(REALDATA.rglob("*")):
+        if path.suffix == ".zip":
+            with zipfile.ZipFile(path) as archive:
+                for name in archive.namelist():
+                    if not name.endswith("/"):
+                        read(name, archive.read(name))
+        elif path.is_file():
+            read(path.name, path.read_bytes())
+    assert rows > 30_000 and refused == []

@@ -31,7 +31,13 @@ from medmeta.errors import FUTURE_BIRTH_DATE, IMPLAUSIBLE_BIRTH_DATE, INVALID_CO
 from medmeta.pseudonyms import Pseudonymizer
 from medmeta.records.raw import RawRecords
 from medmeta.records.sealed import Sealer
-from medmeta.records.vocabulary import code_fits, describe_value, system_fits
+from medmeta.records.vocabulary import (
+    code_fits,
+    describe_value,
+    system_fits,
+    vocabulary_code_fits,
+    vocabulary_system_fits,
+)
 from medmeta.terminology.systems import known_system
 
 MAX_REPORTED_AGE = 90  # HIPAA safe harbour: older ages are reported as 90
@@ -93,11 +99,12 @@ class StagedRecords:
 
 
 @lru_cache(maxsize=65_536)
-def _vocabulary_failure(system: str | None, code: str) -> str | None:
-    """Why (system, code) can not be stored as text, or None when it can (once per distinct pair)."""
-    if system is not None and not system_fits(system):
+def _vocabulary_failure(system: str | None, code: str, table: bool = False) -> str | None:
+    """Why (system, code) can not be stored as text, or None when it can (once per distinct pair);
+    ``table``: the pair comes from a vocabulary table, whose systems may be OMOP vocabulary_ids."""
+    if system is not None and not (vocabulary_system_fits(system) if table else system_fits(system)):
         return "system"
-    if not code_fits(system, code):
+    if not (vocabulary_code_fits(system, code) if table else code_fits(system, code)):
         return "code"
     return None
 
@@ -112,14 +119,15 @@ class Canonicalizer:
     def __post_init__(self):
         object.__setattr__(self, "sealer", Sealer(self.pseudo))
 
-    def vocabulary_error(self, row: dict, pairs: tuple[tuple[str, str], ...], what: str) -> Rejected | None:
+    def vocabulary_error(self, row: dict, pairs: tuple[tuple[str, str], ...], what: str,
+                         table: bool = False) -> Rejected | None:
         """An ``invalid_code`` rejection for the first (system, code) of ``row`` outside its vocabulary,
-        the value described by a keyed hash; None when every code fits."""
+        the value described by a keyed hash; None when every code fits. ``table``: a vocabulary table's row."""
         for system_field, code_field in pairs:
             system, code = row.get(system_field), row.get(code_field)
             if code is None:
                 continue
-            failed = _vocabulary_failure(system, code)
+            failed = _vocabulary_failure(system, code, table)
             if failed == "system":
                 return Rejected(INVALID_CODE, f"the {what}'s {system_field} is neither a known code system nor a URI "
                                               f"({describe_value(system, self.pseudo)})")
@@ -153,7 +161,7 @@ class Canonicalizer:
                                 "drug_code": code, "drug_display": self.sealer.seal(display)})
         concepts = []
         for concept in raw.concepts:
-            error = self.vocabulary_error(concept, (("system", "code"),), "concept")
+            error = self.vocabulary_error(concept, (("system", "code"),), "concept", table=True)
             if error is not None:
                 error.location = f"concept_id {concept.get('concept_id')}"
                 rejects.append(error)
