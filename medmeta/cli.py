@@ -142,6 +142,9 @@ def validate(
         from validation.gate import current_snapshot
 
         current_snapshot(the_home)  # a snapshot to validate, of a store this medmeta reads
+        from medmeta.pseudonyms import load_key
+
+        load_key(the_home.key_file)  # it keys the masks of failing values (medmeta/records/masking.py)
     except MedmetaError as error:
         _fail(str(error))
     _prefect_environment(the_home.root)

@@ -11,10 +11,14 @@
       cache/pixels/<image_id>.npy  decoded, normalised, resized pixels (float16)
       snapshots/<id>.json          every snapshot manifest ever made
       ledger.json                  input path -> content hash and outcome
-      quarantine/<sha256>/         a copy of a rejected file and reason.json
+      quarantine/<sha256>/         a copy of a rejected file and reason.json: the one PHI zone (0700)
       runs/<run>.json              the summary of each ingest run
 
 Nothing is written outside the home. Files are written with ``medmeta.atomic``.
+
+The quarantine folder holds whole source files, PHI and all, and their names: it is the one PHI
+zone of the home. It and each of its folders are mode 0700 (their files 0600), set explicitly so
+the umask can not widen them; everything else in the home is kept free of PHI.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_HOME = ".medmeta"
+PRIVATE_FOLDER_MODE = 0o700  # the quarantine folder and its sub-folders
+PRIVATE_FILE_MODE = 0o600  # the files in them
 
 
 def resolve_home(home: str | os.PathLike | None = None) -> Path:
@@ -85,7 +91,15 @@ class Home:
 
     @property
     def quarantine(self) -> Path:
+        """The one PHI zone of the home (mode 0700): see ``quarantine_folder``."""
         return self.root / "quarantine"
+
+    def quarantine_folder(self, key: str) -> Path:
+        """``quarantine/<key>/``, made (with ``quarantine/``) mode 0700 whatever the umask."""
+        folder = self.quarantine / key
+        _private_folder(self.quarantine)
+        _private_folder(folder)
+        return folder
 
     @property
     def runs(self) -> Path:
@@ -105,7 +119,14 @@ class Home:
         return self.root / "training"
 
     def ensure(self) -> "Home":
-        for d in (self.root, self.store, self.parts, self.pixels, self.snapshots,
-                  self.quarantine, self.runs, self.sites_dir):
+        for d in (self.root, self.store, self.parts, self.pixels, self.snapshots, self.runs, self.sites_dir):
             d.mkdir(parents=True, exist_ok=True)
+        _private_folder(self.quarantine)
         return self
+
+
+def _private_folder(folder: Path) -> None:
+    """``folder`` (its parent must exist) made mode 0700, also when it was there with a wider mode."""
+    folder.mkdir(mode=PRIVATE_FOLDER_MODE, exist_ok=True)
+    if (folder.stat().st_mode & 0o777) != PRIVATE_FOLDER_MODE:
+        os.chmod(folder, PRIVATE_FOLDER_MODE)

@@ -62,13 +62,20 @@ class Pseudonymizer:
         return self._digest("path", str(path)).hex()[:32]
 
     def value_token(self, value: str) -> str:
-        """A keyed token for a value kept out of the store (a code, unit or name that failed its
-        vocabulary): an operator with the key can find the value in the source file; nobody else can."""
-        return self._digest("value", str(value)).hex()[:16]
+        """A keyed token for a value that must never be written as text (medmeta/records/masking.py).
+
+        The same value always gives the same token, so an operator holding the key can find the
+        value in the source file; nobody without the key can test a guess. Lone surrogates (bytes
+        of a non-UTF-8 input kept by ``surrogateescape``) are hashed, not refused.
+        """
+        data = b"value\x1f" + str(value).encode("utf-8", "surrogatepass")
+        return hmac.digest(self._key, data, "sha256").hex()[:16]
 
     def site_token(self, folder: str) -> str:
-        """The store's ``site`` for a landing folder whose name is not a configured site (names can carry PHI)."""
-        return "site-" + self._digest("site", str(folder)).hex()[:12]
+        """The store's ``site`` for a landing folder whose name is not a configured site (names can carry
+        PHI); a name of non-UTF-8 bytes (lone surrogates) is hashed, not refused."""
+        data = b"site\x1f" + str(folder).encode("utf-8", "surrogatepass")
+        return "site-" + hmac.digest(self._key, data, "sha256").hex()[:12]
 
     def derived_key(self, purpose: str, length: int = 32) -> bytes:
         """Key material for ``purpose`` (e.g. sealing staged text), derived from the key, never the key itself."""

@@ -323,7 +323,7 @@ def test_observation_status_comparator_and_value_rules():
     assert [(r["value"], r["value_system"], r["value_code"]) for r in rows[2:]] == [
         (None, SNOMED, "260385009"), (None, FHIR_BOOLEAN, "false"), (4.0, None, None)]
     assert [(e.code, e.location) for e in records.rejects] == [
-        ("non_numeric_value", "line 12"), ("non_numeric_value", "line 13"), ("non_numeric_value", "line 14")]
+        ("non_numeric_value", "line 12"), ("non_numeric_value", "line 13"), ("not_finite", "line 14")]
     assert "Zzyzx" not in repr(records.rows) and _accounted(records) == 14
 
 

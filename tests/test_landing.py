@@ -8,6 +8,7 @@ import os
 import random
 import struct
 import tracemalloc
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -456,3 +457,155 @@ def test_pool_chunks_put_the_largest_files_first_and_cover_every_item_once():
     assert flat[0] == 4 and [sizes[i] for i in flat] == sorted(sizes, reverse=True)
     assert chunks[0] == [4]  # the largest alone: over a quarter of a worker's share
     assert all(len(c) <= 32 for c in balanced_chunks(items * 10, workers=2))
+
+
+# --- issue 12: archives without aliases -----------------------------------------------------------
+
+
+def _zip_members(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    """A zip holding ``members`` in order, duplicate names included (zipfile only warns of them)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Duplicate name": the attack itself
+        for name, data in members:
+            archive.writestr(zipfile.ZipInfo(name), data, compress_type=zipfile.ZIP_DEFLATED)
+    return path
+
+
+def test_members_of_the_same_name_are_each_read_by_their_index(tmp_path):
+    archive = _zip_members(tmp_path / "d.zip", [("a.csv", b"a,b\n1,1\n"), ("a.csv", b"a,b\n2,2\n"),
+                                                ("a.csv", b"a,b\n3,3\n")])
+    items = discover(archive, CONFIG)
+    assert len({item.logical_path for item in items}) == 3, "each member has its own logical path"
+    assert sorted(read_item(item, CONFIG) for item in items) == [b"a,b\n1,1\n", b"a,b\n2,2\n", b"a,b\n3,3\n"]
+    assert _by_path(items)["d.zip/a.csv"].member_index == 0, "the first member keeps the plain path"
+    assert all(item.content_name == "a.csv" for item in items), "the name's ending still hints at the content"
+
+
+def test_members_that_alias_after_normalisation_are_each_read(tmp_path):
+    members = [("a/b.csv", b"one"), ("a/./b.csv", b"two"), ("a//b.csv", b"three"), ("A/B.csv", b"four")]
+    items = discover(_zip_members(tmp_path / "n.zip", members), CONFIG)
+    assert len(items) == 4 and len({item.logical_path for item in items}) == 4
+    assert len({item.logical_path.casefold() for item in items}) == 4, "not even case folds two into one"
+    assert sorted(read_item(item, CONFIG) for item in items) == sorted(data for _, data in members)
+    assert all(item.problem is None for item in items)
+
+
+def test_an_alias_suffix_never_collides_with_a_real_member(tmp_path):
+    members = [("a.csv", b"one"), ("a.csv#1", b"two"), ("a.csv", b"three"), ("a.csv#2", b"four")]
+    items = discover(_zip_members(tmp_path / "s.zip", members), CONFIG)
+    assert len({item.logical_path.casefold() for item in items}) == 4
+    assert sorted(read_item(item, CONFIG) for item in items) == sorted(data for _, data in members)
+
+
+def test_an_archive_rewritten_after_discovery_is_refused_not_misread(tmp_path):
+    """A member is found by its index; when that index now holds another name, nothing is read."""
+    archive = _zip_members(tmp_path / "r.zip", [("a.csv", b"one"), ("b.csv", b"two")])
+    items = discover(archive, CONFIG)
+    _zip_members(archive, [("b.csv", b"two"), ("a.csv", b"one")])  # the same members, in the other order
+    assert all(_raises_code(item, BAD_ARCHIVE) for item in items)
+
+
+def _raises_code(item: InputItem, code: str) -> bool:
+    with pytest.raises(Rejected) as caught:
+        read_item(item, CONFIG)
+    return caught.value.code == code
+
+
+# --- issue 12: read what was checked --------------------------------------------------------------
+
+
+@pytest.mark.timeout(20)
+def test_a_file_swapped_for_a_fifo_after_discovery_is_unreadable_at_once(tmp_path):
+    source = tmp_path / "landing"
+    path = _write(source / "a.csv", "a,b\n1,2\n")
+    (item,) = discover(source, CONFIG)
+    path.unlink()
+    os.mkfifo(path)
+    assert _raises_code(item, UNREADABLE)
+
+
+@pytest.mark.timeout(20)
+def test_an_archive_swapped_for_a_fifo_after_discovery_is_unreadable_at_once(tmp_path):
+    source = tmp_path / "landing"
+    archive = _zip(source / "c.zip", {"a.csv": b"a,b\n"})
+    (item,) = discover(source, CONFIG)
+    archive.unlink()
+    os.mkfifo(archive)
+    assert _raises_code(item, UNREADABLE)
+
+
+def test_a_file_swapped_for_a_symlink_out_of_the_source_is_refused_unread(tmp_path):
+    source = tmp_path / "landing"
+    secret = _write(tmp_path / "elsewhere" / "secret.csv", "mrn,name\n1,SECRET\n")
+    path = _write(source / "a.csv", "a,b\n1,2\n")
+    (item,) = discover(source, CONFIG)
+    path.unlink()
+    path.symlink_to(secret)
+    assert _raises_code(item, SYMLINK_OUTSIDE_SOURCE)
+
+
+def test_a_folder_swapped_for_a_symlink_out_of_the_source_is_refused_unread(tmp_path):
+    source = tmp_path / "landing"
+    _write(tmp_path / "elsewhere" / "a.csv", "mrn,name\n1,SECRET\n")
+    _write(source / "sub" / "a.csv", "a,b\n1,2\n")
+    (item,) = discover(source, CONFIG)
+    (source / "sub" / "a.csv").unlink()
+    (source / "sub").rmdir()
+    (source / "sub").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    assert _raises_code(item, SYMLINK_OUTSIDE_SOURCE)
+
+
+def test_an_archive_swapped_for_a_symlink_out_of_the_source_is_refused_unread(tmp_path):
+    source = tmp_path / "landing"
+    outside = _zip(tmp_path / "elsewhere" / "c.zip", {"a.csv": b"mrn,name\n1,SECRET\n"})
+    archive = _zip(source / "c.zip", {"a.csv": b"a,b\n"})
+    (item,) = discover(source, CONFIG)
+    archive.unlink()
+    archive.symlink_to(outside)
+    assert _raises_code(item, SYMLINK_OUTSIDE_SOURCE)
+
+
+def test_a_symlink_inside_the_source_swapped_to_point_outside_is_refused_unread(tmp_path):
+    source = tmp_path / "landing"
+    secret = _write(tmp_path / "elsewhere" / "secret.csv", "mrn,name\n1,SECRET\n")
+    _write(source / "real.csv", "a,b\n1,2\n")
+    (source / "link.csv").symlink_to(source / "real.csv")
+    items = _by_path(discover(source, CONFIG))
+    (source / "link.csv").unlink()
+    (source / "link.csv").symlink_to(secret)
+    assert _raises_code(items["link.csv"], SYMLINK_OUTSIDE_SOURCE)
+    assert read_item(items["real.csv"], CONFIG) == b"a,b\n1,2\n"
+
+
+@pytest.mark.timeout(20)
+def test_a_source_file_that_is_a_fifo_is_unreadable(tmp_path):
+    os.mkfifo(tmp_path / "pipe.csv")
+    (item,) = discover(tmp_path / "pipe.csv", CONFIG)
+    assert _code(item) == UNREADABLE
+
+
+# --- issue 12: names that cannot crash anything -----------------------------------------------------
+
+
+HOSTILE_NAMES = [b"\xff\xfe.csv", b"\x1b[2J\x1b[31mFAKE ok\n.csv", b"caf\xe9/latin1.csv", b"a\r\x07\x9b.csv"]
+
+
+def _write_raw_name(folder: Path, raw: bytes, data: bytes) -> None:
+    path = os.path.join(os.fsencode(folder), raw)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+def test_names_that_are_not_utf8_or_hold_controls_are_found_and_read(tmp_path):
+    source = tmp_path / "landing"
+    for index, raw in enumerate(HOSTILE_NAMES):
+        _write_raw_name(source, raw, f"a,b\n{index},1\n".encode())
+    archive_members = [(os.fsdecode(b"\x1b[31mred.csv"), b"a,b\n9,9\n")]
+    _zip_members(source / "z.zip", archive_members)
+    items = discover(source, CONFIG)
+    assert sorted(os.fsencode(item.logical_path) for item in items if item.member is None) == sorted(HOSTILE_NAMES)
+    assert sorted(read_item(item, CONFIG) for item in items) == sorted(
+        [f"a,b\n{i},1\n".encode() for i in range(len(HOSTILE_NAMES))] + [b"a,b\n9,9\n"])

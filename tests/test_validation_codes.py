@@ -17,7 +17,7 @@ import pytest
 
 from medmeta.terminology.systems import ATC, ICD10, ICD10CM, LOINC, NDC, RXNORM, SNOMED
 from tests.realdata import BUNDLES_100P, copy_export, needs_realdata
-from tests.test_validation_core import canonical_frame
+from tests.test_validation_core import KEY, canonical_frame
 from validation.check_digits import is_valid_loinc, is_valid_sctid
 from validation.rules import load_rules
 from validation.run import validate_tables
@@ -158,7 +158,7 @@ def test_the_gx_expectations_flag_exactly_the_corrupted_rows(real_codes, tmp_pat
                             index=index)
     conditions = canonical_frame("conditions", {"patient_id": "P1", "system": systems, "code": codes}, index=index)
     report = validate_tables({"patients": canonical_frame("patients", {"patient_id": ["P1"]}), "observations": frame,
-                              "conditions": conditions}, load_rules(), docs_dir=tmp_path / "docs")
+                              "conditions": conditions}, load_rules(), docs_dir=tmp_path / "docs", pseudonymizer=KEY)
     for table in ("observations", "conditions"):
         snomed = report.result(table, "snomed_format")
         loinc = report.result(table, "loinc_format") if table == "observations" else None
@@ -204,7 +204,7 @@ def test_code_formats_per_system(system, table, column, rule, valid, invalid):
     if table == "medication_exposures":
         frame["outcome"] = "unknown"
     report = validate_tables({"patients": canonical_frame("patients", {"patient_id": ["P1"]}), table: frame},
-                             load_rules())
+                             load_rules(), pseudonymizer=KEY)
     result = report.result(table, rule)
     assert result.element_count == len(codes)
     assert sorted(result.rows) == list(range(len(valid), len(codes)))

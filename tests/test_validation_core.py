@@ -18,11 +18,13 @@ import yaml
 from medmeta.errors import MedmetaError
 from medmeta.schema import TABLES
 from medmeta.terminology.systems import ATC, ICD10CM, LOINC, SNOMED
+from medmeta.pseudonyms import Pseudonymizer
 from tests.conftest import TEST_KEY
 from validation.coverage import coverage_roles, label_coverage
 from validation.rules import DEFAULT_RULES, SUPPORTED, load_rules
 from validation.run import validate_tables
 
+KEY = Pseudonymizer(TEST_KEY)  # keys the masks of text samples
 UNITS = Path(__file__).resolve().parents[1] / "medmeta" / "config" / "units.yaml"
 
 # The code system of each coded table's codes in the synthetic cohort (ICD-10-CM, LOINC, ATC).
@@ -100,7 +102,7 @@ def rows_where(frame: pd.DataFrame, column: str, value, n: int = 2) -> list:
 
 
 def test_clean_cohort_passes(store, rules):
-    report = validate_tables(store, rules)
+    report = validate_tables(store, rules, pseudonymizer=KEY)
     failed = [(r.table, r.rule, r.sample, r.error) for r in report.results if not r.success]
     assert failed == []
     assert report.success and report.critical_failures == [] and report.warnings == []
@@ -279,7 +281,7 @@ CASES = [
 def test_planted_fault_is_caught(store, rules, plant):
     tables = copy_of(store)
     table, rule, severity, rows, also = plant(tables)
-    report = validate_tables(tables, rules)
+    report = validate_tables(tables, rules, pseudonymizer=KEY)
 
     hit = report.result(table, rule)
     assert not hit.success and hit.severity == severity
@@ -314,7 +316,7 @@ def test_a_records_only_snapshot_passes(store, rules):
     reports them as empty."""
     tables = {k: v for k, v in store.items() if k != "images"}
     tables["medication_exposures"] = tables["medication_exposures"].iloc[:0]
-    report = validate_tables(tables, rules)
+    report = validate_tables(tables, rules, pseudonymizer=KEY)
     assert report.success and report.critical_failures == [] and report.warnings == []
     assert report.empty_tables == ["medication_exposures", "images"]
     assert report.row_counts["images"] == 0 and report.row_counts["medication_exposures"] == 0
@@ -331,29 +333,29 @@ def test_a_delivery_that_promised_images_fails_without_them(tmp_path, store):
     assert rules.require.any_of == ("conditions", "observations", "medication_exposures")  # kept
     assert rules.tables["images"][0].id == "not_empty" and rules.tables["images"][0].severity == "critical"
     tables = {k: v for k, v in store.items() if k != "images"}
-    report = validate_tables(tables, rules)
+    report = validate_tables(tables, rules, pseudonymizer=KEY)
     assert not report.success
     assert [(r.table, r.rule) for r in report.critical_failures] == [("images", "not_empty")]
-    assert validate_tables(store, rules).success  # with its images it passes
+    assert validate_tables(store, rules, pseudonymizer=KEY).success  # with its images it passes
 
 
 def test_no_records_at_all_fails_require_any_of(store, rules):
     tables = {"patients": store["patients"], "images": store["images"]}
-    report = validate_tables(tables, rules)
+    report = validate_tables(tables, rules, pseudonymizer=KEY)
     assert [(r.table, r.rule) for r in report.critical_failures] == [("require", "any_of")]
     only_drugs = {**tables, "medication_exposures": store["medication_exposures"]}
-    assert validate_tables(only_drugs, rules).success  # one of any_of is enough
+    assert validate_tables(only_drugs, rules, pseudonymizer=KEY).success  # one of any_of is enough
 
 
 def test_require_can_ask_for_nothing_and_for_everything(tmp_path, store):
     nothing = load_rules(write(tmp_path, "require: {tables: [], any_of: []}\n"))
     assert nothing.delivery == () and all(r.id != "not_empty" for r in nothing.all())
-    assert validate_tables({}, nothing).success
+    assert validate_tables({}, nothing, pseudonymizer=KEY).success
     path = tmp_path / "all.yaml"
     path.write_text("require: {tables: [patients, conditions, observations, medication_exposures, images]}\n")
     everything = load_rules(path)
-    assert validate_tables(store, everything).success
-    report = validate_tables({k: v for k, v in store.items() if k != "conditions"}, everything)
+    assert validate_tables(store, everything, pseudonymizer=KEY).success
+    report = validate_tables({k: v for k, v in store.items() if k != "conditions"}, everything, pseudonymizer=KEY)
     assert [(r.table, r.rule) for r in report.critical_failures] == [("conditions", "not_empty")]
 
 
@@ -405,7 +407,7 @@ def test_a_where_on_null_selects_the_null_rows(tmp_path):
         "value_code": [None, None, "LA6576-8", None, None, None],
         "unit": ["g", "g", None, None, None, None],
     }, index=[10, 11, 12, 13, 14, 15])
-    report = validate_tables({"observations": frame}, rules)
+    report = validate_tables({"observations": frame}, rules, pseudonymizer=KEY)
     measured, unit = report.result("observations", "measured"), report.result("observations", "loinc_or_none")
     assert (measured.element_count, measured.rows) == (5, [11, 14])  # 12 is categorical
     assert (unit.element_count, unit.rows) == (4, [13, 15])  # 12 is categorical, 14 is SNOMED CT
@@ -475,7 +477,7 @@ def test_user_file_replaces_the_tables_it_names(tmp_path, store):
     assert [r.id for r in custom.tables["patients"]] == ["not_empty", "ages"]  # patients stay required
     assert custom.tables["observations"] == default.tables["observations"]
     assert (custom.label_coverage.meta_train_min_cases, custom.label_coverage.meta_test_min_cases) == (5, 2)
-    report = validate_tables({"patients": store["patients"]}, load_rules(path))
+    report = validate_tables({"patients": store["patients"]}, load_rules(path), pseudonymizer=KEY)
     ages = report.result("patients", "ages")
     assert ages.success and ages.unexpected_count > 0  # passes thanks to mostly ...
     kept, quarantined = report.quarantine({"patients": store["patients"]})
@@ -566,7 +568,7 @@ def test_where_with_several_values_and_columns_flags_the_callers_rows(tmp_path):
         "value": [1.0, 50.0, 99.0, -1.0, 11.0, 2.0, 99.0, 5.0],
         "unit": ["u", "u", None, "u", None, "u", "u", "u"],
     }, index=[100, 101, 102, 103, 104, 105, 106, 107])
-    report = validate_tables({"observations": frame}, load_rules(path))
+    report = validate_tables({"observations": frame}, load_rules(path), pseudonymizer=KEY)
     two, scope, one = (report.result("observations", r) for r in ("two_codes", "same_scope", "one_code"))
     assert (two.element_count, two.rows) == (4, [101, 104])  # 102 is site s2, 106 has no code
     assert (scope.element_count, scope.rows) == (4, [104])

@@ -33,7 +33,9 @@ def home(tmp_path_factory):
 
     home = ingested_home(tmp_path_factory.mktemp("validated"), patients=60, seed=11)
     fill_v2(home)
-    assert validate_flow(str(home))["success"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDMETA_PSEUDONYM_KEY", TEST_KEY)
+        assert validate_flow(str(home))["success"]
     return home
 
 
@@ -57,7 +59,7 @@ def test_the_report_is_a_prefect_artifact(home):
     assert artifacts and "Validation of snapshot" in artifacts[-1].data
 
 
-def test_a_warning_fault_quarantines_exactly_its_rows(home, tmp_path):
+def test_a_warning_fault_quarantines_exactly_its_rows(home, tmp_path, pseudonym_key):
     from flows.validate import validate_flow
 
     work = tmp_path / "home"

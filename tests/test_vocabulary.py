@@ -20,7 +20,8 @@ from medmeta.records.canonical import Canonicalizer
 from medmeta.records.displays import keep_attested_displays
 from medmeta.records.raw import RawRecords
 from medmeta.records.sealed import Sealer
-from medmeta.records.vocabulary import character_classes, code_fits, describe_value, system_fits
+from medmeta.records.masking import character_classes, masked as describe_value
+from medmeta.records.vocabulary import code_fits, system_fits
 from medmeta.terminology.systems import ATC, ICD10CM, LOINC, NDC, RXNORM, SNOMED
 from tests.realdata import REALDATA, needs_realdata
 

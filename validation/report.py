@@ -1,6 +1,8 @@
 """The validation report people read: Markdown for the Prefect artifact, rows for its table.
 
-Samples of unexpected values come from the de-identified store, so they carry no PHI.
+A sample of unexpected values shows numbers, dates and nulls as they are and text as ``masked``
+(keyed hash, length, character classes: validation/run.py), never the text itself: a text value
+that fails its rule (a name typed into a code column) may be PHI.
 """
 
 from __future__ import annotations

@@ -4,6 +4,12 @@
 context and returns a ``ValidationReport``: per rule whether it passed, how many rows it
 checked and flagged, a short sample of the flagged values and the flagged rows' index labels.
 
+No failing value leaves this module as text. GX runs with ``exclude_unexpected_values``: its
+results (and so the Data Docs rendered from them) carry counts and row positions, never values.
+The samples are read from the flagged rows here: a number, a date or a null as it is, a text
+value as ``masked`` (medmeta/records/masking.py: keyed hash, length, character classes), since
+a text column that fails its rule may hold a name typed where a code belongs.
+
 What the delivery must hold comes from ``rules.require`` (validation/rules.py): a required table
 without rows, or no rows in any table of ``require.any_of``, fails critically; a table that is
 not required may be empty (``ValidationReport.empty_tables`` lists the empty ones).
@@ -25,11 +31,16 @@ import numpy as np
 import pandas as pd
 
 from medmeta.errors import MedmetaError
+from medmeta.pseudonyms import Pseudonymizer
+from medmeta.records.masking import masked
 from medmeta.schema import TABLES
 from validation.rules import REQUIRE, Rule, Rules
 from validation.suites import DOCS_SITE, add_docs_site, build_suite, new_context, parent_values
 
-SAMPLE = 5  # flagged values kept per rule, as strings
+SAMPLE = 5  # flagged values kept per rule, as strings (text values masked)
+# COMPLETE: every flagged row's position (the quarantine needs them all); no values, for the
+# results and the Data Docs built from them may hold nothing a failing value could carry
+RESULT_FORMAT = {"result_format": "COMPLETE", "exclude_unexpected_values": True}
 
 
 @dataclass
@@ -41,7 +52,7 @@ class RuleResult:
     success: bool
     element_count: int  # rows the rule looked at (after its `where`); the row count for table rules
     unexpected_count: int
-    sample: list[str] = field(default_factory=list)
+    sample: list[str] = field(default_factory=list)  # the first flagged values, text ones masked
     rows: list = field(default_factory=list)  # index labels of the flagged rows
     positions: list[int] = field(default_factory=list)  # their positions in the table
     error: str | None = None  # GX could not evaluate the rule (e.g. a missing column)
@@ -108,8 +119,10 @@ class ValidationReport:
         """(kept tables, quarantined rows) for the tables this report validated.
 
         ``quarantined`` has one row per flagged input row: table, row (its index label),
-        source, expectations (the failed warning rules' ids, "; "-joined) and reason. For every
-        table ``len(tables[t]) == len(kept[t]) + (quarantined.table == t).sum()``.
+        source, expectations (the failed warning rules' ids, "; "-joined), reason, and columns:
+        the columns whose values failed a rule in that row, critical rules included ("; "-joined;
+        their values must not be written as text). For every table
+        ``len(tables[t]) == len(kept[t]) + (quarantined.table == t).sum()``.
         """
         kept: dict[str, pd.DataFrame] = {}
         records: list[dict] = []
@@ -120,10 +133,13 @@ class ValidationReport:
                     f"{self.row_counts[table]}: pass the same tables"
                 )
             flagged: dict[int, list[RuleResult]] = {}
-            for r in self.warnings:
-                if r.table == table:
+            failing: dict[int, set[str]] = {}  # position -> columns of every failed rule that flagged it
+            for r in self.results:
+                if r.table == table and not r.success:
                     for pos in r.positions:
-                        flagged.setdefault(pos, []).append(r)
+                        failing.setdefault(pos, set()).update(r.columns)
+                        if r.severity == "warning":
+                            flagged.setdefault(pos, []).append(r)
             if not flagged:
                 kept[table] = frame
                 continue
@@ -142,10 +158,11 @@ class ValidationReport:
                         "reason": "; ".join(
                             f"{r.rule}: {r.expectation} on {', '.join(r.columns)}" for r in failed
                         ),
+                        "columns": "; ".join(sorted(failing[pos])),
                     }
                 )
         quarantined = pd.DataFrame.from_records(
-            records, columns=["table", "row", "source", "expectations", "reason"]
+            records, columns=["table", "row", "source", "expectations", "reason", "columns"]
         )
         return kept, quarantined
 
@@ -163,7 +180,8 @@ def _columns(rule: Rule) -> tuple[str, ...]:
     return tuple(rule.kwargs[k] for k in ("column", "column_A", "column_B") if k in rule.kwargs)
 
 
-def validate_tables(tables: dict[str, pd.DataFrame], rules: Rules, docs_dir: Path | None = None) -> ValidationReport:
+def validate_tables(tables: dict[str, pd.DataFrame], rules: Rules, docs_dir: Path | None = None, *,
+                    pseudonymizer: Pseudonymizer) -> ValidationReport:
     """Run every table's rules (a missing table counts as empty); see the module docstring.
 
     Each batch holds only the columns its rules read. Rules that share a ``where`` are
@@ -172,7 +190,7 @@ def validate_tables(tables: dict[str, pd.DataFrame], rules: Rules, docs_dir: Pat
     observations took 3 s of filtering); a ``where`` that selects no rows is not sent to GX (its
     rules pass with ``element_count`` 0, and Data Docs leave them out). Rules with a ``value_set_from`` look the parent keys
     up at run time (validation/parent_expectation.py). With ``docs_dir``, GX Data Docs (static
-    HTML) for the run are written there.
+    HTML) for the run are written there. ``pseudonymizer`` keys the masks of text samples.
     """
     from validation.parent_expectation import parent_keys
 
@@ -207,7 +225,7 @@ def validate_tables(tables: dict[str, pd.DataFrame], rules: Rules, docs_dir: Pat
                 by_id = {rule.id: rule for rule in group_rules}
                 for outcome in run.results:
                     rule = by_id[outcome.expectation_config.meta["rule_id"]]
-                    results.append(_rule_result(rule, outcome, frame, positions))
+                    results.append(_rule_result(rule, outcome, frame, positions, pseudonymizer))
         if rules.delivery:
             # one row per table of require.any_of that has rows: ExpectTableRowCountToBeBetween(min 1)
             present = [t for t in rules.require.any_of if len(tables.get(t, ())) > 0]
@@ -216,7 +234,7 @@ def validate_tables(tables: dict[str, pd.DataFrame], rules: Rules, docs_dir: Pat
             by_id = {rule.id: rule for rule in rules.delivery}
             for outcome in run.results:
                 rule = by_id[outcome.expectation_config.meta["rule_id"]]
-                result = _rule_result(rule, outcome, frame, None)
+                result = _rule_result(rule, outcome, frame, None, pseudonymizer)
                 result.columns = tuple(rules.require.any_of)
                 results.append(result)
     if docs_dir is not None:  # one build of the site from every stored result (a build per batch re-rendered
@@ -299,11 +317,10 @@ def _run(context, definition, frame: pd.DataFrame, with_docs: bool):
     """One batch's validation result; through a checkpoint (which keeps the result for Data Docs) when asked."""
     import great_expectations as gx
 
-    result_format = {"result_format": "COMPLETE"}
     if not with_docs:
-        return definition.run(batch_parameters={"dataframe": frame}, result_format=result_format)
+        return definition.run(batch_parameters={"dataframe": frame}, result_format=RESULT_FORMAT)
     checkpoint = context.checkpoints.add(gx.Checkpoint(  # stores the result; the site is built once, at the end
-        name=f"{definition.name}.checkpoint", validation_definitions=[definition], result_format=result_format,
+        name=f"{definition.name}.checkpoint", validation_definitions=[definition], result_format=RESULT_FORMAT,
     ))
     (run,) = checkpoint.run(batch_parameters={"dataframe": frame}).run_results.values()
     return run
@@ -315,7 +332,17 @@ def _on_no_rows(rule: Rule) -> RuleResult:
                       success=True, element_count=0, unexpected_count=0, columns=_columns(rule))
 
 
-def _rule_result(rule: Rule, outcome, frame: pd.DataFrame, positions: np.ndarray | None) -> RuleResult:
+def _sample(value: Any, pseudonymizer: Pseudonymizer) -> str:
+    """One flagged value as the report shows it: text masked, anything else (numbers, dates,
+    nulls, booleans) as it is; a column pair as a tuple of both."""
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_sample(v, pseudonymizer) for v in value) + ")"
+    value = _plain(value)
+    return masked(value, pseudonymizer) if isinstance(value, str) else str(value)
+
+
+def _rule_result(rule: Rule, outcome, frame: pd.DataFrame, positions: np.ndarray | None,
+                 pseudonymizer: Pseudonymizer) -> RuleResult:
     """``positions``: the batch's rows in ``frame`` (None: the batch is the whole table)."""
     info = outcome.exception_info or {}
     errors = [info] if "raised_exception" in info else list(info.values())
@@ -330,7 +357,9 @@ def _rule_result(rule: Rule, outcome, frame: pd.DataFrame, positions: np.ndarray
     else:
         element_count = int(res.get("element_count", 0) or 0)
         unexpected = int(res.get("unexpected_count", 0) or 0)
-    values = res.get("unexpected_list") or []
+    columns = _columns(rule)
+    values = [frame[columns[0]].iloc[p] if len(columns) == 1 else tuple(frame[c].iloc[p] for c in columns)
+              for p in positions[:SAMPLE]] if columns and rule.row_level else []
     return RuleResult(
         table=rule.table,
         rule=rule.id,
@@ -339,10 +368,9 @@ def _rule_result(rule: Rule, outcome, frame: pd.DataFrame, positions: np.ndarray
         success=bool(outcome.success) and error is None,
         element_count=element_count,
         unexpected_count=unexpected,
-        sample=[str(_plain(v)) if not isinstance(v, tuple) else str(tuple(_plain(x) for x in v))
-                for v in values[:SAMPLE]],
+        sample=[_sample(v, pseudonymizer) for v in values],
         rows=[_plain(frame.index[p]) for p in positions],
         positions=positions,
         error=error,
-        columns=_columns(rule),
+        columns=columns,
     )

@@ -32,7 +32,7 @@ from medmeta.ingest.units_step import convert_units
 from medmeta.records.canonical import DATE_COLUMNS, MEDICATION_REFS, PATIENT_REFS, SEALED_FIELDS, staging_schema
 from medmeta.records.displays import keep_attested_displays
 from medmeta.records.sealed import Sealer
-from medmeta.records.vocabulary import describe_value
+from medmeta.records.masking import masked
 from medmeta.records.omop_concepts import CONCEPT_SCHEMA, resolve_omop_concepts
 from medmeta.records.units import default_units
 
@@ -70,7 +70,7 @@ def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer, image_size
                 frame = resolve_omop_concepts(frame, name, concepts)
             if name == "observations":
                 frame, unconvertible = convert_units(frame, default_units(),
-                                                     lambda unit: describe_value(unit, pseudo))
+                                                     lambda unit: masked(unit, pseudo))
                 quarantine.append(unconvertible)
             frame = _deduplicate(name, frame)
         digests[name] = _write_table(home.table(name), frame, table_schema)

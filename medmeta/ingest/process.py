@@ -19,12 +19,13 @@ import pyarrow as pa
 
 from medmeta.atomic import atomic_path, write_json
 from medmeta.errors import INTERNAL_ERROR, NO_VALID_RECORDS, Rejected
-from medmeta.home import Home
+from medmeta.home import PRIVATE_FILE_MODE, Home
 from medmeta.ingest.config import IngestConfig
 from medmeta.ingest.image_parts import ImagePayload
 from medmeta.ingest.outcome import INGESTED, QUARANTINED, UNCHANGED, FileOutcome
 from medmeta.ingest.parts import part_exists, record_quarantine_table, write_part
 from medmeta.landing.sniff import sniff
+from medmeta.landing.names import display_name, json_name, name_bytes
 from medmeta.landing.walk import InputItem, read_item
 from medmeta.pseudonyms import Pseudonymizer
 from medmeta.records.canonical import CONCEPTS, Canonicalizer, StagedRecords
@@ -77,7 +78,7 @@ class Worker:
             return self._quarantine(item, error, sha256, data), None
 
     def _ingest(self, item: InputItem, data: bytes, sha256: str) -> tuple[FileOutcome, ImagePayload | None]:
-        kind = sniff(data, item.logical_path)
+        kind = sniff(data, item.content_name)
         if kind == "dicom":
             return self._ingest_dicom(item, data, sha256)
         if kind == "fhir_export_log":  # a bulk export's log.ndjson: accounted for, no facts in it
@@ -145,15 +146,34 @@ class Worker:
         return outcome, ImagePayload(row, pixels.array)
 
     def _quarantine(self, item: InputItem, error: Rejected, sha256: str | None, data: bytes | None) -> FileOutcome:
-        key = sha256 or hashlib.sha256(item.logical_path.encode()).hexdigest()
-        folder = self.home.quarantine / key
+        """Copy the file (when it was read) and its reason into ``quarantine/<sha256>/``, the home's one
+        PHI zone (0700, files 0600). Any name is safe here: the key is the content's hash (else the
+        hash of the name's bytes), the copy is named by ``quarantine_copy_name``, and reason.json holds
+        the name as ``json_name`` makes it."""
+        key = sha256 or hashlib.sha256(name_bytes(item.logical_path)).hexdigest()
+        folder = self.home.quarantine_folder(key)
+        copy = quarantine_copy_name(item.logical_path) if data is not None else None
         if data is not None:
-            name = Path(item.logical_path).name or "file"
-            with atomic_path(folder / name) as tmp:
+            with atomic_path(folder / copy, mode=PRIVATE_FILE_MODE) as tmp:
                 tmp.write_bytes(data)
-        write_json(folder / "reason.json", {"path": item.logical_path, "code": error.code, "reason": error.reason,
-                                            "copied": data is not None})
+        write_json(folder / "reason.json", {"path": json_name(item.logical_path), "code": error.code,
+                                            "reason": error.reason, "copied": data is not None, "copy": copy},
+                   mode=PRIVATE_FILE_MODE)
         return FileOutcome(item.logical_path, QUARANTINED, sha256, reason=error.reason)
+
+
+# A file name is at most 255 bytes, and atomic_path adds a dot, a random part and ".tmp" around it.
+_COPY_NAME_BYTES = 200
+
+
+def quarantine_copy_name(logical_path: str) -> str:
+    """The name of a quarantined file's copy: its own name as ``display_name`` shows it (so listing the
+    folder shows no control character and obeys no escape), cut from the front to 200 bytes so
+    its ending stays, never empty."""
+    name = display_name(logical_path.rsplit("/", 1)[-1]) or "file"
+    while len(name.encode("utf-8")) > _COPY_NAME_BYTES:
+        name = name[1:]
+    return name
 
 
 def site_for(logical_path: str, config: IngestConfig, known_sites: frozenset[str], pseudo: Pseudonymizer) -> str:

@@ -4,7 +4,8 @@ Parts keep values as the source wrote them; consolidation converts them here, so
 the UCUM library is paid once per distinct pair and a change of ``units.yaml`` applies to every
 part at the next ingest. A value whose unit can not be converted to its analyte's canonical unit
 leaves the table for the record quarantine, with the file and location it came from and the unit
-described by ``describe`` (a keyed hash, never the unit as written: units are free text).
+described by ``describe`` (a keyed hash, never the unit as written: units are free text); so does
+one that overflows to infinity on its way to the canonical unit (``not_finite``).
 
 The store holds UCUM units only, and only units the conversion chose (an analyte's canonical unit, a
 preferred unit, a coherent form): never the source's spelling. UCUM annotations (``{...}``, free text
@@ -16,9 +17,10 @@ from __future__ import annotations
 import re
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
-from medmeta.errors import Rejected
+from medmeta.errors import NOT_FINITE, Rejected
 from medmeta.ingest.parts import rejected_rows
 
 _KEY = ["system", "code", "unit"]
@@ -67,11 +69,16 @@ def convert_units(frame: pd.DataFrame, converter,
     ok = joined["_code"].notna()
     index = joined.index[ok]
     values = out.loc[index, "value"].to_numpy(dtype="float64")
-    out.loc[index, "value"] = values * joined.loc[index, "_scale"].to_numpy("float64") \
-        + joined.loc[index, "_offset"].to_numpy("float64")
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below, by its row
+        converted = values * joined.loc[index, "_scale"].to_numpy("float64") \
+            + joined.loc[index, "_offset"].to_numpy("float64")
+    out.loc[index, "value"] = converted
     out.loc[index, "code"] = joined.loc[index, "_code"].to_numpy()
     out.loc[index, "unit"] = joined.loc[index, "_unit"].replace("", None).to_numpy()
     bad = joined.index[~ok]
     reasons = [failed[k] for k in keys.loc[bad].itertuples(index=False, name=None)]
+    overflow = index[~np.isfinite(converted)]  # a finite value beyond a float's range in the canonical unit
+    reasons += [f"{NOT_FINITE}: the value is not a finite number in its analyte's canonical unit"] * len(overflow)
+    bad = bad.append(overflow)
     rejects = rejected_rows(out.loc[bad], reasons)
     return out.drop(index=bad), rejects

@@ -128,10 +128,20 @@ def _text_kind(text: str, suffix: str) -> str | None:
 
 
 def _is_ndjson(text: str, suffix: str) -> bool:
-    lines = [line.lstrip() for line in text.splitlines() if line.strip()]
+    # "\n" only: U+2028, U+2029 and U+0085 are valid inside a JSON string, and str.splitlines splits there
+    lines = [line.lstrip() for line in text.split("\n") if line.strip()]
+    if len(lines) >= 2 and _is_json_object(lines[0]):  # one whole JSON document never continues after it
+        return True
     if not all(line.startswith("{") for line in lines):
         return False
     return len(lines) >= 2 or suffix in (".ndjson", ".jsonl")
+
+
+def _is_json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except (ValueError, RecursionError):
+        return False
 
 
 def _is_export_log(text: str) -> bool:
@@ -139,7 +149,7 @@ def _is_export_log(text: str) -> bool:
     first = text.split("\n", 1)[0].strip()
     try:
         line = json.loads(first)
-    except ValueError:  # a line longer than the prefix, or not JSON: look at its keys as text
+    except (ValueError, RecursionError):  # longer than the prefix, not JSON, or too deep: its keys as text
         return '"resourceType"' not in first and any(f'"{key}"' in first for key in _EXPORT_LOG_KEYS)
     return isinstance(line, dict) and "resourceType" not in line and any(key in line for key in _EXPORT_LOG_KEYS)
 

@@ -5,6 +5,20 @@ their first bytes, not their name) into their entries. What must not be read is 
 anyway, with the reason in ``problem``: symlinks that leave SOURCE, archive entries that
 climb out of the archive or are too large, nested archives, broken archives. Nothing is
 ever extracted or written; ``read_item`` streams an entry and stops at the size limit.
+
+What is read is what was checked: every file (and archive) is opened once, with ``O_NOFOLLOW |
+O_NONBLOCK``, and only read when ``fstat`` of that descriptor says it is a regular file and the
+path the descriptor really points at is inside SOURCE. A file swapped after discovery for a FIFO,
+socket or device is ``unreadable`` at once (never waited on); one swapped for a symlink out of
+SOURCE, or reached through a folder swapped so, is ``symlink_outside_source`` and never read.
+
+An archive member is identified by its index in the archive, not its name: two members of one
+name, or names that alias once normalised (``a/./b``, ``a//b``, ``A/B``), are each an item of
+their own; the first keeps the plain logical path, each later one gets ``#<index>`` appended, so
+no two items (nor ledger entries) share a path, even case-folded.
+
+Names are kept as ``str`` the way ``os.fsdecode`` makes them (undecodable bytes as lone
+surrogates); ``medmeta.landing.names`` shows and serialises them.
 A gzip file (recognised by its first bytes; a FHIR bulk export's ``.ndjson.gz``), plain or in an
 archive, is inflated by ``read_item`` within ``max_zip_entry_bytes``: a gzip bomb is refused
 (``gzip_too_large``), never inflated without bound.
@@ -12,6 +26,7 @@ archive, is inflated by ``read_item`` within ``max_zip_entry_bytes``: a gzip bom
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
@@ -23,6 +38,7 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from medmeta.errors import (
     BAD_ARCHIVE,
@@ -41,6 +57,9 @@ from medmeta.ingest.config import IngestConfig
 ZIP_MAGIC = b"PK\x03\x04"
 GZIP_MAGIC = b"\x1f\x8b\x08"  # gzip, deflate method (RFC 1952)
 _READ_CHUNK = 1024 * 1024
+# One open per file: never through a symlink in the last part, never blocking (a FIFO), never inherited,
+# never taking a terminal device as the controlling terminal.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
 _READABLE_COMPRESSION = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
 _DRIVE = re.compile(r"^[A-Za-z]:")
 # Errors zipfile raises for a damaged archive or entry.
@@ -52,11 +71,19 @@ _ARCHIVE_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError
 class InputItem:
     """One file to ingest: a plain file, or an entry of a zip archive."""
 
-    logical_path: str  # POSIX, relative to SOURCE; an entry is "<archive path>/<entry path>"
+    logical_path: str  # POSIX, relative to SOURCE; an entry is "<archive path>/<entry path>[#<index>]"
     fs_path: Path  # the file on disk (the archive, for an entry)
     member: str | None  # the entry's name in the archive; None for a plain file
     size: int  # bytes on disk, or the entry's declared uncompressed size
     problem: Rejected | None = None  # set when refused during discovery; such an item is never read
+    member_index: int | None = None  # the entry's index in the archive's central directory
+    source_root: Path | None = None  # the resolved SOURCE the file must stay inside (None: its own folder)
+
+    @property
+    def content_name(self) -> str:
+        """The path whose ending hints at the content (for ``sniff``): an entry's normalised path,
+        without the ``#<index>`` an alias gets; a plain file's logical path."""
+        return self.logical_path if self.member is None else entry_logical_path(self.member)
 
 
 def discover(source: Path, config: IngestConfig) -> list[InputItem]:
@@ -76,10 +103,11 @@ def read_item(item: InputItem, config: IngestConfig) -> bytes:
     """The bytes of ``item``, read within the size limits; ``Rejected`` when it can not be read."""
     if item.problem is not None:
         raise item.problem
+    root = item.source_root if item.source_root is not None else Path(os.path.realpath(item.fs_path.parent))
     if item.member is None:
-        data = _read_file(item.fs_path, config.max_file_bytes)
+        data = _read_file(item.fs_path, root, config.max_file_bytes)
     else:
-        data = _read_entry(item.fs_path, item.member, config.max_zip_entry_bytes)
+        data = _read_entry(item, root, config.max_zip_entry_bytes)
     if data.startswith(GZIP_MAGIC) and data[128:132] != b"DICM":  # never a DICOM file whose preamble looks so
         return inflate_gzip(data, config.max_zip_entry_bytes)
     return data
@@ -123,7 +151,7 @@ def _folder_items(root: Path, config: IngestConfig) -> list[InputItem]:
 
     def unlistable(error: OSError) -> None:
         folder = Path(error.filename or root)
-        items.append(_refused(_relative(root, folder), folder, UNREADABLE, "the folder can not be listed"))
+        items.append(_refused(_relative(root, folder), folder, root, UNREADABLE, "the folder can not be listed"))
 
     for folder, folder_names, file_names in os.walk(root, followlinks=False, onerror=unlistable):
         folder = Path(folder)
@@ -145,7 +173,8 @@ def _linked_folder_items(root: Path, link: Path) -> list[InputItem]:
     """A symlink to a folder: its files inside SOURCE are reached by their own path, so skip it."""
     if _inside(root, link):
         return []
-    return [_refused(_relative(root, link), link, SYMLINK_OUTSIDE_SOURCE, "a symlink to a folder outside the source")]
+    return [_refused(_relative(root, link), link, root, SYMLINK_OUTSIDE_SOURCE,
+                     "a symlink to a folder outside the source")]
 
 
 def _inside(root: Path, link: Path) -> bool:
@@ -158,37 +187,79 @@ def _file_items(path: Path, logical: str, root: Path, config: IngestConfig) -> l
         info = path.lstat()
         if stat.S_ISLNK(info.st_mode):
             if not _inside(root, path):
-                return [_refused(logical, path, SYMLINK_OUTSIDE_SOURCE, "a symlink to a file outside the source")]
+                return [_refused(logical, path, root, SYMLINK_OUTSIDE_SOURCE, "a symlink to a file outside the source")]
             info = path.stat()
             if stat.S_ISDIR(info.st_mode):
                 return []
         if not stat.S_ISREG(info.st_mode):
-            return [_refused(logical, path, UNREADABLE, "not a regular file")]
-        if _starts_with(path, ZIP_MAGIC):
-            return _archive_items(path, logical, info.st_size, config)
+            return [_refused(logical, path, root, UNREADABLE, "not a regular file")]
+        with open_checked(path, root) as handle:
+            info = os.fstat(handle.fileno())
+            if handle.read(len(ZIP_MAGIC)) == ZIP_MAGIC:
+                return _archive_items(handle, path, logical, info.st_size, root, config)
+    except Rejected as problem:
+        return [InputItem(logical, path, None, 0, problem, source_root=root)]
     except OSError as error:
-        return [_refused(logical, path, UNREADABLE, f"the file can not be opened ({type(error).__name__})")]
+        return [_refused(logical, path, root, UNREADABLE, f"the file can not be opened ({type(error).__name__})")]
     if info.st_size > config.max_file_bytes:
         message = f"the file holds {info.st_size} bytes, over the max_file_bytes limit of {config.max_file_bytes}"
-        return [_refused(logical, path, UNREADABLE, message, info.st_size)]
-    return [InputItem(logical, path, None, info.st_size)]
+        return [_refused(logical, path, root, UNREADABLE, message, info.st_size)]
+    return [InputItem(logical, path, None, info.st_size, source_root=root)]
 
 
-def _starts_with(path: Path, magic: bytes) -> bool:
-    with open(path, "rb") as handle:
-        return handle.read(len(magic)) == magic
+def _refused(logical: str, path: Path, root: Path, code: str, message: str, size: int = 0) -> InputItem:
+    return InputItem(logical, path, None, size, Rejected(code, message), source_root=root)
 
 
-def _refused(logical: str, path: Path, code: str, message: str, size: int = 0) -> InputItem:
-    return InputItem(logical, path, None, size, Rejected(code, message))
+def open_checked(path: Path, root: Path) -> BinaryIO:
+    """``path`` opened once for reading (the caller closes it), after checking the open descriptor:
+    a regular file whose real path is inside ``root``; ``Rejected`` (``unreadable``,
+    ``symlink_outside_source``) otherwise.
 
-
-def _read_file(path: Path, limit: int) -> bytes:
+    The path is resolved first (a symlink inside SOURCE to a file inside SOURCE is read through),
+    then opened with ``O_NOFOLLOW | O_NONBLOCK``: a FIFO, socket or device opens at once and is
+    refused by ``fstat``, never waited on; what the descriptor points at is read back from
+    ``/proc/self/fd`` (elsewhere: compared by device and inode with the resolved path), so a path
+    swapped between the check and the open is refused, never read.
+    """
+    target = os.path.realpath(path)
+    if not Path(target).is_relative_to(root):
+        raise Rejected(SYMLINK_OUTSIDE_SOURCE, "the path leads outside the source")
     try:
-        with open(path, "rb") as handle:
+        fd = os.open(target, _OPEN_FLAGS)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise Rejected(UNREADABLE, "the path is a symlink loop, or became a symlink while it was opened") from None
+        raise Rejected(UNREADABLE, f"the file can not be opened ({type(error).__name__})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise Rejected(UNREADABLE, "not a regular file")
+        if not _descriptor_inside(fd, info, target, root):
+            raise Rejected(SYMLINK_OUTSIDE_SOURCE, "the file opened is outside the source")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _descriptor_inside(fd: int, info: os.stat_result, target: str, root: Path) -> bool:
+    """True when the file open on ``fd`` lies inside ``root``."""
+    try:
+        opened = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:  # no /proc: the resolved path must still be the file that was opened
+        try:
+            now = os.stat(target, follow_symlinks=False)
+        except OSError:
+            return False
+        return (now.st_dev, now.st_ino) == (info.st_dev, info.st_ino) and os.path.realpath(target) == target
+    return Path(opened.removesuffix(" (deleted)")).is_relative_to(root)
+
+
+def _read_file(path: Path, root: Path, limit: int) -> bytes:
+    try:
+        with open_checked(path, root) as handle:
             info = os.fstat(handle.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise Rejected(UNREADABLE, "not a regular file")
             if info.st_size > limit:
                 raise Rejected(UNREADABLE, f"the file holds {info.st_size} bytes, over the max_file_bytes "
                                            f"limit of {limit}")
@@ -204,57 +275,74 @@ def _read_file(path: Path, limit: int) -> bytes:
 # Zip archives
 
 
-def _archive_items(path: Path, logical: str, size: int, config: IngestConfig) -> list[InputItem]:
-    """The entries of an archive, or one refused item standing for the whole archive."""
+def _archive_items(handle: BinaryIO, path: Path, logical: str, size: int, root: Path,
+                   config: IngestConfig) -> list[InputItem]:
+    """The entries of an archive (read from the open ``handle``), or one refused item standing for it."""
     try:
-        declared_entries = _declared_entry_count(path)
+        declared_entries = _declared_entry_count(handle)
         if declared_entries is not None and declared_entries > config.max_zip_entries:
-            return [_too_many_entries(logical, path, size, declared_entries, config)]
-        with zipfile.ZipFile(path) as archive:
-            entries = [info for info in archive.infolist() if not info.is_dir()]
+            return [_too_many_entries(logical, path, root, size, declared_entries, config)]
+        handle.seek(0)
+        with zipfile.ZipFile(handle) as archive:
+            entries = [(index, info) for index, info in enumerate(archive.infolist()) if not info.is_dir()]
             if len(entries) > config.max_zip_entries:
-                return [_too_many_entries(logical, path, size, len(entries), config)]
-            total = sum(info.file_size for info in entries)
+                return [_too_many_entries(logical, path, root, size, len(entries), config)]
+            total = sum(info.file_size for _, info in entries)
             if total > config.max_zip_total_bytes:
                 message = f"the entries declare {total} bytes in all, over the limit of {config.max_zip_total_bytes}"
-                return [_refused(logical, path, ZIP_TOO_LARGE, message, size)]
-            return [_entry_item(archive, info, path, logical, config) for info in entries]
+                return [_refused(logical, path, root, ZIP_TOO_LARGE, message, size)]
+            paths = member_logical_paths(logical, [info.filename for _, info in entries])
+            return [InputItem(member_path, path, info.filename, info.file_size, _entry_problem(archive, info, config),
+                              member_index=index, source_root=root)
+                    for member_path, (index, info) in zip(paths, entries)]
     except _ARCHIVE_ERRORS as error:
-        return [_refused(logical, path, BAD_ARCHIVE, f"the archive can not be read ({type(error).__name__})", size)]
+        return [_refused(logical, path, root, BAD_ARCHIVE, f"the archive can not be read ({type(error).__name__})",
+                         size)]
 
 
-def _too_many_entries(logical: str, path: Path, size: int, count: int, config: IngestConfig) -> InputItem:
+def member_logical_paths(archive_logical: str, names: list[str]) -> list[str]:
+    """The logical path of each member named in ``names`` (in archive order), all distinct even
+    case-folded: a name that normalises (``entry_logical_path``) to the path of an earlier member,
+    case aside, is that path with ``#<its index in names>`` appended, and again if that is taken."""
+    plain = [f"{archive_logical}/{entry_logical_path(name)}" for name in names]
+    first_holder: dict[str, int] = {}
+    for position, member_path in enumerate(plain):
+        first_holder.setdefault(member_path.casefold(), position)
+    taken = set(first_holder)
+    paths = []
+    for position, member_path in enumerate(plain):
+        if first_holder[member_path.casefold()] != position:
+            while member_path.casefold() in taken:
+                member_path += f"#{position}"
+            taken.add(member_path.casefold())
+        paths.append(member_path)
+    return paths
+
+
+def _too_many_entries(logical: str, path: Path, root: Path, size: int, count: int, config: IngestConfig) -> InputItem:
     message = f"the archive holds {count} entries, over the limit of {config.max_zip_entries}"
-    return _refused(logical, path, ZIP_TOO_LARGE, message, size)
+    return _refused(logical, path, root, ZIP_TOO_LARGE, message, size)
 
 
-def _declared_entry_count(path: Path) -> int | None:
+def _declared_entry_count(handle: BinaryIO) -> int | None:
     """The entry count in the end-of-central-directory record, read before zipfile loads every entry."""
-    with open(path, "rb") as handle:
-        size = handle.seek(0, os.SEEK_END)
-        tail_size = min(size, 22 + 0xFFFF)  # the record, and a comment of at most 64 KiB
-        handle.seek(size - tail_size)
-        tail = handle.read(tail_size)
-        at = tail.rfind(b"PK\x05\x06")
-        if at < 0 or at + 22 > len(tail):
-            return None
-        (count,) = struct.unpack_from("<H", tail, at + 10)
-        locator = at - 20
-        if count != 0xFFFF or locator < 0 or tail[locator:locator + 4] != b"PK\x06\x07":
-            return count
-        (zip64_record,) = struct.unpack_from("<Q", tail, locator + 8)
-        handle.seek(zip64_record)
-        record = handle.read(56)
+    size = handle.seek(0, os.SEEK_END)
+    tail_size = min(size, 22 + 0xFFFF)  # the record, and a comment of at most 64 KiB
+    handle.seek(size - tail_size)
+    tail = handle.read(tail_size)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or at + 22 > len(tail):
+        return None
+    (count,) = struct.unpack_from("<H", tail, at + 10)
+    locator = at - 20
+    if count != 0xFFFF or locator < 0 or tail[locator:locator + 4] != b"PK\x06\x07":
+        return count
+    (zip64_record,) = struct.unpack_from("<Q", tail, locator + 8)
+    handle.seek(zip64_record)
+    record = handle.read(56)
     if len(record) < 40 or not record.startswith(b"PK\x06\x06"):
         return None
     return struct.unpack_from("<Q", record, 32)[0]
-
-
-def _entry_item(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, archive_logical: str,
-                config: IngestConfig) -> InputItem:
-    logical = f"{archive_logical}/{entry_logical_path(info.filename)}"
-    problem = _entry_problem(archive, info, config)
-    return InputItem(logical, path, info.filename, info.file_size, problem)
 
 
 def _entry_problem(archive: zipfile.ZipFile, info: zipfile.ZipInfo, config: IngestConfig) -> Rejected | None:
@@ -294,25 +382,37 @@ def entry_logical_path(name: str) -> str:
     return "/".join(parts) or "%2E"
 
 
-def _read_entry(path: Path, member: str, limit: int) -> bytes:
-    """Stream an entry in chunks and stop past ``limit``: the declared size may lie."""
+def _read_entry(item: InputItem, root: Path, limit: int) -> bytes:
+    """Stream the entry at ``item.member_index`` in chunks and stop past ``limit``: the declared size
+    may lie. The archive is opened (and checked) again; an index that now holds another name is refused."""
     try:
-        archive = _open_archives.get(path)
+        archive = _open_archives.get(item.fs_path, root)
     except OSError as error:
         raise Rejected(UNREADABLE, f"the archive can not be opened ({type(error).__name__})") from None
     except _ARCHIVE_ERRORS as error:
         raise Rejected(BAD_ARCHIVE, f"the archive can not be read ({type(error).__name__})") from None
     try:
-        info = archive.getinfo(member)
+        info = _member_info(archive, item)
         if info.file_size > limit:
             raise Rejected(ZIP_ENTRY_TOO_LARGE, f"the entry declares {info.file_size} bytes, over the "
                                                 f"max_zip_entry_bytes limit of {limit}")
         with archive.open(info) as stream:
             return _bounded_read(stream, limit)
-    except KeyError:
-        raise Rejected(BAD_ARCHIVE, "the entry is no longer in the archive") from None
     except _ARCHIVE_ERRORS as error:
         raise Rejected(BAD_ARCHIVE, f"the entry can not be read ({type(error).__name__})") from None
+
+
+def _member_info(archive: zipfile.ZipFile, item: InputItem) -> zipfile.ZipInfo:
+    """The ZipInfo at the item's index (by name only for an item made without one: the last of that name)."""
+    if item.member_index is None:
+        try:
+            return archive.getinfo(item.member)
+        except KeyError:
+            raise Rejected(BAD_ARCHIVE, "the entry is no longer in the archive") from None
+    infos = archive.infolist()
+    if item.member_index >= len(infos) or infos[item.member_index].filename != item.member:
+        raise Rejected(BAD_ARCHIVE, "the archive changed since it was listed: the entry is no longer at its place")
+    return infos[item.member_index]
 
 
 def _bounded_read(stream: io.BufferedIOBase, limit: int) -> bytes:
@@ -326,21 +426,49 @@ def _bounded_read(stream: io.BufferedIOBase, limit: int) -> bytes:
 
 class _OpenArchives(threading.local):
     """A few archives kept open in this thread, so reading entry after entry does not reparse the
-    central directory each time (that made reading a 10 000-entry zip quadratic)."""
+    central directory each time (that made reading a 10 000-entry zip quadratic).
+
+    Each read opens the archive's path again with ``open_checked``; a kept archive is used only when
+    that descriptor is the very file it was parsed from, unchanged (device, inode, size, times).
+    """
 
     keep = 4
 
     def __init__(self):
-        self.archives: OrderedDict[tuple, zipfile.ZipFile] = OrderedDict()
+        self.archives: OrderedDict[tuple, _KeptArchive] = OrderedDict()
 
-    def get(self, path: Path) -> zipfile.ZipFile:
-        info = os.stat(path)
-        key = (str(path), os.getpid(), info.st_mtime_ns, info.st_size)  # a forked child opens its own
-        archive = self.archives.pop(key, None) or zipfile.ZipFile(path)
-        self.archives[key] = archive
+    def get(self, path: Path, root: Path) -> zipfile.ZipFile:
+        handle = open_checked(path, root)
+        try:
+            info = os.fstat(handle.fileno())
+            key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns, os.getpid())
+            kept = self.archives.pop(key, None)
+            if kept is not None:
+                handle.close()
+            else:
+                kept = _KeptArchive(zipfile.ZipFile(handle), handle)
+        except BaseException:
+            handle.close()
+            raise
+        self.archives[key] = kept
         while len(self.archives) > self.keep:
             self.archives.popitem(last=False)[1].close()
-        return archive
+        return kept.archive
+
+
+class _KeptArchive:
+    """A zip archive and the checked file it was parsed from (zipfile leaves a file it was given
+    open): closed together, also when dropped."""
+
+    def __init__(self, archive: zipfile.ZipFile, handle: BinaryIO):
+        self.archive = archive
+        self.handle = handle
+
+    def close(self) -> None:
+        self.archive.close()
+        self.handle.close()
+
+    __del__ = close
 
 
 _open_archives = _OpenArchives()

@@ -30,10 +30,10 @@ from medmeta import schema
 from medmeta.errors import FUTURE_BIRTH_DATE, IMPLAUSIBLE_BIRTH_DATE, INVALID_CODE, Rejected
 from medmeta.pseudonyms import Pseudonymizer
 from medmeta.records.raw import RawRecords
+from medmeta.records.masking import masked
 from medmeta.records.sealed import Sealer
 from medmeta.records.vocabulary import (
     code_fits,
-    describe_value,
     system_fits,
     vocabulary_code_fits,
     vocabulary_system_fits,
@@ -130,11 +130,11 @@ class Canonicalizer:
             failed = _vocabulary_failure(system, code, table)
             if failed == "system":
                 return Rejected(INVALID_CODE, f"the {what}'s {system_field} is neither a known code system nor a URI "
-                                              f"({describe_value(system, self.pseudo)})")
+                                              f"({masked(system, self.pseudo)})")
             if failed == "code":
                 known = known_system(system)
                 kind = f"a well-formed {known.title} code" if known else "a code (a local system's codes hold no spaces or commas)"
-                return Rejected(INVALID_CODE, f"the {what}'s {code_field} is not {kind} ({describe_value(code, self.pseudo)})")
+                return Rejected(INVALID_CODE, f"the {what}'s {code_field} is not {kind} ({masked(code, self.pseudo)})")
         return None
 
     def __call__(self, raw: RawRecords, source: str) -> StagedRecords:

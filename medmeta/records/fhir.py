@@ -30,9 +30,12 @@ from urllib.parse import unquote
 
 from medmeta.errors import (
     INVALID_RECORD,
+    JSON_TOO_DEEP,
     MALFORMED_JSON,
     NON_NUMERIC_VALUE,
     NOT_FHIR,
+    NOT_FINITE,
+    NUMBER_TOO_LARGE,
     UNKNOWN_RESOURCE_TYPE,
     Rejected,
 )
@@ -66,6 +69,8 @@ EXCLUDED_MEDICATION_STATUS = {  # a record of no exposure, or of none at all
     "MedicationAdministration": frozenset({"entered-in-error", "not-done"}),
 }
 _UTF8_BOM = b"\xef\xbb\xbf"
+MAX_INTEGER_DIGITS = 4300  # Python's default int_max_str_digits, fixed here so the environment can not move it
+FHIR_INTEGER_RANGE = (-2**31, 2**31 - 1)  # R4 integer: a signed 32-bit integer
 
 
 def parse_fhir_json(data: bytes, site: str = DEFAULT_SITE) -> RawRecords:
@@ -113,30 +118,77 @@ def parse_fhir_ndjson(data: bytes, site: str = DEFAULT_SITE) -> RawRecords:
 
 
 def _load_document(data: bytes):
-    data = data.removeprefix(_UTF8_BOM)
-    try:
-        return _fast_loads(data)
-    except ValueError:
-        pass
-    try:  # orjson refuses what json accepts (NaN, integers over 64 bits); json also says where it broke
-        return json.loads(data)
-    except UnicodeDecodeError:
-        raise Rejected(MALFORMED_JSON, "the file is not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise Rejected(MALFORMED_JSON, f"not valid JSON at line {exc.lineno} column {exc.colno}") from None
+    return _load_json(data.removeprefix(_UTF8_BOM), "file")
 
 
 def _load_line(line: bytes):
+    return _load_json(line, "line")
+
+
+def _load_json(data: bytes, unit: str):
+    """One JSON text, a whole file (``unit`` "file") or an NDJSON line ("line"); ``Rejected`` with a
+    named reason when it can not be read: ``json_too_deep``, ``number_too_large``, ``malformed_json``.
+
+    orjson reads nearly every file. What it refuses is read again by the standard library, which
+    accepts NaN / Infinity literals and integers beyond 64 bits (as ints of at most
+    ``MAX_INTEGER_DIGITS`` digits, whatever the interpreter's own limit) and says where the text
+    broke; a value that is not finite is refused later, by the element that holds it. Nesting beyond
+    orjson's limit (1024 levels) is ``json_too_deep`` without a second try, and so is nesting beyond
+    the standard library's (the interpreter's recursion limit). Nothing here or after recurses on the
+    parsed value.
+    """
     try:
-        return _fast_loads(line)
-    except ValueError:
-        pass
+        return _fast_loads(data)
+    except RecursionError:  # json.loads, when orjson is not installed
+        raise _too_deep(unit) from None
+    except ValueError as exc:
+        if "depth limit" in str(exc):  # orjson's own limit; its messages never quote the data
+            raise _too_deep(unit) from None
     try:
-        return json.loads(line)
+        doc = json.loads(data, parse_int=_bounded_int)
     except UnicodeDecodeError:
-        raise Rejected(MALFORMED_JSON, "the line is not UTF-8 text") from None
+        raise Rejected(MALFORMED_JSON, f"the {unit} is not UTF-8 text") from None
+    except RecursionError:
+        raise _too_deep(unit) from None
     except json.JSONDecodeError as exc:
-        raise Rejected(MALFORMED_JSON, f"not valid JSON at column {exc.colno}") from None
+        where = f"line {exc.lineno} column {exc.colno}" if unit == "file" else f"column {exc.colno}"
+        raise Rejected(MALFORMED_JSON, f"not valid JSON at {where}") from None
+    _check_unicode(doc, unit)
+    return doc
+
+
+def _too_deep(unit: str) -> Rejected:
+    return Rejected(JSON_TOO_DEEP, f"the {unit} nests JSON arrays or objects deeper than the parser's limit")
+
+
+def _bounded_int(text: str) -> int:
+    """A JSON integer of at most ``MAX_INTEGER_DIGITS`` digits (the standard library's ``parse_int``)."""
+    if len(text) > MAX_INTEGER_DIGITS + 1:  # + 1: a minus sign
+        raise Rejected(NUMBER_TOO_LARGE, f"an integer has more than {MAX_INTEGER_DIGITS} digits")
+    try:
+        return int(text)
+    except ValueError:  # the interpreter's int_max_str_digits is set lower than ours
+        raise Rejected(NUMBER_TOO_LARGE, "an integer has more digits than Python converts") from None
+
+
+def _check_unicode(doc, unit: str) -> None:
+    """Refuse a string holding an unpaired surrogate escape ("\\ud800"): the standard library reads it,
+    orjson and pyarrow do not. Walked with a stack, never recursively."""
+    stack = [doc]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise Rejected(MALFORMED_JSON, f"the {unit} holds a string with an unpaired UTF-16 surrogate "
+                                                   "escape, which is not Unicode text") from None
+        elif isinstance(value, dict):
+            stack.extend(value)
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
 
 
 def _check_resource(resource) -> None:
@@ -467,12 +519,7 @@ class _FileReader:
                "value_system": None, "value_code": None}
         quantity = element.get("valueQuantity")
         if quantity is not None:
-            value = quantity.get("value")
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise Rejected(NON_NUMERIC_VALUE, f"{what} value is not a number (valueQuantity.value)")
-            value = float(value)
-            if not math.isfinite(value):
-                raise Rejected(NON_NUMERIC_VALUE, f"{what} value is not a finite number (valueQuantity.value)")
+            value = _finite_number(quantity.get("value"), f"{what} value", "valueQuantity.value")
             comparator = quantity.get("comparator")
             if comparator is not None and comparator not in COMPARATORS:
                 raise Rejected(INVALID_RECORD, f"{what} valueQuantity.comparator is not an R4 comparator")
@@ -488,10 +535,7 @@ class _FileReader:
                 raise Rejected(INVALID_RECORD, f"{what} valueBoolean is not a boolean")
             row["value_system"], row["value_code"] = FHIR_BOOLEAN, "true" if value else "false"
             return row
-        value = element["valueInteger"]
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise Rejected(NON_NUMERIC_VALUE, f"{what} valueInteger is not an integer")
-        row["value"] = float(value)
+        row["value"] = float(_fhir_integer(element["valueInteger"], what))
         return row
 
     # -- MedicationRequest, MedicationStatement, MedicationAdministration
@@ -555,6 +599,31 @@ class _FileReader:
                     raise Rejected(INVALID_RECORD, "the contained Medication has no coding with a system and a code")
                 return drug
         raise Rejected(INVALID_RECORD, f"{res['resourceType']}.medicationReference names no contained Medication")
+
+
+def _finite_number(value, what: str, element: str) -> float:
+    """A FHIR decimal as a finite float: ``non_numeric_value`` for anything but a JSON number,
+    ``number_too_large`` beyond a float's range, ``not_finite`` for infinity and NaN (as the CSV path)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise Rejected(NON_NUMERIC_VALUE, f"{what} is not a number ({element})")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer literal beyond 1.8e308
+        raise Rejected(NUMBER_TOO_LARGE, f"{what} is beyond the range of a 64-bit float ({element})") from None
+    if not math.isfinite(number):
+        raise Rejected(NOT_FINITE, f"{what} is not a finite number ({element})")
+    return number
+
+
+def _fhir_integer(value, what: str) -> int:
+    """An R4 integer: a JSON integer within 32 bits (orjson reads one beyond 64 bits as a float)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 2**63:
+        raise Rejected(NUMBER_TOO_LARGE, f"{what} valueInteger is beyond the range of an R4 integer")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Rejected(NON_NUMERIC_VALUE, f"{what} valueInteger is not an integer")
+    if not FHIR_INTEGER_RANGE[0] <= value <= FHIR_INTEGER_RANGE[1]:
+        raise Rejected(NUMBER_TOO_LARGE, f"{what} valueInteger is beyond the range of an R4 integer")
+    return value
 
 
 def _observation_value(element: dict) -> str | None:

@@ -29,12 +29,13 @@ observation without a usable value is excluded by a named rule, counted.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from datetime import date
 
 import pandas as pd
 
-from medmeta.errors import INVALID_RECORD, NON_NUMERIC_VALUE, Rejected
+from medmeta.errors import INVALID_RECORD, NON_NUMERIC_VALUE, NOT_FINITE, NUMBER_TOO_LARGE, Rejected
 from medmeta.records.omop_tables import normalise_column
 from medmeta.records.omop_concepts import UNIT_PREFIX, concept_table
 from medmeta.records.cells import blank, to_date
@@ -46,6 +47,7 @@ SOURCE_VALUE_SYSTEM = "urn:medmeta:omop-source-value:"  # + the CDM table
 MALE, FEMALE = 8507, 8532  # OMOP Gender concepts
 # Meas Value Operator concepts (SNOMED); "=" is an exact value.
 OPERATORS = {4171756: "<", 4171754: "<=", 4172703: None, 4171755: ">=", 4172704: ">"}
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
 SEX_SOURCE_VALUES = {"m": "male", "male": "male", "f": "female", "female": "female"}
 
 _CODED = ("{0}_concept_id", "{0}_source_concept_id", "{0}_source_value")
@@ -69,14 +71,14 @@ def omop_issuer(site: str) -> str:
     return f"omop:{site}"
 
 
-def parse_omop(frame: pd.DataFrame, table: str, kind: str, site: str | None = None) -> RawRecords:
-    """The rows of one CDM ``table`` (recognised from ``frame``'s header) as ``RawRecords``."""
+def parse_omop(frame: pd.DataFrame, table: str, site: str | None = None) -> RawRecords:
+    """The rows of one CDM ``table`` (recognised from ``frame``'s header) as ``RawRecords``; the
+    frame's index holds each row's number in its file ("row N")."""
     records = RawRecords(site=site or DEFAULT_SITE)
     frame = frame.rename(columns=normalise_column)
-    first_row = 2 if kind == "csv" else 1  # a CSV's header is its row 1
     label = f"OMOP {table}"
     if table == "concept":
-        concepts, rejects = concept_table(frame, first_row)
+        concepts, rejects = concept_table(frame)
         records.concepts = concepts.to_dict("records")
         records.read[label] += len(concepts)
         for error in rejects:
@@ -88,8 +90,8 @@ def parse_omop(frame: pd.DataFrame, table: str, kind: str, site: str | None = No
         return records
     columns = {c: frame[c].tolist() for c in READ_COLUMNS[table] if c in frame.columns}
     issuer = omop_issuer(records.site)
-    for i in range(len(frame)):
-        location = f"row {first_row + i}"
+    for i, number in enumerate(frame.index.tolist()):
+        location = f"row {number}"
         row = {c: values[i] for c, values in columns.items()}
         try:
             mrn = _person_id(row)
@@ -211,7 +213,7 @@ def _birth_date(row: dict) -> date | None:
     day = _integer(row.get("day_of_birth"), "day_of_birth") or 1
     try:
         return date(year, month, day)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: a part beyond a C int
         raise Rejected(INVALID_RECORD, "year/month/day_of_birth is not a valid date") from None
 
 
@@ -232,16 +234,31 @@ def _date(row: dict, stem: str) -> date | None:
 
 
 def _integer(value, column: str) -> int | None:
-    """An integer cell (ids, concept ids, birth year); None when blank."""
+    """An integer cell (ids, concept ids, birth year) within 64 bits, as the CDM's bigint; "12.0" is 12.
+    None when blank. Digits are read exactly: a float would make two long ids one."""
     if blank(value):
         return None
-    try:
-        number = float(str(value).strip()) if not isinstance(value, int) else value
-    except ValueError:
-        raise Rejected(INVALID_RECORD, f"{column} is not an integer") from None
-    if isinstance(number, float) and not number.is_integer():
-        raise Rejected(INVALID_RECORD, f"{column} is not an integer")
-    return int(number)
+    if isinstance(value, int):
+        number = value
+    else:
+        text = str(value).strip()
+        if _INTEGER_TEXT.fullmatch(text):
+            if len(text.lstrip("+-")) > 19:
+                raise Rejected(NUMBER_TOO_LARGE, f"{column} has more digits than a 64-bit integer")
+            number = int(text)
+        else:
+            try:
+                number = float(text)
+            except ValueError:
+                raise Rejected(INVALID_RECORD, f"{column} is not an integer") from None
+            if not math.isfinite(number):
+                raise Rejected(NOT_FINITE, f"{column} is not a finite number")
+            if not number.is_integer():
+                raise Rejected(INVALID_RECORD, f"{column} is not an integer")
+            number = int(number)
+    if not -2**63 <= number < 2**63:
+        raise Rejected(NUMBER_TOO_LARGE, f"{column} is beyond the range of a 64-bit integer")
+    return number
 
 
 def _number(value, column: str) -> float | None:
@@ -252,6 +269,6 @@ def _number(value, column: str) -> float | None:
     except ValueError:
         raise Rejected(NON_NUMERIC_VALUE, f"{column} is not a number") from None
     if not math.isfinite(number):
-        raise Rejected(NON_NUMERIC_VALUE, f"{column} is not a finite number")
+        raise Rejected(NOT_FINITE, f"{column} is not a finite number")
     return number
 

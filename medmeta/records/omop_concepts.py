@@ -35,26 +35,29 @@ CODED_COLUMNS: dict[str, tuple[tuple[str, str, str | None], ...]] = {
 
 
 def concept_ids(values: pd.Series) -> pd.Series:
-    """Each cell as an integer concept id (nullable Int64): NA when blank or not an integer."""
+    """Each cell as an integer concept id (nullable Int64): NA when blank, not an integer, or of more
+    than 15 digits (CDM concept ids are 32-bit; beyond 2**53 a float64 on the way would round it, beyond
+    64 bits it would wrap)."""
     text = values.astype("string").str.strip()
-    numbers = pd.to_numeric(text.where(text.str.fullmatch(r"[+-]?\d+(\.0*)?", na=False)), errors="coerce")
+    numbers = pd.to_numeric(text.where(text.str.fullmatch(r"[+-]?\d{1,15}(\.0*)?", na=False)), errors="coerce")
     return numbers.astype("Int64")
 
 
-def concept_table(frame: pd.DataFrame, first_row: int) -> tuple[pd.DataFrame, list[Rejected]]:
+def concept_table(frame: pd.DataFrame, first_row: int | None = None) -> tuple[pd.DataFrame, list[Rejected]]:
     """The CONCEPT table (lower-case CDM column names) as a concept table, and its bad rows.
 
     ``first_row`` is the location number of the frame's first row ("row 2" in a CSV with a
-    header). A row whose concept_id is not an integer, or that has no vocabulary_id or
+    header); None: the frame's index holds each row's number. A row whose concept_id is not an integer, or that has no vocabulary_id or
     concept_code, is rejected with its location.
     """
     ids = concept_ids(frame["concept_id"])
     vocabulary = _text(frame["vocabulary_id"])
     code = _text(frame["concept_code"])
     good = ids.notna() & vocabulary.notna() & code.notna()
+    numbers = frame.index if first_row is None else pd.RangeIndex(first_row, first_row + len(frame))
     rejects = [
         Rejected(INVALID_RECORD, "the concept row has no integer concept_id, vocabulary_id or concept_code",
-                 location=f"row {first_row + i}")
+                 location=f"row {numbers[i]}")
         for i in (~good).to_numpy().nonzero()[0]
     ]
     systems = {v: canonical_system(v) for v in vocabulary[good].unique()}

@@ -18,19 +18,17 @@ own column types (``vocabulary_code_fits``): a system may be an OMOP ``vocabular
 Type"), and a code of a system without a format check (UCUM's ``{mitoses}/[10 HPF]``, Ethnicity's
 "Not Hispanic") any printable ASCII up to concept_code's 50 characters.
 
-A value that fails is never written as text anywhere: ``describe_value`` gives what the record
-quarantine keeps instead, a keyed hash of the value, its length and its character classes
-(``value:3f9a0c1d22b7e845, 12 chars, letters+space+punct``), enough for an operator who holds
-the key to find the value in the source file, and nothing a reader without it can use.
+A value that fails is never written as text anywhere: the record quarantine keeps it as
+``medmeta.records.masking.masked`` writes it, a keyed hash of the value, its length and its
+character classes (``value:3f9a0c1d22b7e845, 12 chars, letters+space+punct``), enough for an
+operator who holds the key to find the value in the source file, and nothing a reader without it can use.
 """
 
 from __future__ import annotations
 
 import re
-import unicodedata
 from typing import Callable
 
-from medmeta.pseudonyms import Pseudonymizer
 from medmeta.terminology.check_digits import is_valid_loinc, is_valid_sctid
 from medmeta.terminology.systems import (
     ATC,
@@ -101,29 +99,3 @@ def code_fits(system: str, code: str | None) -> bool:
         return False
     check = CODE_FORMATS.get(system)
     return check(code) if check is not None else LOCAL_CODE.fullmatch(code) is not None
-
-
-def character_classes(value: str) -> str:
-    """The kinds of character ``value`` holds, in a fixed order: letters, digits, space, punct, other."""
-    kinds = set()
-    for char in value:
-        if char.isascii() and char.isalpha():
-            kinds.add("letters")
-        elif char.isascii() and char.isdigit():
-            kinds.add("digits")
-        elif char == " ":
-            kinds.add("space")
-        elif char.isascii() and char.isprintable():
-            kinds.add("punct")
-        elif unicodedata.category(char).startswith("L"):
-            kinds.add("non-ascii letters")
-        else:
-            kinds.add("other")
-    order = ("letters", "non-ascii letters", "digits", "space", "punct", "other")
-    return "+".join(k for k in order if k in kinds) or "empty"
-
-
-def describe_value(value: object, pseudo: Pseudonymizer) -> str:
-    """What the record quarantine keeps of a value that failed: a keyed hash, its length and its classes."""
-    text = str(value)
-    return f"value:{pseudo.value_token(text)}, {len(text)} chars, {character_classes(text)}"
