@@ -147,6 +147,8 @@ def test_the_store_site_is_a_configured_name_or_a_keyed_token_never_a_folder_nam
     assert site_for("Smith_John_export.zip/bundle.json", config, known, PSEUDO) == token, "an archive is its folder"
     assert site_for("bundle.json", config, known, PSEUDO) == "default"
     assert site_for("Smith_John_export/b.json", IngestConfig(site="hospital_a"), known, PSEUDO) == "hospital_a"
+    undecodable = "Sm\udcffith".encode("utf-8", "surrogateescape").decode("utf-8", "surrogateescape")
+    assert site_for(f"{undecodable}/b.json", config, known, PSEUDO).startswith("site-"), "a non-UTF-8 folder name"
 
 
 def test_a_vocabulary_table_is_held_to_its_own_column_types():
