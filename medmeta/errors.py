@@ -65,6 +65,7 @@ UNREADABLE = "unreadable"
 UNRESOLVED_REFERENCE = "unresolved_patient_reference"
 UNRESOLVED_MEDICATION = "unresolved_medication_reference"
 OLD_STORE = "old_store_schema"
+INVALID_CODE = "invalid_code"  # a code (or code system) outside its vocabulary's format: never stored as text
 INTERNAL_ERROR = "internal_error"  # a bug in medmeta, never the input's fault
 
 

@@ -77,6 +77,11 @@ class Pseudonymizer:
         data = b"value\x1f" + str(value).encode("utf-8", "surrogatepass")
         return hmac.digest(self._key, data, "sha256").hex()[:16]
 
+    def derived_key(self, purpose: str, length: int = 32) -> bytes:
+        """Key material for ``purpose`` (e.g. sealing staged text), derived from the key, never the key itself."""
+        blocks = (self._digest(f"key:{purpose}", str(i)) for i in range((length + 31) // 32))
+        return b"".join(blocks)[:length]
+
     def uid(self, uid: str) -> str:
         """A replacement DICOM UID (2.25 form), the same for the same input UID."""
         return "2.25." + str(int.from_bytes(self._digest("uid", str(uid).strip())[:16], "big"))

@@ -47,7 +47,8 @@ def build_snapshot(setup: IngestSetup, outcomes: list[FileOutcome]) -> dict:
     ledger = Ledger.load(setup.home.ledger, setup.pseudonymizer)
     ledger.record(setup.source, outcomes)
     ledger.save()
-    manifest = consolidate(setup.home, ledger.active_hashes(), setup.pseudonymizer, setup.config.image_size)
+    manifest = consolidate(setup.home, ledger.active_hashes(), setup.pseudonymizer, setup.config.image_size,
+                           setup.config.display_min_patients)
     get_run_logger().info("snapshot %s", manifest["snapshot"])
     return manifest
 

@@ -17,6 +17,7 @@ from medmeta.records.fhir import parse_fhir_json, parse_fhir_ndjson
 from medmeta.records.site_mappings import install_default_sites, load_site_mappings, parse_site
 from medmeta.records.tabular import parse_tabular
 from medmeta.records.units import default_units
+from medmeta.ingest.consolidate import open_sealed
 from medmeta.ingest.units_step import convert_units
 
 KEY = b"unit-test-key-0123456789"
@@ -34,9 +35,10 @@ def canon():
     return Canonicalizer(Pseudonymizer(KEY), date(2026, 1, 1), date(2026, 6, 1))
 
 
-def converted(staged) -> list[dict]:
-    """The staged observations after consolidation's unit step."""
-    frame, rejects = convert_units(staged.tables["observations"].to_pandas(), default_units())
+def converted(staged, canon) -> list[dict]:
+    """The staged observations after consolidation's unit step (their sealed units opened first)."""
+    frame = open_sealed(staged.tables["observations"].to_pandas(), "observations", canon.sealer)
+    frame, rejects = convert_units(frame, default_units())
     assert rejects.empty
     return frame.to_dict("records")
 
@@ -74,7 +76,7 @@ def test_site_a_wide_labs_become_long_canonical_observations(mappings, canon):
         "A0000001,2024-02-10,abc,,14,\n"
     ).encode()
     staged = canon(parse_tabular(csv, "csv", mappings), "sha-y")
-    rows = converted(staged)
+    rows = converted(staged, canon)
     assert {r["code"] for r in rows} == {"14749-6", "14682-9", "718-7"}
     assert all(r["unit"] in ("mmol/L", "umol/L", "g/dL") for r in rows)
     assert [e.code for e in staged.rejects] == ["non_numeric_value"]
@@ -99,7 +101,7 @@ def test_site_c_parquet_long_format(mappings, canon):
     buf = io.BytesIO()
     pq.write_table(table, buf)
     staged = canon(parse_tabular(buf.getvalue(), "parquet", mappings), "sha-z")
-    values = {r["code"]: (r["value"], r["unit"]) for r in converted(staged)}
+    values = {r["code"]: (r["value"], r["unit"]) for r in converted(staged, canon)}
     assert values["718-7"] == (pytest.approx(13.5), "g/dL")
     assert values["8480-6"] == (pytest.approx(120.0, abs=0.1), "mm[Hg]")
 

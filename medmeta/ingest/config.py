@@ -27,6 +27,9 @@ class IngestConfig:
     age_reference_date: date = date(2026, 1, 1)
     workers: int = 0
     batch_size: int = 256
+    # a display is stored only when that (system, code, display) is attested by this many distinct
+    # patients (medmeta.records.displays); a vocabulary table's labels (OMOP CONCEPT) are always kept
+    display_min_patients: int = 3
     site: str | None = None  # the site of every FHIR / OMOP file; None: the landing folder it sits in
     # issuer spellings -> one issuer, e.g. a DICOM IssuerOfPatientID -> the FHIR identifier system
     issuer_aliases: tuple[tuple[str, str], ...] = ()
@@ -71,6 +74,8 @@ class IngestConfig:
                     raise MedmetaError(f"{origin}: {name} must be a whole number >= 0, not {value!r}")
                 kwargs[name] = value
         cfg = cls(**kwargs)
+        if cfg.display_min_patients < 1:
+            raise MedmetaError(f"{origin}: display_min_patients must be at least 1")
         if cfg.image_size < 8:
             raise MedmetaError(f"{origin}: image_size must be at least 8")
         return cfg

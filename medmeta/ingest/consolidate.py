@@ -3,6 +3,11 @@
 Deterministic: the same set of parts gives the same bytes whatever the order files arrived
 in. One fact from two files (the same patient in two exports, the same SOP instance in two
 transfer syntaxes) is one row: rows are sorted by key and source hash and the first kept.
+
+Free text the parts hold sealed (displays, units as written: ``medmeta.records.sealed``) is opened
+here and enters the store only by a vocabulary rule: a display attested by enough patients
+(``medmeta.records.displays``), a unit that converts to UCUM (``units_step``). What a rule withheld
+is counted in the manifest's ``values_withheld``.
 """
 
 from __future__ import annotations
@@ -24,33 +29,48 @@ from medmeta.ingest.image_parts import read_image_rows, write_pixel_cache
 from medmeta.ingest.parts import Part, part_hashes, read_part, rejected_rows, staged_table, write_parquet
 from medmeta.pseudonyms import Pseudonymizer
 from medmeta.ingest.units_step import convert_units
-from medmeta.records.canonical import DATE_COLUMNS, MEDICATION_REFS, PATIENT_REFS, staging_schema
+from medmeta.records.canonical import DATE_COLUMNS, MEDICATION_REFS, PATIENT_REFS, SEALED_FIELDS, staging_schema
+from medmeta.records.displays import keep_attested_displays
+from medmeta.records.sealed import Sealer
+from medmeta.records.masking import masked
 from medmeta.records.omop_concepts import CONCEPT_SCHEMA, resolve_omop_concepts
 from medmeta.records.units import default_units
 
 
-def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer, image_size: int) -> dict:
+DISPLAY_MIN_PATIENTS = 3  # IngestConfig.display_min_patients
+
+
+def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer, image_size: int,
+                display_min_patients: int = DISPLAY_MIN_PATIENTS) -> dict:
+    sealer = Sealer(pseudo)
     record_parts = [read_part(home.parts, h) for h in sorted(set(hashes) & part_hashes(home.parts))]
     refs = _patient_refs(record_parts)
-    medications = _medication_refs(record_parts)
+    medications = _medication_refs(record_parts, sealer)
     concepts = _read(record_parts, "concepts", CONCEPT_SCHEMA)
     quarantine = [_read(record_parts, "record_quarantine", schema.RECORD_QUARANTINE)]
-    counts, digests = {}, {}
+    counts, digests, withheld = {}, {}, {}
     for name, table_schema in schema.TABLES.items():
         if name == "images":  # DICOM always names its patient: no references to resolve
             frame = read_image_rows(home.parts, image_size, set(hashes)).to_pandas(date_as_object=True)
             frame = _attach_pixel_cache(home, _deduplicate(name, frame), image_size)
+            for column in ("modality", "body_part"):  # absent, or not a defined term (medmeta.dicom.defined_terms)
+                if missing := int(frame[column].isna().sum()):
+                    withheld[f"images.{column}"] = missing
         else:
-            frame = _read(record_parts, name, staging_schema(name))
+            frame = open_sealed(_read(record_parts, name, staging_schema(name)), name, sealer)
             frame, unresolved = _resolve(frame, refs, pseudo)
             quarantine.append(unresolved)
-            if name != "patients":  # OMOP concept ids to their vocabularies, before units and keys
-                frame = resolve_omop_concepts(frame, name, concepts)
             if name == "medication_exposures":
                 frame, unresolved = _resolve_medications(frame, medications)
                 quarantine.append(unresolved)
+            if name != "patients":
+                frame, dropped = keep_attested_displays(frame, name, display_min_patients)
+                withheld.update(dropped)
+                # OMOP concept ids to their vocabularies (the CONCEPT table's labels), before units and keys
+                frame = resolve_omop_concepts(frame, name, concepts)
             if name == "observations":
-                frame, unconvertible = convert_units(frame, default_units())
+                frame, unconvertible = convert_units(frame, default_units(),
+                                                     lambda unit: masked(unit, pseudo))
                 quarantine.append(unconvertible)
             frame = _deduplicate(name, frame)
         digests[name] = _write_table(home.table(name), frame, table_schema)
@@ -62,7 +82,7 @@ def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer, image_size
     manifest = {
         "snapshot": snapshot, "schema_version": schema.SCHEMA_VERSION, "counts": counts, "table_sha256": digests,
         "sources": len(hashes), "key_fingerprint": pseudo.fingerprint,
-        **_resource_counts(record_parts),
+        **_resource_counts(record_parts), "values_withheld": dict(sorted(withheld.items())),
     }
     write_json(home.snapshots / f"{snapshot}.json", manifest)
     write_json(home.manifest, manifest)
@@ -122,8 +142,15 @@ def _resolve(frame: pd.DataFrame, refs: dict[str, str], pseudo: Pseudonymizer) -
     return frame.loc[~unresolved].drop(columns=["patient_ref"]), rejects
 
 
-def _medication_refs(parts: list[Part]) -> pd.DataFrame:
+def open_sealed(frame: pd.DataFrame, name: str, sealer: Sealer) -> pd.DataFrame:
+    """The staged free-text columns of table ``name`` opened (``medmeta.records.sealed``)."""
+    columns = [c for c in SEALED_FIELDS.get(name, ()) if frame[c].notna().any()]
+    return frame.assign(**{c: sealer.open_column(frame[c]) for c in columns}) if columns else frame
+
+
+def _medication_refs(parts: list[Part], sealer: Sealer) -> pd.DataFrame:
     frame = _read(parts, "medication_refs", MEDICATION_REFS)
+    frame = frame.assign(drug_display=sealer.open_column(frame["drug_display"]))
     return frame.sort_values(["medication_ref", "drug_system", "drug_code"], kind="mergesort") \
         .drop_duplicates("medication_ref").set_index("medication_ref")
 

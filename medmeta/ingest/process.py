@@ -115,7 +115,7 @@ class Worker:
         tables = dict(staged.tables)
         tables["patient_refs"] = staged.patient_refs
         tables["medication_refs"] = staged.medication_refs
-        tables["concepts"] = pa.Table.from_pylist(raw.concepts, schema=CONCEPTS)
+        tables["concepts"] = pa.Table.from_pylist(staged.concepts, schema=CONCEPTS)
         tables["record_quarantine"] = record_quarantine_table(rejects)
         meta = {"kind": kind, "rows": {k: t.num_rows for k, t in sorted(staged.tables.items())},
                 "rows_rejected": len(rejects), "ignored": dict(raw.ignored), "excluded": dict(raw.excluded),
@@ -123,6 +123,7 @@ class Worker:
         write_part(self.home.parts, sha256, tables, meta)
 
     def _ingest_dicom(self, item: InputItem, data: bytes, sha256: str) -> tuple[FileOutcome, ImagePayload]:
+        from medmeta.dicom.defined_terms import BODY_PARTS, MODALITIES, defined_term
         from medmeta.dicom.deidentify import deidentify
         from medmeta.dicom.pixels import decode_pixels, read_dicom
 
@@ -135,8 +136,8 @@ class Worker:
             "patient_id": ids.patient_id,
             "study_uid": _text(ds, "StudyInstanceUID"),
             "series_uid": _text(ds, "SeriesInstanceUID"),
-            "modality": _text(ds, "Modality"),
-            "body_part": _text(ds, "BodyPartExamined"),
+            "modality": defined_term(ds.get("Modality"), MODALITIES),  # else null: a name typed there stays out
+            "body_part": defined_term(ds.get("BodyPartExamined"), BODY_PARTS),
             "transfer_syntax": transfer_syntax,
             "photometric": pixels.photometric,
             "rows": pixels.rows, "columns": pixels.columns, "frames": pixels.frames,

@@ -3,11 +3,19 @@
 Parts keep values as the source wrote them; consolidation converts them here, so the cost of
 the UCUM library is paid once per distinct pair and a change of ``units.yaml`` applies to every
 part at the next ingest. A value whose unit can not be converted to its analyte's canonical unit
-leaves the table for the record quarantine, with the file and location it came from; so does one
-that overflows to infinity on its way to the canonical unit (``not_finite``).
+leaves the table for the record quarantine, with the file and location it came from and the unit
+described by ``describe`` (a keyed hash, never the unit as written: units are free text); so does
+one that overflows to infinity on its way to the canonical unit (``not_finite``).
+
+The store holds UCUM units only, and only units the conversion chose (an analyte's canonical unit, a
+preferred unit, a coherent form): never the source's spelling. UCUM annotations (``{...}``, free text
+that does not change the unit) are removed from any unit that is not units.yaml's canonical unit.
 """
 
 from __future__ import annotations
+
+import re
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -16,6 +24,7 @@ from medmeta.errors import NOT_FINITE, Rejected
 from medmeta.ingest.parts import rejected_rows
 
 _KEY = ["system", "code", "unit"]
+ANNOTATION = re.compile(r"\{[^{}]*\}")
 RECORD_SUFFIXES = (".json", ".ndjson", ".csv", ".tsv", ".txt", ".parquet", ".gz", ".zip")
 
 
@@ -29,8 +38,17 @@ def warm_units_for(paths: list[str]) -> None:
         build_in_background()
 
 
-def convert_units(frame: pd.DataFrame, converter) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(converted rows, rejects [source, location, reason])``; categorical values pass unchanged."""
+def stored_unit(unit: str | None, canonical: str | None) -> str | None:
+    """The unit as stored: ``unit`` without UCUM annotations unless it is the analyte's canonical unit."""
+    if not unit or unit == canonical or "{" not in unit:
+        return unit or None
+    return ANNOTATION.sub("", unit) or "1"  # "{cells}/uL" is "/uL"; "{score}" is UCUM's unity
+
+
+def convert_units(frame: pd.DataFrame, converter,
+                  describe: Callable[[str], str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(converted rows, rejects [source, location, reason])``; categorical values pass unchanged.
+    ``describe`` turns a unit that failed into what the reason may say of it (a keyed hash)."""
     numeric = frame["value"].notna()
     if not numeric.any():
         return frame, rejected_rows(frame.iloc[:0], [])
@@ -40,9 +58,11 @@ def convert_units(frame: pd.DataFrame, converter) -> tuple[pd.DataFrame, pd.Data
     for system, code, unit in pairs.itertuples(index=False, name=None):
         try:
             rule = converter.rule(system, code, unit)
-            table.append((system, code, unit, rule.code, rule.unit, rule.scale, rule.offset))
+            unit_stored = stored_unit(rule.unit, converter.canonical_unit(rule.code))
+            table.append((system, code, unit, rule.code, unit_stored, rule.scale, rule.offset))
         except Rejected as error:
-            failed[(system, code, unit)] = error.reason
+            described = f" (unit {describe(unit)})" if describe is not None and unit is not None else ""
+            failed[(system, code, unit)] = error.reason + described
     rules = pd.DataFrame(table, columns=[*_KEY, "_code", "_unit", "_scale", "_offset"])
     out = frame.copy()
     joined = keys.reset_index().merge(rules, on=_KEY, how="left").set_index("index")

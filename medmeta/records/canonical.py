@@ -10,20 +10,35 @@ What a staging table holds beyond the canonical columns (``staging_schema``): ``
 ``location`` (where in the file: used when consolidation rejects the row) and, for
 medication exposures, ``medication_ref``. Values stay in the unit the source wrote:
 consolidation converts them (``medmeta.ingest.units_step``), once per distinct code and unit.
+
+Only vocabulary enters a part as text (``medmeta.records.vocabulary``): a row whose code or code
+system fails its vocabulary is rejected here (``invalid_code``, the value described by a keyed
+hash, never quoted), and the free text a row may carry until consolidation decides on it (a
+coding's display, a unit as written) is sealed (``medmeta.records.sealed``).
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import date, timedelta
 
 import pyarrow as pa
 
 from medmeta import schema
-from medmeta.errors import FUTURE_BIRTH_DATE, IMPLAUSIBLE_BIRTH_DATE, Rejected
+from medmeta.errors import FUTURE_BIRTH_DATE, IMPLAUSIBLE_BIRTH_DATE, INVALID_CODE, Rejected
 from medmeta.pseudonyms import Pseudonymizer
 from medmeta.records.raw import RawRecords
+from medmeta.records.masking import masked
+from medmeta.records.sealed import Sealer
+from medmeta.records.vocabulary import (
+    code_fits,
+    system_fits,
+    vocabulary_code_fits,
+    vocabulary_system_fits,
+)
+from medmeta.terminology.systems import known_system
 
 MAX_REPORTED_AGE = 90  # HIPAA safe harbour: older ages are reported as 90
 MAX_PLAUSIBLE_AGE = 120  # an older birth date is a data error, not a very old patient
@@ -51,6 +66,14 @@ _COPIED = {
     "observations": ("system", "code", "display", "value", "comparator", "value_system", "value_code", "unit"),
     "medication_exposures": ("drug_system", "drug_code", "drug_display", "outcome"),
 }
+# (system, code) field pairs each row's vocabulary check covers, and the free-text fields sealed until consolidation.
+CODED_FIELDS = {
+    "conditions": (("system", "code"),),
+    "observations": (("system", "code"), ("value_system", "value_code")),
+    "medication_exposures": (("drug_system", "drug_code"),),
+}
+SEALED_FIELDS = {"conditions": ("display",), "observations": ("display", "unit"),
+                 "medication_exposures": ("drug_display",)}
 
 
 @functools.cache
@@ -68,10 +91,22 @@ class StagedRecords:
     patient_refs: pa.Table
     medication_refs: pa.Table
     rejects: list[Rejected] = field(default_factory=list)
+    concepts: list[dict] = field(default_factory=list)  # the file's vocabulary rows whose codes fit their system
 
     @property
     def row_count(self) -> int:
         return sum(t.num_rows for t in self.tables.values())
+
+
+@lru_cache(maxsize=65_536)
+def _vocabulary_failure(system: str | None, code: str, table: bool = False) -> str | None:
+    """Why (system, code) can not be stored as text, or None when it can (once per distinct pair);
+    ``table``: the pair comes from a vocabulary table, whose systems may be OMOP vocabulary_ids."""
+    if system is not None and not (vocabulary_system_fits(system) if table else system_fits(system)):
+        return "system"
+    if not (vocabulary_code_fits(system, code) if table else code_fits(system, code)):
+        return "code"
+    return None
 
 
 @dataclass(frozen=True)
@@ -79,6 +114,28 @@ class Canonicalizer:
     pseudo: Pseudonymizer
     age_reference_date: date
     today: date
+    sealer: Sealer = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "sealer", Sealer(self.pseudo))
+
+    def vocabulary_error(self, row: dict, pairs: tuple[tuple[str, str], ...], what: str,
+                         table: bool = False) -> Rejected | None:
+        """An ``invalid_code`` rejection for the first (system, code) of ``row`` outside its vocabulary,
+        the value described by a keyed hash; None when every code fits. ``table``: a vocabulary table's row."""
+        for system_field, code_field in pairs:
+            system, code = row.get(system_field), row.get(code_field)
+            if code is None:
+                continue
+            failed = _vocabulary_failure(system, code, table)
+            if failed == "system":
+                return Rejected(INVALID_CODE, f"the {what}'s {system_field} is neither a known code system nor a URI "
+                                              f"({masked(system, self.pseudo)})")
+            if failed == "code":
+                known = known_system(system)
+                kind = f"a well-formed {known.title} code" if known else "a code (a local system's codes hold no spaces or commas)"
+                return Rejected(INVALID_CODE, f"the {what}'s {code_field} is not {kind} ({masked(code, self.pseudo)})")
+        return None
 
     def __call__(self, raw: RawRecords, source: str) -> StagedRecords:
         rejects = list(raw.rejects)
@@ -92,13 +149,26 @@ class Canonicalizer:
                 mrn, issuer = mrn if isinstance(mrn, tuple) else (mrn, None)
                 refs.append({"patient_ref": self.pseudo.reference_key(raw.site, ref),
                              "patient_id": self.pseudo.patient_id(mrn, issuer)})
-        medications = [
-            {"medication_ref": self.pseudo.reference_key(raw.site, ref), "drug_system": system, "drug_code": code,
-             "drug_display": display}
-            for ref, (system, code, display) in sorted(getattr(raw, "medications", {}).items())
-        ]
+        medications = []
+        for ref, (system, code, display) in sorted(getattr(raw, "medications", {}).items()):
+            error = self.vocabulary_error({"drug_system": system, "drug_code": code},
+                                          CODED_FIELDS["medication_exposures"], "Medication")
+            if error is not None:  # the exposures naming it stay unresolved and are quarantined at consolidation
+                error.location = "a Medication resource"
+                rejects.append(error)
+                continue
+            medications.append({"medication_ref": self.pseudo.reference_key(raw.site, ref), "drug_system": system,
+                                "drug_code": code, "drug_display": self.sealer.seal(display)})
+        concepts = []
+        for concept in raw.concepts:
+            error = self.vocabulary_error(concept, (("system", "code"),), "concept", table=True)
+            if error is not None:
+                error.location = f"concept_id {concept.get('concept_id')}"
+                rejects.append(error)
+            else:
+                concepts.append(concept)
         return StagedRecords(tables, pa.Table.from_pylist(refs, schema=PATIENT_REFS),
-                             pa.Table.from_pylist(medications, schema=MEDICATION_REFS), rejects)
+                             pa.Table.from_pylist(medications, schema=MEDICATION_REFS), rejects, concepts)
 
     def _table(self, table: str, rows: list[dict], raw: RawRecords, source: str, identities: dict,
                rejects: list[Rejected]) -> pa.Table:
@@ -121,12 +191,22 @@ class Canonicalizer:
                 patient_ids.append(patient_id)
                 patient_refs.append(patient_ref)
                 locations.append(row.get("location"))
-                sexes.append(row.get("sex") or "unknown")
+                sexes.append(row.get("sex") if row.get("sex") in schema.SEXES else "unknown")
                 ages.append(age)
         else:
             copied = [(columns[name], name) for name in _COPIED[table]]
             record_ids = columns["record_id"]
             reference_key, site = self.pseudo.reference_key, raw.site
+            coded, what = CODED_FIELDS[table], table.rstrip("s").replace("_", " ")
+            kept = []
+            for row in rows:
+                error = self.vocabulary_error(row, coded, what)
+                if error is not None:
+                    error.location = error.location or row.get("location")
+                    rejects.append(error)
+                    continue
+                kept.append(row)
+            rows = kept
             for row in rows:
                 patient_id, patient_ref, offset = self._identity(row, raw, identities)
                 patient_ids.append(patient_id)
@@ -143,9 +223,11 @@ class Canonicalizer:
             if table == "observations":
                 columns["censored"] = [comparator is not None for comparator in columns["comparator"]]
             elif table == "medication_exposures":
-                columns["outcome"] = [outcome or "unknown" for outcome in columns["outcome"]]
+                columns["outcome"] = [outcome if outcome in schema.OUTCOMES else "unknown" for outcome in columns["outcome"]]
                 columns["medication_ref"] = [reference_key(site, row["medication_ref"]) if row.get("medication_ref")
                                              else None for row in rows]
+            for name in SEALED_FIELDS[table]:
+                columns[name] = [self.sealer.seal(value) for value in columns[name]]
         count = len(patient_ids)
         columns["site"] = [raw.site] * count
         columns["source"] = [source] * count
