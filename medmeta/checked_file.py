@@ -21,7 +21,8 @@ from pathlib import Path
 
 from medmeta.errors import UNREADABLE, Rejected
 
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# O_NOCTTY: a terminal device is never taken as the controlling terminal
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
 _CHUNK = 4 * 1024 * 1024
 _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
@@ -32,14 +33,12 @@ def file_kind(mode: int) -> str:
     return next((words for test, words in _KINDS if test(mode)), "not a regular file")
 
 
-def read_checked(path: str | os.PathLike, max_bytes: int, *, follow: bool = False, setting: str = "max_bytes") -> bytes:
-    """The bytes of the regular file at ``path``, at most ``max_bytes`` of them, read from one descriptor.
-
-    ``setting`` names the limit in the message of a file that is too large (the option that raises it).
-    """
-    target = os.path.realpath(path) if follow else os.fspath(path)
+def open_regular(path: str | os.PathLike) -> tuple[int, os.stat_result]:
+    """``path`` opened once without following a final symlink or waiting on a FIFO, and checked on the
+    descriptor: a regular file. Returns the descriptor (the caller closes it) and its ``fstat``;
+    ``Rejected`` (``unreadable``) otherwise, saying what the file is."""
     try:
-        fd = os.open(target, _OPEN_FLAGS)
+        fd = os.open(path, _OPEN_FLAGS)
     except OSError as error:
         if error.errno == errno.ELOOP:
             raise Rejected(UNREADABLE, "is a symbolic link; give the file it points to") from None
@@ -50,6 +49,19 @@ def read_checked(path: str | os.PathLike, max_bytes: int, *, follow: bool = Fals
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise Rejected(UNREADABLE, f"is {file_kind(info.st_mode)}, not a regular file")
+        return fd, info
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_checked(path: str | os.PathLike, max_bytes: int, *, follow: bool = False, setting: str = "max_bytes") -> bytes:
+    """The bytes of the regular file at ``path``, at most ``max_bytes`` of them, read from one descriptor.
+
+    ``setting`` names the limit in the message of a file that is too large (the option that raises it).
+    """
+    fd, info = open_regular(os.path.realpath(path) if follow else os.fspath(path))
+    try:
         if info.st_size > max_bytes:
             raise Rejected(UNREADABLE, f"holds {info.st_size} bytes, over the {setting} limit of {max_bytes}")
         chunks, total = [], 0

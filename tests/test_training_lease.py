@@ -2,11 +2,12 @@
 evaluate or publish) does not keep it: the slot is a lease its holder renews, and once the
 renewals stop it is given back (tasks/concurrency.py), so the next run trains.
 
-Against a real ``prefect server start`` (the repossessor service gives it back) the test chains
-four runs: the first is killed inside train, the second (which must get the slot) inside
-evaluate, the third inside publish, and the fourth completes. Against medmeta's embedded server
-(no ``PREFECT_API_URL``: no repossessor, and the server dies with the run) the next run gives it
-back itself.
+With medmeta's embedded server (no ``PREFECT_API_URL``: no repossessor, and the server dies with the
+run) three homes are run at once, one killed inside each of train, evaluate and publish; the next
+run on each home gives the expired lease back itself and completes. Against a real
+``prefect server start`` (its repossessor service gives the slot back) a run killed inside train
+lets the next run, on another home, train. The leases expire after Prefect's minimum of 60 s, so
+the kills run side by side rather than one after another.
 """
 
 from __future__ import annotations
@@ -61,30 +62,22 @@ def _active_slots(url: str) -> int:
         return client.read_global_concurrency_limit_by_name(TRAINING_LIMIT).active_slots
 
 
-def test_a_run_killed_inside_train_evaluate_or_publish_gives_the_slot_to_the_next(operate_server, cohort150,
-                                                                               tmp_path):
-    from medmeta.registry.store import PAUSE_ENV
-
+def test_a_run_killed_inside_train_gives_the_slot_to_the_next_on_a_prefect_server(operate_server, cohort150,
+                                                                                     tmp_path):
     url, landing = operate_server.url, cohort150.parent / "landing"
-    paused = tmp_path / "inside-publish"
-    plan = [("train", LONG_TRAIN, {}), ("evaluate", LONG_EVALUATE, {}), ("publish", SETTINGS, {PAUSE_ENV: str(paused)})]
-    for number, (stage, settings, more_env) in enumerate(plan):
-        home = copy_home(cohort150, tmp_path / f"home-{number}")
-        process = _start_run(landing, home, settings, medmeta_env(url, **more_env))
-        try:  # the earlier run was killed holding the slot: this one only gets here when it was given back
-            wait_until(lambda: _running_stage(url, home, process) == stage, SLOT_BACK_S + 240, every_s=1,
-                       what=f"run {number} to be inside {stage}")
-            if stage == "publish":
-                wait_until(paused.exists, 120, what="publish to pause before its rename")
-            assert _active_slots(url) == 1
-        finally:
-            _kill(process)
-        assert _active_slots(url) == 1, "the slot is held by the killed run"
+    home = copy_home(cohort150, tmp_path / "home-killed")
+    process = _start_run(landing, home, LONG_TRAIN, medmeta_env(url))
+    try:
+        wait_until(lambda: _running_stage(url, home, process) == "train", 600, every_s=1, what="the run to train")
+        assert _active_slots(url) == 1
+    finally:
+        _kill(process)
+    assert _active_slots(url) == 1, "the slot is held by the killed run"
 
-    home = copy_home(cohort150, tmp_path / "home-last")
-    last = _start_run(landing, home, SETTINGS, medmeta_env(url))
-    output, _ = last.communicate(timeout=SLOT_BACK_S + 480)
-    assert last.returncode == 0, home.with_suffix(".log").read_text()[-3000:]
+    home = copy_home(cohort150, tmp_path / "home-next")
+    following = _start_run(landing, home, SETTINGS, medmeta_env(url))
+    output, _ = following.communicate(timeout=SLOT_BACK_S + 480)
+    assert following.returncode == 0, home.with_suffix(".log").read_text()[-3000:]
     assert json.loads(output)["state"] == "COMPLETED"
     assert _active_slots(url) == 0
 
@@ -102,27 +95,55 @@ def _embedded_active_slots(home: Path) -> int:
     return slots
 
 
-def test_an_embedded_run_killed_inside_train_does_not_keep_the_slot_from_the_next(cohort150, tmp_path):
+def _embedded_running_stage(home: Path) -> str | None:
+    """The stage (train, evaluate, publish) the embedded run into ``home`` is running, read from its database."""
+    database = home / "prefect" / "prefect.db"
+    if not database.exists():
+        return None
+    try:
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as db:
+            names = {name for (name,) in db.execute(
+                "SELECT flow.name FROM flow_run JOIN flow ON flow_run.flow_id = flow.id "
+                "WHERE flow_run.state_type = 'RUNNING'")}
+    except sqlite3.Error:  # created but not yet migrated
+        return None
+    return next((stage for stage in ("train", "evaluate", "publish") if stage in names), None)
+
+
+def test_embedded_runs_killed_inside_train_evaluate_and_publish_do_not_keep_the_slot(cohort150, tmp_path):
+    from medmeta.registry.store import PAUSE_ENV
+
     landing = cohort150.parent / "landing"
-    home = copy_home(cohort150, tmp_path / "home")
-    killed = _start_run(landing, home, LONG_TRAIN, _embedded_env())
+    paused = tmp_path / "inside-publish"
+    plan = {"train": (LONG_TRAIN, {}), "evaluate": (LONG_EVALUATE, {}), "publish": (SETTINGS, {PAUSE_ENV: str(paused)})}
+    homes = {stage: copy_home(cohort150, tmp_path / f"home-{stage}") for stage in plan}
+    killed = {stage: _start_run(landing, homes[stage], settings, {**_embedded_env(), **more})
+              for stage, (settings, more) in plan.items()}
     try:
-        def training():
-            assert killed.poll() is None, home.with_suffix(".log").read_text()[-3000:]
-            return any((home / "training").glob("*/checkpoint/*"))
+        for stage, process in killed.items():
+            def inside(stage=stage, process=process) -> bool:
+                assert process.poll() is None, homes[stage].with_suffix(".log").read_text()[-3000:]
+                if stage == "publish":
+                    return paused.exists()
+                return _embedded_running_stage(homes[stage]) == stage
 
-        wait_until(training, 600, every_s=0.5, what="the embedded run to train")
+            wait_until(inside, 600, every_s=0.5, what=f"the embedded run to be inside {stage}")
+            assert _embedded_active_slots(homes[stage]) == 1
     finally:
-        _kill(killed)
-    assert _embedded_active_slots(home) == 1, "the slot is held by the killed run"
+        for process in killed.values():
+            _kill(process)
+    for stage, home in homes.items():
+        assert _embedded_active_slots(home) == 1, f"the slot is held by the run killed inside {stage}"
+        home.with_suffix(".log").rename(home.with_suffix(".killed.log"))
 
-    home.with_suffix(".log").rename(home.with_suffix(".killed.log"))
-    following = _start_run(landing, home, SETTINGS, _embedded_env())
+    following = {stage: _start_run(landing, home, SETTINGS, _embedded_env()) for stage, home in homes.items()}
     try:
-        output, _ = following.communicate(timeout=SLOT_BACK_S + 480)
+        outputs = {stage: process.communicate(timeout=SLOT_BACK_S + 480)[0] for stage, process in following.items()}
     finally:
-        if following.poll() is None:
-            _kill(following)
-    assert following.returncode == 0, home.with_suffix(".log").read_text()[-3000:]
-    assert json.loads(output)["state"] == "COMPLETED"
-    assert _embedded_active_slots(home) == 0
+        for process in following.values():
+            if process.poll() is None:
+                _kill(process)
+    for stage, process in following.items():
+        assert process.returncode == 0, homes[stage].with_suffix(".log").read_text()[-3000:]
+        assert json.loads(outputs[stage])["state"] == "COMPLETED"
+        assert _embedded_active_slots(homes[stage]) == 0

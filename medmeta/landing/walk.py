@@ -26,7 +26,6 @@ archive, is inflated by ``read_item`` within ``max_zip_entry_bytes``: a gzip bom
 
 from __future__ import annotations
 
-import errno
 import io
 import os
 import re
@@ -40,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from medmeta.checked_file import open_regular
 from medmeta.errors import (
     BAD_ARCHIVE,
     GZIP_TOO_LARGE,
@@ -57,9 +57,6 @@ from medmeta.ingest.config import IngestConfig
 ZIP_MAGIC = b"PK\x03\x04"
 GZIP_MAGIC = b"\x1f\x8b\x08"  # gzip, deflate method (RFC 1952)
 _READ_CHUNK = 1024 * 1024
-# One open per file: never through a symlink in the last part, never blocking (a FIFO), never inherited,
-# never taking a terminal device as the controlling terminal.
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
 _READABLE_COMPRESSION = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
 _DRIVE = re.compile(r"^[A-Za-z]:")
 # Errors zipfile raises for a damaged archive or entry.
@@ -225,16 +222,8 @@ def open_checked(path: Path, root: Path) -> BinaryIO:
     target = os.path.realpath(path)
     if not Path(target).is_relative_to(root):
         raise Rejected(SYMLINK_OUTSIDE_SOURCE, "the path leads outside the source")
+    fd, info = open_regular(target)
     try:
-        fd = os.open(target, _OPEN_FLAGS)
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            raise Rejected(UNREADABLE, "the path is a symlink loop, or became a symlink while it was opened") from None
-        raise Rejected(UNREADABLE, f"the file can not be opened ({type(error).__name__})") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise Rejected(UNREADABLE, "not a regular file")
         if not _descriptor_inside(fd, info, target, root):
             raise Rejected(SYMLINK_OUTSIDE_SOURCE, "the file opened is outside the source")
         return os.fdopen(fd, "rb")
