@@ -43,7 +43,10 @@ def _start_run(landing: Path, home: Path, settings: str, env: dict) -> subproces
 
 
 def _kill(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, signal.SIGKILL)  # the run and everything it started
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # the run and everything it started
+    except ProcessLookupError:  # killed before, group and all
+        pass
     process.wait()
 
 
@@ -119,21 +122,27 @@ def test_embedded_runs_killed_inside_train_evaluate_and_publish_do_not_keep_the_
     homes = {stage: copy_home(cohort150, tmp_path / f"home-{stage}") for stage in plan}
     killed = {stage: _start_run(landing, homes[stage], settings, {**_embedded_env(), **more})
               for stage, (settings, more) in plan.items()}
-    try:
-        for stage, process in killed.items():
-            def inside(stage=stage, process=process) -> bool:
-                assert process.poll() is None, homes[stage].with_suffix(".log").read_text()[-3000:]
-                if stage == "publish":
-                    return paused.exists()
-                return _embedded_running_stage(homes[stage]) == stage
+    held: dict[str, int] = {}
 
-            wait_until(inside, 600, every_s=0.5, what=f"the embedded run to be inside {stage}")
-            assert _embedded_active_slots(homes[stage]) == 1
+    def kill_each_inside_its_stage() -> bool:
+        """Kill each run the moment it is inside its stage (a run left alone could finish it)."""
+        for stage, process in killed.items():
+            if stage in held:
+                continue
+            assert process.poll() is None, homes[stage].with_suffix(".log").read_text()[-3000:]
+            if (paused.exists() if stage == "publish" else _embedded_running_stage(homes[stage]) == stage):
+                _kill(process)
+                held[stage] = _embedded_active_slots(homes[stage])
+        return len(held) == len(killed)
+
+    try:
+        wait_until(kill_each_inside_its_stage, 600, every_s=0.5, what="each embedded run to be inside its stage")
     finally:
         for process in killed.values():
             _kill(process)
+    assert held == {stage: 1 for stage in plan}, "each killed run held the slot"
     for stage, home in homes.items():
-        assert _embedded_active_slots(home) == 1, f"the slot is held by the run killed inside {stage}"
+        assert _embedded_active_slots(home) == 1, f"the slot is still held by the run killed inside {stage}"
         home.with_suffix(".log").rename(home.with_suffix(".killed.log"))
 
     following = {stage: _start_run(landing, home, SETTINGS, _embedded_env()) for stage, home in homes.items()}
