@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_HOME ?= .medmeta
 DEMO_DATA ?= demo-data
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= -n 2 --dist loadfile  # two workers, a test file per worker: much of the suite waits on servers and leases
 BENCHENV ?= /work/benchenv
 
 .PHONY: install demo test bench bench-env bench-metalearn bench-fhir clean

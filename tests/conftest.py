@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 
 # Before Prefect is imported anywhere: its home and database stay out of the user's ~/.prefect.
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="medmeta-test-prefect-"))
+# Under pytest-xdist every worker gets its own (the workers inherit the controller's environment).
+_XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _XDIST_WORKER or "PREFECT_HOME" not in os.environ:
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix=f"medmeta-test-prefect-{_XDIST_WORKER or 'main'}-")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 

@@ -21,6 +21,7 @@ from pydicom.sequence import Sequence
 
 from medmeta.dicom.basic_profile import BASIC_PROFILE
 from tests.conftest import TEST_KEY
+from tests.phi_search import readable
 from tests.realdata import BUNDLES_100P, copy_export, needs_realdata
 
 MARK = "PHIMARK9931"
@@ -97,20 +98,6 @@ def marked_records(landing: Path) -> None:
     (landing / "site_b" / "Observation.ndjson").write_text(json.dumps(observation) + "\n")
 
 
-def _readable(path: Path) -> bytes:
-    """The file's bytes, and for Parquet (compressed) every value it holds, as text."""
-    data = path.read_bytes()
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        data += json.dumps(pq.read_table(path).to_pylist(), default=str).encode()
-    elif path.suffix in (".arrow", ".feather", ".ipc"):
-        import pyarrow.feather as feather
-
-        data += json.dumps(feather.read_table(path).to_pylist(), default=str).encode()
-    return data
-
-
 def _hits(data: bytes) -> list[str]:
     needles = [MARK, UID_MARK, TRUE_DATE, "1977-07-07", TEST_KEY]
     return [n for n in needles if n.encode() in data]
@@ -134,7 +121,7 @@ def test_phi_never_leaves_the_landing_zone(prefect_api, tmp_path, caplog, capfd)
     leaks = {}
     for path in sorted(home.rglob("*")):
         if path.is_file() and "quarantine" not in path.relative_to(home).parts:
-            if found := _hits(_readable(path)):
+            if found := _hits(readable(path)):
                 leaks[str(path.relative_to(home))] = found
     for db_file in prefect_api.parent.glob(prefect_api.name + "*"):  # the database, its WAL and SHM
         if found := _hits(db_file.read_bytes()):
@@ -170,7 +157,7 @@ def test_phi_of_a_real_synthea_bundle_never_leaves_the_landing_zone(prefect_api,
     leaks = {}
     for path in sorted(home.rglob("*")):
         if path.is_file() and "quarantine" not in path.relative_to(home).parts:
-            data = _readable(path)
+            data = readable(path)
             if found := [n for n in needles if n.encode() in data]:
                 leaks[str(path.relative_to(home))] = found
     for db_file in prefect_api.parent.glob(prefect_api.name + "*"):
