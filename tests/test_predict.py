@@ -4,7 +4,6 @@ left exactly as it was."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import shutil
@@ -26,6 +25,7 @@ from medmeta.tasksets.features import raw_features
 from medmeta.tasksets.store import load_taskset
 from medmeta.training.publish import registry_name
 from tests.pipeline_home import IMAGES, RECORDS, build_home
+from tests.records_model import write_csv
 from validation.gate import current_snapshot
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "one_torch_thread")
@@ -61,14 +61,6 @@ def dicom_by_disease(built) -> dict[str, list[Path]]:
         mrn = str(pydicom.dcmread(path, stop_before_pixels=True).PatientID)
         out.setdefault(built["labels"][mrn]["disease"], []).append(path)
     return out
-
-
-def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 @pytest.fixture(scope="module")
