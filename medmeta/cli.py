@@ -95,6 +95,9 @@ def ingest(
     config: Optional[Path] = typer.Option(None, "--config", help="Ingest settings (YAML); see medmeta/config/ingest.yaml."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decode processes [default: one per core]."),
     rules: Optional[Path] = RulesOption,
+    dask: Optional[str] = typer.Option(None, "--dask", metavar="ADDRESS",
+                                       help="Decode on this Dask scheduler's workers (tcp://host:8786) "
+                                            "[default: ingest.dask_address, $MEDMETA_DASK_ADDRESS, else local]."),
     as_json: bool = JsonOption,
 ) -> None:
     """Ingest, de-identify and harmonise SOURCE into the canonical store, then validate it (Prefect flows)."""
@@ -110,6 +113,7 @@ def ingest(
         load_key(the_home.key_file)
         check_store_version(the_home)
         _check_rules(rules)
+        _check_dask(config, dask)
     except MedmetaError as error:
         _fail(str(error))
     _prefect_environment(the_home.root)
@@ -122,7 +126,7 @@ def ingest(
 
             progress.set_reporter(reporter)
             summary = ingest_flow(str(source), str(home) if home else None, str(config) if config else None, workers,
-                                  rules=str(rules) if rules else None)
+                                  rules=str(rules) if rules else None, dask_address=dask)
     except MedmetaError as error:
         _fail(str(error))
     finally:
@@ -142,6 +146,19 @@ def ingest(
 
     human += "\n" + summary_line(summary["validation"])
     _emit(summary, as_json, human)
+
+
+def _check_dask(config: Optional[Path], dask: Optional[str]) -> None:
+    """A Dask ingest needs a Prefect server its workers reach: refused before the embedded one starts."""
+    from medmeta.errors import MedmetaError
+    from medmeta.ingest.config import IngestConfig
+
+    if config is not None and not config.is_file():
+        raise MedmetaError(f"{_shown(config)}: no such settings file")
+    if IngestConfig.load(config, dask_address=dask).dask_address and not os.environ.get("PREFECT_API_URL"):
+        from medmeta.ingest.dask_engine import NO_PREFECT_SERVER
+
+        raise MedmetaError(NO_PREFECT_SERVER)
 
 
 def _shown(path: Path | str) -> str:
