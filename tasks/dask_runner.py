@@ -30,7 +30,7 @@ from prefect.settings import PREFECT_API_URL
 from medmeta import progress
 from medmeta.ingest.batches import task_groups
 from medmeta.ingest.dask_engine import (CONNECT_TIMEOUT_S, NO_PREFECT_SERVER, DaskClusterError, DaskJob,
-                                        check_shared_home, check_workers, run_job)
+                                        check_reachable, check_shared_home, check_workers, run_job)
 from medmeta.ingest.landings import landing_token
 from medmeta.ingest.outcome import FileOutcome
 from medmeta.ingest.setup import IngestSetup
@@ -55,6 +55,7 @@ def dask_cluster(address: str) -> Iterator:
         raise DaskClusterError("a Dask ingest needs prefect-dask: pip install 'medmeta[dask]' -c constraints.txt") from None
     if not PREFECT_API_URL.value():
         raise DaskClusterError(NO_PREFECT_SERVER)
+    check_reachable(address)
     with DaskTaskRunner(address=address, client_kwargs={"timeout": CONNECT_TIMEOUT_S}) as runner:
         try:
             client = runner.client
@@ -79,6 +80,8 @@ def run_on_dask(runner, setup: IngestSetup, batches: list[list[InputItem]]) -> l
     futures = [runner.submit(ingest_on_dask_worker, {"job": job}) for job in jobs]
     files = {id(future): job.files for future, job in zip(futures, jobs)}
     from distributed import KilledWorker
+    from distributed.client import FutureCancelledError
+    from distributed.comm import CommClosedError
 
     try:
         for future in as_completed(futures):
@@ -87,4 +90,7 @@ def run_on_dask(runner, setup: IngestSetup, batches: list[list[InputItem]]) -> l
     except KilledWorker:
         raise DaskClusterError("Dask workers kept dying while decoding one batch (Dask gave up on it): nothing was "
                                "recorded; look at the workers' logs (memory?) and rerun") from None
+    except (FutureCancelledError, CommClosedError):
+        raise DaskClusterError(f"the connection to the Dask scheduler at {setup.config.dask_address} was lost while "
+                               "decoding: nothing was recorded; rerun") from None
     return [outcome for future in futures for outcome in future.result()]

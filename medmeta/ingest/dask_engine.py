@@ -127,6 +127,23 @@ def _test_delay() -> None:
 
 # -- what every worker must share with the flow ------------------------------------------------------
 
+def check_reachable(address: str) -> None:
+    """A TCP connection to the scheduler opens within ``CONNECT_TIMEOUT_S`` (a refused one fails at once,
+    where Dask's client would retry until its timeout); ``DaskClusterError`` naming the address."""
+    import socket
+
+    scheme, _, rest = address.rpartition("://")
+    if scheme not in ("", "tcp", "tls"):
+        return  # another transport (ucx): the Dask client's own connect decides
+    host, _, port = rest.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise DaskClusterError(f"the Dask scheduler at {address} does not answer ({reason}): start it, or fix "
+                               "ingest.dask_address / $MEDMETA_DASK_ADDRESS / --dask, and rerun") from None
+
+
 @lru_cache(maxsize=1)
 def code_digest() -> str:
     """A digest of medmeta's own Python code as installed here (the ``medmeta`` and ``tasks``
