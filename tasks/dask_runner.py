@@ -76,7 +76,7 @@ def run_on_dask(runner, setup: IngestSetup, batches: list[list[InputItem]]) -> l
     check_shared_home(client, setup.home, setup.source, landing_token(setup.source, setup.pseudonymizer))
     workers = sum(client.nthreads().values())  # decode threads: one per single-threaded worker
     jobs = [DaskJob(setup.worker_context, group)
-            for group in task_groups(batches, setup.config.dask_task_bytes, workers)]
+            for group in task_groups(batches, setup.config.dask_task_seconds, workers)]
     futures = [runner.submit(ingest_on_dask_worker, {"job": job}) for job in jobs]
     files = {id(future): job.files for future, job in zip(futures, jobs)}
     from distributed import KilledWorker

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -82,13 +83,12 @@ class DaskCluster:
 WORKERS = {"worker-1", "worker-2"}
 
 
-@pytest.fixture(scope="session")
-def dask_cluster(prefect_api, tmp_path_factory) -> Iterator[DaskCluster]:
-    from prefect.settings import PREFECT_API_URL
-
-    folder = tmp_path_factory.mktemp("dask-cluster")
+@contextmanager
+def running_dask_cluster(api_url: str, folder: Path, workers: int = 2) -> Iterator[DaskCluster]:
+    """``dask scheduler`` on a free port of 127.0.0.1 and ``workers`` single-threaded workers
+    (``worker-1``...), their logs in ``folder``; stopped on exit. Also used by bench/scale.py."""
     scheduler_file = folder / "scheduler.json"
-    cluster = DaskCluster(address="", api_url=PREFECT_API_URL.value(), folder=folder)
+    cluster = DaskCluster(address="", api_url=api_url, folder=folder)
     log = open(folder / "scheduler.log", "ab")
     scheduler = subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
                                   "--scheduler-file", str(scheduler_file)],
@@ -102,10 +102,19 @@ def dask_cluster(prefect_api, tmp_path_factory) -> Iterator[DaskCluster]:
                 raise RuntimeError(f"dask scheduler did not start: {(folder / 'scheduler.log').read_text()[-2000:]}")
             time.sleep(0.1)
         cluster.address = json.loads(scheduler_file.read_text())["address"]
-        for name in sorted(WORKERS):
+        names = {f"worker-{i + 1}" for i in range(workers)}
+        for name in sorted(names):
             cluster.start_worker(name)
-        cluster.wait_for_workers(WORKERS)
+        cluster.wait_for_workers(names)
         yield cluster
     finally:
         for process in reversed(cluster.processes):
             cluster.stop(process)
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(prefect_api, tmp_path_factory) -> Iterator[DaskCluster]:
+    from prefect.settings import PREFECT_API_URL
+
+    with running_dask_cluster(PREFECT_API_URL.value(), tmp_path_factory.mktemp("dask-cluster")) as cluster:
+        yield cluster

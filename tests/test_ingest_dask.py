@@ -220,3 +220,23 @@ def test_a_worker_killed_mid_ingest_then_a_rerun_gives_the_same_store(dask_clust
     rerun(str(mixed_landing), str(home), str(settings), run_validation=False, dask_address=dask_cluster.address)
     _assert_same_store(home, local_home)
     dask_cluster.wait_for_workers({"worker-1", "worker-2"})
+
+
+def test_task_groups_keep_the_staging_cut_and_give_every_worker_a_task():
+    from hypothesis import given, settings as hypothesis_settings, strategies as st
+
+    from medmeta.ingest.batches import staging_batches, task_groups
+    from medmeta.landing.walk import InputItem
+
+    @hypothesis_settings(max_examples=200, deadline=None)
+    @given(st.lists(st.integers(0, 50_000_000), max_size=300), st.integers(1, 40), st.integers(1, 30),
+           st.integers(1, 8))
+    def check(sizes, batch_size, task_seconds, workers):
+        items = [InputItem(f"f{i:04d}", Path(f"/l/f{i:04d}"), None, size) for i, size in enumerate(sizes)]
+        batches = staging_batches(items, batch_size)
+        groups = task_groups(batches, task_seconds, workers)
+        assert [batch for group in groups for batch in group] == batches  # whole batches, in order
+        assert all(groups) and len(groups) >= min(len(batches), workers)
+        assert groups == task_groups(batches, task_seconds, workers)
+
+    check()

@@ -18,8 +18,22 @@ def staging_batches(items: list[InputItem], batch_size: int) -> list[list[InputI
     return [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
 
 
-def task_groups(batches: list[list[InputItem]], task_bytes: int, workers: int) -> list[list[list[InputItem]]]:
-    """Consecutive staging batches grouped into tasks of at least ``task_bytes`` bytes of files.
+# A file's decode/de-identify time on one core, estimated from its size: a fixed part per file
+# (hash, sniff, header, de-identification, staging) and a part per byte (reading, pixel decoding,
+# resizing). Measured on the 2-core machine of BENCHMARKS.md (synthetic DICOM of 64 to 512 pixels:
+# 2.7 ms a file of 9 kB, 8.7 ms one of 438 kB). Record files cost more per byte (parsing), so a task
+# of them holds more work than estimated, never less.
+SECONDS_PER_FILE = 0.0026
+SECONDS_PER_BYTE = 0.014 / 1e6
+
+
+def estimated_seconds(items: list[InputItem]) -> float:
+    return len(items) * SECONDS_PER_FILE + sum(item.size for item in items) * SECONDS_PER_BYTE
+
+
+def task_groups(batches: list[list[InputItem]], task_seconds: float, workers: int) -> list[list[list[InputItem]]]:
+    """Consecutive staging batches grouped into tasks of about ``task_seconds`` of work each
+    (``estimated_seconds``), so that Prefect's cost per task is a small share of it.
 
     When that would leave some of the ``workers`` idle, the batches are spread over as many tasks
     as there are workers instead (a task then holds less, but every worker has one): what a small
@@ -28,16 +42,16 @@ def task_groups(batches: list[list[InputItem]], task_bytes: int, workers: int) -
     """
     if not batches:
         return []
-    sizes = [sum(item.size for item in batch) for batch in batches]
-    total = sum(sizes)
-    wanted = max(1, min(len(batches), total // max(1, task_bytes)))
+    costs = [estimated_seconds(batch) for batch in batches]
+    total = sum(costs)
+    wanted = max(1, min(len(batches), int(total // max(task_seconds, 1e-9))))
     if wanted < workers:
         wanted = min(len(batches), workers)
-    share = total / wanted  # cut where the running byte count passes each share
-    groups, current, done, cut = [], [], 0, 1
-    for batch, size in zip(batches, sizes):
+    share = total / wanted  # cut where the running estimate passes each share
+    groups, current, done, cut = [], [], 0.0, 1
+    for batch, cost in zip(batches, costs):
         current.append(batch)
-        done += size
+        done += cost
         if done >= share * cut and len(groups) < wanted - 1:
             groups.append(current)
             current, cut = [], cut + 1

@@ -39,9 +39,9 @@ class IngestConfig:
     # decode/de-identify on this external Dask cluster's workers (medmeta.ingest.dask_engine); None: the
     # local process pool. $MEDMETA_DASK_ADDRESS overrides the file, an explicit override both
     dask_address: str | None = None
-    # files of one Dask task at least this many bytes (whole staging batches, consecutive in the sorted
-    # listing): Prefect's own cost per task (~0.25 s) stays under 5% of the task's work
-    dask_task_bytes: int = 256 * 1024**2
+    # estimated seconds of decoding per Dask task (whole staging batches, consecutive in the sorted
+    # listing: medmeta.ingest.batches): Prefect's own cost per task (~0.25 s) stays under 5% of it
+    dask_task_seconds: int = 5
 
     @property
     def worker_count(self) -> int:
