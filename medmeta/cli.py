@@ -149,16 +149,20 @@ def ingest(
 
 
 def _check_dask(config: Optional[Path], dask: Optional[str]) -> None:
-    """A Dask ingest needs a Prefect server its workers reach: refused before the embedded one starts."""
+    """A Dask ingest needs a Prefect server its workers reach and a scheduler that answers: refused
+    before Prefect starts."""
     from medmeta.errors import MedmetaError
     from medmeta.ingest.config import IngestConfig
 
     if config is not None and not config.is_file():
         raise MedmetaError(f"{_shown(config)}: no such settings file")
-    if IngestConfig.load(config, dask_address=dask).dask_address and not os.environ.get("PREFECT_API_URL"):
-        from medmeta.ingest.dask_engine import NO_PREFECT_SERVER
+    address = IngestConfig.load(config, dask_address=dask).dask_address
+    if address:
+        from medmeta.ingest.dask_engine import NO_PREFECT_SERVER, check_reachable
 
-        raise MedmetaError(NO_PREFECT_SERVER)
+        if not os.environ.get("PREFECT_API_URL"):
+            raise MedmetaError(NO_PREFECT_SERVER)
+        check_reachable(address)  # the flow checks again, and the workers, once Prefect is up
 
 
 def _shown(path: Path | str) -> str:

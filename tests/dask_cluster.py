@@ -70,6 +70,14 @@ class DaskCluster:
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.folder.glob("*.log")))
 
+    def stop_all(self) -> None:
+        """Workers and scheduler asked to stop at once, then waited for."""
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            self.stop(process)
+
     def stop(self, process: subprocess.Popen) -> None:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
@@ -108,8 +116,7 @@ def running_dask_cluster(api_url: str, folder: Path, workers: int = 2) -> Iterat
         cluster.wait_for_workers(names)
         yield cluster
     finally:
-        for process in reversed(cluster.processes):
-            cluster.stop(process)
+        cluster.stop_all()
 
 
 @pytest.fixture(scope="session")

@@ -47,12 +47,13 @@ def task_groups(batches: list[list[InputItem]], task_seconds: float, workers: in
     wanted = max(1, min(len(batches), int(total // max(task_seconds, 1e-9))))
     if wanted < workers:
         wanted = min(len(batches), workers)
-    share = total / wanted  # cut where the running estimate passes each share
-    groups, current, done, cut = [], [], 0.0, 1
-    for batch, cost in zip(batches, costs):
+    share = total / wanted  # cut where the running estimate passes the next share, or when only
+    groups, current, done = [], [], 0.0  # as many batches are left as groups still to make
+    for index, (batch, cost) in enumerate(zip(batches, costs)):
         current.append(batch)
         done += cost
-        if done >= share * cut and len(groups) < wanted - 1:
+        to_make = wanted - len(groups) - 1
+        if to_make and (done >= share * (len(groups) + 1) or len(batches) - index - 1 == to_make):
             groups.append(current)
-            current, cut = [], cut + 1
+            current = []
     return groups + ([current] if current else [])
