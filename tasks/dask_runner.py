@@ -37,6 +37,7 @@ from medmeta.ingest.setup import IngestSetup
 from medmeta.landing.walk import InputItem
 from tasks.options import NO_RESULTS
 
+
 @task(name="ingest-batches", **NO_RESULTS)
 def ingest_on_dask_worker(job: DaskJob) -> list[FileOutcome]:
     """Decode, de-identify and stage ``job``'s files on the Dask worker that runs this task."""
@@ -72,6 +73,10 @@ def run_on_dask(runner, setup: IngestSetup, batches: list[list[InputItem]]) -> l
     The home and the landing folder must be shared with every worker (checked first). A task that
     fails ends the run with its error; one whose worker died is run again by Dask elsewhere.
     """
+    from distributed import KilledWorker
+    from distributed.client import FutureCancelledError
+    from distributed.comm import CommClosedError
+
     client = runner.client
     check_shared_home(client, setup.home, setup.source, landing_token(setup.source, setup.pseudonymizer))
     workers = sum(client.nthreads().values())  # decode threads: one per single-threaded worker
@@ -79,10 +84,6 @@ def run_on_dask(runner, setup: IngestSetup, batches: list[list[InputItem]]) -> l
             for group in task_groups(batches, setup.config.dask_task_seconds, workers)]
     futures = [runner.submit(ingest_on_dask_worker, {"job": job}) for job in jobs]
     files = {id(future): job.files for future, job in zip(futures, jobs)}
-    from distributed import KilledWorker
-    from distributed.client import FutureCancelledError
-    from distributed.comm import CommClosedError
-
     try:
         for future in as_completed(futures):
             future.result()  # a failed task ends the run now; the runner's exit cancels the rest
