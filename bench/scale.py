@@ -187,11 +187,11 @@ This ingest ran {dask_tasks} Dask tasks per run (whole staging batches of {confi
 computed for {task_work_s:.1f} s (median over all runs, Dask's task stream, Prefect's own cost included):
 Prefect's share **{100 * overhead:.1f}%** (target: under 5%).
 
-Reading the ratio: the local contender's clock includes starting its pool (the forkserver and its
-preloaded imports), and its flow process receives every image's pixels from the pool and writes the
-staged image batches itself, competing for the same 2 cores with the 2 decode processes; on Dask the
-workers write their batches and the flow process mostly waits. A long-lived cluster, started before the
-clock, pays none of its start-up. On a loaded 2-core machine these runs vary by several seconds.
+Reading the ratio (the causes are not measured apart): the local contender's clock includes starting its
+pool, and its flow process receives every image's pixels from the pool and writes the staged image
+batches itself, on the same 2 cores as the 2 decode processes; on Dask the workers write their batches,
+and a long-lived cluster, started before the clock, pays none of its start-up. The machine was shared
+(load above): runs vary by several seconds, and the local pool seems to suffer more from the load.
 """
     print(text)
     if args.out:
