@@ -176,6 +176,22 @@ def test_a_worker_that_cannot_see_the_home_is_refused_by_name(dask_cluster, mixe
     assert not (home / "store" / "manifest.json").exists() and not list((home / "store" / "parts").iterdir())
 
 
+def test_a_worker_without_a_prefect_api_url_is_refused_by_name(dask_cluster, mixed_landing, settings, tmp_path):
+    from flows.ingest import ingest_flow
+    from medmeta.ingest.dask_engine import DaskClusterError
+
+    process = dask_cluster.start_worker("worker-no-api", nanny=False, PREFECT_API_URL="")
+    try:
+        dask_cluster.wait_for_workers({"worker-1", "worker-2", "worker-no-api"})
+        with pytest.raises(DaskClusterError, match="has no PREFECT_API_URL"):
+            ingest_flow(str(mixed_landing), str(tmp_path / "home"), str(settings), run_validation=False,
+                        dask_address=dask_cluster.address)
+        assert not (tmp_path / "home" / "store" / "manifest.json").exists()
+    finally:
+        dask_cluster.stop(process)
+        dask_cluster.wait_for_workers({"worker-1", "worker-2"})
+
+
 def _set_delay(seconds: str) -> None:
     from medmeta.ingest.dask_engine import TEST_DELAY_ENV
 
