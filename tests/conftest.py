@@ -91,4 +91,4 @@ def copy_home(template: Path, target: Path) -> Path:
 
 
 # The operate tests' session fixtures (a real server, `medmeta serve`, one triggered pipeline run).
-from tests.operate_fixtures import cohort, operate_server, served, triggered_run  # noqa: E402,F401
+from tests.operate_fixtures import cohort, operate_server, postgres_server, served, triggered_run  # noqa: E402,F401
