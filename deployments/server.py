@@ -132,7 +132,8 @@ def server_environment(home: Path, port: int, database: PostgresDatabase | None 
     env = dict(os.environ)
     env.setdefault("PREFECT_HOME", str(home / "prefect"))
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    env["PREFECT_UI_API_URL"] = f"http://127.0.0.1:{port}/api"
+    # The API URL the UI's browser calls: this server, unless an operator names the proxy in front of it.
+    env.setdefault("PREFECT_UI_API_URL", f"http://127.0.0.1:{port}/api")
     # Training-slot leases on disk (they outlive a restart) and looked at every 10 s: the slot of a
     # killed run is back within its lease (60 s) and 10 s (tasks/concurrency.py). On PostgreSQL too:
     # Prefect keeps leases outside its database (in memory, on disk, or in Redis with prefect-redis).
