@@ -139,9 +139,16 @@ def postgres_server() -> Iterator[PostgresServer]:
         return
     reason = postgres_cluster.why_no_cluster()
     if reason is None:
-        with postgres_cluster.throwaway_cluster() as url:
-            yield PostgresServer(url)
-        return
+        try:
+            folder, url = postgres_cluster.start_cluster()
+        except RuntimeError as error:
+            reason = str(error)
+        else:
+            try:
+                yield PostgresServer(url)
+            finally:
+                postgres_cluster.stop_cluster(folder)
+            return
     if postgres_cluster.required():
         pytest.fail(f"{postgres_cluster.REQUIRE_ENV}=1 but there is no PostgreSQL: {reason}; "
                     f"set {postgres_cluster.TEST_URL_ENV} or install PostgreSQL")

@@ -49,20 +49,31 @@ def why_no_cluster() -> str | None:
     return None
 
 
+def start_cluster() -> tuple[Path, str]:
+    """Start a cluster with ``.ci/postgres.sh start``: its folder and URL (database ``medmeta``, superuser
+    ``postgres``). The folder is under the system's temporary folder, which the ``postgres`` user can
+    reach (pytest's tmp_path, mode 0700 under root, it can not). RuntimeError when it does not start."""
+    folder = Path(tempfile.mkdtemp(prefix="medmeta-test-pg-"))
+    started = subprocess.run(["bash", str(SCRIPT), "start", str(folder)], capture_output=True, text=True, timeout=120)
+    if started.returncode != 0:
+        stop_cluster(folder)
+        raise RuntimeError(f"{SCRIPT.name} start failed ({started.returncode}): {started.stderr[-2000:]}")
+    return folder, started.stdout.strip().splitlines()[-1]
+
+
+def stop_cluster(folder: Path) -> None:
+    """Stop the cluster in ``folder`` and remove the folder."""
+    subprocess.run(["bash", str(SCRIPT), "stop", str(folder)], capture_output=True, timeout=60)
+
+
 @contextmanager
 def throwaway_cluster() -> Iterator[str]:
-    """Start a cluster with ``.ci/postgres.sh start``; yield its URL (database ``medmeta``, superuser
-    ``postgres``); stop it and remove its folder after. The folder is under the system's temporary
-    folder, which the ``postgres`` user can reach (pytest's tmp_path, mode 0700 under root, it can not)."""
-    folder = Path(tempfile.mkdtemp(prefix="medmeta-test-pg-"))
+    """A cluster for the length of the block: its URL."""
+    folder, url = start_cluster()
     try:
-        started = subprocess.run(["bash", str(SCRIPT), "start", str(folder)], capture_output=True, text=True,
-                                 timeout=120)
-        if started.returncode != 0:
-            raise RuntimeError(f"{SCRIPT.name} start failed ({started.returncode}): {started.stderr[-2000:]}")
-        yield started.stdout.strip().splitlines()[-1]
+        yield url
     finally:
-        subprocess.run(["bash", str(SCRIPT), "stop", str(folder)], capture_output=True, timeout=60)
+        stop_cluster(folder)
 
 
 def _dsn(url: str) -> str:
