@@ -68,7 +68,8 @@ def parse_database_url(url: str) -> PostgresDatabase:
     try:
         parsed = make_url(url.strip())
     except (ArgumentError, ValueError):
-        raise MedmetaError("the database URL can not be parsed: give postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DATABASE "
+        raise MedmetaError("the database URL can not be parsed: give "
+                           "postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DATABASE "
                            "(special characters in the password percent-encoded)") from None
     host, port, database = parsed.host or "localhost", parsed.port or 5432, parsed.database or ""
     if parsed.drivername not in _POSTGRES_SCHEMES:
@@ -82,16 +83,15 @@ def parse_database_url(url: str) -> PostgresDatabase:
 
 
 def check_database(db: PostgresDatabase, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
-    """Log in to ``db`` once (asyncpg) and ask for the pg_trgm extension Prefect's migrations create.
+    """Log in to ``db`` once (asyncpg); on a database Prefect has not migrated yet, ask whether the user may
+    create its tables and the pg_trgm extension its first migration creates.
 
     Raises MedmetaError naming ``host:port/database`` and why it does not answer; returns within about
     ``timeout_s`` seconds.
     """
     reason = asyncio.run(_connect_reason(db, timeout_s))
     if reason:
-        if db.password:  # the drivers' texts name host and user; never let one carry the password
-            reason = reason.replace(db.password, "***")
-        raise MedmetaError(f"the PostgreSQL database {db.where} does not answer: {reason}")
+        raise MedmetaError(f"the PostgreSQL database {db.where} {reason}")
 
 
 async def _connect_reason(db: PostgresDatabase, timeout_s: float) -> str | None:
@@ -101,28 +101,57 @@ async def _connect_reason(db: PostgresDatabase, timeout_s: float) -> str | None:
     try:
         connection = await asyncio.wait_for(asyncpg.connect(dsn=dsn, timeout=timeout_s), timeout_s + 1)
     except (asyncio.TimeoutError, TimeoutError):
-        return f"no answer within {timeout_s:.0f} s (a firewall, or not a PostgreSQL server at that port)"
+        return f"does not answer: nothing within {timeout_s:.0f} s (a firewall, or no PostgreSQL at that port)"
     except ConnectionRefusedError:
-        return "connection refused (no server listens on that port)"
+        return "does not answer: connection refused (no server listens on that port)"
     except socket.gaierror:
-        return "the host name is not known"
+        return "does not answer: the host name is not known"
     except asyncpg.InvalidPasswordError:
-        return "password authentication failed (wrong user or password)"
+        return "does not answer: password authentication failed (wrong user or password)"
     except asyncpg.InvalidCatalogNameError:
-        return "no such database (create it: createdb, or CREATE DATABASE)"
+        return "does not answer: no such database (create it: createdb, or CREATE DATABASE)"
     except asyncpg.InvalidAuthorizationSpecificationError:
-        return "the server refuses this user (no such role, or pg_hba.conf does not let it in)"
+        return "does not answer: the server refuses this user (no such role, or pg_hba.conf does not let it in)"
     except asyncpg.PostgresError as error:  # its text can name the user or database, never the password
-        return f"the server refused the login ({type(error).__name__}, SQLSTATE {error.sqlstate})"
+        return f"does not answer: the server refused the login ({type(error).__name__}, SQLSTATE {error.sqlstate})"
     except (OSError, asyncpg.InterfaceError, ValueError) as error:  # e.g. "... rejected SSL upgrade": not PostgreSQL
-        return " ".join(str(error).split()) or type(error).__name__
+        text = " ".join(str(error).split()) or type(error).__name__
+        if db.password:  # the driver's texts name host and user; never let one carry the password
+            text = text.replace(db.password, "***")
+        return f"does not answer: {text}"
     try:
-        trgm = await connection.fetchval(
-            "SELECT count(*) FROM pg_available_extensions WHERE name = 'pg_trgm'", timeout=timeout_s)
-        if not trgm:
-            return "the pg_trgm extension Prefect needs is not installed on the server (Debian: postgresql-contrib)"
+        return _schema_reason(await connection.fetchrow(_PRIVILEGES_SQL, timeout=timeout_s))
     finally:
         await connection.close(timeout=timeout_s)
+
+
+# What Prefect's first migration needs of an empty database: a schema it may create tables in, and pg_trgm
+# (installed, or a trusted extension the user may create: CREATE on the database). A database Prefect
+# already migrated (alembic_version exists) needs only what its tables need.
+_PRIVILEGES_SQL = """
+SELECT current_schema() AS schema,
+       to_regclass('alembic_version') IS NOT NULL AS migrated,
+       current_schema() IS NOT NULL AND has_schema_privilege(current_schema(), 'CREATE') AS can_create_tables,
+       EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm') AS has_trgm,
+       EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'pg_trgm') AS trgm_available,
+       has_database_privilege(current_database(), 'CREATE') AS can_create_extension
+"""
+
+
+def _schema_reason(row) -> str | None:
+    if row["migrated"]:
+        return None
+    if not row["can_create_tables"]:
+        schema = row["schema"] or "the search_path (none of its schemas exists)"
+        return (f"can not take Prefect's tables: the user may not create them in schema {schema} "
+                f"(PostgreSQL 15 gives CREATE on public to the database's owner alone: make the user the owner, "
+                f"or GRANT CREATE ON SCHEMA)")
+    if not row["has_trgm"] and not row["trgm_available"]:
+        return ("can not take Prefect's tables: the pg_trgm extension they need is not installed on the server "
+                "(Debian: postgresql-contrib)")
+    if not row["has_trgm"] and not row["can_create_extension"]:
+        return ("can not take Prefect's tables: the user may not create the pg_trgm extension they need "
+                "(CREATE EXTENSION pg_trgm in it as its owner, or GRANT CREATE ON DATABASE)")
     return None
 
 

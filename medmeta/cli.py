@@ -394,8 +394,8 @@ def server(
     port: int = typer.Option(4200, "--port", help="Port on 127.0.0.1."),
     database: Optional[str] = typer.Option(
         None, "--database", show_default=False,
-        help="PostgreSQL for the server's database: postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DATABASE "
-             "[default: $MEDMETA_DATABASE_URL (which keeps the password out of the process list), else SQLite in H/prefect]."),
+        help="PostgreSQL for the server's database, postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DATABASE; "
+             "by default $MEDMETA_DATABASE_URL (it keeps the password out of the process list), else SQLite in H/prefect."),
 ) -> None:
     """Start a Prefect server on 127.0.0.1 (database SQLite in H/prefect, or PostgreSQL); then export PREFECT_API_URL."""
     from deployments.server import check_database, database_from, run_server

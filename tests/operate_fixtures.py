@@ -170,7 +170,8 @@ def medmeta_server(home: Path, log: Path, database: str | None = None) -> Iterat
     if database:
         env["MEDMETA_DATABASE_URL"] = database
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "medmeta.cli", "server", "--home", str(home), "--port", str(port)],
+        process = subprocess.Popen([sys.executable, "-m", "medmeta.cli", "server", "--home", str(home),
+                                    "--port", str(port)],
                                    env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/api"
 

@@ -115,3 +115,23 @@ def test_a_url_that_is_not_postgresql_is_one_line(tmp_path, url):
     result = _server(url, tmp_path / "home")
     line = _assert_one_line_refusal(result, tmp_path / "home")
     assert "postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DATABASE" in line
+
+
+def test_a_user_who_may_not_create_prefects_tables_is_one_line(postgres_server, tmp_path):
+    """PostgreSQL 15 lets only a database's owner create tables in its public schema: an empty database
+    owned by someone else is refused before the server's migrations would fail in its log."""
+    if postgres_server.url is None:
+        pytest.skip(f"no PostgreSQL: {postgres_server.reason}")
+    import secrets
+
+    role = f"medmeta_guest_{secrets.token_hex(3)}"
+    postgres_cluster.query(postgres_server.url, f"CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}'")
+    try:
+        with postgres_cluster.fresh_database(postgres_server.url, "not_owned") as database:
+            url = make_url(database)
+            as_guest = url.set(username=role, password=PASSWORD).render_as_string(hide_password=False)
+            result = _server(as_guest, tmp_path / "home")
+    finally:
+        postgres_cluster.query(postgres_server.url, f"DROP ROLE IF EXISTS {role}")
+    line = _assert_one_line_refusal(result, tmp_path / "home", f"{url.host}:{url.port}/{url.database}")
+    assert "can not take Prefect's tables: the user may not create them in schema public" in line
