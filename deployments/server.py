@@ -22,8 +22,11 @@ DATABASE_ENV = "MEDMETA_DATABASE_URL"  # the database URL when --database is not
 CONNECT_TIMEOUT_S = 5.0  # one connection attempt; a name lookup, a TCP connect and the login all fit in it
 POSTGRES_DRIVER = "postgresql+asyncpg"  # Prefect's server needs an async driver
 _POSTGRES_SCHEMES = {"postgresql", "postgres", POSTGRES_DRIVER}
-# Prefect's own names for the database URL: replaced by --database, so only one URL is in force.
-_PREFECT_DATABASE_URL_SETTINGS = ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL")
+# Prefect's own ways to name its database (the URL, or its parts): replaced by --database, so one is in force.
+_PREFECT_DATABASE_URLS = ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL")
+_PREFECT_DATABASE_SETTINGS = _PREFECT_DATABASE_URLS + tuple(
+    f"PREFECT_{group}_DATABASE_{part}" for group in ("SERVER", "API")
+    for part in ("DRIVER", "HOST", "PORT", "USER", "NAME", "PASSWORD"))
 
 
 @dataclass(frozen=True)
@@ -170,18 +173,23 @@ def server_environment(home: Path, port: int, database: PostgresDatabase | None 
     env.setdefault("PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS", "10")
     env.pop("PREFECT_API_URL", None)  # the server is the API; it must not point at another one
     if database is not None:
-        for name in _PREFECT_DATABASE_URL_SETTINGS:
+        for name in _PREFECT_DATABASE_SETTINGS:
             env.pop(name, None)
         env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database.url
     return env
 
 
 def database_from(option: str | None) -> PostgresDatabase | None:
-    """The database ``--database`` names, else ``$MEDMETA_DATABASE_URL``, else None (SQLite in the home)."""
+    """The database ``--database`` names, else ``$MEDMETA_DATABASE_URL``, else a PostgreSQL URL in Prefect's
+    own ``PREFECT_SERVER_DATABASE_CONNECTION_URL`` (or its older name), else None: SQLite in the home."""
     url = option if option is not None else os.environ.get(DATABASE_ENV)
-    if url is None or not url.strip():
-        return None
-    return parse_database_url(url)
+    if url is not None and url.strip():
+        return parse_database_url(url)
+    for name in _PREFECT_DATABASE_URLS:
+        prefect_url = os.environ.get(name, "").strip()
+        if prefect_url.split(":", 1)[0] in _POSTGRES_SCHEMES:
+            return parse_database_url(prefect_url)
+    return None
 
 
 def run_server(home: Path, port: int, database: PostgresDatabase | None = None) -> None:

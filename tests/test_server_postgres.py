@@ -51,12 +51,13 @@ def test_the_operate_server_keeps_its_flow_runs_in_postgresql(operate_server):
     assert "postgresql+asyncpg://postgres:***@127.0.0.1:" in log.splitlines()[0]
 
 
-def _server(database: str, home: Path, *, through_env: bool = False) -> subprocess.CompletedProcess:
+def _server(database: str, home: Path, *, variable: str | None = None) -> subprocess.CompletedProcess:
+    """``medmeta server`` given ``database`` with ``--database``, or in the environment variable named."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "MEDMETA_DATABASE_URL"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     args = ["server", "--home", str(home), "--port", str(free_port())]
-    if through_env:
-        env["MEDMETA_DATABASE_URL"] = database
+    if variable:
+        env[variable] = database
     else:
         args += ["--database", database]
     return subprocess.run([sys.executable, "-m", "medmeta.cli", *args], capture_output=True, text=True, env=env,
@@ -77,11 +78,12 @@ def _assert_one_line_refusal(result: subprocess.CompletedProcess, home: Path, *n
     return line
 
 
-@pytest.mark.parametrize("through_env", [False, True], ids=["option", "MEDMETA_DATABASE_URL"])
-def test_a_closed_port_is_one_line_naming_it(tmp_path, through_env):
+@pytest.mark.parametrize("variable", [None, "MEDMETA_DATABASE_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL"],
+                         ids=["option", "medmeta-variable", "prefect-variable"])
+def test_a_closed_port_is_one_line_naming_it(tmp_path, variable):
     port = free_port()  # bound a moment ago and closed again: nothing listens there
     result = _server(f"postgresql+asyncpg://medmeta:{PASSWORD}@127.0.0.1:{port}/prefect", tmp_path / "home",
-                     through_env=through_env)
+                     variable=variable)
     line = _assert_one_line_refusal(result, tmp_path / "home", f"127.0.0.1:{port}/prefect")
     assert "connection refused" in line
 
