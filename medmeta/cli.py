@@ -413,15 +413,28 @@ def serve(
 def server(
     home: Optional[Path] = HomeOption,
     port: int = typer.Option(4200, "--port", help="Port on 127.0.0.1."),
+    database: Optional[str] = typer.Option(
+        None, "--database", show_default=False,
+        help="PostgreSQL for the server's database, postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DATABASE; "
+             "by default $MEDMETA_DATABASE_URL (it keeps the password out of the process list), else SQLite in H/prefect."),
 ) -> None:
-    """Start a local Prefect server on 127.0.0.1 (database in H/prefect); then export PREFECT_API_URL."""
-    from deployments.server import run_server
+    """Start a Prefect server on 127.0.0.1 (database SQLite in H/prefect, or PostgreSQL); then export PREFECT_API_URL."""
+    from deployments.server import check_database, database_from, run_server
+    from medmeta.errors import MedmetaError
     from medmeta.home import Home
 
+    try:  # before anything is written to the home: a database that does not answer is one line
+        postgres = database_from(database)
+        if postgres is not None:
+            check_database(postgres)
+    except MedmetaError as error:
+        _fail(str(error))
     the_home = Home.at(home)
-    typer.echo(f"Prefect server on http://127.0.0.1:{port} (UI); in other shells: "
+    sqlite_home = os.environ.get("PREFECT_HOME") or the_home.root / "prefect"  # deployments.server_environment
+    where = f"PostgreSQL {postgres.shown}" if postgres else f"SQLite in {_shown(sqlite_home)}"
+    typer.echo(f"Prefect server on http://127.0.0.1:{port} (UI), database {where}; in other shells: "
                f"export PREFECT_API_URL=http://127.0.0.1:{port}/api", err=True)
-    run_server(the_home.root.resolve(), port)
+    run_server(the_home.root.resolve(), port, postgres)
 
 
 def _check_rules(rules: Optional[Path]) -> None:
