@@ -12,6 +12,8 @@ import asyncio
 import json
 import re
 import shlex
+import subprocess
+import tomllib
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -179,6 +181,8 @@ def test_each_deployment_renders_a_valid_kubernetes_job(name, monkeypatch):
     assert TEST_KEY not in json.dumps(manifest)
 
     resources = container.resources
+    assert resources.requests["cpu"] == job_variables["cpu_request"]
+    assert resources.limits["memory"] == resources.requests["memory"] == job_variables["memory_limit"]
     gpus = job_variables.get("gpu_count")
     if gpus is None:
         assert "nvidia.com/gpu" not in {**resources.limits, **resources.requests}
@@ -282,7 +286,7 @@ def test_every_install_is_held_to_constraints_txt():
     pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines() if "==" in line)
     assert _build_args()["TORCH_VERSION"] == pins["torch"]
     assert _build_args()["TORCH_VARIANT"] == "cpu" and "${TORCH_INDEX_URL}" in " ".join(installs[0])
-    extras = __import__("tomllib").loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert {"dask", "kubernetes"} <= set(extras)
 
 
@@ -331,8 +335,6 @@ def test_the_build_context_leaves_out_homes_data_venvs_and_git(path):
 
 
 def test_the_build_context_keeps_what_the_install_needs():
-    import subprocess
-
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     needed = [p for p in tracked if p.split("/")[0] in {"medmeta", "flows", "tasks", "metalearn", "validation",
                                                         "deployments"}]
