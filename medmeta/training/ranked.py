@@ -146,8 +146,9 @@ def run_torchrun(nproc: int, entry: Sequence[str], *, on_report: Callable[[dict]
     if code == 0:
         return
     stderr = "".join(tail)
-    failures = _failures(stderr)
-    killed = [(r, c) for r, c in failures if c < 0]
+    root_cause = _failures(stderr.rpartition("Root Cause")[2])  # torchrun's first observed failure
+    failures = root_cause + _failures(stderr.rpartition("Root Cause")[0])
+    killed = [(r, c) for r, c in failures if c < 0 and c != -signal.SIGTERM]  # SIGTERM: torchrun stopping the rest
     if killed:
         rank, exitcode = killed[0]
         raise RankFailed(f"training rank {rank} of {nproc} {_how(exitcode)}; the others were stopped. The last "

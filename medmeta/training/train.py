@@ -69,9 +69,11 @@ def _launch(home: Home, taskset: str, algorithm: str, settings: PipelineSettings
     with tempfile.TemporaryDirectory(prefix="medmeta-ranked-") as scratch:
         settings_file = Path(scratch) / "settings.json"
         settings_file.write_text(json.dumps({"settings": settings.as_dict(), "source": settings.source}))
+        root = str(Path(__file__).resolve().parents[2])  # the ranks import medmeta (and metalearn) from here
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
         run_torchrun(nproc, ["-m", "medmeta.training.ranked", "--home", str(home.root), "--taskset", taskset,
                              "--algorithm", algorithm, "--settings", str(settings_file)],
-                     on_report=relay, on_line=lambda line: log.info("%s", line))
+                     on_report=relay, on_line=lambda line: log.info("%s", line), env={"PYTHONPATH": path})
 
 
 def _prepare(home: Home, taskset: str, algorithm: str, settings: PipelineSettings):
