@@ -288,12 +288,12 @@ class Trainer:
             raise DivergenceError(f"validation loss became {metrics.loss} at step {self.step}; nothing written"
                                   + self._last_good())
         monitor = "loss" if metrics.accuracy is None else "accuracy"
-        # accuracy is a ratio of counts: rounded, so a tie stays a tie whichever way ranks summed it
-        value = metrics.loss if monitor == "loss" else round(metrics.accuracy, 12)
+        value = metrics.loss if monitor == "loss" else metrics.accuracy
         if self.best_value is None:
             improved = True
         else:
-            improved = value < self.best_value if monitor == "loss" else value > self.best_value
+            # accuracy is a ratio of counts: compared rounded, so a tie stays a tie however ranks summed it
+            improved = value < self.best_value if monitor == "loss" else round(value, 12) > round(self.best_value, 12)
         if improved:
             self.best_value, self.best_step, self.bad_validations = value, self.step, 0
             self.best_state = {k: v.detach().clone() for k, v in self.learner.state_dict().items()}

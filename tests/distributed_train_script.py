@@ -3,7 +3,8 @@
 ``run_job(out, algorithm, steps, ...)`` trains a real metalearn learner (MAML, FOMAML, Reptile,
 ProtoNet, Matching Networks over a small MLP) on the ``clusters`` problem of tests/metalearn_toy.py
 with checkpoints in ``out``; rank 0 writes ``final.safetensors`` and ``report.json`` (steps, the
-largest weight difference between ranks, the validation history).
+largest weight difference between ranks, the validation history, the scores of 7 test
+episodes split across the ranks and gathered).
 
 ``torchrun ... tests/distributed_train_script.py JOB [JOB ...] [--step-delay S] [--audit ROOT]``
 where JOB is ``DIR:ALGORITHM:STEPS[:OPTIMIZER]``: runs the jobs one after another in one process
@@ -68,8 +69,11 @@ def run_job(out: str | Path, algorithm: str, steps: int, optimizer: str = "sgd",
         everyone = [torch.zeros_like(flat) for _ in range(w.size)]
         torch.distributed.all_gather(everyone, flat)
         spread = max(float((t - everyone[0]).abs().max()) for t in everyone)
+    from metalearn.evaluation import episode_scores
+
+    scores = episode_scores(learner, clusters(1, tasks=7, split="test"), split_across_ranks=True)
     summary = {"algorithm": algorithm, "steps": result.steps, "world": w.size, "rank_spread": spread,
-               "history": result.history, "validations": result.validations}
+               "history": result.history, "validations": result.validations, "test_scores": scores}
     if w.writes:
         save_weights(out / "final.safetensors", learner, {"steps": result.steps})
         (out / "report.json").write_text(json.dumps(summary))

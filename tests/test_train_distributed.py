@@ -81,6 +81,9 @@ def test_two_ranks_train_exactly_like_one_process(runs, algorithm):
     assert [h["loss"] for h in ranked["history"]] == pytest.approx([h["loss"] for h in alone["history"]], abs=1e-6)
     assert [v["accuracy"] for v in ranked["validations"]] == pytest.approx(
         [v["accuracy"] for v in alone["validations"]], abs=1e-9)  # the validation episodes, split and summed
+    scored = json.loads((root / "one" / algorithm / "report.json").read_text())["test_scores"]
+    assert len(report["test_scores"]) == len(scored) == 7  # test episodes split 4 + 3, gathered in order
+    assert report["test_scores"] == pytest.approx(scored, abs=1e-9)
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
