@@ -207,3 +207,25 @@ def test_medmeta_train_on_two_ranks_matches_one_process(cohort150, tmp_path, mon
 
     messages = logged_messages = asyncio.run(logged())
     assert any(m.startswith("step 6/6: loss") for m in messages), logged_messages  # rank 0's reports, relayed
+
+
+def test_sigterm_stops_every_rank_at_the_same_step_with_a_checkpoint(tmp_path):
+    """A SIGTERM to torchrun (a cancelled flow, a pod being evicted) reaches the ranks at different
+    moments; they agree on the step to stop after in the step's all-reduce, and rank 0 checkpoints it."""
+    from medmeta.training.ranked import torchrun_command
+
+    folder = tmp_path / "protonet"
+    process = subprocess.Popen(torchrun_command(2, [SCRIPT, f"{folder}:protonet:40", "--step-delay", "0.2"]),
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    for line in process.stdout:
+        if '"step": 6' in line:
+            process.send_signal(signal.SIGTERM)
+            break
+    _, err = process.communicate(timeout=120)
+    assert process.returncode != 0
+    lines = [line for line in err.splitlines() if "TrainingInterrupted: interrupted after" in line]
+    assert {line[:7] for line in lines} == {"[rank0]", "[rank1]"}, err[-3000:]
+    stopped = {line.split("interrupted after ")[1].split(" steps")[0] for line in lines}
+    assert len(stopped) == 1, err[-3000:]  # both ranks name the same step
+    assert read_checkpoint_meta(folder / CHECKPOINT_NAME)["step"] == int(stopped.pop())

@@ -49,16 +49,21 @@ def report(kind: str, **fields) -> None:
     print(PREFIX + json.dumps({"kind": kind, **fields}, default=str), flush=True)
 
 
-def check_nproc(nproc: int, device: str = "cpu") -> int:
-    """``nproc`` when it is a sound world size: at least 1, and on CPU at most the cores."""
+def check_nproc(nproc: int, device: str = "auto") -> int:
+    """``nproc`` when it is a sound world size: at least 1; at most the CPU cores on CPU, the GPUs on CUDA."""
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise MedmetaError(f"nproc must be a positive integer (training processes), got {nproc!r}")
+    if nproc == 1:
+        return nproc
+    gpus = _cuda_count() if device == "auto" or device.startswith("cuda") else 0
+    if device.startswith("cuda") or (device == "auto" and gpus):
+        if nproc > gpus:
+            raise MedmetaError(f"nproc {nproc} is more than the {gpus} GPUs of this machine (one rank per GPU)")
+        return nproc
     cores = os.cpu_count() or 1
-    if nproc > 1 and device in ("cpu", "auto") and not _cuda_count() and nproc > cores:
+    if nproc > cores:
         raise MedmetaError(f"nproc {nproc} is more than the {cores} CPU cores of this machine; "
                            f"use at most {cores} training processes on CPU")
-    if nproc > 1 and device.startswith("cuda") and nproc > _cuda_count():
-        raise MedmetaError(f"nproc {nproc} is more than the {_cuda_count()} GPUs of this machine")
     return nproc
 
 
