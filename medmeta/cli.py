@@ -270,18 +270,31 @@ def train(
     algo: str = typer.Option(..., "--algo", help="maml, fomaml, reptile, protonet or matchingnet."),
     home: Optional[Path] = HomeOption,
     config: Optional[Path] = PipelineConfigOption,
+    nproc: Optional[int] = typer.Option(None, "--nproc", help="Training processes (torchrun ranks, gloo on CPU, NCCL on CUDA); default: the settings' train.nproc or MEDMETA_TRAIN_NPROC."),
     as_json: bool = JsonOption,
 ) -> None:
     """Meta-train ALGO on a task set (Prefect flow; resumes from its checkpoint after a crash)."""
+    from medmeta.errors import MedmetaError
     from medmeta.training.settings import ALGORITHMS
 
     if algo not in ALGORITHMS:
         _fail(f"--algo must be one of {', '.join(ALGORITHMS)}, got {algo!r}")
+    if nproc is not None:
+        from medmeta.training.ranked import check_nproc
+
+        try:
+            device = str(_settings(config).train["device"])
+        except MedmetaError:
+            device = "auto"  # the stage below names what is wrong with the settings
+        try:
+            check_nproc(nproc, device)
+        except MedmetaError as error:
+            _fail(f"--nproc: {error}")
 
     def call(root, cfg):
         from flows.train import train_flow
 
-        return train_flow(taskset, algo, root, cfg)
+        return train_flow(taskset, algo, root, cfg, nproc)
 
     result = _run_stage(home, config, f"training {algo} on {taskset}", call)
     _emit(result, as_json, f"{'found' if result['cached'] else 'trained'} {result['model']}: {result['steps']} steps "
