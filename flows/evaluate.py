@@ -10,5 +10,8 @@ from tasks.training import evaluate_model_task
 
 
 @flow(name="evaluate", persist_result=False)
-def evaluate_flow(model: str, home: str | None = None, config: str | None = None) -> dict:
-    return evaluate_model_task(Home.at(home), model, load_settings(config))
+def evaluate_flow(model: str, home: str | None = None, config: str | None = None,
+                  nproc: int | None = None) -> dict:
+    """``nproc``: evaluation processes (torchrun ranks); None takes the settings' ``train.nproc``
+    (or ``MEDMETA_TRAIN_NPROC``), the world size training uses."""
+    return evaluate_model_task(Home.at(home), model, load_settings(config), nproc)

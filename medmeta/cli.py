@@ -306,14 +306,23 @@ def evaluate(
     model: str = typer.Argument(..., help="A trained model (the name `medmeta train` printed)."),
     home: Optional[Path] = HomeOption,
     config: Optional[Path] = PipelineConfigOption,
+    nproc: Optional[int] = typer.Option(None, "--nproc", help="Evaluation processes (torchrun ranks, gloo, on CPU; each scores a share of the episodes, the same numbers as one); default: the settings' train.nproc or MEDMETA_TRAIN_NPROC."),
     as_json: bool = JsonOption,
 ) -> None:
     """Meta-test accuracy with 95% intervals, next to the from-scratch and pretrain+fine-tune baselines."""
+    if nproc is not None:
+        from medmeta.errors import MedmetaError
+        from medmeta.training.ranked import check_nproc
+
+        try:
+            check_nproc(nproc, "cpu")  # the ranks evaluate on CPU
+        except MedmetaError as error:
+            _fail(f"--nproc: {error}")
 
     def call(root, cfg):
         from flows.evaluate import evaluate_flow
 
-        return evaluate_flow(model, root, cfg)
+        return evaluate_flow(model, root, cfg, nproc)
 
     evaluation = _run_stage(home, config, f"evaluating {model}", call)
     from medmeta.training.evaluate import evaluation_rows

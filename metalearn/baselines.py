@@ -8,6 +8,9 @@
 Both take the backbone as a factory, ``backbone_factory() -> nn.Module`` mapping inputs
 ``[N, *features]`` (or a dict of them) to features ``[N, ...]`` (flattened to ``[N, D]``), so any
 backbone works. Both offer ``adapt(support_x, support_y) -> Predictor`` like a ``MetaLearner``.
+A fresh head (and ``FromScratch``'s backbone) draws its initial weights from the torch RNG as it
+is: ``metalearn.evaluation`` seeds it per episode, so an episode's score does not depend on the
+process or the order it runs in; the pretrained network depends on ``seed`` alone.
 """
 
 from __future__ import annotations
@@ -156,9 +159,18 @@ class PretrainFineTune:
         return self.n_way is None
 
     def pretrain(self) -> BackboneAndHead:
-        """Train backbone + head on minibatches of all meta-train data (once; later calls return it)."""
+        """Train backbone + head on minibatches of all meta-train data (once; later calls return it).
+
+        Its initial weights and minibatches come from ``seed`` alone (the caller's torch RNG is
+        left as it was), so every process that pretrains gets the same network whenever it does.
+        """
         if self.network is not None:
             return self.network
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return self._pretrain()
+
+    def _pretrain(self) -> BackboneAndHead:
         generator = torch.Generator().manual_seed(self.seed)
         backbone = self.backbone_factory().to(self.device)
         outputs = 1 if self.regression else int(self.train_y.max()) + 1

@@ -70,13 +70,24 @@ def _to(x: Inputs, device: torch.device) -> Inputs:
     return {k: v.to(device) for k, v in x.items()} if isinstance(x, dict) else x.to(device)
 
 
+def episode_seed(seed: int, index: int) -> int:
+    """The torch seed of test episode ``index`` of an evaluation seeded with ``seed``: a function of
+    the two alone, so an episode's score does not depend on which process scores it, or after which."""
+    return (int(seed) * 1_000_003 + int(index) * 104_729 + 7_919) % (2 ** 63)
+
+
 def episode_scores(method: Adapts, episodes: Episodes | Iterable[Episodes],
-                   device: str | torch.device = "cpu", split_across_ranks: bool = False) -> list[float]:
+                   device: str | torch.device = "cpu", split_across_ranks: bool = False,
+                   seed: int | None = None) -> list[float]:
     """Accuracy (classification) or MSE (regression) of ``method`` on each task, in order.
 
+    ``seed``: the torch RNG is seeded with ``episode_seed(seed, index)`` before each episode (the
+    caller's RNG state is restored afterwards), so a method that draws random numbers while it
+    adapts (a baseline's fresh head) scores each episode the same wherever and in whatever order it
+    runs; None leaves the RNG alone.
     ``split_across_ranks`` (under torchrun): each rank scores its contiguous share of the
     episodes and the scores are gathered, in episode order, on every rank; the same list as
-    one process gives when the method's adaptation draws no random numbers.
+    one process gives when the method draws no random numbers or ``seed`` is given.
     """
     from metalearn import distributed
 
@@ -85,6 +96,18 @@ def episode_scores(method: Adapts, episodes: Episodes | Iterable[Episodes],
     w = distributed.world() if split_across_ranks else distributed.World()
     total = sum(b.tasks for b in batches)
     mine = distributed.share(total, w.rank, w.size)
+    cuda = [torch.cuda.current_device()] if seed is not None and torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda, enabled=seed is not None):
+        scores = _scores_of_share(method, batches, device, mine, seed)
+    if w.distributed:
+        scores = distributed.gather_in_order(scores, list(range(mine.start, mine.start + len(scores))))
+    if not scores:
+        raise ValueError("no test episodes")
+    return scores
+
+
+def _scores_of_share(method: Adapts, batches: list[Episodes], device: torch.device, mine: slice,
+                     seed: int | None) -> list[float]:
     scores: list[float] = []
     index = -1
     for batch in batches:
@@ -93,6 +116,8 @@ def episode_scores(method: Adapts, episodes: Episodes | Iterable[Episodes],
             index += 1
             if not mine.start <= index < mine.stop:
                 continue
+            if seed is not None:
+                torch.manual_seed(episode_seed(seed, index))
             sx, sy = _to(_task_inputs(batch.support_x, i), device), batch.support_y[i].to(device)
             qx, qy = _to(_task_inputs(batch.query_x, i), device), batch.query_y[i].to(device)
             predict = method.adapt(sx, sy)  # gradients on: adaptation may need them
@@ -105,26 +130,23 @@ def episode_scores(method: Adapts, episodes: Episodes | Iterable[Episodes],
                     raise ValueError(f"a classifier must return logits [{qy.shape[0]}, {batch.n_way}], "
                                      f"got {tuple(out.shape)}")
                 scores.append(int((out.argmax(-1) == qy).sum()) / qy.shape[0])
-    if w.distributed:
-        scores = distributed.gather_in_order(scores, list(range(mine.start, mine.start + len(scores))))
-    if not scores:
-        raise ValueError("no test episodes")
     return scores
 
 
 def score(method: Adapts, episodes: Episodes | Iterable[Episodes], device: str | torch.device = "cpu",
-          split_across_ranks: bool = False) -> Score:
+          split_across_ranks: bool = False, seed: int | None = None) -> Score:
     """Mean accuracy or MSE of ``method`` over the test episodes, with its 95% interval
-    (``split_across_ranks``: see ``episode_scores``)."""
+    (``split_across_ranks``, ``seed``: see ``episode_scores``)."""
     batches = [episodes] if isinstance(episodes, Episodes) else list(episodes)
-    values = episode_scores(method, batches, device, split_across_ranks)
+    values = episode_scores(method, batches, device, split_across_ranks, seed)
     mean, half = confidence_interval(values)
     return Score(metric="mse" if batches[0].is_regression else "accuracy", mean=mean, ci95=half,
                  episodes=len(values), per_episode=values)
 
 
 def compare(methods: dict[str, Adapts | Sequence[float]], episodes: Episodes | Iterable[Episodes], *,
-            reference: str | None = None, device: str | torch.device = "cpu", seed: int = 0) -> dict[str, Any]:
+            reference: str | None = None, device: str | torch.device = "cpu", seed: int = 0,
+            split_across_ranks: bool = False) -> dict[str, Any]:
     """Score every method on the same test episodes; returns a table-like dict.
 
     A method given as a sequence of numbers is one already scored on these episodes (its
@@ -137,7 +159,10 @@ def compare(methods: dict[str, Adapts | Sequence[float]], episodes: Episodes | I
     ``paired`` compares ``reference`` (default: the first method) with each other method on
     each episode: ``mean_difference`` is reference - other (accuracy or MSE) with its 95%
     interval; ``wins``/``losses`` count episodes where the reference did better/worse.
-    The torch RNG is seeded with ``seed`` before each method, so random heads start alike.
+    Each episode is scored with the torch RNG seeded from (``seed``, its index) (``episode_seed``):
+    every method's random head of an episode starts alike, and an episode's score does not depend
+    on the process or the order it is scored in. ``split_across_ranks`` (under torchrun): each
+    rank scores its share of the episodes, every rank gets the whole table (see ``episode_scores``).
     """
     if not methods:
         raise ValueError("no methods to compare")
@@ -148,8 +173,7 @@ def compare(methods: dict[str, Adapts | Sequence[float]], episodes: Episodes | I
     scores: dict[str, Score] = {}
     for name, method in methods.items():
         if hasattr(method, "adapt"):
-            torch.manual_seed(seed)
-            scores[name] = score(method, batches, device)
+            scores[name] = score(method, batches, device, split_across_ranks, seed)
     if not scores:
         raise ValueError("compare needs at least one method to score")
     metric, count = next(iter(scores.values())).metric, next(iter(scores.values())).episodes

@@ -77,10 +77,12 @@ def train_model_task(home: Home, taskset: str, algorithm: str, settings: Pipelin
 
 
 @task(name="evaluate-model", **NO_RESULTS)
-def evaluate_model_task(home: Home, model: str, settings: PipelineSettings) -> dict:
+def evaluate_model_task(home: Home, model: str, settings: PipelineSettings, nproc: int | None = None) -> dict:
+    """Evaluate one model; with ``nproc`` > 1 (or the settings' ``train.nproc``) torchrun ranks
+    each score a share of the episodes while this task waits (the same numbers as one process)."""
     from medmeta.training.evaluate import evaluate_model, evaluation_rows
 
-    evaluation = evaluate_model(home, model, settings)
+    evaluation = evaluate_model(home, model, settings, nproc=nproc)
     key = artifact_key("medmeta-evaluation", evaluation["taskset"], evaluation["algorithm"])
     create_table_artifact(key=key, table=evaluation_rows(evaluation),
                           description=f"Meta-test accuracy of {model} against the baselines, 95% intervals, "

@@ -5,13 +5,22 @@ seed, so every model of a task set is scored on the same ones), scored for the m
 a network trained from scratch on each support set, and a network pretrained on all meta-train
 data then fine-tuned on each support set; mean accuracy with a 95% interval each, and the
 paired difference to each baseline.
+
+Every method scores each episode with the torch RNG seeded from (the model's seed, the episode's
+index) (``metalearn.evaluation.episode_seed``), so the scores do not depend on how the episodes
+are shared out: with ``nproc`` above 1, torchrun ranks (``medmeta.training.ranked``, gloo; on CPU
+like one process) each score a contiguous share of the episodes for the meta-learner and both
+baselines, the per-episode scores are gathered in episode order, and rank 0 alone writes the
+baselines' cache, evaluation.png and evaluation.json (atomically, last), which holds them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
+from pathlib import Path
 
 from medmeta.errors import MedmetaError
 from medmeta.home import Home
@@ -39,26 +48,33 @@ def test_episodes(tasks, shots: int, episodes: int, seed: int) -> list:
     return list(sampler.evaluation(episodes, batch=EVAL_BATCH))
 
 
+SEEDING = "per-episode"  # how the baselines' random numbers are drawn: part of their cache key
+
+
 def baseline_scores(home: Home, eval_id: str, spec: dict, ev: dict, baselines: dict, test: list,
                     seed: int) -> dict[str, list[float]]:
     """The baselines' score per meta-test episode, computed once per evaluation and baseline setup.
 
     They depend on the episodes (``eval_id``), the backbone, the baseline settings and the
     seed, not on the meta-learner, so every model of a task set shares them (the from-scratch
-    baseline is most of an evaluation's time).
+    baseline is most of an evaluation's time). Under torchrun each rank scores its share of the
+    episodes and every rank gets them all; rank 0 alone writes the cache.
     """
+    from metalearn import distributed
     from metalearn.evaluation import compare
 
     setup = {"evaluation_id": eval_id, "backbone": spec["backbone"], "n_way": spec["n_way"], "seed": seed,
-             "settings": {k: ev[k] for k in BASELINE_KEYS}}
+             "settings": {k: ev[k] for k in BASELINE_KEYS}, "seeding": SEEDING}
     key = hashlib.sha256(json.dumps(setup, sort_keys=True).encode()).hexdigest()[:16]
     path = home.training / "baselines" / f"{key}.json"
-    if path.is_file():
+    if path.is_file():  # every rank sees the same answer: rank 0 writes only after the ranks gathered
         cached = read_json(path, "baseline scores")
         if cached.get("setup") == setup:
             return cached["per_episode"]
-    per_episode = compare(baselines, test, seed=seed)["per_episode"]
-    write_json(path, {"setup": setup, "per_episode": per_episode})
+    w = distributed.world()
+    per_episode = compare(baselines, test, seed=seed, split_across_ranks=w.distributed)["per_episode"]
+    if w.writes:
+        write_json(path, {"setup": setup, "per_episode": per_episode})
     return per_episode
 
 
@@ -71,21 +87,76 @@ def load_learner(folder, spec: dict):
     return learner
 
 
-def evaluate_model(home: Home, name: str, settings: PipelineSettings) -> dict:
-    import torch
+def evaluate_model(home: Home, name: str, settings: PipelineSettings, nproc: int | None = None) -> dict:
+    """Evaluate model ``name`` (or find it evaluated with these settings); returns evaluation.json.
 
+    ``nproc`` (None: the settings' ``train.nproc``, which ``MEDMETA_TRAIN_NPROC`` overrides:
+    the world size training uses) evaluation processes: above 1, torchrun ranks each score a share
+    of the episodes while this process waits (``RankFailed`` names a rank that dies; nothing is
+    then written but the baselines' scores of shot counts already done). The numbers do not depend on
+    ``nproc``. The ranks evaluate on CPU, as one process does, so ``nproc`` is at most the CPU cores.
+    """
+    from medmeta.training.ranked import check_nproc
+
+    nproc = check_nproc(int(settings.train["nproc"]) if nproc is None else nproc, "cpu")
+    folder = require_model(home, name)
+    done = _evaluated(folder, settings.evaluate)
+    if done is not None:
+        return {**done, "cached": True}
+    if nproc == 1:
+        return evaluate_in_process(home, name, settings)
+    _launch(home, name, settings, nproc)
+    return {**read_json(folder / "evaluation.json", "evaluation"), "cached": False}
+
+
+def _evaluated(folder: Path, ev: dict) -> dict | None:
+    if (folder / "evaluation.json").is_file():
+        done = read_json(folder / "evaluation.json", "evaluation")
+        if done.get("settings") == ev:
+            return done
+    return None
+
+
+def _launch(home: Home, name: str, settings: PipelineSettings, nproc: int) -> None:
+    import logging
+    import tempfile
+
+    from medmeta.training.ranked import run_torchrun
+
+    log = logging.getLogger("medmeta.training")
+
+    def relay(message: dict) -> None:
+        if message.get("kind") == "rank":
+            log.info("evaluation rank %s of %s: pid %s", message["rank"], message["world"], message["pid"])
+
+    with tempfile.TemporaryDirectory(prefix="medmeta-ranked-") as scratch:
+        settings_file = Path(scratch) / "settings.json"
+        settings_file.write_text(json.dumps({"settings": settings.as_dict(), "source": settings.source}))
+        root = str(Path(__file__).resolve().parents[2])  # the ranks import medmeta (and metalearn) from here
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+        run_torchrun(nproc, ["-m", "medmeta.training.ranked", "--home", str(home.root), "--evaluate", name,
+                             "--settings", str(settings_file)],
+                     on_report=relay, on_line=lambda line: log.info("%s", line), env={"PYTHONPATH": path},
+                     job="evaluation")
+
+
+def evaluate_in_process(home: Home, name: str, settings: PipelineSettings) -> dict:
+    """Evaluate in this process: alone, or as one torchrun rank (a process group initialised), in
+    which case each method scores this rank's share of the episodes, every rank gets all the
+    scores, and only rank 0 writes (baselines' cache, evaluation.png, evaluation.json)."""
     from medmeta.tasksets.store import load_taskset
+    from metalearn import distributed
     from metalearn.baselines import FromScratch, PretrainFineTune
     from metalearn.evaluation import compare
 
+    w = distributed.world()
     folder = require_model(home, name)
     identity = read_json(folder / "spec.json", "model spec")
     spec = identity["spec"]
     ev = settings.evaluate
-    if (folder / "evaluation.json").is_file():
-        done = read_json(folder / "evaluation.json", "evaluation")
-        if done.get("settings") == ev:
-            return {**done, "cached": True}
+    done = _evaluated(folder, ev)
+    if done is not None:
+        return {**done, "cached": True}
     tasks = load_taskset(home, identity["taskset"]["name"])
     if tasks.manifest["snapshot"] != identity["taskset"]["snapshot"]:
         raise MedmetaError(f"task set {identity['taskset']['name']} was rebuilt since {name} was trained")
@@ -93,7 +164,6 @@ def evaluate_model(home: Home, name: str, settings: PipelineSettings) -> dict:
     learner = load_learner(folder, spec)
     factory = backbone_factory(spec)
     train = tasks.splits["train"]
-    torch.manual_seed(seed)
     pretrained = PretrainFineTune(factory, spec["n_way"], train.inputs, train.labels,
                                   pretrain_steps=int(ev["pretrain_steps"]), finetune_steps=int(ev["baseline_steps"]),
                                   finetune_lr=float(ev["baseline_lr"]), seed=seed,
@@ -108,17 +178,20 @@ def evaluate_model(home: Home, name: str, settings: PipelineSettings) -> dict:
                                 int(tasks.manifest["queries"]))
         test = test_episodes(tasks, int(shots), episodes, seed)
         known = baseline_scores(home, eval_id, spec, ev, baselines, test, seed)
-        table = compare({"meta": learner, **known}, test, reference="meta", seed=seed)
+        table = compare({"meta": learner, **known}, test, reference="meta", seed=seed,
+                        split_across_ranks=w.distributed)
         by_shots.append({"shots": int(shots), "episodes": table["episodes"], "evaluation_id": eval_id,
-                         "rows": table["rows"], "paired": table["paired"]})
+                         "rows": table["rows"], "paired": table["paired"], "per_episode": table["per_episode"]})
     evaluation = {"model": name, "algorithm": spec["algorithm"], "taskset": identity["taskset"]["name"],
                   "ways": spec["n_way"], "queries": int(tasks.manifest["queries"]), "metric": "accuracy",
                   "episodes": episodes, "seed": seed, "settings": ev, "by_shots": by_shots,
-                  "seconds": round(time.perf_counter() - started, 3)}
+                  "processes": w.size, "seconds": round(time.perf_counter() - started, 3)}
+    if not w.writes:
+        return {**evaluation, "cached": False}
     from medmeta.training.plots import accuracy_against_shots
 
     accuracy_against_shots(evaluation, folder / "evaluation.png", home=home)
-    write_json(folder / "evaluation.json", evaluation)
+    write_json(folder / "evaluation.json", evaluation)  # atomic, and last: its presence means done
     return {**evaluation, "cached": False}
 
 

@@ -14,6 +14,9 @@ others and exits non-zero; ``RankFailed`` then names the rank and how it ended, 
 each rank runs (``train_model_ranked``): it joins the process group (gloo on CPU, NCCL on CUDA,
 one GPU per local rank; the CUDA branch is untested here) and trains with
 ``medmeta.training.train.train_in_process``; rank 0 alone writes the model folder.
+``... --home H --evaluate MODEL --settings FILE`` (``evaluate_model_ranked``) evaluates a trained
+model instead (gloo, on CPU): each rank scores a share of the meta-test episodes with
+``medmeta.training.evaluate.evaluate_in_process``; rank 0 alone writes evaluation.json.
 """
 
 from __future__ import annotations
@@ -34,10 +37,11 @@ from medmeta.errors import MedmetaError
 
 PREFIX = "MEDMETA-RANKED "
 MONITOR_INTERVAL_S = 0.5  # how often torchrun's agent looks at its workers
+RERUN_TRAINING = "The last checkpoint is intact: run the training again to resume from it"
 
 
 class RankFailed(MedmetaError):
-    """A training rank died or failed; ``rank`` is None when torchrun did not say which."""
+    """A training or evaluation rank died or failed; ``rank`` is None when torchrun did not say which."""
 
     def __init__(self, message: str, rank: int | None, exitcode: int | None):
         super().__init__(message)
@@ -102,13 +106,17 @@ def _how(exitcode: int) -> str:
 
 def run_torchrun(nproc: int, entry: Sequence[str], *, on_report: Callable[[dict], None] | None = None,
                  on_line: Callable[[str], None] | None = None, env: dict | None = None,
-                 cwd: str | os.PathLike | None = None, threads_per_rank: int | None = None) -> None:
+                 cwd: str | os.PathLike | None = None, threads_per_rank: int | None = None,
+                 job: str = "training") -> None:
     """Run ``entry`` on ``nproc`` ranks with torchrun and wait; reports go to ``on_report`` as they come.
 
     Raises ``RankFailed`` naming the failed rank (a rank killed by a signal first, else the
     rank's own error report, else torchrun's first observed failure). The launcher's own
     SIGINT/SIGTERM/exception stops torchrun (which stops the ranks: they checkpoint and exit).
+    ``job`` ("training" or "evaluation") names what the ranks do in the error's message.
     """
+    rerun = (RERUN_TRAINING if job == "training" else
+             "Nothing of the evaluation was written: run it again")
     cores = os.cpu_count() or 1
     threads = threads_per_rank or max(1, cores // nproc)
     run_env = {**os.environ, **(env or {}), "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
@@ -156,16 +164,16 @@ def run_torchrun(nproc: int, entry: Sequence[str], *, on_report: Callable[[dict]
     killed = [(r, c) for r, c in failures if c < 0 and c != -signal.SIGTERM]  # SIGTERM: torchrun stopping the rest
     if killed:
         rank, exitcode = killed[0]
-        raise RankFailed(f"training rank {rank} of {nproc} {_how(exitcode)}; the others were stopped. The last "
-                         "checkpoint is intact: run the training again to resume from it", rank, exitcode)
+        raise RankFailed(f"{job} rank {rank} of {nproc} {_how(exitcode)}; the others were stopped. {rerun}",
+                         rank, exitcode)
     if errors:
         first = errors[0]
-        raise RankFailed(f"training rank {first.get('rank')} of {nproc} failed: {first.get('message')}",
+        raise RankFailed(f"{job} rank {first.get('rank')} of {nproc} failed: {first.get('message')}",
                          first.get("rank"), code)
     if failures:
         rank, exitcode = failures[0]
-        raise RankFailed(f"training rank {rank} of {nproc} {_how(exitcode)}; the last checkpoint is intact: "
-                         "run the training again to resume from it", rank, exitcode)
+        raise RankFailed(f"{job} rank {rank} of {nproc} {_how(exitcode)}; {rerun[0].lower()}{rerun[1:]}",
+                         rank, exitcode)
     last = next((ln.strip() for ln in reversed(tail) if ln.strip()), "no output")
     raise RankFailed(f"torchrun with {nproc} ranks exited with code {code}: {last[:300]}", None, code)
 
@@ -180,20 +188,49 @@ def _step_fields(r) -> dict:
 def train_model_ranked(home: str, taskset: str, algorithm: str, settings_file: str) -> int:
     """One rank of a multi-process training (run by torchrun); rank 0 reports progress. Exit code."""
     from medmeta.home import Home
-    from medmeta.training.settings import settings_from_dict
     from medmeta.training.train import train_in_process
     from metalearn import distributed
 
-    saved = json.loads(Path(settings_file).read_text())
-    settings = settings_from_dict(saved["settings"], saved["source"])
+    settings = _saved_settings(settings_file)
     device = distributed.rank_device(str(settings.train["device"]))
-    w = distributed.init_process_group(device)
-    report("rank", rank=w.rank, pid=os.getpid(), world=w.size, device=str(device))
-    try:
+
+    def train(w) -> None:
         on_step = (lambda r: report("step", **_step_fields(r))) if w.writes else None
         on_validation = (lambda r: report("validation", **_step_fields(r))) if w.writes else None
         train_in_process(Home.at(home), taskset, algorithm, settings, on_step=on_step, on_validation=on_validation,
                          device=str(device))
+
+    return _as_rank(device, train)
+
+
+def evaluate_model_ranked(home: str, model: str, settings_file: str) -> int:
+    """One rank of a multi-process evaluation (run by torchrun): gloo on CPU, as one process
+    evaluates; each rank scores its share of the episodes, rank 0 writes. Exit code."""
+    import torch
+
+    from medmeta.home import Home
+    from medmeta.training.evaluate import evaluate_in_process
+
+    settings = _saved_settings(settings_file)
+    return _as_rank(torch.device("cpu"), lambda w: evaluate_in_process(Home.at(home), model, settings))
+
+
+def _saved_settings(settings_file: str):
+    from medmeta.training.settings import settings_from_dict
+
+    saved = json.loads(Path(settings_file).read_text())
+    return settings_from_dict(saved["settings"], saved["source"])
+
+
+def _as_rank(device, body: Callable) -> int:
+    """Join the process group on ``device``, report this rank, run ``body(world)``; a failure is
+    reported (named for the launcher) before the exit code 1 or the traceback."""
+    from metalearn import distributed
+
+    w = distributed.init_process_group(device)
+    report("rank", rank=w.rank, pid=os.getpid(), world=w.size, device=str(device))
+    try:
+        body(w)
     except MedmetaError as error:
         report("error", rank=w.rank, type=type(error).__name__, message=str(error))
         return 1
@@ -208,10 +245,15 @@ def train_model_ranked(home: str, taskset: str, algorithm: str, settings_file: s
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medmeta.training.ranked")
     parser.add_argument("--home", required=True)
-    parser.add_argument("--taskset", required=True)
-    parser.add_argument("--algorithm", required=True)
+    parser.add_argument("--taskset", help="train ALGORITHM on this task set")
+    parser.add_argument("--algorithm")
+    parser.add_argument("--evaluate", metavar="MODEL", help="evaluate this trained model instead")
     parser.add_argument("--settings", required=True, help="the pipeline settings as JSON (written by the launcher)")
     args = parser.parse_args(argv)
+    if args.evaluate:
+        return evaluate_model_ranked(args.home, args.evaluate, args.settings)
+    if not (args.taskset and args.algorithm):
+        parser.error("--taskset and --algorithm are required to train (or --evaluate MODEL)")
     return train_model_ranked(args.home, args.taskset, args.algorithm, args.settings)
 
 
