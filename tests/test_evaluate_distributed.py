@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from medmeta.training.ranked import RankFailed, run_torchrun
+
 ROOT = Path(__file__).resolve().parents[1]
 TASKSET = "eval-ranks"
 SETTINGS = """\
@@ -55,13 +57,15 @@ def evaluated(cohort150, tmp_path_factory):
         torch.set_num_threads(1)
         try:
             model = train_model(home, TASKSET, "maml", settings, nproc=1)["model"]
-            twin = Home(root / "twin")
+            twin, doomed = Home(root / "twin"), Home(root / "doomed")
             shutil.copytree(home.root, twin.root)
+            shutil.copytree(home.root, doomed.root)
             alone = evaluate_model(home, model, settings, nproc=1)
             ranked = evaluate_model(twin, model, settings, nproc=2)
         finally:
             torch.set_num_threads(threads)
-    return {"alone": alone, "ranked": ranked, "home": home, "twin": twin, "model": model}
+    return {"alone": alone, "ranked": ranked, "home": home, "twin": twin, "doomed": doomed, "model": model,
+            "settings": settings}
 
 
 def test_two_ranks_score_every_episode_like_one_process(evaluated):
@@ -118,6 +122,32 @@ def test_episode_scores_do_not_depend_on_the_random_state_before():
     state = torch.get_rng_state()
     episode_scores(method, episodes, seed=11)
     assert torch.equal(torch.get_rng_state(), state)  # the caller's random state is left as it was
+
+
+def test_a_killed_rank_is_named_and_nothing_is_written(evaluated, tmp_path):
+    """kill -9 of rank 1 as soon as it has joined: rank 0 cannot gather its scores, torchrun stops
+    it, the error names rank 1, and neither evaluation.json nor a baseline cache is written; a rerun
+    (here in 1 process) writes the same evaluation as before."""
+    from medmeta.training.evaluate import evaluate_model
+
+    home, model = evaluated["doomed"], evaluated["model"]
+    settings_file = tmp_path / "settings.json"
+    settings_file.write_text(json.dumps({"settings": evaluated["settings"].as_dict(),
+                                         "source": evaluated["settings"].source}))
+
+    def kill_rank_1(report: dict) -> None:
+        if report["kind"] == "rank" and report["rank"] == 1:
+            os.kill(report["pid"], 9)
+
+    with pytest.raises(RankFailed, match="evaluation rank 1 of 2 was killed by SIGKILL") as caught:
+        run_torchrun(2, ["-m", "medmeta.training.ranked", "--home", str(home.root), "--evaluate", model,
+                         "--settings", str(settings_file)], on_report=kill_rank_1, cwd=ROOT,
+                     env={"PYTHONPATH": str(ROOT)}, job="evaluation")
+    assert caught.value.rank == 1
+    assert not (home.training / model / "evaluation.json").exists()
+    assert not (home.training / "baselines").exists() and not list(home.root.rglob(".*.tmp"))
+    again = evaluate_model(home, model, evaluated["settings"], nproc=1)
+    assert again["by_shots"] == evaluated["alone"]["by_shots"]
 
 
 @pytest.mark.parametrize("nproc", ["0", "999"])
