@@ -96,7 +96,8 @@ def episode_scores(method: Adapts, episodes: Episodes | Iterable[Episodes],
     w = distributed.world() if split_across_ranks else distributed.World()
     total = sum(b.tasks for b in batches)
     mine = distributed.share(total, w.rank, w.size)
-    cuda = [torch.cuda.current_device()] if seed is not None and torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    in_use = seed is not None and torch.cuda.is_available() and torch.cuda.is_initialized()
+    cuda = [torch.cuda.current_device()] if in_use else []  # fork_rng restores the CPU's and this GPU's state
     with torch.random.fork_rng(devices=cuda, enabled=seed is not None):
         scores = _scores_of_share(method, batches, device, mine, seed)
     if w.distributed:

@@ -171,6 +171,9 @@ def evaluate_in_process(home: Home, name: str, settings: PipelineSettings) -> di
     baselines = {"from_scratch": FromScratch(factory, spec["n_way"], steps=int(ev["baseline_steps"]),
                                              lr=float(ev["baseline_lr"]), stop_loss=float(ev["baseline_stop_loss"])),
                  "pretrain_finetune": pretrained}
+    delay = float(os.environ.get("MEDMETA_TEST_EVALUATION_DELAY_S") or 0)  # tests only: a window to kill a rank in
+    if delay and w.distributed:
+        time.sleep(delay)
     started = time.perf_counter()
     by_shots = []
     for shots in ev["shots"]:

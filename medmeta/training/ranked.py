@@ -49,8 +49,17 @@ class RankFailed(MedmetaError):
 
 
 def report(kind: str, **fields) -> None:
-    """Write one report line for the launcher (any rank; the launcher reads them all)."""
-    print(PREFIX + json.dumps({"kind": kind, **fields}, default=str), flush=True)
+    """Write one report line for the launcher (any rank; the launcher reads them all).
+
+    The ranks share torchrun's stdout pipe: the line goes out in one ``write`` (atomic on a pipe up
+    to PIPE_BUF, 4 KiB), never as ``print``'s separate text and newline writes, which two ranks
+    interleave into one unreadable line (a lost report: a rank's pid, say).
+    """
+    line = (PREFIX + json.dumps({"kind": kind, **fields}, default=str) + "\n").encode()
+    sys.stdout.flush()
+    fd = sys.stdout.fileno()
+    while line:
+        line = line[os.write(fd, line):]
 
 
 def check_nproc(nproc: int, device: str = "auto") -> int:
