@@ -8,6 +8,14 @@ Free text the parts hold sealed (displays, units as written: ``medmeta.records.s
 here and enters the store only by a vocabulary rule: a display attested by enough patients
 (``medmeta.records.displays``), a unit that converts to UCUM (``units_step``). What a rule withheld
 is counted in the manifest's ``values_withheld``.
+
+Images are read as rows only: each row of the images table points at the pixel shard its batch
+wrote (``medmeta.ingest.image_parts``), so no pixel is read or written here. Which shard an image
+sits in follows how files were batched; the images table's digest (and so the snapshot id) is taken
+over its content columns and each image's pixel hash instead, so the same data gives the same
+snapshot id however it arrived. Consolidating the same inputs again (``consolidation_inputs`` in
+the manifest: the active content hashes and every setting that shapes the tables) is a no-op that
+returns the current manifest.
 """
 
 from __future__ import annotations
@@ -25,7 +33,8 @@ from medmeta import schema
 from medmeta.atomic import atomic_path, write_json
 from medmeta.errors import UNRESOLVED_MEDICATION, UNRESOLVED_REFERENCE
 from medmeta.home import Home
-from medmeta.ingest.image_parts import read_image_rows, write_pixel_cache
+import medmeta
+from medmeta.ingest.image_parts import read_image_rows, shard_relative_path
 from medmeta.ingest.parts import Part, part_hashes, read_part, rejected_rows, staged_table, write_parquet
 from medmeta.pseudonyms import Pseudonymizer
 from medmeta.ingest.units_step import convert_units
@@ -42,6 +51,9 @@ DISPLAY_MIN_PATIENTS = 3  # IngestConfig.display_min_patients
 
 def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer, image_size: int,
                 display_min_patients: int = DISPLAY_MIN_PATIENTS) -> dict:
+    inputs = consolidation_inputs(hashes, pseudo, image_size, display_min_patients)
+    if (current := _unchanged_snapshot(home, inputs)) is not None:
+        return current
     sealer = Sealer(pseudo)
     record_parts = [read_part(home.parts, h) for h in sorted(set(hashes) & part_hashes(home.parts))]
     refs = _patient_refs(record_parts)
@@ -52,7 +64,7 @@ def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer, image_size
     for name, table_schema in schema.TABLES.items():
         if name == "images":  # DICOM always names its patient: no references to resolve
             frame = read_image_rows(home.parts, image_size, set(hashes)).to_pandas(date_as_object=True)
-            frame = _attach_pixel_cache(home, _deduplicate(name, frame), image_size)
+            frame = _point_at_shards(_deduplicate(name, frame))
             for column in ("modality", "body_part"):  # absent, or not a defined term (medmeta.dicom.defined_terms)
                 if missing := int(frame[column].isna().sum()):
                     withheld[f"images.{column}"] = missing
@@ -73,7 +85,7 @@ def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer, image_size
                                                      lambda unit: masked(unit, pseudo))
                 quarantine.append(unconvertible)
             frame = _deduplicate(name, frame)
-        digests[name] = _write_table(home.table(name), frame, table_schema)
+        digests[name] = _write_table(home.table(name), frame, table_schema, _content_columns(name, table_schema))
         counts[name] = len(frame)
     rejects = pd.concat(quarantine, ignore_index=True).sort_values(["source", "location", "reason"])
     digests["record_quarantine"] = _write_table(home.record_quarantine, rejects, schema.RECORD_QUARANTINE)
@@ -83,6 +95,7 @@ def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer, image_size
         "snapshot": snapshot, "schema_version": schema.SCHEMA_VERSION, "counts": counts, "table_sha256": digests,
         "sources": len(hashes), "key_fingerprint": pseudo.fingerprint,
         **_resource_counts(record_parts), "values_withheld": dict(sorted(withheld.items())),
+        "consolidation_inputs": inputs,
     }
     write_json(home.snapshots / f"{snapshot}.json", manifest)
     write_json(home.manifest, manifest)
@@ -102,11 +115,44 @@ def _resource_counts(parts: list[Part]) -> dict[str, dict[str, int]]:
     return {name: dict(sorted(c.items())) for name, c in counts.items()}
 
 
-def _attach_pixel_cache(home: Home, frame: pd.DataFrame, image_size: int) -> pd.DataFrame:
-    """Stack the snapshot's pixels in table order; each row points at its slice."""
+def consolidation_inputs(hashes: list[str], pseudo: Pseudonymizer, image_size: int, display_min_patients: int) -> str:
+    """A digest of everything consolidation's output depends on besides the staged files of ``hashes``
+    (written once per content hash, never changed): the same digest, the same tables."""
+    inputs = {"hashes": sorted(set(hashes)), "image_size": image_size, "display_min_patients": display_min_patients,
+              "key": pseudo.fingerprint, "schema_version": schema.SCHEMA_VERSION, "medmeta": medmeta.__version__,
+              "format": CONSOLIDATION_FORMAT}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+CONSOLIDATION_FORMAT = 2  # 2: images point at pixel shards; raise when consolidation's output changes
+
+
+def _unchanged_snapshot(home: Home, inputs: str) -> dict | None:
+    """The current manifest when it was built from ``inputs`` and its tables are all there."""
+    try:
+        manifest = json.loads(home.manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if manifest.get("consolidation_inputs") != inputs:
+        return None
+    tables = [home.table(name) for name in schema.TABLES] + [home.record_quarantine,
+                                                            home.snapshots / f"{manifest.get('snapshot')}.json"]
+    return manifest if all(path.is_file() for path in tables) else None
+
+
+def _point_at_shards(frame: pd.DataFrame) -> pd.DataFrame:
+    """Images in table order (by ``image_id``), each row pointing at its image in its batch's shard."""
     frame = frame.sort_values("image_id", kind="mergesort").reset_index(drop=True)
-    path = write_pixel_cache(home.pixels, home.root, frame["pixels"].tolist(), image_size)
-    return frame.drop(columns="pixels").assign(pixel_path=path, pixel_index=range(len(frame)))
+    return frame.assign(pixel_path=[shard_relative_path(s) for s in frame["shard"]],
+                        pixel_index=frame["shard_index"].astype("int64")).drop(columns=["shard", "shard_index"])
+
+
+def _content_columns(name: str, table_schema: pa.Schema) -> list[str]:
+    """The columns a table's digest is taken over: for images, its content and each image's pixel
+    hash in place of where the pixels happen to be stored (``pixel_path``, ``pixel_index``)."""
+    if name != "images":
+        return table_schema.names
+    return [n for n in table_schema.names if n not in ("pixel_path", "pixel_index")] + ["pixel_sha256"]
 
 
 def _read(parts: list[Part], name: str, table_schema: pa.Schema) -> pd.DataFrame:
@@ -187,11 +233,12 @@ def _deduplicate(name: str, frame: pd.DataFrame) -> pd.DataFrame:
     return frame.drop(columns=[c for c in frame.columns if c.startswith("_")]).reset_index(drop=True)
 
 
-def _write_table(path: Path, frame: pd.DataFrame, table_schema: pa.Schema) -> str:
+def _write_table(path: Path, frame: pd.DataFrame, table_schema: pa.Schema, digested: list[str] | None = None) -> str:
     table = pa.Table.from_pandas(frame[table_schema.names], schema=table_schema, preserve_index=False)
     with atomic_path(path) as tmp:
         write_parquet(table, tmp)
     digest = hashlib.sha256()
+    digested = digested or table_schema.names
     digest.update(json.dumps(table_schema.names).encode())
-    digest.update(pd.util.hash_pandas_object(frame[table_schema.names].astype(str), index=False).values.tobytes())
+    digest.update(pd.util.hash_pandas_object(frame[digested].astype(str), index=False).values.tobytes())
     return digest.hexdigest()

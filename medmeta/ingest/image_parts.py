@@ -1,31 +1,50 @@
-"""Image staging: one Parquet file per batch of DICOM files, and the pixel cache built from them.
+"""Image staging: per ingest batch, one pixel shard and one Parquet file of rows pointing into it.
 
-    store/parts/images-<size>/<digest>.parquet   rows of the images table (pixel_path / pixel_index
-                                          unset) plus ``pixels``: the float16 array's bytes
-    cache/pixels/<digest>.npy             the snapshot's images stacked (N, size, size), float16,
-                                          in the images table's order
+    cache/pixels/shards/<sha256>.npy           the batch's newly decoded images stacked (n, size, size),
+                                               float16 in [0, 1], in the batch file's row order; named by
+                                               the SHA-256 of the .npy file's bytes (content-addressed)
+    store/parts/images-<size>/<digest>.parquet rows of the images table (pixel_path / pixel_index unset)
+                                               plus ``shard`` (the shard's file name), ``shard_index``
+                                               (the row's image in it) and ``pixel_sha256`` (SHA-256 of
+                                               the image's float16 bytes)
 
-A batch file is written whole or not at all once its batch is done; a file's content hash
-in any batch file makes that content ``unchanged`` next time. The cache is rebuilt from the
-active rows by consolidation, so it does not depend on how files were batched.
+``write_image_batch`` writes the shard first, then the rows, each to a temp file in its folder,
+fsynced and renamed: a reader (or a run killed mid-write) sees both whole or the rows absent, and
+several processes on several machines sharing the home may write batches at once (the same images
+give the same shard name and the same bytes, so a rename over it changes nothing).
+
+An ingest that adds k images writes k images' pixels once. Consolidation reads the rows only (never
+a pixel): each row of the images table points at its shard (``pixel_path``, ``pixel_index``). A
+shard no snapshot refers to any more is kept (older snapshots may); nothing deletes shards.
+
+Batch files written by older versions hold the pixels themselves (a ``pixels`` column): consolidation
+migrates each once (``migrate_legacy_batches``: its pixels become a shard, the file is rewritten with
+the shard columns), so a home made by an older version keeps working.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from medmeta import schema
 from medmeta.atomic import atomic_path
+from medmeta.home import Home
 from medmeta.ingest.parts import write_parquet
 
 STAGED_COLUMNS = [n for n in schema.IMAGES.names if n not in ("pixel_path", "pixel_index")]
-STAGING_SCHEMA = pa.schema([schema.IMAGES.field(n) for n in STAGED_COLUMNS] + [("pixels", pa.binary())])
+SHARD_FIELDS = [pa.field("shard", pa.string()), pa.field("shard_index", pa.int32()),
+                pa.field("pixel_sha256", pa.string())]
+STAGING_SCHEMA = pa.schema([schema.IMAGES.field(n) for n in STAGED_COLUMNS] + SHARD_FIELDS)
+LEGACY_PIXELS = "pixels"  # the column older versions staged each image's float16 bytes in
 
 
 @dataclass(frozen=True)
@@ -41,38 +60,86 @@ def images_dir(parts_root: Path, size: int) -> Path:
     return parts_root / f"images-{size}"
 
 
+def shard_relative_path(shard: str) -> str:
+    """A shard's path from the home root, as the images table's ``pixel_path`` holds it."""
+    return f"cache/pixels/shards/{shard}"
+
+
 def write_image_batch(parts_root: Path, size: int, payloads: list[ImagePayload]) -> None:
+    """Stage one batch's new images: their pixels as one shard, then their rows pointing into it.
+
+    ``parts_root`` is the home's ``store/parts``. Rows are ordered by content hash, so the same batch
+    gives the same bytes in any process or machine. Safe to call from several processes at once."""
     if not payloads:
         return
     payloads = sorted(payloads, key=lambda p: p.row["source"])
-    rows = [{**{c: p.row.get(c) for c in STAGED_COLUMNS}, "pixels": p.pixels.tobytes()} for p in payloads]
+    stack = np.stack([np.asarray(p.pixels, dtype=np.float16).reshape(size, size) for p in payloads])
+    shard = write_shard(Home.of_parts(parts_root).pixel_shards, stack)
+    rows = [{**{c: p.row.get(c) for c in STAGED_COLUMNS}, "shard": shard, "shard_index": i,
+             "pixel_sha256": hashlib.sha256(stack[i].tobytes()).hexdigest()}
+            for i, p in enumerate(payloads)]
     digest = hashlib.sha256("".join(p.row["source"] for p in payloads).encode()).hexdigest()
-    with atomic_path(images_dir(parts_root, size) / f"{digest}.parquet", fsync=False) as tmp:
-        # Uncompressed: float16 pixels barely compress, and this file is read back once.
-        write_parquet(pa.Table.from_pylist(rows, schema=STAGING_SCHEMA), tmp, compression="none")
+    with atomic_path(images_dir(parts_root, size) / f"{digest}.parquet") as tmp:
+        write_parquet(pa.Table.from_pylist(rows, schema=STAGING_SCHEMA), tmp)
+
+
+def write_shard(shards_dir: Path, stack: np.ndarray) -> str:
+    """``stack`` saved as ``<sha256 of the .npy bytes>.npy`` in ``shards_dir`` (unless there already);
+    its file name. Temp file, fsync, rename: never seen half-written."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(stack, dtype=np.float16), allow_pickle=False)
+    data = buffer.getvalue()
+    name = f"{hashlib.sha256(data).hexdigest()}.npy"
+    target = shards_dir / name
+    if not (target.exists() and target.stat().st_size == len(data)):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(data)
+    return name
+
+
+def _batch_files(parts_root: Path, size: int) -> list[Path]:
+    return sorted(images_dir(parts_root, size).glob("*.parquet"))
 
 
 def known_image_sources(parts_root: Path, size: int) -> frozenset[str]:
-    files = sorted(images_dir(parts_root, size).glob("*.parquet"))
-    return frozenset(s for f in files for s in pq.read_table(f, columns=["source"])["source"].to_pylist())
+    """The content hashes staged as images of ``size`` (either staging format)."""
+    return frozenset(s for f in _batch_files(parts_root, size)
+                     for s in pq.read_table(f, columns=["source"])["source"].to_pylist())
+
+
+def migrate_legacy_batches(parts_root: Path, size: int) -> int:
+    """Rewrite each batch file of an older version (pixels inside) as a shard plus rows; how many.
+    Run by the single writer (consolidation, under the home lock)."""
+    migrated = 0
+    shards_dir = Home.of_parts(parts_root).pixel_shards
+    for path in _batch_files(parts_root, size):
+        if LEGACY_PIXELS not in pq.read_schema(path).names:
+            continue
+        table = pq.read_table(path)
+        pixels = table[LEGACY_PIXELS].to_pylist()
+        stack = np.frombuffer(b"".join(pixels), dtype=np.float16).reshape(len(pixels), size, size)
+        shard = write_shard(shards_dir, stack)
+        rows = table.select(STAGED_COLUMNS)
+        rows = rows.append_column(SHARD_FIELDS[0], pa.array([shard] * len(pixels), pa.string()))
+        rows = rows.append_column(SHARD_FIELDS[1], pa.array(range(len(pixels)), pa.int32()))
+        rows = rows.append_column(SHARD_FIELDS[2], pa.array([hashlib.sha256(p).hexdigest() for p in pixels]))
+        with atomic_path(path) as tmp:
+            write_parquet(rows.cast(STAGING_SCHEMA), tmp)
+        migrated += 1
+    return migrated
 
 
 def read_image_rows(parts_root: Path, size: int, active: set[str]) -> pa.Table:
-    tables = [pq.read_table(f) for f in sorted(images_dir(parts_root, size).glob("*.parquet"))]
+    """The staged rows (no pixels) whose ``source`` is in ``active``; older batch files migrated first."""
+    migrate_legacy_batches(parts_root, size)
+    tables = [pq.read_table(f, schema=STAGING_SCHEMA) for f in _batch_files(parts_root, size)]
     if not tables:
         return STAGING_SCHEMA.empty_table()
     table = pa.concat_tables(tables)
-    return table.filter(pa.compute.is_in(table["source"], pa.array(sorted(active), pa.string())))
+    return table.filter(pc.is_in(table["source"], pa.array(sorted(active), pa.string())))
 
 
-def write_pixel_cache(cache_dir: Path, home_root: Path, pixels: list[bytes], size: int) -> str:
-    """Stack the pixels in row order into one content-addressed .npy; its path from the home."""
-    stack = np.frombuffer(b"".join(pixels), dtype=np.float16).reshape(len(pixels), size, size) if pixels \
-        else np.zeros((0, size, size), np.float16)
-    digest = hashlib.sha256(stack.tobytes()).hexdigest()[:24]
-    target = cache_dir / f"{digest}.npy"
-    if not target.exists():
-        with atomic_path(target) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, stack, allow_pickle=False)
-    return str(target.relative_to(home_root))
+def shard_bytes(home_root: Path) -> int:
+    """Bytes of every pixel shard in the home (for reports and tests)."""
+    folder = Home(Path(home_root)).pixel_shards
+    return sum(os.path.getsize(p) for p in folder.glob("*.npy")) if folder.exists() else 0
