@@ -6,6 +6,8 @@ from datetime import datetime, timezone
 
 from prefect import unmapped
 
+from medmeta.ingest.ledger import Ledger, item_stats
+from medmeta.ingest.parts import part_exists
 from medmeta.ingest.pool import WorkerPool
 from medmeta.ingest.setup import IngestSetup, home_lock
 from medmeta.ingest.summary import summarize
@@ -29,12 +31,18 @@ def ingest_flow(source: str | None = None, home: str | None = None, config: str 
     with home_lock(setup.home):
         with WorkerPool(setup.worker_context, setup.config.worker_count) as pool:  # boots while files are found
             items = discover_inputs(setup)
+            stats = item_stats(items)
+            known = setup.worker_context.known_images
+            unchanged, items = ([], items) if setup.config.reread_unchanged else \
+                Ledger.load(setup.home.ledger, setup.pseudonymizer).split_unchanged(
+                    setup.source, items, lambda h: h in known or part_exists(setup.home.parts, h))
             warm_units_for([item.logical_path for item in items])  # records: the UCUM registry, meanwhile
             size = setup.config.batch_size
             batches = [items[i:i + size] for i in range(0, len(items), size)]
             futures = ingest_batch.map(batches, pool=unmapped(pool), setup=unmapped(setup))
-            outcomes = [outcome for future in futures for outcome in future.result()]
-        manifest = build_snapshot(setup, outcomes)
+            outcomes = sorted(unchanged + [outcome for future in futures for outcome in future.result()],
+                              key=lambda outcome: outcome.path)
+        manifest = build_snapshot(setup, outcomes, stats)
     summary = summarize(outcomes, manifest, setup.pseudonymizer)
     report_ingest(setup, summary, datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ"))
     if run_validation:

@@ -27,6 +27,9 @@ class IngestConfig:
     age_reference_date: date = date(2026, 1, 1)
     workers: int = 0
     batch_size: int = 256
+    # read and hash every file on a rerun; by default a plain file whose size and mtime are the
+    # ledger's and whose content is still staged is unchanged unread (medmeta.ingest.ledger)
+    reread_unchanged: bool = False
     # a display is stored only when that (system, code, display) is attested by this many distinct
     # patients (medmeta.records.displays); a vocabulary table's labels (OMOP CONCEPT) are always kept
     display_min_patients: int = 3
@@ -69,6 +72,10 @@ class IngestConfig:
                                                           for k, v in value.items()):
                     raise MedmetaError(f"{origin}: issuer_aliases must map issuer spellings to issuers (text to text)")
                 kwargs[name] = tuple(sorted((k.strip(), v.strip()) for k, v in value.items()))
+            elif name == "reread_unchanged":
+                if not isinstance(value, bool):
+                    raise MedmetaError(f"{origin}: reread_unchanged must be true or false, not {value!r}")
+                kwargs[name] = value
             else:
                 if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                     raise MedmetaError(f"{origin}: {name} must be a whole number >= 0, not {value!r}")

@@ -75,6 +75,7 @@ class InputItem:
     problem: Rejected | None = None  # set when refused during discovery; such an item is never read
     member_index: int | None = None  # the entry's index in the archive's central directory
     source_root: Path | None = None  # the resolved SOURCE the file must stay inside (None: its own folder)
+    mtime_ns: int | None = None  # a plain file's modification time when listed (None: an entry, a refused item)
 
     @property
     def content_name(self) -> str:
@@ -201,7 +202,7 @@ def _file_items(path: Path, logical: str, root: Path, config: IngestConfig) -> l
     if info.st_size > config.max_file_bytes:
         message = f"the file holds {info.st_size} bytes, over the max_file_bytes limit of {config.max_file_bytes}"
         return [_refused(logical, path, root, UNREADABLE, message, info.st_size)]
-    return [InputItem(logical, path, None, info.st_size, source_root=root)]
+    return [InputItem(logical, path, None, info.st_size, source_root=root, mtime_ns=info.st_mtime_ns)]
 
 
 def _refused(logical: str, path: Path, root: Path, code: str, message: str, size: int = 0) -> InputItem:
