@@ -25,7 +25,9 @@ from tasks.options import NO_RESULTS
 
 @task(name="discover-inputs", **NO_RESULTS)
 def discover_inputs(setup: IngestSetup) -> list[InputItem]:
-    items = discover(setup.source, setup.config)
+    settled = None if setup.config.reread_unchanged else \
+        Ledger.load(setup.home.ledger, setup.pseudonymizer).stat_matcher(setup.source)
+    items = discover(setup.source, setup.config, settled)
     get_run_logger().info("found %d input files", len(items))
     progress.report("ingest", 0, len(items))
     return items

@@ -17,6 +17,12 @@ An ingest that adds k images writes k images' pixels once. Consolidation reads t
 a pixel): each row of the images table points at its shard (``pixel_path``, ``pixel_index``). A
 shard no snapshot refers to any more is kept (older snapshots may); nothing deletes shards.
 
+Consolidation keeps every staged row in one index, ``store/parts/images-<size>/index.arrow`` (an
+uncompressed Arrow IPC file: the rows and the name of the batch file each came from), and reads only
+the batch files the index does not hold yet, so a rerun does not open every batch file again. The
+index is staging (rebuilt from the batch files when absent or damaged), written by the single writer
+only; ``known_image_sources`` reads it and the batch files it lacks, writing nothing.
+
 Batch files written by older versions hold the pixels themselves (a ``pixels`` column): consolidation
 migrates each once (``migrate_legacy_batches``: its pixels become a shard, the file is rewritten with
 the shard columns), so a home made by an older version keeps working.
@@ -97,45 +103,79 @@ def write_shard(shards_dir: Path, stack: np.ndarray) -> str:
     return name
 
 
+INDEX_FILE = "index.arrow"
+INDEX_SCHEMA = STAGING_SCHEMA.append(pa.field("batch", pa.string()))
+
+
 def _batch_files(parts_root: Path, size: int) -> list[Path]:
     return sorted(images_dir(parts_root, size).glob("*.parquet"))
 
 
 def known_image_sources(parts_root: Path, size: int) -> frozenset[str]:
-    """The content hashes staged as images of ``size`` (either staging format)."""
-    return frozenset(s for f in _batch_files(parts_root, size)
-                     for s in pq.read_table(f, columns=["source"])["source"].to_pylist())
+    """The content hashes staged as images of ``size`` (either staging format); writes nothing."""
+    index, missing = _indexed_rows(parts_root, size)
+    sources = index["source"].to_pylist()
+    for path in missing:
+        sources += pq.read_table(path, columns=["source"])["source"].to_pylist()
+    return frozenset(sources)
 
 
-def migrate_legacy_batches(parts_root: Path, size: int) -> int:
-    """Rewrite each batch file of an older version (pixels inside) as a shard plus rows; how many.
-    Run by the single writer (consolidation, under the home lock)."""
-    migrated = 0
+def _indexed_rows(parts_root: Path, size: int) -> tuple[pa.Table, list[Path]]:
+    """The index's rows of batch files still there, and the batch files it does not hold."""
+    folder = images_dir(parts_root, size)
+    files = _batch_files(parts_root, size)
+    index = INDEX_SCHEMA.empty_table()
+    try:
+        with pa.memory_map(str(folder / INDEX_FILE)) as source:
+            index = pa.ipc.open_file(source).read_all()
+        if index.schema != INDEX_SCHEMA:
+            index = INDEX_SCHEMA.empty_table()
+    except (OSError, pa.ArrowInvalid):
+        pass  # absent or damaged: rebuilt from the batch files
+    names = pa.array([f.name for f in files], pa.string())
+    index = index.filter(pc.is_in(index["batch"], names))
+    held = set(pc.unique(index["batch"]).to_pylist())
+    return index, [f for f in files if f.name not in held]
+
+
+def staged_image_rows(parts_root: Path, size: int) -> pa.Table:
+    """Every staged row (no pixels) of images of ``size``, with its ``batch``; batch files the index
+    lacks are read (older ones migrated first) and the index rewritten. Single writer only."""
+    index, missing = _indexed_rows(parts_root, size)
+    if not missing:
+        return index
     shards_dir = Home.of_parts(parts_root).pixel_shards
-    for path in _batch_files(parts_root, size):
-        if LEGACY_PIXELS not in pq.read_schema(path).names:
-            continue
-        table = pq.read_table(path)
-        pixels = table[LEGACY_PIXELS].to_pylist()
-        stack = np.frombuffer(b"".join(pixels), dtype=np.float16).reshape(len(pixels), size, size)
-        shard = write_shard(shards_dir, stack)
-        rows = table.select(STAGED_COLUMNS)
-        rows = rows.append_column(SHARD_FIELDS[0], pa.array([shard] * len(pixels), pa.string()))
-        rows = rows.append_column(SHARD_FIELDS[1], pa.array(range(len(pixels)), pa.int32()))
-        rows = rows.append_column(SHARD_FIELDS[2], pa.array([hashlib.sha256(p).hexdigest() for p in pixels]))
-        with atomic_path(path) as tmp:
-            write_parquet(rows.cast(STAGING_SCHEMA), tmp)
-        migrated += 1
-    return migrated
+    added = []
+    for path in missing:
+        if LEGACY_PIXELS in pq.read_schema(path).names:
+            _migrate_legacy_batch(path, size, shards_dir)
+        rows = pq.read_table(path, schema=STAGING_SCHEMA)
+        added.append(rows.append_column(INDEX_SCHEMA.field("batch"), pa.array([path.name] * rows.num_rows, pa.string())))
+    index = pa.concat_tables([index, *added])
+    with atomic_path(images_dir(parts_root, size) / INDEX_FILE, fsync=False) as tmp:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, INDEX_SCHEMA) as writer:
+            writer.write_table(index)
+    return index
+
+
+def _migrate_legacy_batch(path: Path, size: int, shards_dir: Path) -> None:
+    """Rewrite a batch file of an older version (pixels inside) as a shard plus rows pointing into it.
+    Run by the single writer (consolidation, under the home lock)."""
+    table = pq.read_table(path)
+    pixels = table[LEGACY_PIXELS].to_pylist()
+    stack = np.frombuffer(b"".join(pixels), dtype=np.float16).reshape(len(pixels), size, size)
+    shard = write_shard(shards_dir, stack)
+    rows = table.select(STAGED_COLUMNS)
+    rows = rows.append_column(SHARD_FIELDS[0], pa.array([shard] * len(pixels), pa.string()))
+    rows = rows.append_column(SHARD_FIELDS[1], pa.array(range(len(pixels)), pa.int32()))
+    rows = rows.append_column(SHARD_FIELDS[2], pa.array([hashlib.sha256(p).hexdigest() for p in pixels]))
+    with atomic_path(path) as tmp:
+        write_parquet(rows.cast(STAGING_SCHEMA), tmp)
 
 
 def read_image_rows(parts_root: Path, size: int, active: set[str]) -> pa.Table:
-    """The staged rows (no pixels) whose ``source`` is in ``active``; older batch files migrated first."""
-    migrate_legacy_batches(parts_root, size)
-    tables = [pq.read_table(f, schema=STAGING_SCHEMA) for f in _batch_files(parts_root, size)]
-    if not tables:
-        return STAGING_SCHEMA.empty_table()
-    table = pa.concat_tables(tables)
+    """The staged rows (no pixels) whose ``source`` is in ``active`` (``staged_image_rows``)."""
+    table = staged_image_rows(parts_root, size).drop_columns(["batch"])
     return table.filter(pc.is_in(table["source"], pa.array(sorted(active), pa.string())))
 
 

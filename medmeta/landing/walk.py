@@ -35,6 +35,7 @@ import threading
 import zipfile
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -84,14 +85,19 @@ class InputItem:
         return self.logical_path if self.member is None else entry_logical_path(self.member)
 
 
-def discover(source: Path, config: IngestConfig) -> list[InputItem]:
-    """Every input under ``source`` (a folder or a zip file), sorted by logical path."""
+def discover(source: Path, config: IngestConfig,
+             unchanged: Callable[[str, int, int], bool] | None = None) -> list[InputItem]:
+    """Every input under ``source`` (a folder or a zip file), sorted by logical path.
+
+    ``unchanged(logical_path, size, mtime_ns)`` (``Ledger.stat_matcher``): true for a plain file the
+    ledger holds as ingested with that size and mtime; such a file is listed from its ``lstat`` alone,
+    without being opened to look for an archive (it was not one, and has not changed since)."""
     source = Path(source)
     if not source.exists():
         raise MedmetaError("the landing folder is gone (it was there when the run started)")  # no path: this reaches Prefect
     root = Path(os.path.realpath(source))
     if root.is_dir():
-        items = _folder_items(root, config)
+        items = _folder_items(root, config, unchanged)
     else:
         items = _file_items(root, source.name, root, config)
     return sorted(items, key=lambda item: item.logical_path)
@@ -144,7 +150,8 @@ def inflate_gzip(data: bytes, limit: int) -> bytes:
 # Folders
 
 
-def _folder_items(root: Path, config: IngestConfig) -> list[InputItem]:
+def _folder_items(root: Path, config: IngestConfig,
+                  unchanged: Callable[[str, int, int], bool] | None = None) -> list[InputItem]:
     items: list[InputItem] = []
 
     def unlistable(error: OSError) -> None:
@@ -158,8 +165,25 @@ def _folder_items(root: Path, config: IngestConfig) -> list[InputItem]:
                 items.extend(_linked_folder_items(root, folder / name))
         for name in file_names:
             path = folder / name
-            items.extend(_file_items(path, _relative(root, path), root, config))
+            logical = _relative(root, path)
+            if unchanged is not None and (item := _settled_item(path, logical, root, config, unchanged)) is not None:
+                items.append(item)
+            else:
+                items.extend(_file_items(path, logical, root, config))
     return items
+
+
+def _settled_item(path: Path, logical: str, root: Path, config: IngestConfig,
+                  unchanged: Callable[[str, int, int], bool]) -> InputItem | None:
+    """A regular file (not a symlink) the ledger knows unchanged, listed from ``lstat``; else None."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return None
+    if not stat.S_ISREG(info.st_mode) or info.st_size > config.max_file_bytes \
+            or not unchanged(logical, info.st_size, info.st_mtime_ns):
+        return None
+    return InputItem(logical, path, None, info.st_size, source_root=root, mtime_ns=info.st_mtime_ns)
 
 
 def _relative(root: Path, path: Path) -> str:
