@@ -140,10 +140,10 @@ def run_phases(landing: Path, extra: Path, home: Path) -> None:
 
         setup = IngestSetup.create(str(landing), str(home))
         lap("setup (known_image_sources)")
-        items = discover(setup.source, setup.config)
-        lap("discover")
         ledger = Ledger.load(setup.home.ledger, setup.pseudonymizer)
         lap("ledger load")
+        items = discover(setup.source, setup.config, ledger.stat_matcher(setup.source))
+        lap("discover")
         known = setup.worker_context.known_images
         unchanged, todo = ledger.split_unchanged(setup.source, items,
                                                  lambda h: h in known or part_exists(setup.home.parts, h))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from prefect import unmapped
+from prefect.utilities.annotations import quote
 
 from medmeta.ingest.ledger import Ledger, item_stats
 from medmeta.ingest.parts import part_exists
@@ -42,7 +43,7 @@ def ingest_flow(source: str | None = None, home: str | None = None, config: str 
             futures = ingest_batch.map(batches, pool=unmapped(pool), setup=unmapped(setup))
             outcomes = sorted(unchanged + [outcome for future in futures for outcome in future.result()],
                               key=lambda outcome: outcome.path)
-        manifest = build_snapshot(setup, outcomes, stats)
+        manifest = build_snapshot(setup, quote(outcomes), quote(stats))  # quote: not walked item by item
     summary = summarize(outcomes, manifest, setup.pseudonymizer)
     report_ingest(setup, summary, datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ"))
     if run_validation:

@@ -158,32 +158,36 @@ def _folder_items(root: Path, config: IngestConfig,
         folder = Path(error.filename or root)
         items.append(_refused(_relative(root, folder), folder, root, UNREADABLE, "the folder can not be listed"))
 
-    for folder, folder_names, file_names in os.walk(root, followlinks=False, onerror=unlistable):
-        folder = Path(folder)
+    top = str(root)
+    for folder, folder_names, file_names in os.walk(top, followlinks=False, onerror=unlistable):
+        folder_path = Path(folder)
         for name in folder_names:  # os.walk lists symlinks to folders here, and does not enter them
-            if (folder / name).is_symlink():
-                items.extend(_linked_folder_items(root, folder / name))
+            if (folder_path / name).is_symlink():
+                items.extend(_linked_folder_items(root, folder_path / name))
+        # logical paths by string operations: pathlib costs more than the lstat on a folder of 50,000 files
+        prefix = "" if folder == top else os.path.relpath(folder, top).replace(os.sep, "/") + "/"
         for name in file_names:
-            path = folder / name
-            logical = _relative(root, path)
-            if unchanged is not None and (item := _settled_item(path, logical, root, config, unchanged)) is not None:
+            full = os.path.join(folder, name)
+            logical = prefix + name
+            if unchanged is not None and (item := _settled_item(full, logical, root, config, unchanged,
+                                                                  folder_path, name)) is not None:
                 items.append(item)
             else:
-                items.extend(_file_items(path, logical, root, config))
+                items.extend(_file_items(Path(full), logical, root, config))
     return items
 
 
-def _settled_item(path: Path, logical: str, root: Path, config: IngestConfig,
-                  unchanged: Callable[[str, int, int], bool]) -> InputItem | None:
+def _settled_item(path: str, logical: str, root: Path, config: IngestConfig,
+                  unchanged: Callable[[str, int, int], bool], folder: Path, name: str) -> InputItem | None:
     """A regular file (not a symlink) the ledger knows unchanged, listed from ``lstat``; else None."""
     try:
-        info = path.lstat()
+        info = os.lstat(path)
     except OSError:
         return None
     if not stat.S_ISREG(info.st_mode) or info.st_size > config.max_file_bytes \
             or not unchanged(logical, info.st_size, info.st_mtime_ns):
         return None
-    return InputItem(logical, path, None, info.st_size, source_root=root, mtime_ns=info.st_mtime_ns)
+    return InputItem(logical, folder / name, None, info.st_size, source_root=root, mtime_ns=info.st_mtime_ns)
 
 
 def _relative(root: Path, path: Path) -> str:
