@@ -27,7 +27,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from _report import load_average, write_section  # noqa: E402  (bench/_report.py)
+import _report  # noqa: E402  (bench/_report.py)
+from _report import load_average, write_section  # noqa: E402
+# bench/ off the path again (bench/validation.py would shadow the validation package): the code under
+# test is what PYTHONPATH names (this checkout, or main's in a child run)
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
 SECTION = "incremental"
 ADDED = 20
@@ -42,7 +46,6 @@ def template_file(folder: Path) -> tuple[bytes, bytes]:
     """One synthetic 64x64 CT/MR file in an uncompressed transfer syntax and its SOP Instance UID."""
     import pydicom
 
-    sys.path.insert(0, str(ROOT))
     from medmeta.synth.generate import generate_images
 
     generate_images(folder, count=16, size=64, seed=0)
@@ -86,7 +89,6 @@ def build_landing(size: int, work: Path) -> tuple[Path, Path]:
 
 
 def run_one(landing: Path, extra: Path, home: Path) -> dict:
-    sys.path.insert(0, str(ROOT / "bench"))
     from _report import quiet_prefect_environment, start_ingest_runtime
 
     quiet_prefect_environment()
@@ -114,7 +116,6 @@ def _tree_bytes(home: Path) -> int:
 
 def run_phases(landing: Path, extra: Path, home: Path) -> None:
     """The flow's steps called directly, timed one by one, for a first ingest, a no-op and +20."""
-    sys.path.insert(0, str(ROOT / "bench"))
     from _report import quiet_prefect_environment
 
     quiet_prefect_environment()

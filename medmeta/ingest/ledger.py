@@ -39,6 +39,7 @@ VERSION = 2
 STAT_SETTLE_NS = 2_000_000_000  # a stat younger than this at record time is not trusted next run
 _TOKENS: dict[tuple[str, str], str] = {}  # (key fingerprint, path) -> path token
 _TOKENS_KEEP = 1_000_000
+_LOADED: list[tuple[tuple, "Ledger"]] = []  # the last ledger loaded, by its file's stat
 
 
 class Ledger:
@@ -50,18 +51,29 @@ class Ledger:
 
     @classmethod
     def load(cls, path: Path, pseudonymizer: Pseudonymizer) -> "Ledger":
-        if not path.exists():
+        """The ledger at ``path``. The last one loaded in this process is kept while its file is
+        unchanged (size, mtime, inode) and it was not modified (``record``): one run reads it once."""
+        try:
+            info = path.stat()
+        except FileNotFoundError:
             return cls(path, pseudonymizer)
+        key = (str(path), info.st_size, info.st_mtime_ns, info.st_ino, pseudonymizer.fingerprint)
+        if _LOADED and _LOADED[0][0] == key:
+            return _LOADED[0][1]
         doc = json.loads(path.read_text(encoding="utf-8"))
         sources = doc.get("sources", {})
         if doc.get("version", 1) < VERSION:
             sources = tokenised_v1(sources, pseudonymizer)
-        return cls(path, pseudonymizer, sources)
+        ledger = cls(path, pseudonymizer, sources)
+        _LOADED[:] = [(key, ledger)]
+        return ledger
 
     def record(self, source: Path, outcomes: list[FileOutcome],
                stats: Mapping[str, tuple[int, int]] | None = None) -> None:
         """The outcomes of one run over ``source`` (the resolved SOURCE path; held by its token);
         ``stats``: logical path -> (size, mtime_ns) as discovery listed it (``item_stats``)."""
+        if _LOADED and _LOADED[0][1] is self:
+            _LOADED.clear()  # modified: no longer what the file holds
         entries = self.sources.setdefault(landing_token(source, self.pseudonymizer), {})
         settled = time.time_ns() - STAT_SETTLE_NS
         for outcome in outcomes:
