@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from medmeta import schema
 from medmeta.atomic import atomic_path, write_json
@@ -63,11 +64,13 @@ def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer, image_size
     counts, digests, withheld = {}, {}, {}
     for name, table_schema in schema.TABLES.items():
         if name == "images":  # DICOM always names its patient: no references to resolve
-            frame = read_image_rows(home.parts, image_size, set(hashes)).to_pandas(date_as_object=True)
-            frame = _point_at_shards(_deduplicate(name, frame))
+            table = _images_table(read_image_rows(home.parts, image_size, set(hashes)))
             for column in ("modality", "body_part"):  # absent, or not a defined term (medmeta.dicom.defined_terms)
-                if missing := int(frame[column].isna().sum()):
+                if missing := table[column].null_count:
                     withheld[f"images.{column}"] = missing
+            digests[name] = _write_images(home.table(name), table, table_schema)
+            counts[name] = table.num_rows
+            continue
         else:
             frame = open_sealed(_read(record_parts, name, staging_schema(name)), name, sealer)
             frame, unresolved = _resolve(frame, refs, pseudo)
@@ -85,7 +88,7 @@ def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer, image_size
                                                      lambda unit: masked(unit, pseudo))
                 quarantine.append(unconvertible)
             frame = _deduplicate(name, frame)
-        digests[name] = _write_table(home.table(name), frame, table_schema, _content_columns(name, table_schema))
+        digests[name] = _write_table(home.table(name), frame, table_schema)
         counts[name] = len(frame)
     rejects = pd.concat(quarantine, ignore_index=True).sort_values(["source", "location", "reason"])
     digests["record_quarantine"] = _write_table(home.record_quarantine, rejects, schema.RECORD_QUARANTINE)
@@ -140,19 +143,35 @@ def _unchanged_snapshot(home: Home, inputs: str) -> dict | None:
     return manifest if all(path.is_file() for path in tables) else None
 
 
-def _point_at_shards(frame: pd.DataFrame) -> pd.DataFrame:
-    """Images in table order (by ``image_id``), each row pointing at its image in its batch's shard."""
-    frame = frame.sort_values("image_id", kind="mergesort").reset_index(drop=True)
-    return frame.assign(pixel_path=[shard_relative_path(s) for s in frame["shard"]],
-                        pixel_index=frame["shard_index"].astype("int64")).drop(columns=["shard", "shard_index"])
+def _images_table(staged: pa.Table) -> pa.Table:
+    """One row per ``image_id`` (the first by source, then shard: ``schema.KEYS``), in ``image_id``
+    order, each pointing at its image in its batch's shard. In Arrow: a rerun adding 20 images to
+    50,000 spends milliseconds here, not a pandas round trip."""
+    order = pc.sort_indices(staged, [("image_id", "ascending"), ("source", "ascending"),
+                                     ("shard", "ascending"), ("shard_index", "ascending")])
+    table = staged.take(order)
+    ids = table["image_id"].combine_chunks()
+    if len(ids) > 1:
+        first = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1)).fill_null(True)
+        table = table.filter(pa.concat_arrays([pa.array([True]), first]))
+    paths = pc.binary_join_element_wise(shard_relative_path(""), table["shard"], "")
+    return (table.append_column("pixel_path", paths)
+            .append_column("pixel_index", table["shard_index"])
+            .drop_columns(["shard", "shard_index"]).combine_chunks())
 
 
-def _content_columns(name: str, table_schema: pa.Schema) -> list[str]:
-    """The columns a table's digest is taken over: for images, its content and each image's pixel
-    hash in place of where the pixels happen to be stored (``pixel_path``, ``pixel_index``)."""
-    if name != "images":
-        return table_schema.names
-    return [n for n in table_schema.names if n not in ("pixel_path", "pixel_index")] + ["pixel_sha256"]
+def _write_images(path: Path, table: pa.Table, table_schema: pa.Schema) -> str:
+    """Write the images table; its digest: over its content columns and each image's pixel hash
+    (``pixel_sha256``), in table order, never where the pixels happen to be stored (``pixel_path``,
+    ``pixel_index`` follow how files were batched). Parquet bytes are the canonical form digested."""
+    with atomic_path(path) as tmp:
+        write_parquet(table.select(table_schema.names).cast(table_schema), tmp)
+    content = [n for n in table_schema.names if n not in ("pixel_path", "pixel_index")] + ["pixel_sha256"]
+    buffer = pa.BufferOutputStream()
+    write_parquet(table.select(content), buffer)
+    digest = hashlib.sha256(json.dumps(table_schema.names).encode())
+    digest.update(buffer.getvalue().to_pybytes())
+    return digest.hexdigest()
 
 
 def _read(parts: list[Part], name: str, table_schema: pa.Schema) -> pd.DataFrame:
@@ -233,12 +252,11 @@ def _deduplicate(name: str, frame: pd.DataFrame) -> pd.DataFrame:
     return frame.drop(columns=[c for c in frame.columns if c.startswith("_")]).reset_index(drop=True)
 
 
-def _write_table(path: Path, frame: pd.DataFrame, table_schema: pa.Schema, digested: list[str] | None = None) -> str:
+def _write_table(path: Path, frame: pd.DataFrame, table_schema: pa.Schema) -> str:
     table = pa.Table.from_pandas(frame[table_schema.names], schema=table_schema, preserve_index=False)
     with atomic_path(path) as tmp:
         write_parquet(table, tmp)
     digest = hashlib.sha256()
-    digested = digested or table_schema.names
     digest.update(json.dumps(table_schema.names).encode())
-    digest.update(pd.util.hash_pandas_object(frame[digested].astype(str), index=False).values.tobytes())
+    digest.update(pd.util.hash_pandas_object(frame[table_schema.names].astype(str), index=False).values.tobytes())
     return digest.hexdigest()

@@ -8,8 +8,9 @@
                                                (the row's image in it) and ``pixel_sha256`` (SHA-256 of
                                                the image's float16 bytes)
 
-``write_image_batch`` writes the shard first, then the rows, each to a temp file in its folder,
-fsynced and renamed: a reader (or a run killed mid-write) sees both whole or the rows absent, and
+``write_image_batch`` writes the shard first, then the rows, each to a temp file in its folder and
+renamed (no fsync each, as every staging file: the flow's one ``sync`` before the ledger makes a run
+durable; on a shared file system such as NFS a file's ``close`` sends it to the server): a reader (or a run killed mid-write) sees both whole or the rows absent, and
 several processes on several machines sharing the home may write batches at once (the same images
 give the same shard name and the same bytes, so a rename over it changes nothing).
 
@@ -85,20 +86,20 @@ def write_image_batch(parts_root: Path, size: int, payloads: list[ImagePayload])
              "pixel_sha256": hashlib.sha256(stack[i].tobytes()).hexdigest()}
             for i, p in enumerate(payloads)]
     digest = hashlib.sha256("".join(p.row["source"] for p in payloads).encode()).hexdigest()
-    with atomic_path(images_dir(parts_root, size) / f"{digest}.parquet") as tmp:
+    with atomic_path(images_dir(parts_root, size) / f"{digest}.parquet", fsync=False) as tmp:
         write_parquet(pa.Table.from_pylist(rows, schema=STAGING_SCHEMA), tmp)
 
 
 def write_shard(shards_dir: Path, stack: np.ndarray) -> str:
     """``stack`` saved as ``<sha256 of the .npy bytes>.npy`` in ``shards_dir`` (unless there already);
-    its file name. Temp file, fsync, rename: never seen half-written."""
+    its file name. Temp file and rename: never seen half-written."""
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(stack, dtype=np.float16), allow_pickle=False)
     data = buffer.getvalue()
     name = f"{hashlib.sha256(data).hexdigest()}.npy"
     target = shards_dir / name
     if not (target.exists() and target.stat().st_size == len(data)):
-        with atomic_path(target) as tmp:
+        with atomic_path(target, fsync=False) as tmp:
             tmp.write_bytes(data)
     return name
 

@@ -48,6 +48,7 @@ class Ledger:
         self.pseudonymizer = pseudonymizer
         self.sources = sources or {}
         self._fingerprint = pseudonymizer.fingerprint
+        self._changed = not path.exists()
 
     @classmethod
     def load(cls, path: Path, pseudonymizer: Pseudonymizer) -> "Ledger":
@@ -62,9 +63,9 @@ class Ledger:
             return _LOADED[0][1]
         doc = json.loads(path.read_text(encoding="utf-8"))
         sources = doc.get("sources", {})
-        if doc.get("version", 1) < VERSION:
-            sources = tokenised_v1(sources, pseudonymizer)
         ledger = cls(path, pseudonymizer, sources)
+        if doc.get("version", 1) < VERSION:
+            ledger.sources, ledger._changed = tokenised_v1(sources, pseudonymizer), True
         _LOADED[:] = [(key, ledger)]
         return ledger
 
@@ -82,7 +83,10 @@ class Ledger:
             stat = (stats or {}).get(outcome.path)
             if stat is not None and outcome.status in (INGESTED, UNCHANGED) and stat[1] < settled:
                 entry["size"], entry["mtime_ns"] = stat
-            entries[self._token(outcome.path)] = entry
+            token = self._token(outcome.path)
+            if entries.get(token) != entry:
+                entries[token] = entry
+                self._changed = True
 
     def split_unchanged(self, source: Path, items: list[InputItem],
                         staged: Callable[[str], bool]) -> tuple[list[FileOutcome], list[InputItem]]:
@@ -111,8 +115,11 @@ class Ledger:
 
     def save(self) -> None:
         """Compact JSON (one line): a home of 50,000 files has 50,000 entries."""
+        if not self._changed:
+            return  # a run that changed nothing (a no-op rerun) leaves the file as it was
         doc = {"version": VERSION, "sources": self.sources}
         write_text(self.path, json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n")
+        self._changed = False
 
     def stat_matcher(self, source: Path) -> Callable[[str, int, int], bool]:
         """For ``discover``: ``(logical_path, size, mtime_ns)`` -> whether the ledger holds that file
