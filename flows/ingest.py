@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from datetime import datetime, timezone
 
 from prefect import unmapped
@@ -9,41 +10,64 @@ from prefect.utilities.annotations import quote
 
 from medmeta.ingest.ledger import Ledger, item_stats
 from medmeta.ingest.parts import part_exists
+from medmeta.ingest.batches import staging_batches
 from medmeta.ingest.pool import WorkerPool
 from medmeta.ingest.setup import IngestSetup, home_lock
 from medmeta.ingest.summary import summarize
 from medmeta.ingest.units_step import warm_units_for
 from flows.landing_flow import landing_flow
 from flows.validate import validate_flow
+from tasks.dask_runner import dask_cluster, run_on_dask
 from tasks.ingest import build_snapshot, discover_inputs, ingest_batch, report_ingest
 from validation.report import digest
 
 
+def _files_to_read(setup: IngestSetup, items: list) -> tuple[dict, list, list]:
+    """The listed files' stats (for the ledger), the ``unchanged`` outcomes of those the ledger knows
+    by size and mtime with their content still staged (``Ledger.split_unchanged``), and the files to
+    read; every file is read with the ``reread_unchanged`` setting."""
+    stats = item_stats(items)
+    if setup.config.reread_unchanged:
+        return stats, [], items
+    known = setup.worker_context.known_images
+    unchanged, to_read = Ledger.load(setup.home.ledger, setup.pseudonymizer).split_unchanged(
+        setup.source, items, lambda sha256: sha256 in known or part_exists(setup.home.parts, sha256))
+    return stats, unchanged, to_read
+
+
 @landing_flow("source", name="ingest", persist_result=False, validate_parameters=True)
 def ingest_flow(source: str | None = None, home: str | None = None, config: str | None = None,
-                workers: int | None = None, run_validation: bool = True, rules: str | None = None) -> dict:
+                workers: int | None = None, run_validation: bool = True, rules: str | None = None,
+                dask_address: str | None = None) -> dict:
     """Walk SOURCE, ingest every file (or quarantine it with a reason), build a snapshot, validate it.
 
     SOURCE is the landing folder or zip: its path in process, its landing token from Prefect (the
     flow run's parameter is always the token: flows/landing_flow.py). The summary names files by
     their path tokens; ``medmeta.ingest.summary.quarantined_names`` gives this process their names.
+
+    Files are decoded by a local process pool, or with ``dask_address`` (or the ``dask_address``
+    setting, ``$MEDMETA_DASK_ADDRESS``) by the workers of that Dask cluster, checked before the home
+    is touched. Either way this process alone writes the ledger, the store and the snapshot.
     """
-    setup = IngestSetup.create(source, home, config, workers)
-    with home_lock(setup.home):
-        with WorkerPool(setup.worker_context, setup.config.worker_count) as pool:  # boots while files are found
-            items = discover_inputs(setup)
-            stats = item_stats(items)
-            known = setup.worker_context.known_images
-            unchanged, items = ([], items) if setup.config.reread_unchanged else \
-                Ledger.load(setup.home.ledger, setup.pseudonymizer).split_unchanged(
-                    setup.source, items, lambda h: h in known or part_exists(setup.home.parts, h))
-            warm_units_for([item.logical_path for item in items])  # records: the UCUM registry, meanwhile
-            size = setup.config.batch_size
-            batches = [items[i:i + size] for i in range(0, len(items), size)]
-            futures = ingest_batch.map(batches, pool=unmapped(pool), setup=unmapped(setup))
-            outcomes = sorted(unchanged + [outcome for future in futures for outcome in future.result()],
-                              key=lambda outcome: outcome.path)
-        manifest = build_snapshot(setup, quote(outcomes), quote(stats))  # quote: not walked item by item
+    setup = IngestSetup.create(source, home, config, workers, dask_address)
+    address = setup.config.dask_address
+    with dask_cluster(address) if address else nullcontext() as cluster:
+        with home_lock(setup.home):
+            if cluster is not None:
+                items = discover_inputs(setup)
+                stats, unchanged, items = _files_to_read(setup, items)
+                warm_units_for([item.logical_path for item in items])
+                outcomes = run_on_dask(cluster, setup, staging_batches(items, setup.config.batch_size))
+            else:
+                with WorkerPool(setup.worker_context, setup.config.worker_count) as pool:  # boots while files are found
+                    items = discover_inputs(setup)
+                    stats, unchanged, items = _files_to_read(setup, items)
+                    warm_units_for([item.logical_path for item in items])  # records: the UCUM registry, meanwhile
+                    futures = ingest_batch.map(staging_batches(items, setup.config.batch_size), pool=unmapped(pool),
+                                               setup=unmapped(setup))
+                    outcomes = [outcome for future in futures for outcome in future.result()]
+            outcomes = sorted(unchanged + outcomes, key=lambda outcome: outcome.path)
+            manifest = build_snapshot(setup, quote(outcomes), quote(stats))  # quote: not walked item by item
     summary = summarize(outcomes, manifest, setup.pseudonymizer)
     report_ingest(setup, summary, datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ"))
     if run_validation:

@@ -10,5 +10,8 @@ from tasks.training import train_model_task
 
 
 @flow(name="train", persist_result=False)
-def train_flow(taskset: str, algorithm: str, home: str | None = None, config: str | None = None) -> dict:
-    return train_model_task(Home.at(home), taskset, algorithm, load_settings(config))
+def train_flow(taskset: str, algorithm: str, home: str | None = None, config: str | None = None,
+               nproc: int | None = None) -> dict:
+    """``nproc``: training processes (torchrun ranks); None takes the settings' ``train.nproc``
+    (``MEDMETA_TRAIN_NPROC`` overrides it)."""
+    return train_model_task(Home.at(home), taskset, algorithm, load_settings(config), nproc)

@@ -95,6 +95,9 @@ def ingest(
     config: Optional[Path] = typer.Option(None, "--config", help="Ingest settings (YAML); see medmeta/config/ingest.yaml."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decode processes [default: one per core]."),
     rules: Optional[Path] = RulesOption,
+    dask: Optional[str] = typer.Option(None, "--dask", metavar="ADDRESS",
+                                       help="Decode on this Dask scheduler's workers (tcp://host:8786) "
+                                            "[default: ingest.dask_address, $MEDMETA_DASK_ADDRESS, else local]."),
     as_json: bool = JsonOption,
 ) -> None:
     """Ingest, de-identify and harmonise SOURCE into the canonical store, then validate it (Prefect flows)."""
@@ -110,6 +113,7 @@ def ingest(
         load_key(the_home.key_file)
         check_store_version(the_home)
         _check_rules(rules)
+        _check_dask(config, dask)
     except MedmetaError as error:
         _fail(str(error))
     _prefect_environment(the_home.root)
@@ -122,7 +126,7 @@ def ingest(
 
             progress.set_reporter(reporter)
             summary = ingest_flow(str(source), str(home) if home else None, str(config) if config else None, workers,
-                                  rules=str(rules) if rules else None)
+                                  rules=str(rules) if rules else None, dask_address=dask)
     except MedmetaError as error:
         _fail(str(error))
     finally:
@@ -142,6 +146,23 @@ def ingest(
 
     human += "\n" + summary_line(summary["validation"])
     _emit(summary, as_json, human)
+
+
+def _check_dask(config: Optional[Path], dask: Optional[str]) -> None:
+    """A Dask ingest needs a Prefect server its workers reach and a scheduler that answers: refused
+    before Prefect starts."""
+    from medmeta.errors import MedmetaError
+    from medmeta.ingest.config import IngestConfig
+
+    if config is not None and not config.is_file():
+        raise MedmetaError(f"{_shown(config)}: no such settings file")
+    address = IngestConfig.load(config, dask_address=dask).dask_address
+    if address:
+        from medmeta.ingest.dask_engine import NO_PREFECT_SERVER, check_reachable
+
+        if not os.environ.get("PREFECT_API_URL"):
+            raise MedmetaError(NO_PREFECT_SERVER)
+        check_reachable(address)  # the flow checks again, and the workers, once Prefect is up
 
 
 def _shown(path: Path | str) -> str:
@@ -249,18 +270,31 @@ def train(
     algo: str = typer.Option(..., "--algo", help="maml, fomaml, reptile, protonet or matchingnet."),
     home: Optional[Path] = HomeOption,
     config: Optional[Path] = PipelineConfigOption,
+    nproc: Optional[int] = typer.Option(None, "--nproc", help="Training processes (torchrun ranks, gloo on CPU, NCCL on CUDA); default: the settings' train.nproc or MEDMETA_TRAIN_NPROC."),
     as_json: bool = JsonOption,
 ) -> None:
     """Meta-train ALGO on a task set (Prefect flow; resumes from its checkpoint after a crash)."""
+    from medmeta.errors import MedmetaError
     from medmeta.training.settings import ALGORITHMS
 
     if algo not in ALGORITHMS:
         _fail(f"--algo must be one of {', '.join(ALGORITHMS)}, got {algo!r}")
+    if nproc is not None:
+        from medmeta.training.ranked import check_nproc
+
+        try:
+            device = str(_settings(config).train["device"])
+        except MedmetaError:
+            device = "auto"  # the stage below names what is wrong with the settings
+        try:
+            check_nproc(nproc, device)
+        except MedmetaError as error:
+            _fail(f"--nproc: {error}")
 
     def call(root, cfg):
         from flows.train import train_flow
 
-        return train_flow(taskset, algo, root, cfg)
+        return train_flow(taskset, algo, root, cfg, nproc)
 
     result = _run_stage(home, config, f"training {algo} on {taskset}", call)
     _emit(result, as_json, f"{'found' if result['cached'] else 'trained'} {result['model']}: {result['steps']} steps "
@@ -392,15 +426,28 @@ def serve(
 def server(
     home: Optional[Path] = HomeOption,
     port: int = typer.Option(4200, "--port", help="Port on 127.0.0.1."),
+    database: Optional[str] = typer.Option(
+        None, "--database", show_default=False,
+        help="PostgreSQL for the server's database, postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DATABASE; "
+             "by default $MEDMETA_DATABASE_URL (it keeps the password out of the process list), else SQLite in H/prefect."),
 ) -> None:
-    """Start a local Prefect server on 127.0.0.1 (database in H/prefect); then export PREFECT_API_URL."""
-    from deployments.server import run_server
+    """Start a Prefect server on 127.0.0.1 (database SQLite in H/prefect, or PostgreSQL); then export PREFECT_API_URL."""
+    from deployments.server import check_database, database_from, run_server
+    from medmeta.errors import MedmetaError
     from medmeta.home import Home
 
+    try:  # before anything is written to the home: a database that does not answer is one line
+        postgres = database_from(database)
+        if postgres is not None:
+            check_database(postgres)
+    except MedmetaError as error:
+        _fail(str(error))
     the_home = Home.at(home)
-    typer.echo(f"Prefect server on http://127.0.0.1:{port} (UI); in other shells: "
+    sqlite_home = os.environ.get("PREFECT_HOME") or the_home.root / "prefect"  # deployments.server_environment
+    where = f"PostgreSQL {postgres.shown}" if postgres else f"SQLite in {_shown(sqlite_home)}"
+    typer.echo(f"Prefect server on http://127.0.0.1:{port} (UI), database {where}; in other shells: "
                f"export PREFECT_API_URL=http://127.0.0.1:{port}/api", err=True)
-    run_server(the_home.root.resolve(), port)
+    run_server(the_home.root.resolve(), port, postgres)
 
 
 def _check_rules(rules: Optional[Path]) -> None:

@@ -105,15 +105,19 @@ class Pseudonymizer:
 
 
 def load_key(key_file: Path | None = None) -> bytes:
-    """The pseudonym key from the environment, a Prefect Secret block or the key file."""
-    value = os.environ.get(KEY_ENV)
+    """The pseudonym key from the environment, a Prefect Secret block or the key file.
+
+    Surrounding whitespace is never part of the key, wherever it comes from: the key file ends
+    with a newline, and a Kubernetes Secret or an env file made from it keeps that newline, so the
+    three sources give the same key (and the same pseudonyms) for the same file."""
+    value = os.environ.get(KEY_ENV, "").strip()
     if value:
         return value.encode("utf-8")
     block = os.environ.get(KEY_BLOCK_ENV)
     if block:
         from prefect.blocks.system import Secret  # only when asked for: Prefect is slow to import
 
-        return str(Secret.load(block).get()).encode("utf-8")
+        return str(Secret.load(block).get()).strip().encode("utf-8")
     if key_file is not None and key_file.exists():
         mode = key_file.stat().st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):

@@ -71,14 +71,28 @@ def _to(x: Inputs, device: torch.device) -> Inputs:
 
 
 def episode_scores(method: Adapts, episodes: Episodes | Iterable[Episodes],
-                   device: str | torch.device = "cpu") -> list[float]:
-    """Accuracy (classification) or MSE (regression) of ``method`` on each task, in order."""
+                   device: str | torch.device = "cpu", split_across_ranks: bool = False) -> list[float]:
+    """Accuracy (classification) or MSE (regression) of ``method`` on each task, in order.
+
+    ``split_across_ranks`` (under torchrun): each rank scores its contiguous share of the
+    episodes and the scores are gathered, in episode order, on every rank; the same list as
+    one process gives when the method's adaptation draws no random numbers.
+    """
+    from metalearn import distributed
+
     batches = [episodes] if isinstance(episodes, Episodes) else list(episodes)
     device = torch.device(device)
+    w = distributed.world() if split_across_ranks else distributed.World()
+    total = sum(b.tasks for b in batches)
+    mine = distributed.share(total, w.rank, w.size)
     scores: list[float] = []
+    index = -1
     for batch in batches:
         batch.check()
         for i in range(batch.tasks):
+            index += 1
+            if not mine.start <= index < mine.stop:
+                continue
             sx, sy = _to(_task_inputs(batch.support_x, i), device), batch.support_y[i].to(device)
             qx, qy = _to(_task_inputs(batch.query_x, i), device), batch.query_y[i].to(device)
             predict = method.adapt(sx, sy)  # gradients on: adaptation may need them
@@ -91,15 +105,19 @@ def episode_scores(method: Adapts, episodes: Episodes | Iterable[Episodes],
                     raise ValueError(f"a classifier must return logits [{qy.shape[0]}, {batch.n_way}], "
                                      f"got {tuple(out.shape)}")
                 scores.append(int((out.argmax(-1) == qy).sum()) / qy.shape[0])
+    if w.distributed:
+        scores = distributed.gather_in_order(scores, list(range(mine.start, mine.start + len(scores))))
     if not scores:
         raise ValueError("no test episodes")
     return scores
 
 
-def score(method: Adapts, episodes: Episodes | Iterable[Episodes], device: str | torch.device = "cpu") -> Score:
-    """Mean accuracy or MSE of ``method`` over the test episodes, with its 95% interval."""
+def score(method: Adapts, episodes: Episodes | Iterable[Episodes], device: str | torch.device = "cpu",
+          split_across_ranks: bool = False) -> Score:
+    """Mean accuracy or MSE of ``method`` over the test episodes, with its 95% interval
+    (``split_across_ranks``: see ``episode_scores``)."""
     batches = [episodes] if isinstance(episodes, Episodes) else list(episodes)
-    values = episode_scores(method, batches, device)
+    values = episode_scores(method, batches, device, split_across_ranks)
     mean, half = confidence_interval(values)
     return Score(metric="mse" if batches[0].is_regression else "accuracy", mean=mean, ci95=half,
                  episodes=len(values), per_episode=values)

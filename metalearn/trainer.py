@@ -9,6 +9,13 @@ raises ``DivergenceError`` before the optimizer steps and nothing is written, so
 checkpoint stays. Every ``val_every`` steps the learner is scored on fixed validation episodes;
 the best weights are kept, and ``patience`` validations without improvement stop the run.
 SIGINT/SIGTERM finish the current step, write a checkpoint and raise ``TrainingInterrupted``.
+
+Under ``torchrun`` (a process group initialised, see ``metalearn.distributed``) each rank trains on
+its share of every meta-batch and of the validation episodes; the meta-gradient, the metrics and
+the stop/divergence flags are all-reduced once per step, so all ranks hold the same weights and
+take the same decisions. Rank 0 alone writes checkpoints. A multi-rank run reseeds torch at each
+step from (seed, step, rank), so the RNG state a checkpoint keeps (rank 0's) need not match the
+world size: a checkpoint of 2 ranks resumes in 1 process and the other way round.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+from metalearn import distributed
 from metalearn.checkpoint import CHECKPOINT_NAME, current_rng, load_checkpoint, save_checkpoint
 from metalearn.episodes import DivergenceError, Episodes
 from metalearn.learner import MetaLearner, StepMetrics
@@ -139,6 +147,8 @@ class Trainer:
         self.optimizer = OPTIMIZERS[optimizer](self.params, lr=lr, weight_decay=weight_decay)
         self.grad_clip = grad_clip
         self._stop_signal: int | None = None
+        self.world = distributed.world()
+        self._stop_agreed = False
 
     @property
     def checkpoint_path(self) -> Path | None:
@@ -166,6 +176,8 @@ class Trainer:
         if not _finite_params(self.params):
             raise DivergenceError(f"weights hold NaN or inf at step {self.step}; not written, "
                                   f"{self.checkpoint_path} keeps the last good state")
+        if not self.world.writes:  # rank 0 writes for all (every rank holds the same state)
+            return self.checkpoint_path
         return save_checkpoint(self.checkpoint_path, self.learner, self.optimizer, step=self.step, config=self.config,
                                trainer=self._trainer_state(), best_state=self.best_state, rng=rng)
 
@@ -195,8 +207,11 @@ class Trainer:
         batch = self.sample(step).check().to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         self.learner.train()
-        with self._autocast():
-            metrics: StepMetrics = self.learner.meta_step(batch)
+        if self.world.distributed:
+            metrics = self._distributed_meta_step(step, batch)
+        else:
+            with self._autocast():
+                metrics: StepMetrics = self.learner.meta_step(batch)
         if not math.isfinite(metrics.loss):
             raise DivergenceError(f"loss became {metrics.loss} at step {step + 1}; nothing written"
                                   + self._last_good())
@@ -215,6 +230,36 @@ class Trainer:
                           grad_norm=grad_norm, lr=float(self.optimizer.param_groups[0]["lr"]),
                           seconds=time.perf_counter() - start)
 
+    def _distributed_meta_step(self, step: int, batch: Episodes) -> StepMetrics:
+        """This rank's share of the meta-step, then one all-reduce: the mean meta-gradient over all
+        the batch's tasks in every rank's ``p.grad``, the batch's loss and accuracy, and whether any
+        rank diverged or was asked to stop."""
+        torch.manual_seed(distributed.step_seed(self.seed, step, self.world.rank))
+        mine = distributed.shard(batch, self.world)
+        local, loss_sum, acc_sum, diverged = 0, 0.0, 0.0, 0.0
+        if mine is not None:
+            local = mine.tasks
+            try:
+                with self._autocast():
+                    m = self.learner.meta_step(mine)
+                loss_sum, acc_sum = m.loss * local, (m.accuracy or 0.0) * local
+            except DivergenceError:
+                diverged = 1.0
+                for p in self.params:
+                    p.grad = None
+        stop = 0.0 if self._stop_signal is None else 1.0
+        loss_sum, acc_sum, diverged, stop = distributed.average_gradients(
+            self.params, local, batch.tasks, [loss_sum, acc_sum, diverged, stop])
+        self._stop_agreed = stop > 0
+        if diverged:
+            return StepMetrics(loss=math.nan, accuracy=None)
+        return StepMetrics(loss=loss_sum / batch.tasks,
+                           accuracy=None if batch.is_regression else acc_sum / batch.tasks)
+
+    def _stop_requested(self) -> bool:
+        """A signal arrived: on every rank at once in a multi-rank run (agreed in the step's all-reduce)."""
+        return self._stop_agreed if self.world.distributed else self._stop_signal is not None
+
     def _last_good(self) -> str:
         path = self.checkpoint_path
         return f"; the last good checkpoint is {path}" if path is not None and path.is_file() else ""
@@ -223,11 +268,17 @@ class Trainer:
         """The learner's loss and accuracy on the validation episodes, averaged over tasks."""
         total, loss, acc = 0, 0.0, 0.0
         for batch in self.val_batches:
+            if self.world.distributed:  # this rank's share of the episodes, summed over ranks below
+                batch = distributed.shard(batch, self.world)
+                if batch is None:
+                    continue
             with self._autocast():
                 m = self.learner.evaluate(batch)
             loss += m.loss * batch.tasks
             acc += (m.accuracy or 0.0) * batch.tasks
             total += batch.tasks
+        if self.world.distributed:
+            loss, acc, total = distributed.sum_across([loss, acc, total], self.device)
         regression = self.val_batches[0].is_regression
         return StepMetrics(loss=loss / total, accuracy=None if regression else acc / total)
 
@@ -241,7 +292,8 @@ class Trainer:
         if self.best_value is None:
             improved = True
         else:
-            improved = value < self.best_value if monitor == "loss" else value > self.best_value
+            # accuracy is a ratio of counts: compared rounded, so a tie stays a tie however ranks summed it
+            improved = value < self.best_value if monitor == "loss" else round(value, 12) > round(self.best_value, 12)
         if improved:
             self.best_value, self.best_step, self.bad_validations = value, self.step, 0
             self.best_state = {k: v.detach().clone() for k, v in self.learner.state_dict().items()}
@@ -291,7 +343,9 @@ class Trainer:
         self._fresh_state()
         if resume:
             self._resume()
-        self._stop_signal = None
+        if self.world.distributed:  # the same start everywhere, whatever each rank built
+            distributed.broadcast_module(self.learner)
+        self._stop_signal, self._stop_agreed = None, False
         with self._signals():
             self._loop()
         if self.checkpoint_path is not None:
@@ -313,7 +367,7 @@ class Trainer:
                 self._run_validation()  # a validation the interrupted run owed
                 self._phase = "done"
             while self.stop_reason is None and self.step < self.max_steps:
-                if self._stop_signal is not None:
+                if self._stop_requested():
                     raise KeyboardInterrupt
                 consistent_rng = current_rng()
                 self._phase = "compute"

@@ -55,19 +55,24 @@ class _LiveProgress:
 
 
 @task(name="train-model", retries=1, **NO_RESULTS)
-def train_model_task(home: Home, taskset: str, algorithm: str, settings: PipelineSettings) -> dict:
+def train_model_task(home: Home, taskset: str, algorithm: str, settings: PipelineSettings,
+                     nproc: int | None = None) -> dict:
+    """Train one model; with ``nproc`` > 1 (or the settings' ``train.nproc``) torchrun ranks train
+    while this task waits, their progress relayed into the same progress artifact."""
     from medmeta.training.train import train_model
 
     live = _LiveProgress(artifact_key("medmeta-training-progress", taskset, algorithm),
                          f"meta-training {algorithm} on {taskset}")
-    result = train_model(home, taskset, algorithm, settings, on_step=live.on_step, on_validation=live.on_validation)
+    result = train_model(home, taskset, algorithm, settings, on_step=live.on_step, on_validation=live.on_validation,
+                         nproc=nproc)
     update_progress_artifact(live.artifact, progress=100.0)
     folder = home.training / result["model"]
     create_image_artifact(image_url=_png_url(folder / "curve.png"), key=artifact_key("medmeta-training-curve", taskset, algorithm),
                           description=f"Training curve of {result['model']} ({result['steps']} steps, {result['stop_reason']}, "
                                       f"device {result['device']})")
-    get_run_logger().info("%s %s: %d steps (%s) on %s in %.1f s", "found" if result["cached"] else "trained",
-                          result["model"], result["steps"], result["stop_reason"], result["device"], result["seconds"])
+    get_run_logger().info("%s %s: %d steps (%s) on %s x %d in %.1f s", "found" if result["cached"] else "trained",
+                          result["model"], result["steps"], result["stop_reason"], result["device"],
+                          result.get("processes", 1), result["seconds"])
     return {k: v for k, v in result.items() if k not in ("history", "validations")}
 
 

@@ -91,4 +91,6 @@ def copy_home(template: Path, target: Path) -> Path:
 
 
 # The operate tests' session fixtures (a real server, `medmeta serve`, one triggered pipeline run).
-from tests.operate_fixtures import cohort, operate_server, served, triggered_run  # noqa: E402,F401
+from tests.operate_fixtures import cohort, operate_server, postgres_server, served, triggered_run  # noqa: E402,F401
+# The Dask ingest tests' session cluster (a scheduler and two single-threaded workers on 127.0.0.1).
+from tests.dask_cluster import dask_cluster  # noqa: E402,F401

@@ -1,5 +1,6 @@
-"""What the operate tests share, paid for once per session: a real Prefect server, one synthetic
-cohort, ``medmeta serve`` on a landing folder, and the pipeline run the new cases triggered.
+"""What the operate tests share, paid for once per session: a real Prefect server (``medmeta server``
+on PostgreSQL, see ``operate_server``), one synthetic cohort, ``medmeta serve`` on a landing folder, and
+the pipeline run the new cases triggered.
 
 Registered as fixtures by tests/conftest.py; used by tests/test_deployments.py, test_ui.py,
 test_training_limit.py and test_pipeline_validation.py.
@@ -11,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,8 @@ from typing import Iterator
 
 import pytest
 
-from tests.prefect_server import prefect_server, stop, wait_until
+from tests import postgres_cluster
+from tests.prefect_server import free_port, stop, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SETTINGS = """\
@@ -91,6 +94,8 @@ def write_settings(path: Path, text: str = TINY_SETTINGS) -> Path:
 class Server:
     url: str  # http://127.0.0.1:PORT/api
     log: Path
+    database: str | None = None  # the PostgreSQL URL it runs on (with its password); None: SQLite in its home
+    home: Path | None = None  # the medmeta home it was started with
 
     @property
     def ui(self) -> str:
@@ -117,12 +122,90 @@ class TriggeredRun:
     subflows: list  # (flow name, flow run) of its subflows: ingest, build-tasksets, train, evaluate, publish
 
 
+@dataclass
+class PostgresServer:
+    """Where the tests' PostgreSQL is: ``url`` (its user may create databases), or None and ``reason``."""
+
+    url: str | None
+    reason: str = ""
+
+
 @pytest.fixture(scope="session")
-def operate_server(tmp_path_factory) -> Iterator[Server]:
-    """A real ``prefect server start`` on 127.0.0.1, its own home; the same for every operate test."""
+def postgres_server() -> Iterator[PostgresServer]:
+    """``$MEDMETA_TEST_POSTGRES_URL``, else a throwaway cluster of this session (.ci/postgres.sh), else
+    none with the reason; with ``MEDMETA_REQUIRE_POSTGRES=1`` (CI) none is a failure."""
+    if os.environ.get(postgres_cluster.TEST_URL_ENV):
+        yield PostgresServer(os.environ[postgres_cluster.TEST_URL_ENV])
+        return
+    reason = postgres_cluster.why_no_cluster()
+    if reason is None:
+        try:
+            folder, url = postgres_cluster.start_cluster()
+        except RuntimeError as error:
+            reason = str(error)
+        else:
+            try:
+                yield PostgresServer(url)
+            finally:
+                postgres_cluster.stop_cluster(folder)
+            return
+    if postgres_cluster.required():
+        pytest.fail(f"{postgres_cluster.REQUIRE_ENV}=1 but there is no PostgreSQL: {reason}; "
+                    f"set {postgres_cluster.TEST_URL_ENV} or install PostgreSQL")
+    yield PostgresServer(None, reason)
+
+
+@contextmanager
+def medmeta_server(home: Path, log: Path, database: str | None = None) -> Iterator[str]:
+    """``medmeta server --home HOME [--database URL]`` on a free port; yield its API URL once healthy.
+
+    The URL goes in ``$MEDMETA_DATABASE_URL`` (as an operator would keep it out of the process list);
+    without one the server's SQLite database is in HOME/prefect, whatever PREFECT_* the tests run with.
+    """
+    import httpx
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "MEDMETA_DATABASE_URL"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    if database:
+        env["MEDMETA_DATABASE_URL"] = database
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "medmeta.cli", "server", "--home", str(home),
+                                    "--port", str(port)],
+                                   env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+
+    def healthy():
+        if process.poll() is not None:
+            raise RuntimeError(f"medmeta server exited with {process.returncode}: {log.read_text()[-2000:]}")
+        try:
+            return httpx.get(f"{url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(healthy, 120, what="medmeta server")
+        yield url
+    finally:
+        stop(process)
+
+
+@pytest.fixture(scope="session")
+def operate_server(postgres_server, tmp_path_factory) -> Iterator[Server]:
+    """``medmeta server`` on PostgreSQL (a database of this session alone: xdist workers never share
+    one) on 127.0.0.1, its own home; the same for every operate test. Without PostgreSQL (and without
+    MEDMETA_REQUIRE_POSTGRES) it falls back to SQLite, with a warning in the test summary."""
     folder = tmp_path_factory.mktemp("prefect-server")
-    with prefect_server(folder / "home", folder / "server.log") as url:
-        yield Server(url=url, log=folder / "server.log")
+    home, log = folder / "home", folder / "server.log"
+    if postgres_server.url is None:
+        warnings.warn(f"THE OPERATE TESTS RUN ON SQLITE, NOT POSTGRESQL: {postgres_server.reason}", stacklevel=1)
+        with medmeta_server(home, log) as url:
+            yield Server(url=url, log=log, home=home)
+        return
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    with postgres_cluster.fresh_database(postgres_server.url, f"operate_{worker}") as database:
+        with medmeta_server(home, log, database) as url:
+            yield Server(url=url, log=log, database=database, home=home)
 
 
 @pytest.fixture(scope="session")

@@ -97,6 +97,8 @@ def test_prefect_yaml_deploys_the_deployments_on_their_work_pools(tmp_path):
 
     from prefect.client.schemas.actions import WorkPoolCreate
 
+    from deployments.kubernetes import POOL_NAME as K8S_POOL
+    from deployments.kubernetes import TEMPLATE_PATH as K8S_TEMPLATE
     from tests.operate_fixtures import ROOT
     from tests.prefect_server import prefect_server
 
@@ -104,6 +106,8 @@ def test_prefect_yaml_deploys_the_deployments_on_their_work_pools(tmp_path):
         with api(url) as client:
             for pool in ("medmeta-process", "medmeta-gpu"):
                 client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+            client.create_work_pool(WorkPoolCreate(name=K8S_POOL, type="kubernetes",
+                                                   base_job_template=json.loads(K8S_TEMPLATE.read_text())))
         prefect = str(Path(sys.executable).with_name("prefect"))
         result = subprocess.run([prefect, "--no-prompt", "deploy", "--all"], cwd=ROOT, capture_output=True, text=True,
                                 env=medmeta_env(url, MEDMETA_REPO=str(ROOT)), timeout=300)
@@ -111,8 +115,16 @@ def test_prefect_yaml_deploys_the_deployments_on_their_work_pools(tmp_path):
         with api(url) as client:
             deployments = {f"{d.name}": d for d in client.read_deployments()}
             automations = client.read_automations()
-    assert set(deployments) == {NIGHTLY, ON_NEW_CASES, WATCHER, "train-gpu"}
-    assert {d.work_pool_name for n, d in deployments.items() if n != "train-gpu"} == {"medmeta-process"}
+            refusals = [_k8s_refusal(client, deployments["train-k8s-gpu"].flow_id, bad)
+                        for bad in ({"gpu_count": -1}, {"gpu_count": "2"}, {"gpus": 2})]
+    assert [status for status, _ in refusals] == [422, 422, 422], refusals
+    assert "gpu_count" in refusals[0][1] and "'gpus' was unexpected" in refusals[2][1]
+    assert set(deployments) == {NIGHTLY, ON_NEW_CASES, WATCHER, "train-gpu", "nightly-k8s", "train-k8s-gpu"}
+    assert {d.work_pool_name for n, d in deployments.items() if n in (NIGHTLY, ON_NEW_CASES, WATCHER)} == {"medmeta-process"}
+    assert {deployments[n].work_pool_name for n in ("nightly-k8s", "train-k8s-gpu")} == {K8S_POOL}
+    assert deployments["train-k8s-gpu"].job_variables["gpu_count"] == 2
+    assert deployments["nightly-k8s"].pull_steps == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": "/opt/medmeta"}}]
     assert deployments["train-gpu"].work_pool_name == "medmeta-gpu"
     assert deployments["train-gpu"].job_variables["env"]["CUDA_VISIBLE_DEVICES"] == "0"
     [schedule] = deployments[NIGHTLY].schedules
@@ -123,6 +135,20 @@ def test_prefect_yaml_deploys_the_deployments_on_their_work_pools(tmp_path):
     assert trigger.actions[0].deployment_id == deployments[ON_NEW_CASES].id
     assert deployments[NIGHTLY].pull_steps == [
         {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
+
+
+def _k8s_refusal(client, flow_id, job_variables: dict) -> tuple[int, str]:
+    """The server's answer to a deployment on the medmeta-k8s pool with these job variables."""
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    from deployments.kubernetes import POOL_NAME
+
+    try:
+        client.create_deployment(flow_id=flow_id, name="bad-job-variables", work_pool_name=POOL_NAME,
+                                 job_variables=job_variables)
+    except PrefectHTTPStatusError as refused:
+        return refused.response.status_code, refused.response.text
+    return 201, "created"
 
 
 def _landing_token(landing) -> str:

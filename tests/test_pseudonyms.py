@@ -27,6 +27,19 @@ def test_key_from_the_environment_wins(monkeypatch, tmp_path):
     assert load_key(tmp_path / "absent.key") == b"from-the-environment-0123"
 
 
+def test_a_key_in_the_environment_made_from_the_key_file_is_the_same_key(monkeypatch, tmp_path):
+    """A Kubernetes Secret (or an env file) made from H/secrets/pseudonym.key keeps its newline:
+    the key, and so every pseudonym, must be the file's."""
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    monkeypatch.delenv(KEY_BLOCK_ENV, raising=False)
+    key_file = tmp_path / "secrets" / "pseudonym.key"
+    create_key_file(key_file)
+    from_file = load_key(key_file)
+    monkeypatch.setenv(KEY_ENV, key_file.read_text())  # with its trailing newline
+    assert key_file.read_text().endswith("\n")
+    assert load_key(tmp_path / "absent.key") == from_file
+
+
 def test_key_file_must_be_private(monkeypatch, tmp_path):
     monkeypatch.delenv(KEY_ENV, raising=False)
     monkeypatch.delenv(KEY_BLOCK_ENV, raising=False)

@@ -14,6 +14,9 @@ import yaml
 from medmeta.errors import MedmetaError
 
 _SITE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# A Dask scheduler address: [tcp|tls|ucx://]host:port (host a name, an IPv4 address or [IPv6])
+_DASK_ADDRESS = re.compile(r"(?:(?:tcp|tls|ucx)://)?(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}")
+DASK_ADDRESS_ENV = "MEDMETA_DASK_ADDRESS"
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,12 @@ class IngestConfig:
     site: str | None = None  # the site of every FHIR / OMOP file; None: the landing folder it sits in
     # issuer spellings -> one issuer, e.g. a DICOM IssuerOfPatientID -> the FHIR identifier system
     issuer_aliases: tuple[tuple[str, str], ...] = ()
+    # decode/de-identify on this external Dask cluster's workers (medmeta.ingest.dask_engine); None: the
+    # local process pool. $MEDMETA_DASK_ADDRESS overrides the file, an explicit override both
+    dask_address: str | None = None
+    # estimated seconds of decoding per Dask task (whole staging batches, consecutive in the sorted
+    # listing: medmeta.ingest.batches): Prefect's own cost per task (~0.25 s) stays under 5% of it
+    dask_task_seconds: int = 5
 
     @property
     def worker_count(self) -> int:
@@ -50,6 +59,8 @@ class IngestConfig:
             if not isinstance(user, dict):
                 raise MedmetaError(f"{path}: an ingest config must be a mapping")
             values.update(user)
+        if os.environ.get(DASK_ADDRESS_ENV):
+            values["dask_address"] = dask_address(os.environ[DASK_ADDRESS_ENV], f"${DASK_ADDRESS_ENV}")
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_mapping(values, origin=str(path or "defaults"))
 
@@ -76,6 +87,8 @@ class IngestConfig:
                 if not isinstance(value, bool):
                     raise MedmetaError(f"{origin}: reread_unchanged must be true or false, not {value!r}")
                 kwargs[name] = value
+            elif name == "dask_address":
+                kwargs[name] = None if value is None else dask_address(value, origin)
             else:
                 if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                     raise MedmetaError(f"{origin}: {name} must be a whole number >= 0, not {value!r}")
@@ -83,6 +96,17 @@ class IngestConfig:
         cfg = cls(**kwargs)
         if cfg.display_min_patients < 1:
             raise MedmetaError(f"{origin}: display_min_patients must be at least 1")
+        if cfg.batch_size < 1:
+            raise MedmetaError(f"{origin}: batch_size must be at least 1")
         if cfg.image_size < 8:
             raise MedmetaError(f"{origin}: image_size must be at least 8")
         return cfg
+
+
+def dask_address(value: object, origin: str) -> str:
+    """``value`` as a Dask scheduler address (``[tcp|tls|ucx://]host:port``); a ``MedmetaError`` naming
+    ``origin`` otherwise."""
+    if not (isinstance(value, str) and _DASK_ADDRESS.fullmatch(value.strip())):
+        raise MedmetaError(f"{origin}: dask_address must be a Dask scheduler address such as tcp://host:8786, "
+                           f"not {value!r}")
+    return value.strip()

@@ -39,7 +39,7 @@ class IngestSetup:
 
     @classmethod
     def create(cls, source: str | None, home: str | None = None, config: str | None = None,
-               workers: int | None = None) -> "IngestSetup":
+               workers: int | None = None, dask_address: str | None = None) -> "IngestSetup":
         """``source``: the landing folder or zip, by its path or its landing token (``resolve_landing``).
         Errors name the landing by its token: they reach Prefect's state messages and logs."""
         the_home = Home.at(home)
@@ -50,7 +50,7 @@ class IngestSetup:
         if the_home.root == source_path or source_path in the_home.root.parents:
             raise MedmetaError(f"the home {the_home.root} must not be inside the landing folder")
         the_home.ensure()
-        settings = IngestConfig.load(config, workers=workers)
+        settings = IngestConfig.load(config, workers=workers, dask_address=dask_address)
         check_store_version(the_home)
         _check_key_matches_store(the_home, Pseudonymizer(key))
         install_default_sites(the_home.sites_dir)

@@ -7,6 +7,7 @@ an unknown algorithm is refused with the file and the key named, before anything
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -62,6 +63,26 @@ def _overlay(base: dict, user: dict, where: tuple[str, ...], path: str) -> dict:
     return out
 
 
+NPROC_ENV = "MEDMETA_TRAIN_NPROC"  # overrides train.nproc (a Kubernetes job sets the world size with it)
+
+
+def settings_from_dict(raw: dict, source: str) -> PipelineSettings:
+    """Settings as ``PipelineSettings.as_dict()`` wrote them (a torchrun rank gets them so), checked again."""
+    return _checked(_overlay(_defaults(), raw, (), source), source)
+
+
+def _nproc_from_env(raw: dict, source: str) -> str:
+    value = os.environ.get(NPROC_ENV)
+    if value is None or value.strip() == "":
+        return source
+    try:
+        nproc = int(value)
+    except ValueError:
+        raise MedmetaError(f"{NPROC_ENV} must be a positive integer (training processes)") from None
+    raw["train"]["nproc"] = nproc
+    return f"{source} with {NPROC_ENV}"
+
+
 def load_settings(path: str | Path | None = None) -> PipelineSettings:
     raw = _defaults()
     source = f"medmeta/config/{DEFAULT_FILE}"
@@ -77,6 +98,7 @@ def load_settings(path: str | Path | None = None) -> PipelineSettings:
             raise MedmetaError(f"{path}: the pipeline settings must be a mapping")
         raw = _overlay(raw, user, (), str(path))
         source = str(path)
+    source = _nproc_from_env(raw, source)
     return _checked(raw, source)
 
 
@@ -101,7 +123,7 @@ def _checked(raw: dict, source: str) -> PipelineSettings:
     unknown = set(train["learner"]) - set(ALGORITHMS)
     if unknown:
         fail(f"train.learner: unknown algorithms {sorted(unknown)}")
-    for key in ("steps", "meta_batch", "val_every", "val_episodes", "checkpoint_every"):
+    for key in ("steps", "meta_batch", "val_every", "val_episodes", "checkpoint_every", "nproc"):
         if not isinstance(train[key], int) or train[key] < 1:
             fail(f"train.{key} must be a positive integer, got {train[key]!r}")
     if not isinstance(evaluate["shots"], list) or not all(isinstance(k, int) and k >= 1 for k in evaluate["shots"]):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Callable
 
 from medmeta.errors import MedmetaError
@@ -22,20 +23,85 @@ def split_sampler(split, manifest: dict, *, shots: int, tasks: int, seed: int):
 
 
 def train_model(home: Home, taskset: str, algorithm: str, settings: PipelineSettings,
-                on_step: Callable | None = None, on_validation: Callable | None = None) -> dict:
-    """Train (or resume, or find already trained) ``algorithm`` on ``taskset``; returns result.json."""
+                on_step: Callable | None = None, on_validation: Callable | None = None,
+                nproc: int | None = None) -> dict:
+    """Train (or resume, or find already trained) ``algorithm`` on ``taskset``; returns result.json.
+
+    ``nproc`` (None: the settings' ``train.nproc``, which ``MEDMETA_TRAIN_NPROC`` overrides)
+    training processes: above 1, torchrun ranks (``medmeta.training.ranked``) each train on a
+    share of every meta-batch while this process waits, relaying rank 0's step and validation
+    reports to ``on_step``/``on_validation``. The model's name does not depend on ``nproc``: a run
+    checkpointed with one world size resumes with another.
+    """
+    from medmeta.training.ranked import check_nproc
+
+    nproc = check_nproc(int(settings.train["nproc"]) if nproc is None else nproc, str(settings.train["device"]))
+    if nproc == 1:
+        return train_in_process(home, taskset, algorithm, settings, on_step=on_step, on_validation=on_validation)
+    _, _, folder = _prepare(home, taskset, algorithm, settings)
+    if (folder / "result.json").is_file():
+        return {**read_json(folder / "result.json", "training result"), "cached": True}
+    _launch(home, taskset, algorithm, settings, nproc, folder, on_step, on_validation)
+    return {**read_json(folder / "result.json", "training result"), "cached": False}
+
+
+def _launch(home: Home, taskset: str, algorithm: str, settings: PipelineSettings, nproc: int, folder,
+            on_step: Callable | None, on_validation: Callable | None) -> None:
+    import json
+    import logging
+    import tempfile
+
+    from medmeta.training.ranked import run_torchrun
+    from metalearn.trainer import StepReport, ValidationReport
+
+    log = logging.getLogger("medmeta.training")
+
+    def relay(message: dict) -> None:
+        kind = message.pop("kind")
+        if kind == "step" and on_step is not None:
+            on_step(StepReport(**message))
+        elif kind == "validation" and on_validation is not None:
+            on_validation(ValidationReport(**message))
+        elif kind == "rank":
+            log.info("training rank %s of %s: pid %s on %s", message["rank"], message["world"], message["pid"],
+                     message["device"])
+
+    with tempfile.TemporaryDirectory(prefix="medmeta-ranked-") as scratch:
+        settings_file = Path(scratch) / "settings.json"
+        settings_file.write_text(json.dumps({"settings": settings.as_dict(), "source": settings.source}))
+        root = str(Path(__file__).resolve().parents[2])  # the ranks import medmeta (and metalearn) from here
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+        run_torchrun(nproc, ["-m", "medmeta.training.ranked", "--home", str(home.root), "--taskset", taskset,
+                             "--algorithm", algorithm, "--settings", str(settings_file)],
+                     on_report=relay, on_line=lambda line: log.info("%s", line), env={"PYTHONPATH": path})
+
+
+def _prepare(home: Home, taskset: str, algorithm: str, settings: PipelineSettings):
+    """(task set, run identity, model folder) of a training run."""
     from medmeta.tasksets.store import load_taskset
+
+    tasks = load_taskset(home, taskset)
+    identity = run_identity(tasks.manifest, model_spec(tasks.manifest, algorithm, settings.train), settings.train)
+    return tasks, identity, model_dir(home, model_name(identity))
+
+
+def train_in_process(home: Home, taskset: str, algorithm: str, settings: PipelineSettings,
+                     on_step: Callable | None = None, on_validation: Callable | None = None,
+                     device: str | None = None) -> dict:
+    """Train in this process: alone, or as one torchrun rank (a process group initialised), in
+    which case only rank 0 writes (spec, checkpoints, weights, curve, result.json)."""
+    from metalearn import distributed
     from metalearn.checkpoint import save_weights
     from metalearn.trainer import Trainer
 
-    tasks = load_taskset(home, taskset)
+    writes = distributed.world().writes
+    tasks, identity, folder = _prepare(home, taskset, algorithm, settings)
     manifest, train = tasks.manifest, settings.train
-    identity = run_identity(manifest, model_spec(manifest, algorithm, train), train)
     name = model_name(identity)
-    folder = model_dir(home, name)
     if (folder / "result.json").is_file():
         return {**read_json(folder / "result.json", "training result"), "cached": True}
-    write_json(folder / "spec.json", identity)
+    if writes:
+        write_json(folder / "spec.json", identity)
     for split in ("train", "val"):
         if split not in tasks.splits:
             raise MedmetaError(f"task set {taskset} has no {split} split")
@@ -51,8 +117,8 @@ def train_model(home: Home, taskset: str, algorithm: str, settings: PipelineSett
         learner, sampler.sample, max_steps=int(train["steps"]), lr=float(train["lr"]),
         val_episodes=list(val.evaluation(int(train["val_episodes"]), batch=int(train["val_episodes"]))),
         val_every=int(train["val_every"]), patience=train["patience"], checkpoint_dir=folder / "checkpoint",
-        checkpoint_every=int(train["checkpoint_every"]), seed=seed, device=str(train["device"]), config=identity,
-        on_step=on_step, on_validation=on_validation,
+        checkpoint_every=int(train["checkpoint_every"]), seed=seed, device=device or str(train["device"]),
+        config=identity, on_step=on_step, on_validation=on_validation,
     )
     delay = float(os.environ.get("MEDMETA_TEST_STEP_DELAY_S") or 0)  # tests only: a window to kill a run in
     if delay:
@@ -66,14 +132,17 @@ def train_model(home: Home, taskset: str, algorithm: str, settings: PipelineSett
         trainer.on_step = slowed
     started = time.perf_counter()
     result = trainer.fit(resume=True)
-    save_weights(folder / "weights.safetensors", learner, metadata={"model": name})
     summary = {
         "model": name, "taskset": taskset, "algorithm": algorithm, "snapshot": manifest["snapshot"],
         "steps": result.steps, "stop_reason": result.stop_reason, "monitor": result.monitor,
         "best_value": result.best_value, "best_step": result.best_step, "device": result.device,
         "seconds": round(time.perf_counter() - started, 3), "history": result.history,
         "validations": result.validations, "spec": identity["spec"], "train": identity["train"],
+        "processes": trainer.world.size,
     }
+    if not writes:
+        return {**summary, "cached": False}
+    save_weights(folder / "weights.safetensors", learner, metadata={"model": name})
     from medmeta.training.plots import training_curve
 
     training_curve(summary, folder / "curve.png", home=home)

@@ -1,0 +1,219 @@
+"""Meta-training on N processes: the torchrun launcher (flow side) and the rank entry point.
+
+``run_torchrun(nproc, entry, on_report=...)`` runs ``python -m torch.distributed.run --standalone
+--nproc_per_node N <entry>`` with this interpreter and waits for it. The ranks talk back through
+their stdout: a line ``MEDMETA-RANKED {json}`` is a report (``rank``: each rank's pid at start;
+``step`` / ``validation``: rank 0's progress; ``error``: a rank's own failure), handed to
+``on_report`` as it arrives, so a Prefect task can keep its progress artifact live. Other lines
+are logged. When a rank dies (killed, out of memory, an exception) torchrun's agent stops the
+others and exits non-zero; ``RankFailed`` then names the rank and how it ended, within seconds
+(the process group's timeout bounds a survivor blocked in an all-reduce, see
+``metalearn.distributed``). Nothing is half-written: rank 0 writes checkpoints atomically.
+
+``python -m medmeta.training.ranked --home H --taskset T --algorithm A --settings FILE`` is what
+each rank runs (``train_model_ranked``): it joins the process group (gloo on CPU, NCCL on CUDA,
+one GPU per local rank; the CUDA branch is untested here) and trains with
+``medmeta.training.train.train_in_process``; rank 0 alone writes the model folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Callable, Sequence
+
+from medmeta.errors import MedmetaError
+
+PREFIX = "MEDMETA-RANKED "
+MONITOR_INTERVAL_S = 0.5  # how often torchrun's agent looks at its workers
+
+
+class RankFailed(MedmetaError):
+    """A training rank died or failed; ``rank`` is None when torchrun did not say which."""
+
+    def __init__(self, message: str, rank: int | None, exitcode: int | None):
+        super().__init__(message)
+        self.rank, self.exitcode = rank, exitcode
+
+
+def report(kind: str, **fields) -> None:
+    """Write one report line for the launcher (any rank; the launcher reads them all)."""
+    print(PREFIX + json.dumps({"kind": kind, **fields}, default=str), flush=True)
+
+
+def check_nproc(nproc: int, device: str = "auto") -> int:
+    """``nproc`` when it is a sound world size: at least 1; at most the CPU cores on CPU, the GPUs on CUDA."""
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise MedmetaError(f"nproc must be a positive integer (training processes), got {nproc!r}")
+    if nproc == 1:
+        return nproc
+    gpus = _cuda_count() if device == "auto" or device.startswith("cuda") else 0
+    if device.startswith("cuda") or (device == "auto" and gpus):
+        if nproc > gpus:
+            raise MedmetaError(f"nproc {nproc} is more than the {gpus} GPUs of this machine (one rank per GPU)")
+        return nproc
+    cores = os.cpu_count() or 1
+    if nproc > cores:
+        raise MedmetaError(f"nproc {nproc} is more than the {cores} CPU cores of this machine; "
+                           f"use at most {cores} training processes on CPU")
+    return nproc
+
+
+def _cuda_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001 - no usable CUDA runtime counts as none
+        return 0
+
+
+def torchrun_command(nproc: int, entry: Sequence[str]) -> list[str]:
+    """The torchrun command line: this interpreter, one node, ``nproc`` ranks; ``entry`` is a script
+    and its arguments, or ``["-m", module, ...]``."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            f"--monitor-interval={MONITOR_INTERVAL_S}", "--max-restarts=0", *entry]
+
+
+_FAILURE = re.compile(r"rank\s*:\s*(\d+)\s*\(local_rank:\s*\d+\)\s*\n\s*exitcode\s*:\s*(-?\d+)")
+
+
+def _failures(stderr: str) -> list[tuple[int, int]]:
+    """(rank, exit code) of each failure in torchrun's ChildFailedError summary."""
+    return [(int(r), int(c)) for r, c in _FAILURE.findall(stderr)]
+
+
+def _how(exitcode: int) -> str:
+    if exitcode < 0:
+        try:
+            return f"was killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"was killed by signal {-exitcode}"
+    return f"exited with code {exitcode}"
+
+
+def run_torchrun(nproc: int, entry: Sequence[str], *, on_report: Callable[[dict], None] | None = None,
+                 on_line: Callable[[str], None] | None = None, env: dict | None = None,
+                 cwd: str | os.PathLike | None = None, threads_per_rank: int | None = None) -> None:
+    """Run ``entry`` on ``nproc`` ranks with torchrun and wait; reports go to ``on_report`` as they come.
+
+    Raises ``RankFailed`` naming the failed rank (a rank killed by a signal first, else the
+    rank's own error report, else torchrun's first observed failure). The launcher's own
+    SIGINT/SIGTERM/exception stops torchrun (which stops the ranks: they checkpoint and exit).
+    """
+    cores = os.cpu_count() or 1
+    threads = threads_per_rank or max(1, cores // nproc)
+    run_env = {**os.environ, **(env or {}), "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(torchrun_command(nproc, entry), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=run_env, cwd=cwd, start_new_session=True)
+    tail: collections.deque[str] = collections.deque(maxlen=400)
+
+    def drain_stderr() -> None:
+        for line in proc.stderr:
+            tail.append(line)
+
+    reader = threading.Thread(target=drain_stderr, daemon=True)
+    reader.start()
+    errors: list[dict] = []
+    try:
+        for line in proc.stdout:
+            if line.startswith(PREFIX):
+                try:
+                    message = json.loads(line[len(PREFIX):])
+                except json.JSONDecodeError:
+                    continue
+                if message.get("kind") == "error":
+                    errors.append(message)
+                if on_report is not None:
+                    on_report(message)
+            elif on_line is not None:
+                on_line(line.rstrip("\n"))
+        code = proc.wait()
+    except BaseException:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # torchrun forwards it: the ranks checkpoint and stop
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        raise
+    finally:
+        reader.join(timeout=10)
+    if code == 0:
+        return
+    stderr = "".join(tail)
+    root_cause = _failures(stderr.rpartition("Root Cause")[2])  # torchrun's first observed failure
+    failures = root_cause + _failures(stderr.rpartition("Root Cause")[0])
+    killed = [(r, c) for r, c in failures if c < 0 and c != -signal.SIGTERM]  # SIGTERM: torchrun stopping the rest
+    if killed:
+        rank, exitcode = killed[0]
+        raise RankFailed(f"training rank {rank} of {nproc} {_how(exitcode)}; the others were stopped. The last "
+                         "checkpoint is intact: run the training again to resume from it", rank, exitcode)
+    if errors:
+        first = errors[0]
+        raise RankFailed(f"training rank {first.get('rank')} of {nproc} failed: {first.get('message')}",
+                         first.get("rank"), code)
+    if failures:
+        rank, exitcode = failures[0]
+        raise RankFailed(f"training rank {rank} of {nproc} {_how(exitcode)}; the last checkpoint is intact: "
+                         "run the training again to resume from it", rank, exitcode)
+    last = next((ln.strip() for ln in reversed(tail) if ln.strip()), "no output")
+    raise RankFailed(f"torchrun with {nproc} ranks exited with code {code}: {last[:300]}", None, code)
+
+
+# -- the rank side ------------------------------------------------------------------------------
+
+
+def _step_fields(r) -> dict:
+    return {k: getattr(r, k) for k in r.__dataclass_fields__}
+
+
+def train_model_ranked(home: str, taskset: str, algorithm: str, settings_file: str) -> int:
+    """One rank of a multi-process training (run by torchrun); rank 0 reports progress. Exit code."""
+    from medmeta.home import Home
+    from medmeta.training.settings import settings_from_dict
+    from medmeta.training.train import train_in_process
+    from metalearn import distributed
+
+    saved = json.loads(Path(settings_file).read_text())
+    settings = settings_from_dict(saved["settings"], saved["source"])
+    device = distributed.rank_device(str(settings.train["device"]))
+    w = distributed.init_process_group(device)
+    report("rank", rank=w.rank, pid=os.getpid(), world=w.size, device=str(device))
+    try:
+        on_step = (lambda r: report("step", **_step_fields(r))) if w.writes else None
+        on_validation = (lambda r: report("validation", **_step_fields(r))) if w.writes else None
+        train_in_process(Home.at(home), taskset, algorithm, settings, on_step=on_step, on_validation=on_validation,
+                         device=str(device))
+    except MedmetaError as error:
+        report("error", rank=w.rank, type=type(error).__name__, message=str(error))
+        return 1
+    except Exception as error:  # noqa: BLE001 - named for the launcher, then the traceback for the log
+        report("error", rank=w.rank, type=type(error).__name__, message=f"{type(error).__name__}: {error}")
+        raise
+    finally:
+        distributed.close_process_group()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m medmeta.training.ranked")
+    parser.add_argument("--home", required=True)
+    parser.add_argument("--taskset", required=True)
+    parser.add_argument("--algorithm", required=True)
+    parser.add_argument("--settings", required=True, help="the pipeline settings as JSON (written by the launcher)")
+    args = parser.parse_args(argv)
+    return train_model_ranked(args.home, args.taskset, args.algorithm, args.settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
