@@ -164,7 +164,7 @@ def _old_layout(home: Path) -> None:
                   for s, i in zip(table["shard"].to_pylist(), table["shard_index"].to_pylist())]
         table = table.drop_columns(["shard", "shard_index", "pixel_sha256"]).append_column("pixels", pa.array(pixels, pa.binary()))
         pq.write_table(table, batch, compression="none")
-    (staging / "index.arrow").unlink()
+    (staging / "staged-rows.index").unlink()
     images, stacked = _pixels_in_table_order(home)
     shutil.rmtree(home / "cache" / "pixels" / "shards")
     digest = hashlib.sha256(stacked.tobytes()).hexdigest()[:24]

@@ -18,8 +18,9 @@ An ingest that adds k images writes k images' pixels once. Consolidation reads t
 a pixel): each row of the images table points at its shard (``pixel_path``, ``pixel_index``). A
 shard no snapshot refers to any more is kept (older snapshots may); nothing deletes shards.
 
-Consolidation keeps every staged row in one index, ``store/parts/images-<size>/index.arrow`` (an
-uncompressed Arrow IPC file: the rows and the name of the batch file each came from), and reads only
+Consolidation keeps every staged row in one index, ``store/parts/images-<size>/staged-rows.index`` (an
+uncompressed Parquet file: the rows and the name of the batch file each came from; Parquet, so the
+same rows give the same bytes whichever engine staged them), and reads only
 the batch files the index does not hold yet, so a rerun does not open every batch file again. The
 index is staging (rebuilt from the batch files when absent or damaged), written by the single writer
 only; ``known_image_sources`` reads it and the batch files it lacks, writing nothing.
@@ -104,7 +105,7 @@ def write_shard(shards_dir: Path, stack: np.ndarray) -> str:
     return name
 
 
-INDEX_FILE = "index.arrow"
+INDEX_FILE = "staged-rows.index"
 INDEX_SCHEMA = STAGING_SCHEMA.append(pa.field("batch", pa.string()))
 
 
@@ -127,8 +128,7 @@ def _indexed_rows(parts_root: Path, size: int) -> tuple[pa.Table, list[Path]]:
     files = _batch_files(parts_root, size)
     index = INDEX_SCHEMA.empty_table()
     try:
-        with pa.memory_map(str(folder / INDEX_FILE)) as source:
-            index = pa.ipc.open_file(source).read_all()
+        index = pq.read_table(folder / INDEX_FILE)
         if index.schema != INDEX_SCHEMA:
             index = INDEX_SCHEMA.empty_table()
     except (OSError, pa.ArrowInvalid):
@@ -152,10 +152,9 @@ def staged_image_rows(parts_root: Path, size: int) -> pa.Table:
             _migrate_legacy_batch(path, size, shards_dir)
         rows = pq.read_table(path, schema=STAGING_SCHEMA)
         added.append(rows.append_column(INDEX_SCHEMA.field("batch"), pa.array([path.name] * rows.num_rows, pa.string())))
-    index = pa.concat_tables([index, *added])
+    index = pa.concat_tables([index, *added]).combine_chunks()
     with atomic_path(images_dir(parts_root, size) / INDEX_FILE, fsync=False) as tmp:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, INDEX_SCHEMA) as writer:
-            writer.write_table(index)
+        write_parquet(index, tmp, compression="none")
     return index
 
 
