@@ -274,7 +274,18 @@ validation, the Prefect API started before the clock. "written" counts the bytes
 | code | images | first ingest s | no-op rerun s (of first) | +{ADDED} files s | no-op written MB | +{ADDED} written MB | no-op keeps the snapshot |
 |---|---:|---:|---:|---:|---:|---:|---|
 {chr(10).join(rows)}
-{verdict}"""
+{verdict}{NOTE}"""
+
+
+NOTE = """
+What still grows with the home on a rerun (the 1.5x target is not met): every file is listed and
+`lstat`ed and its path token (an HMAC) computed to find its ledger entry; the ledger (one JSON entry
+per file) is read and, when it changed, rewritten; the images table (rows only, no pixels) is rebuilt
+in Arrow, written and digested. Pixels are no longer among them: a rerun writes no shard, +20 files
+write 20 images' pixels (0.17 MB against main's 8-66 MB). First-ingest times vary with the load from
+other sessions (an earlier run of this same command gave 10.0 s for this branch and 9.8 s for main at
+8,000 images, 97.8 s for this branch at 50,000).
+"""
 
 
 def _cpu() -> str:
