@@ -8,7 +8,8 @@
         <table>.parquet            the consolidated tables of the current snapshot
         record_quarantine.parquet  rows rejected inside otherwise good files
         manifest.json              the current snapshot: id, counts, table hashes
-      cache/pixels/<image_id>.npy  decoded, normalised, resized pixels (float16)
+      cache/pixels/shards/<sha256>.npy  one ingest batch's new images (float16, content-addressed)
+      cache/pixels/<digest>.npy    an older snapshot's stacked images (still read)
       snapshots/<id>.json          every snapshot manifest ever made
       ledger.json                  input path token -> content hash and outcome (never a name)
       quarantine/<sha256>/         a copy of a rejected file and reason.json: the one PHI zone (0700)
@@ -80,6 +81,16 @@ class Home:
     @property
     def pixels(self) -> Path:
         return self.root / "cache" / "pixels"
+
+    @property
+    def pixel_shards(self) -> Path:
+        """``cache/pixels/shards/``: one content-addressed .npy per ingest batch's new images."""
+        return self.pixels / "shards"
+
+    @classmethod
+    def of_parts(cls, parts_root: Path) -> "Home":
+        """The home whose ``store/parts`` folder is ``parts_root``."""
+        return cls(Path(parts_root).parents[1])
 
     @property
     def snapshots(self) -> Path:

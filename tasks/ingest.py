@@ -25,7 +25,9 @@ from tasks.options import NO_RESULTS
 
 @task(name="discover-inputs", **NO_RESULTS)
 def discover_inputs(setup: IngestSetup) -> list[InputItem]:
-    items = discover(setup.source, setup.config)
+    settled = None if setup.config.reread_unchanged else \
+        Ledger.load(setup.home.ledger, setup.pseudonymizer).stat_matcher(setup.source)
+    items = discover(setup.source, setup.config, settled)
     get_run_logger().info("found %d input files", len(items))
     progress.report("ingest", 0, len(items))
     return items
@@ -42,10 +44,10 @@ def ingest_batch(items: list[InputItem], pool: WorkerPool, setup: IngestSetup) -
 
 
 @task(name="build-snapshot", **NO_RESULTS)
-def build_snapshot(setup: IngestSetup, outcomes: list[FileOutcome]) -> dict:
+def build_snapshot(setup: IngestSetup, outcomes: list[FileOutcome], stats: dict | None = None) -> dict:
     sync_all()  # every staged part on disk before the ledger points at it
     ledger = Ledger.load(setup.home.ledger, setup.pseudonymizer)
-    ledger.record(setup.source, outcomes)
+    ledger.record(setup.source, outcomes, stats)
     ledger.save()
     manifest = consolidate(setup.home, ledger.active_hashes(), setup.pseudonymizer, setup.config.image_size,
                            setup.config.display_min_patients)

@@ -47,8 +47,9 @@ def test_every_real_test_file_is_ingested_or_quarantined_with_a_reason(tmp_path)
                 "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80",
                 "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"):
         assert uid in syntaxes, f"no ingested image in transfer syntax {uid}"
-    for staged in per_file["pixels"]:
-        pixels = np.frombuffer(staged, np.float16)
-        assert pixels.shape == (64 * 64,) and np.isfinite(pixels).all()
-    stack = np.load(home / images["pixel_path"].iloc[0])
+    for shard, index in zip(per_file["shard"], per_file["shard_index"]):
+        pixels = np.load(home / "cache" / "pixels" / "shards" / shard, mmap_mode="r")[index]
+        assert pixels.shape == (64, 64) and np.isfinite(pixels).all()
+    stack = np.stack([np.load(home / path, mmap_mode="r")[index]
+                      for path, index in zip(images["pixel_path"], images["pixel_index"])])
     assert stack.shape == (len(images), 64, 64) and np.isfinite(stack).all()

@@ -30,6 +30,9 @@ class IngestConfig:
     age_reference_date: date = date(2026, 1, 1)
     workers: int = 0
     batch_size: int = 256
+    # read and hash every file on a rerun; by default a plain file whose size and mtime are the
+    # ledger's and whose content is still staged is unchanged unread (medmeta.ingest.ledger)
+    reread_unchanged: bool = False
     # a display is stored only when that (system, code, display) is attested by this many distinct
     # patients (medmeta.records.displays); a vocabulary table's labels (OMOP CONCEPT) are always kept
     display_min_patients: int = 3
@@ -80,6 +83,10 @@ class IngestConfig:
                                                           for k, v in value.items()):
                     raise MedmetaError(f"{origin}: issuer_aliases must map issuer spellings to issuers (text to text)")
                 kwargs[name] = tuple(sorted((k.strip(), v.strip()) for k, v in value.items()))
+            elif name == "reread_unchanged":
+                if not isinstance(value, bool):
+                    raise MedmetaError(f"{origin}: reread_unchanged must be true or false, not {value!r}")
+                kwargs[name] = value
             elif name == "dask_address":
                 kwargs[name] = None if value is None else dask_address(value, origin)
             else:

@@ -8,6 +8,14 @@ Free text the parts hold sealed (displays, units as written: ``medmeta.records.s
 here and enters the store only by a vocabulary rule: a display attested by enough patients
 (``medmeta.records.displays``), a unit that converts to UCUM (``units_step``). What a rule withheld
 is counted in the manifest's ``values_withheld``.
+
+Images are read as rows only: each row of the images table points at the pixel shard its batch
+wrote (``medmeta.ingest.image_parts``), so no pixel is read or written here. Which shard an image
+sits in follows how files were batched; the images table's digest (and so the snapshot id) is taken
+over its content columns and each image's pixel hash instead, so the same data gives the same
+snapshot id however it arrived. Consolidating the same inputs again (``consolidation_inputs`` in
+the manifest: the active content hashes and every setting that shapes the tables) is a no-op that
+returns the current manifest.
 """
 
 from __future__ import annotations
@@ -20,12 +28,14 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from medmeta import schema
 from medmeta.atomic import atomic_path, write_json
 from medmeta.errors import UNRESOLVED_MEDICATION, UNRESOLVED_REFERENCE
 from medmeta.home import Home
-from medmeta.ingest.image_parts import read_image_rows, write_pixel_cache
+import medmeta
+from medmeta.ingest.image_parts import read_image_rows, shard_relative_path
 from medmeta.ingest.parts import Part, part_hashes, read_part, rejected_rows, staged_table, write_parquet
 from medmeta.pseudonyms import Pseudonymizer
 from medmeta.ingest.units_step import convert_units
@@ -42,6 +52,9 @@ DISPLAY_MIN_PATIENTS = 3  # IngestConfig.display_min_patients
 
 def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer, image_size: int,
                 display_min_patients: int = DISPLAY_MIN_PATIENTS) -> dict:
+    inputs = consolidation_inputs(hashes, pseudo, image_size, display_min_patients)
+    if (current := _unchanged_snapshot(home, inputs)) is not None:
+        return current
     sealer = Sealer(pseudo)
     record_parts = [read_part(home.parts, h) for h in sorted(set(hashes) & part_hashes(home.parts))]
     refs = _patient_refs(record_parts)
@@ -51,11 +64,13 @@ def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer, image_size
     counts, digests, withheld = {}, {}, {}
     for name, table_schema in schema.TABLES.items():
         if name == "images":  # DICOM always names its patient: no references to resolve
-            frame = read_image_rows(home.parts, image_size, set(hashes)).to_pandas(date_as_object=True)
-            frame = _attach_pixel_cache(home, _deduplicate(name, frame), image_size)
+            table = _images_table(read_image_rows(home.parts, image_size, set(hashes)))
             for column in ("modality", "body_part"):  # absent, or not a defined term (medmeta.dicom.defined_terms)
-                if missing := int(frame[column].isna().sum()):
+                if missing := table[column].null_count:
                     withheld[f"images.{column}"] = missing
+            digests[name] = _write_images(home.table(name), table, table_schema)
+            counts[name] = table.num_rows
+            continue
         else:
             frame = open_sealed(_read(record_parts, name, staging_schema(name)), name, sealer)
             frame, unresolved = _resolve(frame, refs, pseudo)
@@ -83,6 +98,7 @@ def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer, image_size
         "snapshot": snapshot, "schema_version": schema.SCHEMA_VERSION, "counts": counts, "table_sha256": digests,
         "sources": len(hashes), "key_fingerprint": pseudo.fingerprint,
         **_resource_counts(record_parts), "values_withheld": dict(sorted(withheld.items())),
+        "consolidation_inputs": inputs,
     }
     write_json(home.snapshots / f"{snapshot}.json", manifest)
     write_json(home.manifest, manifest)
@@ -102,11 +118,60 @@ def _resource_counts(parts: list[Part]) -> dict[str, dict[str, int]]:
     return {name: dict(sorted(c.items())) for name, c in counts.items()}
 
 
-def _attach_pixel_cache(home: Home, frame: pd.DataFrame, image_size: int) -> pd.DataFrame:
-    """Stack the snapshot's pixels in table order; each row points at its slice."""
-    frame = frame.sort_values("image_id", kind="mergesort").reset_index(drop=True)
-    path = write_pixel_cache(home.pixels, home.root, frame["pixels"].tolist(), image_size)
-    return frame.drop(columns="pixels").assign(pixel_path=path, pixel_index=range(len(frame)))
+def consolidation_inputs(hashes: list[str], pseudo: Pseudonymizer, image_size: int, display_min_patients: int) -> str:
+    """A digest of everything consolidation's output depends on besides the staged files of ``hashes``
+    (written once per content hash, never changed): the same digest, the same tables."""
+    inputs = {"hashes": sorted(set(hashes)), "image_size": image_size, "display_min_patients": display_min_patients,
+              "key": pseudo.fingerprint, "schema_version": schema.SCHEMA_VERSION, "medmeta": medmeta.__version__,
+              "format": CONSOLIDATION_FORMAT}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+CONSOLIDATION_FORMAT = 2  # 2: images point at pixel shards; raise when consolidation's output changes
+
+
+def _unchanged_snapshot(home: Home, inputs: str) -> dict | None:
+    """The current manifest when it was built from ``inputs`` and its tables are all there."""
+    try:
+        manifest = json.loads(home.manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if manifest.get("consolidation_inputs") != inputs:
+        return None
+    tables = [home.table(name) for name in schema.TABLES] + [home.record_quarantine,
+                                                            home.snapshots / f"{manifest.get('snapshot')}.json"]
+    return manifest if all(path.is_file() for path in tables) else None
+
+
+def _images_table(staged: pa.Table) -> pa.Table:
+    """One row per ``image_id`` (the first by source, then shard: ``schema.KEYS``), in ``image_id``
+    order, each pointing at its image in its batch's shard. In Arrow: a rerun adding 20 images to
+    50,000 spends milliseconds here, not a pandas round trip."""
+    order = pc.sort_indices(staged, [("image_id", "ascending"), ("source", "ascending"),
+                                     ("shard", "ascending"), ("shard_index", "ascending")])
+    table = staged.take(order)
+    ids = table["image_id"].combine_chunks()
+    if len(ids) > 1:
+        first = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1)).fill_null(True)
+        table = table.filter(pa.concat_arrays([pa.array([True]), first]))
+    paths = pc.binary_join_element_wise(shard_relative_path(""), table["shard"], "")
+    return (table.append_column("pixel_path", paths)
+            .append_column("pixel_index", table["shard_index"])
+            .drop_columns(["shard", "shard_index"]).combine_chunks())
+
+
+def _write_images(path: Path, table: pa.Table, table_schema: pa.Schema) -> str:
+    """Write the images table; its digest: over its content columns and each image's pixel hash
+    (``pixel_sha256``), in table order, never where the pixels happen to be stored (``pixel_path``,
+    ``pixel_index`` follow how files were batched). Parquet bytes are the canonical form digested."""
+    with atomic_path(path) as tmp:
+        write_parquet(table.select(table_schema.names).cast(table_schema), tmp)
+    content = [n for n in table_schema.names if n not in ("pixel_path", "pixel_index")] + ["pixel_sha256"]
+    buffer = pa.BufferOutputStream()
+    write_parquet(table.select(content), buffer)
+    digest = hashlib.sha256(json.dumps(table_schema.names).encode())
+    digest.update(buffer.getvalue().to_pybytes())
+    return digest.hexdigest()
 
 
 def _read(parts: list[Part], name: str, table_schema: pa.Schema) -> pd.DataFrame:

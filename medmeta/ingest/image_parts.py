@@ -1,31 +1,58 @@
-"""Image staging: one Parquet file per batch of DICOM files, and the pixel cache built from them.
+"""Image staging: per ingest batch, one pixel shard and one Parquet file of rows pointing into it.
 
-    store/parts/images-<size>/<digest>.parquet   rows of the images table (pixel_path / pixel_index
-                                          unset) plus ``pixels``: the float16 array's bytes
-    cache/pixels/<digest>.npy             the snapshot's images stacked (N, size, size), float16,
-                                          in the images table's order
+    cache/pixels/shards/<sha256>.npy           the batch's newly decoded images stacked (n, size, size),
+                                               float16 in [0, 1], in the batch file's row order; named by
+                                               the SHA-256 of the .npy file's bytes (content-addressed)
+    store/parts/images-<size>/<digest>.parquet rows of the images table (pixel_path / pixel_index unset)
+                                               plus ``shard`` (the shard's file name), ``shard_index``
+                                               (the row's image in it) and ``pixel_sha256`` (SHA-256 of
+                                               the image's float16 bytes)
 
-A batch file is written whole or not at all once its batch is done; a file's content hash
-in any batch file makes that content ``unchanged`` next time. The cache is rebuilt from the
-active rows by consolidation, so it does not depend on how files were batched.
+``write_image_batch`` writes the shard first, then the rows, each to a temp file in its folder and
+renamed (no fsync each, as every staging file: the flow's one ``sync`` before the ledger makes a run
+durable; on a shared file system such as NFS a file's ``close`` sends it to the server): a reader (or a run killed mid-write) sees both whole or the rows absent, and
+several processes on several machines sharing the home may write batches at once (the same images
+give the same shard name and the same bytes, so a rename over it changes nothing).
+
+An ingest that adds k images writes k images' pixels once. Consolidation reads the rows only (never
+a pixel): each row of the images table points at its shard (``pixel_path``, ``pixel_index``). A
+shard no snapshot refers to any more is kept (older snapshots may); nothing deletes shards.
+
+Consolidation keeps every staged row in one index, ``store/parts/images-<size>/staged-rows.index`` (an
+uncompressed Parquet file: the rows and the name of the batch file each came from; Parquet, so the
+same rows give the same bytes whichever engine staged them), and reads only
+the batch files the index does not hold yet, so a rerun does not open every batch file again. The
+index is staging (rebuilt from the batch files when absent or damaged), written by the single writer
+only; ``known_image_sources`` reads it and the batch files it lacks, writing nothing.
+
+Batch files written by older versions hold the pixels themselves (a ``pixels`` column): consolidation
+migrates each once (``migrate_legacy_batches``: its pixels become a shard, the file is rewritten with
+the shard columns), so a home made by an older version keeps working.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from medmeta import schema
 from medmeta.atomic import atomic_path
+from medmeta.home import Home
 from medmeta.ingest.parts import write_parquet
 
 STAGED_COLUMNS = [n for n in schema.IMAGES.names if n not in ("pixel_path", "pixel_index")]
-STAGING_SCHEMA = pa.schema([schema.IMAGES.field(n) for n in STAGED_COLUMNS] + [("pixels", pa.binary())])
+SHARD_FIELDS = [pa.field("shard", pa.string()), pa.field("shard_index", pa.int32()),
+                pa.field("pixel_sha256", pa.string())]
+STAGING_SCHEMA = pa.schema([schema.IMAGES.field(n) for n in STAGED_COLUMNS] + SHARD_FIELDS)
+LEGACY_PIXELS = "pixels"  # the column older versions staged each image's float16 bytes in
 
 
 @dataclass(frozen=True)
@@ -41,38 +68,118 @@ def images_dir(parts_root: Path, size: int) -> Path:
     return parts_root / f"images-{size}"
 
 
+def shard_relative_path(shard: str) -> str:
+    """A shard's path from the home root, as the images table's ``pixel_path`` holds it."""
+    return f"cache/pixels/shards/{shard}"
+
+
 def write_image_batch(parts_root: Path, size: int, payloads: list[ImagePayload]) -> None:
+    """Stage one batch's new images: their pixels as one shard, then their rows pointing into it.
+
+    ``parts_root`` is the home's ``store/parts``. Rows are ordered by content hash, so the same batch
+    gives the same bytes in any process or machine. Safe to call from several processes at once."""
     if not payloads:
         return
     payloads = sorted(payloads, key=lambda p: p.row["source"])
-    rows = [{**{c: p.row.get(c) for c in STAGED_COLUMNS}, "pixels": p.pixels.tobytes()} for p in payloads]
+    stack = np.stack([np.asarray(p.pixels, dtype=np.float16).reshape(size, size) for p in payloads])
+    shard = write_shard(Home.of_parts(parts_root).pixel_shards, stack)
+    rows = [{**{c: p.row.get(c) for c in STAGED_COLUMNS}, "shard": shard, "shard_index": i,
+             "pixel_sha256": hashlib.sha256(stack[i].tobytes()).hexdigest()}
+            for i, p in enumerate(payloads)]
     digest = hashlib.sha256("".join(p.row["source"] for p in payloads).encode()).hexdigest()
     with atomic_path(images_dir(parts_root, size) / f"{digest}.parquet", fsync=False) as tmp:
-        # Uncompressed: float16 pixels barely compress, and this file is read back once.
-        write_parquet(pa.Table.from_pylist(rows, schema=STAGING_SCHEMA), tmp, compression="none")
+        write_parquet(pa.Table.from_pylist(rows, schema=STAGING_SCHEMA), tmp)
+
+
+def write_shard(shards_dir: Path, stack: np.ndarray) -> str:
+    """``stack`` saved as ``<sha256 of the .npy bytes>.npy`` in ``shards_dir`` (unless there already);
+    its file name. Temp file and rename: never seen half-written."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(stack, dtype=np.float16), allow_pickle=False)
+    data = buffer.getvalue()
+    name = f"{hashlib.sha256(data).hexdigest()}.npy"
+    target = shards_dir / name
+    if not (target.exists() and target.stat().st_size == len(data)):
+        with atomic_path(target, fsync=False) as tmp:
+            tmp.write_bytes(data)
+    return name
+
+
+INDEX_FILE = "staged-rows.index"
+INDEX_SCHEMA = STAGING_SCHEMA.append(pa.field("batch", pa.string()))
+
+
+def _batch_files(parts_root: Path, size: int) -> list[Path]:
+    return sorted(images_dir(parts_root, size).glob("*.parquet"))
 
 
 def known_image_sources(parts_root: Path, size: int) -> frozenset[str]:
-    files = sorted(images_dir(parts_root, size).glob("*.parquet"))
-    return frozenset(s for f in files for s in pq.read_table(f, columns=["source"])["source"].to_pylist())
+    """The content hashes staged as images of ``size`` (either staging format); writes nothing."""
+    index, missing = _indexed_rows(parts_root, size)
+    sources = index["source"].to_pylist()
+    for path in missing:
+        sources += pq.read_table(path, columns=["source"])["source"].to_pylist()
+    return frozenset(sources)
+
+
+def _indexed_rows(parts_root: Path, size: int) -> tuple[pa.Table, list[Path]]:
+    """The index's rows of batch files still there, and the batch files it does not hold."""
+    folder = images_dir(parts_root, size)
+    files = _batch_files(parts_root, size)
+    index = INDEX_SCHEMA.empty_table()
+    try:
+        index = pq.read_table(folder / INDEX_FILE)
+        if index.schema != INDEX_SCHEMA:
+            index = INDEX_SCHEMA.empty_table()
+    except (OSError, pa.ArrowInvalid):
+        pass  # absent or damaged: rebuilt from the batch files
+    names = pa.array([f.name for f in files], pa.string())
+    index = index.filter(pc.is_in(index["batch"], names))
+    held = set(pc.unique(index["batch"]).to_pylist())
+    return index, [f for f in files if f.name not in held]
+
+
+def staged_image_rows(parts_root: Path, size: int) -> pa.Table:
+    """Every staged row (no pixels) of images of ``size``, with its ``batch``; batch files the index
+    lacks are read (older ones migrated first) and the index rewritten. Single writer only."""
+    index, missing = _indexed_rows(parts_root, size)
+    if not missing:
+        return index
+    shards_dir = Home.of_parts(parts_root).pixel_shards
+    added = []
+    for path in missing:
+        if LEGACY_PIXELS in pq.read_schema(path).names:
+            _migrate_legacy_batch(path, size, shards_dir)
+        rows = pq.read_table(path, schema=STAGING_SCHEMA)
+        added.append(rows.append_column(INDEX_SCHEMA.field("batch"), pa.array([path.name] * rows.num_rows, pa.string())))
+    index = pa.concat_tables([index, *added]).combine_chunks()
+    with atomic_path(images_dir(parts_root, size) / INDEX_FILE, fsync=False) as tmp:
+        write_parquet(index, tmp, compression="none")
+    return index
+
+
+def _migrate_legacy_batch(path: Path, size: int, shards_dir: Path) -> None:
+    """Rewrite a batch file of an older version (pixels inside) as a shard plus rows pointing into it.
+    Run by the single writer (consolidation, under the home lock)."""
+    table = pq.read_table(path)
+    pixels = table[LEGACY_PIXELS].to_pylist()
+    stack = np.frombuffer(b"".join(pixels), dtype=np.float16).reshape(len(pixels), size, size)
+    shard = write_shard(shards_dir, stack)
+    rows = table.select(STAGED_COLUMNS)
+    rows = rows.append_column(SHARD_FIELDS[0], pa.array([shard] * len(pixels), pa.string()))
+    rows = rows.append_column(SHARD_FIELDS[1], pa.array(range(len(pixels)), pa.int32()))
+    rows = rows.append_column(SHARD_FIELDS[2], pa.array([hashlib.sha256(p).hexdigest() for p in pixels]))
+    with atomic_path(path) as tmp:
+        write_parquet(rows.cast(STAGING_SCHEMA), tmp)
 
 
 def read_image_rows(parts_root: Path, size: int, active: set[str]) -> pa.Table:
-    tables = [pq.read_table(f) for f in sorted(images_dir(parts_root, size).glob("*.parquet"))]
-    if not tables:
-        return STAGING_SCHEMA.empty_table()
-    table = pa.concat_tables(tables)
-    return table.filter(pa.compute.is_in(table["source"], pa.array(sorted(active), pa.string())))
+    """The staged rows (no pixels) whose ``source`` is in ``active`` (``staged_image_rows``)."""
+    table = staged_image_rows(parts_root, size).drop_columns(["batch"])
+    return table.filter(pc.is_in(table["source"], pa.array(sorted(active), pa.string())))
 
 
-def write_pixel_cache(cache_dir: Path, home_root: Path, pixels: list[bytes], size: int) -> str:
-    """Stack the pixels in row order into one content-addressed .npy; its path from the home."""
-    stack = np.frombuffer(b"".join(pixels), dtype=np.float16).reshape(len(pixels), size, size) if pixels \
-        else np.zeros((0, size, size), np.float16)
-    digest = hashlib.sha256(stack.tobytes()).hexdigest()[:24]
-    target = cache_dir / f"{digest}.npy"
-    if not target.exists():
-        with atomic_path(target) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, stack, allow_pickle=False)
-    return str(target.relative_to(home_root))
+def shard_bytes(home_root: Path) -> int:
+    """Bytes of every pixel shard in the home (for reports and tests)."""
+    folder = Home(Path(home_root)).pixel_shards
+    return sum(os.path.getsize(p) for p in folder.glob("*.npy")) if folder.exists() else 0

@@ -88,7 +88,7 @@ def home_lock(home: Home) -> Iterator[None]:
 
 def remove_interrupted_writes(home: Home) -> None:
     """Temp files and half-built parts left by a run that was killed (all start with a dot)."""
-    folders = [home.store, home.parts, *home.parts.glob("images-*"), home.pixels]
+    folders = [home.store, home.parts, *home.parts.glob("images-*"), home.pixels, home.pixel_shards]
     folders += [d for d in home.quarantine.iterdir() if d.is_dir()] if home.quarantine.exists() else []
     for folder in folders:
         for entry in folder.glob(".*") if folder.exists() else ():

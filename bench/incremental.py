@@ -1,0 +1,298 @@
+"""Incremental ingest cost: the first ingest, a no-op rerun and a rerun adding 20 files, on homes of
+1,000, 8,000 and 50,000 small DICOM images; this checkout side by side with another (main's).
+
+Each (code, home size) runs in its own process (``--one``) with the Prefect API started before the
+clock; the ingest flow runs exactly as ``medmeta ingest`` runs it, without validation (its cost is
+bench/validation.py's). The images are copies of one synthetic 64x64 uncompressed CT file, each with
+its own SOP Instance UID and its own last pixels (byte patches of the same length: 50,000 files in
+seconds), under /tmp, deleted afterwards.
+
+    python bench/incremental.py [--sizes 1000 8000 50000] [--main PATH --main-sizes 1000 8000]
+                                [--out BENCHMARKS.md]
+    python bench/incremental.py --phases --sizes 8000   # where a rerun spends its time, per phase
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import _report  # noqa: E402  (bench/_report.py)
+from _report import load_average, write_section  # noqa: E402
+# bench/ off the path again (bench/validation.py would shadow the validation package): the code under
+# test is what PYTHONPATH names (this checkout, or main's in a child run)
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+
+SECTION = "incremental"
+ADDED = 20
+WORK = Path(os.environ.get("MEDMETA_BENCH_TMP", "/tmp")) / "medmeta-bench-incremental"
+
+
+# ---------------------------------------------------------------------------------------------
+# The landing folders
+
+
+def template_file(folder: Path) -> tuple[bytes, bytes]:
+    """One synthetic 64x64 CT/MR file in an uncompressed transfer syntax and its SOP Instance UID."""
+    import pydicom
+
+    from medmeta.synth.generate import generate_images
+
+    generate_images(folder, count=16, size=64, seed=0)
+    for path in sorted(folder.rglob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        if str(ds.file_meta.TransferSyntaxUID) in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2"):
+            return path.read_bytes(), str(ds.SOPInstanceUID).encode()
+    raise SystemExit("no uncompressed synthetic file to copy")
+
+
+def write_copies(template: bytes, uid: bytes, folder: Path, first: int, count: int) -> None:
+    """``count`` copies numbered from ``first``: each its own UID (same length) and last 64 bytes."""
+    assert template.count(uid) >= 1 and len(uid) >= 12
+    width = len(uid) - len(b"2.25.9")
+    for n in range(first, first + count):
+        new_uid = b"2.25.9" + str(n).zfill(width).encode()
+        data = template.replace(uid, new_uid)
+        noise = (n * 2654435761 % 2**64).to_bytes(8, "little") * 8
+        data = data[:-64] + bytes(a ^ b for a, b in zip(data[-64:], noise))
+        sub = folder / f"{n // 1000:03d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"{n:06d}.dcm").write_bytes(data)
+
+
+def build_landing(size: int, work: Path) -> tuple[Path, Path]:
+    """``landing-<size>/`` with ``size`` files and ``extra-<size>/`` with the 20 to add later."""
+    template, uid = template_file(work / "template")
+    landing, extra = work / f"landing-{size}", work / f"extra-{size}"
+    for folder in (landing, extra):
+        shutil.rmtree(folder, ignore_errors=True)
+    write_copies(template, uid, landing, 0, size)
+    write_copies(template, uid, extra, size, ADDED)
+    old = time.time() - 60  # as files that landed a while ago (a fresh stat is not trusted: ledger.py)
+    for path in landing.rglob("*.dcm"):
+        os.utime(path, (old, old))
+    return landing, extra
+
+
+# ---------------------------------------------------------------------------------------------
+# One code checkout, one home size (run in its own process, with that checkout first on sys.path)
+
+
+def run_one(landing: Path, extra: Path, home: Path) -> dict:
+    from _report import quiet_prefect_environment, start_ingest_runtime
+
+    quiet_prefect_environment()
+    from flows.ingest import ingest_flow
+    from medmeta.prefect_runtime import embedded_run_settings
+
+    start_ingest_runtime()
+    times, snapshots = {}, {}
+    with embedded_run_settings():
+        for step in ("first", "noop", "add20"):
+            if step == "add20":
+                shutil.copytree(extra, landing / "added", dirs_exist_ok=True)
+            _forget_process_caches()
+            before = _tree_bytes(home)
+            start = time.perf_counter()
+            summary = ingest_flow(str(landing), str(home), run_validation=False)
+            times[step] = time.perf_counter() - start
+            snapshots[step] = {"snapshot": summary["snapshot"], "images": summary["images"],
+                               "ingested": summary["files_ingested"], "written_bytes": _tree_bytes(home) - before}
+    return {"seconds": times, "runs": snapshots}
+
+
+def _forget_process_caches() -> None:
+    """Each step as a new ``medmeta ingest`` process would start: without the ledger and path tokens
+    this process remembers from the step before (where the code under test has them)."""
+    try:
+        from medmeta.ingest import ledger
+    except ImportError:
+        return
+    for name in ("_TOKENS", "_LOADED"):
+        if hasattr(ledger, name):
+            getattr(ledger, name).clear()
+
+
+def _tree_bytes(home: Path) -> int:
+    return sum(p.stat().st_size for p in home.rglob("*") if p.is_file()) if home.exists() else 0
+
+
+def run_phases(landing: Path, extra: Path, home: Path) -> None:
+    """The flow's steps called directly, timed one by one, for a first ingest, a no-op and +20."""
+    from _report import quiet_prefect_environment
+
+    quiet_prefect_environment()
+    from medmeta.atomic import sync_all
+    from medmeta.ingest.consolidate import consolidate
+    from medmeta.ingest.image_parts import write_image_batch
+    from medmeta.ingest.ledger import Ledger, item_stats
+    from medmeta.ingest.parts import part_exists
+    from medmeta.ingest.pool import WorkerPool
+    from medmeta.ingest.setup import IngestSetup
+    from medmeta.landing.walk import discover
+
+    for step in ("first", "noop", "add20"):
+        if step == "add20":
+            shutil.copytree(extra, landing / "added", dirs_exist_ok=True)
+        clock, phases = time.perf_counter(), {}
+
+        def lap(name):
+            nonlocal clock
+            now = time.perf_counter()
+            phases[name] = round(now - clock, 3)
+            clock = now
+
+        setup = IngestSetup.create(str(landing), str(home))
+        lap("setup (known_image_sources)")
+        ledger = Ledger.load(setup.home.ledger, setup.pseudonymizer)
+        lap("ledger load")
+        items = discover(setup.source, setup.config, ledger.stat_matcher(setup.source))
+        lap("discover")
+        known = setup.worker_context.known_images
+        unchanged, todo = ledger.split_unchanged(setup.source, items,
+                                                 lambda h: h in known or part_exists(setup.home.parts, h))
+        lap("split unchanged")
+        outcomes = list(unchanged)
+        with WorkerPool(setup.worker_context, setup.config.worker_count) as pool:
+            for i in range(0, len(todo), setup.config.batch_size):
+                results = pool.map(todo[i:i + setup.config.batch_size])
+                write_image_batch(setup.home.parts, setup.config.image_size, [p for _, p in results if p is not None])
+                outcomes += [o for o, _ in results]
+        lap(f"decode + stage {len(todo)} files")
+        sync_all()
+        ledger.record(setup.source, outcomes, item_stats(items))
+        ledger.save()
+        lap("ledger record + save")
+        manifest = consolidate(setup.home, ledger.active_hashes(), setup.pseudonymizer, setup.config.image_size)
+        lap("consolidate")
+        print(json.dumps({"step": step, "snapshot": manifest["snapshot"], "phases": phases}), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def child(code_root: Path, mode: str, landing: Path, extra: Path, home: Path) -> dict | None:
+    env = {**os.environ, "PYTHONPATH": str(code_root)}
+    command = [sys.executable, str(Path(__file__).resolve()), mode, str(landing), str(extra), str(home)]
+    result = subprocess.run(command, env=env, cwd=code_root, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{mode} under {code_root} failed:\n{result.stderr[-3000:]}")
+    if mode == "--phases-one":
+        print(result.stdout)
+        return None
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] in ("--one", "--phases-one"):
+        landing, extra, home = map(Path, sys.argv[2:])
+        if sys.argv[1] == "--one":
+            print(json.dumps(run_one(landing, extra, home)))
+        else:
+            run_phases(landing, extra, home)
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 8000, 50000])
+    parser.add_argument("--main", type=Path, default=None, help="a checkout of main to run side by side")
+    parser.add_argument("--main-sizes", type=int, nargs="*", default=[1000, 8000])
+    parser.add_argument("--phases", action="store_true", help="time the flow's steps one by one (this checkout)")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    load_before = load_average()
+    results: dict[tuple[str, int], dict] = {}
+    try:
+        for size in args.sizes:
+            start = time.perf_counter()
+            landing_src, extra = build_landing(size, WORK)
+            print(f"{size} files generated in {time.perf_counter() - start:.1f} s", flush=True)
+            contenders = [("this branch", ROOT)]
+            if args.main is not None and size in args.main_sizes and not args.phases:
+                contenders.append(("main", args.main.resolve()))
+            for name, code_root in contenders:
+                landing = WORK / f"run-{size}"
+                shutil.rmtree(landing, ignore_errors=True)
+                shutil.copytree(landing_src, landing, copy_function=shutil.copy2)
+                home = Path(tempfile.mkdtemp(prefix="home-", dir=WORK))
+                if args.phases:
+                    child(code_root, "--phases-one", landing, extra, home)
+                else:
+                    results[(name, size)] = child(code_root, "--one", landing, extra, home)
+                    print(name, size, json.dumps(results[(name, size)]), flush=True)
+                shutil.rmtree(home, ignore_errors=True)
+                shutil.rmtree(landing, ignore_errors=True)
+            shutil.rmtree(landing_src, ignore_errors=True)
+            shutil.rmtree(extra, ignore_errors=True)
+    finally:
+        shutil.rmtree(WORK, ignore_errors=True)
+    if args.phases:
+        return
+    text = report(results, args, load_before, load_average())
+    print(text)
+    if args.out:
+        write_section(args.out, SECTION, text)
+
+
+def report(results: dict, args, load_before: str, load_after: str) -> str:
+    rows = []
+    for (name, size), r in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0] != "this branch")):
+        s, runs = r["seconds"], r["runs"]
+        same = "yes" if runs["first"]["snapshot"] == runs["noop"]["snapshot"] else "no"
+        rows.append(f"| {name} | {size:,} | {s['first']:.1f} | {s['noop']:.1f} ({100 * s['noop'] / s['first']:.0f}%) "
+                    f"| {s['add20']:.1f} | {runs['noop']['written_bytes'] / 1e6:.2f} "
+                    f"| {runs['add20']['written_bytes'] / 1e6:.2f} | {same} |")
+    ours = {size: r for (name, size), r in results.items() if name == "this branch"}
+    verdict = ""
+    if len(ours) >= 2:
+        small, large = min(ours), max(ours)
+        growth = ours[large]["seconds"]["add20"] / ours[small]["seconds"]["add20"]
+        noop = ours[large]["seconds"]["noop"] / ours[large]["seconds"]["first"]
+        verdict = (f"\n**+20 files: {growth:.2f}x** from the {small:,}-image home to the {large:,}-image home "
+                   f"(target: at most 1.5x). **No-op rerun of the {large:,}-image home: {100 * noop:.1f}%** of its first "
+                   "ingest (target: under 15%).\n")
+    command = "python bench/incremental.py --sizes " + " ".join(map(str, args.sizes))
+    if args.main is not None:
+        command += f" --main <main checkout> --main-sizes {' '.join(map(str, args.main_sizes))}"
+    return f"""## Incremental ingest (issue 13)
+
+`{command}` — {platform.machine()}, {os.cpu_count()} cores ({_cpu()}), Python {platform.python_version()};
+load average {load_before} before, {load_after} after (other sessions share the machine).
+Each home: 64x64 uncompressed CT copies (own UID and pixels), 1,000 per folder; the ingest flow without
+validation, the Prefect API started before the clock. "written" counts the bytes the run added to the home.
+
+| code | images | first ingest s | no-op rerun s (of first) | +{ADDED} files s | no-op written MB | +{ADDED} written MB | no-op keeps the snapshot |
+|---|---:|---:|---:|---:|---:|---:|---|
+{chr(10).join(rows)}
+{verdict}{NOTE}"""
+
+
+NOTE = """
+What still grows with the home on a rerun (the 1.5x target is not met): every file is listed and
+`lstat`ed and its path token (an HMAC) computed to find its ledger entry; the ledger (one JSON entry
+per file) is read and, when it changed, rewritten; the images table (rows only, no pixels) is rebuilt
+in Arrow, written and digested. Pixels are no longer among them: a rerun writes no shard, +20 files
+write 20 images' pixels (0.17 MB against main's 8-66 MB). First-ingest times vary with the load from
+other sessions (an earlier run of this same command gave 10.0 s for this branch and 9.8 s for main at
+8,000 images, 97.8 s for this branch at 50,000).
+"""
+
+
+def _cpu() -> str:
+    from _report import cpu_model
+
+    return cpu_model()
+
+
+if __name__ == "__main__":
+    main()
