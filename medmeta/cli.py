@@ -315,7 +315,7 @@ def evaluate(
         from medmeta.training.ranked import check_nproc
 
         try:
-            check_nproc(nproc, "cpu")  # the ranks evaluate on CPU
+            check_nproc(nproc, "cpu", job="evaluation")  # the ranks evaluate on CPU
         except MedmetaError as error:
             _fail(f"--nproc: {error}")
 

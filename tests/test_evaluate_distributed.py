@@ -160,7 +160,7 @@ def test_a_bad_nproc_is_one_line_and_exit_2(tmp_path, nproc):
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--nproc" in lines[0], result.stderr
+    assert len(lines) == 1 and "--nproc" in lines[0] and "evaluation processes" in lines[0], result.stderr
 
 
 def test_reports_of_two_ranks_on_one_pipe_stay_whole_lines():

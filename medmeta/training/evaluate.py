@@ -98,7 +98,7 @@ def evaluate_model(home: Home, name: str, settings: PipelineSettings, nproc: int
     """
     from medmeta.training.ranked import check_nproc
 
-    nproc = check_nproc(int(settings.train["nproc"]) if nproc is None else nproc, "cpu")
+    nproc = check_nproc(int(settings.train["nproc"]) if nproc is None else nproc, "cpu", job="evaluation")
     folder = require_model(home, name)
     done = _evaluated(folder, settings.evaluate)
     if done is not None:

@@ -62,10 +62,11 @@ def report(kind: str, **fields) -> None:
         line = line[os.write(fd, line):]
 
 
-def check_nproc(nproc: int, device: str = "auto") -> int:
-    """``nproc`` when it is a sound world size: at least 1; at most the CPU cores on CPU, the GPUs on CUDA."""
+def check_nproc(nproc: int, device: str = "auto", job: str = "training") -> int:
+    """``nproc`` when it is a sound world size: at least 1; at most the CPU cores on CPU, the GPUs on CUDA
+    (``job``: "training" or "evaluation", for the message)."""
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
-        raise MedmetaError(f"nproc must be a positive integer (training processes), got {nproc!r}")
+        raise MedmetaError(f"nproc must be a positive integer ({job} processes), got {nproc!r}")
     if nproc == 1:
         return nproc
     gpus = _cuda_count() if device == "auto" or device.startswith("cuda") else 0
@@ -76,7 +77,7 @@ def check_nproc(nproc: int, device: str = "auto") -> int:
     cores = os.cpu_count() or 1
     if nproc > cores:
         raise MedmetaError(f"nproc {nproc} is more than the {cores} CPU cores of this machine; "
-                           f"use at most {cores} training processes on CPU")
+                           f"use at most {cores} {job} processes on CPU")
     return nproc
 
 
