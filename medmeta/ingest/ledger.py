@@ -37,7 +37,7 @@ from medmeta.pseudonyms import Pseudonymizer
 
 VERSION = 2
 STAT_SETTLE_NS = 2_000_000_000  # a stat younger than this at record time is not trusted next run
-_TOKENS: dict[tuple[str, str], str] = {}  # (key fingerprint, path) -> path token
+_TOKENS: dict[str, dict[str, str]] = {}  # key fingerprint -> {path: path token}
 _TOKENS_KEEP = 1_000_000
 _LOADED: list[tuple[tuple, "Ledger"]] = []  # the last ledger loaded, by its file's stat
 
@@ -132,14 +132,29 @@ class Ledger:
                     and entry.get("size") == size and entry.get("mtime_ns") == mtime_ns)
         return unchanged
 
+    def settled_matcher(self, source: Path, staged: Callable[[str], bool]) -> Callable[[str, int, int], str | None]:
+        """For ``discover(..., settled=)``: ``(logical_path, size, mtime_ns)`` -> the content hash when the
+        ledger holds that file as ingested or unchanged with that size and mtime and its content is still
+        ``staged`` (the file is then ``unchanged`` without being opened); else None."""
+        entries = self.sources.get(landing_token(source, self.pseudonymizer), {})
+        token = self._token
+
+        def settled(logical_path: str, size: int, mtime_ns: int) -> str | None:
+            entry = entries.get(token(logical_path))
+            if (entry is not None and entry.get("size") == size and entry.get("mtime_ns") == mtime_ns
+                    and entry["status"] in (INGESTED, UNCHANGED) and entry.get("sha256") and staged(entry["sha256"])):
+                return entry["sha256"]
+            return None
+        return settled
+
     def _token(self, path: str) -> str:
-        """``Pseudonymizer.path_token``, remembered in this process (about 30 us each, three per file)."""
-        key = (self._fingerprint, path)
-        token = _TOKENS.get(key)
+        """``Pseudonymizer.path_token``, remembered in this process (a rerun asks for each file's twice)."""
+        tokens = _TOKENS.get(self._fingerprint)
+        if tokens is None or len(tokens) > _TOKENS_KEEP:
+            tokens = _TOKENS[self._fingerprint] = {}
+        token = tokens.get(path)
         if token is None:
-            if len(_TOKENS) > _TOKENS_KEEP:
-                _TOKENS.clear()
-            token = _TOKENS[key] = self.pseudonymizer.path_token(path)
+            token = tokens[path] = self.pseudonymizer.path_token(path)
         return token
 
 

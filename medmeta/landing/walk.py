@@ -86,18 +86,21 @@ class InputItem:
 
 
 def discover(source: Path, config: IngestConfig,
-             unchanged: Callable[[str, int, int], bool] | None = None) -> list[InputItem]:
+             unchanged: Callable[[str, int, int], object] | None = None,
+             settled: list[tuple[str, object, int, int]] | None = None) -> list[InputItem]:
     """Every input under ``source`` (a folder or a zip file), sorted by logical path.
 
-    ``unchanged(logical_path, size, mtime_ns)`` (``Ledger.stat_matcher``): true for a plain file the
+    ``unchanged(logical_path, size, mtime_ns)`` (``Ledger.stat_matcher``): truthy for a plain file the
     ledger holds as ingested with that size and mtime; such a file is listed from its ``lstat`` alone,
-    without being opened to look for an archive (it was not one, and has not changed since)."""
+    without being opened to look for an archive (it was not one, and has not changed since). With a
+    ``settled`` list, such a file is not an item at all: ``(logical_path, what unchanged returned,
+    size, mtime_ns)`` is appended there instead (a rerun over 50,000 known files builds no item)."""
     source = Path(source)
     if not source.exists():
         raise MedmetaError("the landing folder is gone (it was there when the run started)")  # no path: this reaches Prefect
     root = Path(os.path.realpath(source))
     if root.is_dir():
-        items = _folder_items(root, config, unchanged)
+        items = _folder_items(root, config, unchanged, settled)
     else:
         items = _file_items(root, source.name, root, config)
     return sorted(items, key=lambda item: item.logical_path)
@@ -151,7 +154,8 @@ def inflate_gzip(data: bytes, limit: int) -> bytes:
 
 
 def _folder_items(root: Path, config: IngestConfig,
-                  unchanged: Callable[[str, int, int], bool] | None = None) -> list[InputItem]:
+                  unchanged: Callable[[str, int, int], object] | None = None,
+                  settled: list[tuple[str, object, int, int]] | None = None) -> list[InputItem]:
     items: list[InputItem] = []
 
     def unlistable(error: OSError) -> None:
@@ -169,25 +173,31 @@ def _folder_items(root: Path, config: IngestConfig,
         for name in file_names:
             full = os.path.join(folder, name)
             logical = prefix + name
-            if unchanged is not None and (item := _settled_item(full, logical, root, config, unchanged,
-                                                                  folder_path, name)) is not None:
-                items.append(item)
-            else:
-                items.extend(_file_items(Path(full), logical, root, config))
+            if unchanged is not None:
+                known = _known_stat(full, logical, config, unchanged)
+                if known is not None:
+                    if settled is not None:
+                        settled.append((logical, *known))
+                    else:
+                        items.append(InputItem(logical, folder_path / name, None, known[1], source_root=root,
+                                               mtime_ns=known[2]))
+                    continue
+            items.extend(_file_items(Path(full), logical, root, config))
     return items
 
 
-def _settled_item(path: str, logical: str, root: Path, config: IngestConfig,
-                  unchanged: Callable[[str, int, int], bool], folder: Path, name: str) -> InputItem | None:
-    """A regular file (not a symlink) the ledger knows unchanged, listed from ``lstat``; else None."""
+def _known_stat(path: str, logical: str, config: IngestConfig,
+                unchanged: Callable[[str, int, int], object]) -> tuple[object, int, int] | None:
+    """``(what unchanged returned, size, mtime_ns)`` for a regular file (not a symlink) the ledger knows
+    unchanged, from ``lstat`` alone; else None."""
     try:
         info = os.lstat(path)
     except OSError:
         return None
-    if not stat.S_ISREG(info.st_mode) or info.st_size > config.max_file_bytes \
-            or not unchanged(logical, info.st_size, info.st_mtime_ns):
+    if not stat.S_ISREG(info.st_mode) or info.st_size > config.max_file_bytes:
         return None
-    return InputItem(logical, folder / name, None, info.st_size, source_root=root, mtime_ns=info.st_mtime_ns)
+    known = unchanged(logical, info.st_size, info.st_mtime_ns)
+    return (known, info.st_size, info.st_mtime_ns) if known else None
 
 
 def _relative(root: Path, path: Path) -> str:
