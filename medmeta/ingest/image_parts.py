@@ -115,22 +115,23 @@ def _batch_files(parts_root: Path, size: int) -> list[Path]:
 
 def known_image_sources(parts_root: Path, size: int) -> frozenset[str]:
     """The content hashes staged as images of ``size`` (either staging format); writes nothing."""
-    index, missing = _indexed_rows(parts_root, size)
+    index, missing = _indexed_rows(parts_root, size, columns=["source", "batch"])
     sources = index["source"].to_pylist()
     for path in missing:
         sources += pq.read_table(path, columns=["source"])["source"].to_pylist()
     return frozenset(sources)
 
 
-def _indexed_rows(parts_root: Path, size: int) -> tuple[pa.Table, list[Path]]:
-    """The index's rows of batch files still there, and the batch files it does not hold."""
+def _indexed_rows(parts_root: Path, size: int, columns: list[str] | None = None) -> tuple[pa.Table, list[Path]]:
+    """The index's rows of batch files still there (``columns`` of them, all by default), and the batch
+    files it does not hold."""
     folder = images_dir(parts_root, size)
     files = _batch_files(parts_root, size)
-    index = INDEX_SCHEMA.empty_table()
+    wanted = INDEX_SCHEMA if columns is None else pa.schema([INDEX_SCHEMA.field(c) for c in columns])
+    index = wanted.empty_table()
     try:
-        index = pq.read_table(folder / INDEX_FILE)
-        if index.schema != INDEX_SCHEMA:
-            index = INDEX_SCHEMA.empty_table()
+        if pq.read_schema(folder / INDEX_FILE) == INDEX_SCHEMA:
+            index = pq.read_table(folder / INDEX_FILE, columns=wanted.names)
     except (OSError, pa.ArrowInvalid):
         pass  # absent or damaged: rebuilt from the batch files
     names = pa.array([f.name for f in files], pa.string())
