@@ -21,7 +21,8 @@ shard no snapshot refers to any more is kept (older snapshots may); nothing dele
 Consolidation keeps every staged row in one index, ``store/parts/images-<size>/staged-rows.index`` (an
 uncompressed Parquet file: the rows and the name of the batch file each came from; Parquet, so the
 same rows give the same bytes whichever engine staged them), and reads only
-the batch files the index does not hold yet, so a rerun does not open every batch file again. The
+the batch files the index does not hold yet, so a rerun does not open every batch file again; it
+rewrites the index only once those are many, so a run adding a few images does not rewrite it. The
 index is staging (rebuilt from the batch files when absent or damaged), written by the single writer
 only; ``known_image_sources`` reads it and the batch files it lacks, writing nothing.
 
@@ -106,6 +107,11 @@ def write_shard(shards_dir: Path, stack: np.ndarray) -> str:
 
 
 INDEX_FILE = "staged-rows.index"
+# The index is rewritten once the batch files it lacks are more than INDEX_SLACK_FILES or hold more than
+# 1/INDEX_SLACK_SHARE of its rows: a run adding 20 images to 50,000 reads their one batch file and leaves
+# the index as it is, rather than rewriting 50,000 rows each time (the cost stays O(new images), amortised).
+INDEX_SLACK_FILES = 64
+INDEX_SLACK_SHARE = 8
 INDEX_SCHEMA = STAGING_SCHEMA.append(pa.field("batch", pa.string()))
 
 
@@ -142,7 +148,8 @@ def _indexed_rows(parts_root: Path, size: int, columns: list[str] | None = None)
 
 def staged_image_rows(parts_root: Path, size: int) -> pa.Table:
     """Every staged row (no pixels) of images of ``size``, with its ``batch``; batch files the index
-    lacks are read (older ones migrated first) and the index rewritten. Single writer only."""
+    lacks are read (older ones migrated first) and the index rewritten when they are many
+    (``INDEX_SLACK_FILES``, ``INDEX_SLACK_SHARE``). Single writer only."""
     index, missing = _indexed_rows(parts_root, size)
     if not missing:
         return index
@@ -153,10 +160,11 @@ def staged_image_rows(parts_root: Path, size: int) -> pa.Table:
             _migrate_legacy_batch(path, size, shards_dir)
         rows = pq.read_table(path, schema=STAGING_SCHEMA)
         added.append(rows.append_column(INDEX_SCHEMA.field("batch"), pa.array([path.name] * rows.num_rows, pa.string())))
-    index = pa.concat_tables([index, *added]).combine_chunks()
-    with atomic_path(images_dir(parts_root, size) / INDEX_FILE, fsync=False) as tmp:
-        write_parquet(index, tmp, compression="none")
-    return index
+    rows = pa.concat_tables([index, *added]).combine_chunks()
+    if len(missing) > INDEX_SLACK_FILES or (rows.num_rows - index.num_rows) * INDEX_SLACK_SHARE > index.num_rows:
+        with atomic_path(images_dir(parts_root, size) / INDEX_FILE, fsync=False) as tmp:
+            write_parquet(rows, tmp, compression="none")
+    return rows
 
 
 def _migrate_legacy_batch(path: Path, size: int, shards_dir: Path) -> None:

@@ -163,26 +163,40 @@ def _folder_items(root: Path, config: IngestConfig,
         items.append(_refused(_relative(root, folder), folder, root, UNREADABLE, "the folder can not be listed"))
 
     top = str(root)
-    for folder, folder_names, file_names in os.walk(top, followlinks=False, onerror=unlistable):
+    folders = [top]
+    while folders:  # os.walk's folders and files, by os.scandir directly: one listing, no path joins
+        folder = folders.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError as error:
+            unlistable(error)
+            continue
         folder_path = Path(folder)
-        for name in folder_names:  # os.walk lists symlinks to folders here, and does not enter them
-            if (folder_path / name).is_symlink():
-                items.extend(_linked_folder_items(root, folder_path / name))
         # logical paths by string operations: pathlib costs more than the lstat on a folder of 50,000 files
         prefix = "" if folder == top else os.path.relpath(folder, top).replace(os.sep, "/") + "/"
-        for name in file_names:
-            full = os.path.join(folder, name)
-            logical = prefix + name
+        for entry in entries:
+            try:
+                is_folder = entry.is_dir()  # follows a symlink, as os.walk does
+            except OSError:
+                is_folder = False
+            if is_folder:
+                if entry.is_symlink():  # a symlink to a folder is not entered
+                    items.extend(_linked_folder_items(root, folder_path / entry.name))
+                else:
+                    folders.append(entry.path)
+                continue
+            logical = prefix + entry.name
             if unchanged is not None:
-                known = _known_stat(full, logical, config, unchanged)
+                known = _known_stat(entry.path, logical, config, unchanged)
                 if known is not None:
                     if settled is not None:
                         settled.append((logical, *known))
                     else:
-                        items.append(InputItem(logical, folder_path / name, None, known[1], source_root=root,
+                        items.append(InputItem(logical, folder_path / entry.name, None, known[1], source_root=root,
                                                mtime_ns=known[2]))
                     continue
-            items.extend(_file_items(Path(full), logical, root, config))
+            items.extend(_file_items(Path(entry.path), logical, root, config))
     return items
 
 
