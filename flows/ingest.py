@@ -8,8 +8,6 @@ from datetime import datetime, timezone
 from prefect import unmapped
 from prefect.utilities.annotations import quote
 
-from medmeta.ingest.ledger import Ledger, item_stats
-from medmeta.ingest.parts import part_exists
 from medmeta.ingest.batches import staging_batches
 from medmeta.ingest.pool import WorkerPool
 from medmeta.ingest.setup import IngestSetup, home_lock
@@ -20,19 +18,6 @@ from flows.validate import validate_flow
 from tasks.dask_runner import dask_cluster, run_on_dask
 from tasks.ingest import build_snapshot, discover_inputs, ingest_batch, report_ingest
 from validation.report import digest
-
-
-def _files_to_read(setup: IngestSetup, items: list) -> tuple[dict, list, list]:
-    """The listed files' stats (for the ledger), the ``unchanged`` outcomes of those the ledger knows
-    by size and mtime with their content still staged (``Ledger.split_unchanged``), and the files to
-    read; every file is read with the ``reread_unchanged`` setting."""
-    stats = item_stats(items)
-    if setup.config.reread_unchanged:
-        return stats, [], items
-    known = setup.worker_context.known_images
-    unchanged, to_read = Ledger.load(setup.home.ledger, setup.pseudonymizer).split_unchanged(
-        setup.source, items, lambda sha256: sha256 in known or part_exists(setup.home.parts, sha256))
-    return stats, unchanged, to_read
 
 
 @landing_flow("source", name="ingest", persist_result=False, validate_parameters=True)
@@ -54,20 +39,20 @@ def ingest_flow(source: str | None = None, home: str | None = None, config: str 
     with dask_cluster(address) if address else nullcontext() as cluster:
         with home_lock(setup.home):
             if cluster is not None:
-                items = discover_inputs(setup)
-                stats, unchanged, items = _files_to_read(setup, items)
+                listing = discover_inputs(setup)
+                items = listing.items
                 warm_units_for([item.logical_path for item in items])
                 outcomes = run_on_dask(cluster, setup, staging_batches(items, setup.config.batch_size))
             else:
                 with WorkerPool(setup.worker_context, setup.config.worker_count) as pool:  # boots while files are found
-                    items = discover_inputs(setup)
-                    stats, unchanged, items = _files_to_read(setup, items)
+                    listing = discover_inputs(setup)  # unchanged files by their stat: never read
+                    items = listing.items
                     warm_units_for([item.logical_path for item in items])  # records: the UCUM registry, meanwhile
                     futures = ingest_batch.map(staging_batches(items, setup.config.batch_size), pool=unmapped(pool),
                                                setup=unmapped(setup))
                     outcomes = [outcome for future in futures for outcome in future.result()]
-            outcomes = sorted(unchanged + outcomes, key=lambda outcome: outcome.path)
-            manifest = build_snapshot(setup, quote(outcomes), quote(stats))  # quote: not walked item by item
+            outcomes = sorted(listing.unchanged + outcomes, key=lambda outcome: outcome.path)
+            manifest = build_snapshot(setup, quote(outcomes), quote(listing.stats))  # quote: not walked item by item
     summary = summarize(outcomes, manifest, setup.pseudonymizer)
     report_ingest(setup, summary, datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ"))
     if run_validation:

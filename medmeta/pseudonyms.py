@@ -13,6 +13,7 @@ anywhere else; ``Pseudonymizer.fingerprint`` identifies it without revealing it.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import secrets
@@ -34,6 +35,9 @@ class Pseudonymizer:
         if len(key) < MIN_KEY_LENGTH:
             raise MedmetaError(f"the pseudonym key must be at least {MIN_KEY_LENGTH} bytes long")
         self._key = key
+
+    def __getstate__(self) -> dict:  # for worker processes: the SHA-256 states of ``_path_hmac`` do not pickle
+        return {"_key": self._key}
 
     def __repr__(self) -> str:  # never show the key
         return f"Pseudonymizer(fingerprint={self.fingerprint})"
@@ -65,7 +69,23 @@ class Pseudonymizer:
         """
         from medmeta.landing.names import name_bytes
 
-        return hmac.digest(self._key, b"path\x1f" + name_bytes(str(path)), "sha256").hex()[:32]
+        return self._path_hmac(name_bytes(str(path)))
+
+    def _path_hmac(self, name: bytes) -> str:
+        """``HMAC-SHA256(key, b"path\\x1f" + name)`` (RFC 2104), its first 32 hex digits: the same
+        value ``hmac.digest`` gives, from SHA-256 states keyed once per Pseudonymizer and copied per
+        name (about 1 us a name against 12 us for ``hmac.digest``: a rerun tokenises every listed file)."""
+        states = self.__dict__.get("_path_states")
+        if states is None:
+            key = self._key if len(self._key) <= 64 else hashlib.sha256(self._key).digest()
+            key = key.ljust(64, b"\0")
+            inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+            inner.update(b"path\x1f")
+            states = self.__dict__["_path_states"] = (inner, hashlib.sha256(bytes(b ^ 0x5C for b in key)))
+        inner, outer = states[0].copy(), states[1].copy()
+        inner.update(name)
+        outer.update(inner.digest())
+        return outer.hexdigest()[:32]
 
     def value_token(self, value: str) -> str:
         """A keyed token for a value that must never be written as text (medmeta/records/masking.py).

@@ -14,8 +14,9 @@ from medmeta import progress
 from medmeta.atomic import sync_all, write_json
 from medmeta.ingest.consolidate import consolidate
 from medmeta.ingest.image_parts import write_image_batch
-from medmeta.ingest.ledger import Ledger
-from medmeta.ingest.outcome import FileOutcome
+from medmeta.ingest.ledger import Ledger, item_stats
+from medmeta.ingest.outcome import UNCHANGED, FileOutcome
+from medmeta.ingest.parts import part_exists
 from medmeta.ingest.pool import WorkerPool
 from medmeta.ingest.setup import IngestSetup
 from medmeta.ingest.summary import summary_markdown
@@ -23,14 +24,35 @@ from medmeta.landing.walk import InputItem, discover
 from tasks.options import NO_RESULTS
 
 
+class Listing:
+    """What discovery found: the files to read, the ``unchanged`` outcomes of those the ledger knows by
+    size and mtime with their content still staged (never opened), and every plain file's
+    (size, mtime_ns) for the ledger. A plain class, so Prefect does not walk its 50,000 entries as it
+    walks a task's list or dataclass result."""
+
+    __slots__ = ("items", "unchanged", "stats")
+
+    def __init__(self, items: list[InputItem], unchanged: list[FileOutcome], stats: dict[str, tuple[int, int]]):
+        self.items, self.unchanged, self.stats = items, unchanged, stats
+
+
 @task(name="discover-inputs", **NO_RESULTS)
-def discover_inputs(setup: IngestSetup) -> list[InputItem]:
-    settled = None if setup.config.reread_unchanged else \
-        Ledger.load(setup.home.ledger, setup.pseudonymizer).stat_matcher(setup.source)
-    items = discover(setup.source, setup.config, settled)
-    get_run_logger().info("found %d input files", len(items))
-    progress.report("ingest", 0, len(items))
-    return items
+def discover_inputs(setup: IngestSetup) -> Listing:
+    """Every input of the landing; with ``reread_unchanged`` every file is read again."""
+    settled: list[tuple[str, str, int, int]] = []
+    if setup.config.reread_unchanged:
+        items = discover(setup.source, setup.config)
+    else:
+        known = setup.worker_context.known_images
+        matcher = Ledger.load(setup.home.ledger, setup.pseudonymizer).settled_matcher(
+            setup.source, lambda sha256: sha256 in known or part_exists(setup.home.parts, sha256))
+        items = discover(setup.source, setup.config, matcher, settled)
+    stats = item_stats(items)
+    stats.update((path, (size, mtime_ns)) for path, _, size, mtime_ns in settled)
+    unchanged = [FileOutcome(path, UNCHANGED, sha256) for path, sha256, _, _ in settled]
+    get_run_logger().info("found %d input files, %d unchanged", len(items) + len(settled), len(settled))
+    progress.report("ingest", 0, len(items) + len(settled))
+    return Listing(items, unchanged, stats)
 
 
 @task(name="ingest-batch", **NO_RESULTS)

@@ -137,6 +137,28 @@ def test_an_incremental_home_equals_a_from_scratch_ingest(homes):
             (homes["scratch"] / "store" / f"{table}.parquet").read_bytes()
 
 
+def test_a_small_addition_leaves_the_staged_rows_index_as_it_is(homes, tmp_path, monkeypatch):
+    """A run adding a few images to a large home reads their batch file and does not rewrite the index
+    of every staged row (``INDEX_SLACK_SHARE``); the store is still the from-scratch one, and the next
+    rerun finds every file unchanged."""
+    from medmeta.ingest import image_parts
+
+    landing, home = tmp_path / "landing", tmp_path / "home"
+    shutil.copytree(homes["landing"] / "first", landing / "first", copy_function=shutil.copy2)
+    monkeypatch.setenv("MEDMETA_PSEUDONYM_KEY", TEST_KEY)
+    _ingest(landing, home, homes["config"])
+    index = home / "store" / "parts" / "images-64" / image_parts.INDEX_FILE
+    before = index.read_bytes()
+    monkeypatch.setattr(image_parts, "INDEX_SLACK_SHARE", 2)  # 4 new rows against 24: "a few"
+    shutil.copytree(homes["landing"] / "second", landing / "second", copy_function=shutil.copy2)
+    added = _ingest(landing, home, homes["config"])
+    assert index.read_bytes() == before, "the index was rewritten for 4 new images"
+    assert added["files_ingested"] == ADDED and added["snapshot"] == homes["steps"]["scratch"]["snapshot"]
+    again = _ingest(landing, home, homes["config"])
+    assert again["files_unchanged"] == BASE + ADDED and again["snapshot"] == added["snapshot"]
+    assert index.read_bytes() == before
+
+
 def test_pixels_are_the_decoded_images(homes):
     """Each image's cached pixels are what the decoder gives for its file (the shards hold the right image)."""
     import pydicom

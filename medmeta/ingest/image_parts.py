@@ -21,7 +21,8 @@ shard no snapshot refers to any more is kept (older snapshots may); nothing dele
 Consolidation keeps every staged row in one index, ``store/parts/images-<size>/staged-rows.index`` (an
 uncompressed Parquet file: the rows and the name of the batch file each came from; Parquet, so the
 same rows give the same bytes whichever engine staged them), and reads only
-the batch files the index does not hold yet, so a rerun does not open every batch file again. The
+the batch files the index does not hold yet, so a rerun does not open every batch file again; it
+rewrites the index only once those are many, so a run adding a few images does not rewrite it. The
 index is staging (rebuilt from the batch files when absent or damaged), written by the single writer
 only; ``known_image_sources`` reads it and the batch files it lacks, writing nothing.
 
@@ -106,6 +107,11 @@ def write_shard(shards_dir: Path, stack: np.ndarray) -> str:
 
 
 INDEX_FILE = "staged-rows.index"
+# The index is rewritten once the batch files it lacks are more than INDEX_SLACK_FILES or hold more than
+# 1/INDEX_SLACK_SHARE of its rows: a run adding 20 images to 50,000 reads their one batch file and leaves
+# the index as it is, rather than rewriting 50,000 rows each time (the cost stays O(new images), amortised).
+INDEX_SLACK_FILES = 64
+INDEX_SLACK_SHARE = 8
 INDEX_SCHEMA = STAGING_SCHEMA.append(pa.field("batch", pa.string()))
 
 
@@ -115,22 +121,23 @@ def _batch_files(parts_root: Path, size: int) -> list[Path]:
 
 def known_image_sources(parts_root: Path, size: int) -> frozenset[str]:
     """The content hashes staged as images of ``size`` (either staging format); writes nothing."""
-    index, missing = _indexed_rows(parts_root, size)
+    index, missing = _indexed_rows(parts_root, size, columns=["source", "batch"])
     sources = index["source"].to_pylist()
     for path in missing:
         sources += pq.read_table(path, columns=["source"])["source"].to_pylist()
     return frozenset(sources)
 
 
-def _indexed_rows(parts_root: Path, size: int) -> tuple[pa.Table, list[Path]]:
-    """The index's rows of batch files still there, and the batch files it does not hold."""
+def _indexed_rows(parts_root: Path, size: int, columns: list[str] | None = None) -> tuple[pa.Table, list[Path]]:
+    """The index's rows of batch files still there (``columns`` of them, all by default), and the batch
+    files it does not hold."""
     folder = images_dir(parts_root, size)
     files = _batch_files(parts_root, size)
-    index = INDEX_SCHEMA.empty_table()
+    wanted = INDEX_SCHEMA if columns is None else pa.schema([INDEX_SCHEMA.field(c) for c in columns])
+    index = wanted.empty_table()
     try:
-        index = pq.read_table(folder / INDEX_FILE)
-        if index.schema != INDEX_SCHEMA:
-            index = INDEX_SCHEMA.empty_table()
+        if pq.read_schema(folder / INDEX_FILE) == INDEX_SCHEMA:
+            index = pq.read_table(folder / INDEX_FILE, columns=wanted.names)
     except (OSError, pa.ArrowInvalid):
         pass  # absent or damaged: rebuilt from the batch files
     names = pa.array([f.name for f in files], pa.string())
@@ -141,7 +148,8 @@ def _indexed_rows(parts_root: Path, size: int) -> tuple[pa.Table, list[Path]]:
 
 def staged_image_rows(parts_root: Path, size: int) -> pa.Table:
     """Every staged row (no pixels) of images of ``size``, with its ``batch``; batch files the index
-    lacks are read (older ones migrated first) and the index rewritten. Single writer only."""
+    lacks are read (older ones migrated first) and the index rewritten when they are many
+    (``INDEX_SLACK_FILES``, ``INDEX_SLACK_SHARE``). Single writer only."""
     index, missing = _indexed_rows(parts_root, size)
     if not missing:
         return index
@@ -152,10 +160,11 @@ def staged_image_rows(parts_root: Path, size: int) -> pa.Table:
             _migrate_legacy_batch(path, size, shards_dir)
         rows = pq.read_table(path, schema=STAGING_SCHEMA)
         added.append(rows.append_column(INDEX_SCHEMA.field("batch"), pa.array([path.name] * rows.num_rows, pa.string())))
-    index = pa.concat_tables([index, *added]).combine_chunks()
-    with atomic_path(images_dir(parts_root, size) / INDEX_FILE, fsync=False) as tmp:
-        write_parquet(index, tmp, compression="none")
-    return index
+    rows = pa.concat_tables([index, *added]).combine_chunks()
+    if len(missing) > INDEX_SLACK_FILES or (rows.num_rows - index.num_rows) * INDEX_SLACK_SHARE > index.num_rows:
+        with atomic_path(images_dir(parts_root, size) / INDEX_FILE, fsync=False) as tmp:
+            write_parquet(rows, tmp, compression="none")
+    return rows
 
 
 def _migrate_legacy_batch(path: Path, size: int, shards_dir: Path) -> None:

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import json
 import time
+
+import orjson
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from medmeta.atomic import write_text
+from medmeta.atomic import write_bytes
 from medmeta.ingest.landings import landing_token
 from medmeta.ingest.outcome import INGESTED, UNCHANGED, FileOutcome
 from medmeta.landing.walk import InputItem
@@ -37,7 +39,7 @@ from medmeta.pseudonyms import Pseudonymizer
 
 VERSION = 2
 STAT_SETTLE_NS = 2_000_000_000  # a stat younger than this at record time is not trusted next run
-_TOKENS: dict[tuple[str, str], str] = {}  # (key fingerprint, path) -> path token
+_TOKENS: dict[str, dict[str, str]] = {}  # key fingerprint -> {path: path token}
 _TOKENS_KEEP = 1_000_000
 _LOADED: list[tuple[tuple, "Ledger"]] = []  # the last ledger loaded, by its file's stat
 
@@ -61,7 +63,7 @@ class Ledger:
         key = (str(path), info.st_size, info.st_mtime_ns, info.st_ino, pseudonymizer.fingerprint)
         if _LOADED and _LOADED[0][0] == key:
             return _LOADED[0][1]
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = _parsed(path.read_bytes())
         sources = doc.get("sources", {})
         ledger = cls(path, pseudonymizer, sources)
         if doc.get("version", 1) < VERSION:
@@ -77,13 +79,14 @@ class Ledger:
             _LOADED.clear()  # modified: no longer what the file holds
         entries = self.sources.setdefault(landing_token(source, self.pseudonymizer), {})
         settled = time.time_ns() - STAT_SETTLE_NS
+        tokens = self._tokens()
         for outcome in outcomes:
             entry = {"sha256": outcome.sha256, "status": outcome.status,
                      **({"reason": outcome.reason} if outcome.reason else {})}
             stat = (stats or {}).get(outcome.path)
             if stat is not None and outcome.status in (INGESTED, UNCHANGED) and stat[1] < settled:
                 entry["size"], entry["mtime_ns"] = stat
-            token = self._token(outcome.path)
+            token = tokens.get(outcome.path) or self._token(outcome.path)
             if entries.get(token) != entry:
                 entries[token] = entry
                 self._changed = True
@@ -117,8 +120,7 @@ class Ledger:
         """Compact JSON (one line): a home of 50,000 files has 50,000 entries."""
         if not self._changed:
             return  # a run that changed nothing (a no-op rerun) leaves the file as it was
-        doc = {"version": VERSION, "sources": self.sources}
-        write_text(self.path, json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n")
+        write_bytes(self.path, _serialised({"version": VERSION, "sources": self.sources}))
         self._changed = False
 
     def stat_matcher(self, source: Path) -> Callable[[str, int, int], bool]:
@@ -132,15 +134,53 @@ class Ledger:
                     and entry.get("size") == size and entry.get("mtime_ns") == mtime_ns)
         return unchanged
 
+    def settled_matcher(self, source: Path, staged: Callable[[str], bool]) -> Callable[[str, int, int], str | None]:
+        """For ``discover(..., settled=)``: ``(logical_path, size, mtime_ns)`` -> the content hash when the
+        ledger holds that file as ingested or unchanged with that size and mtime and its content is still
+        ``staged`` (the file is then ``unchanged`` without being opened); else None."""
+        entries = self.sources.get(landing_token(source, self.pseudonymizer), {})
+        tokens, token = self._tokens(), self._token
+
+        def settled(logical_path: str, size: int, mtime_ns: int) -> str | None:
+            entry = entries.get(tokens.get(logical_path) or token(logical_path))
+            if (entry is not None and entry.get("size") == size and entry.get("mtime_ns") == mtime_ns
+                    and entry["status"] in (INGESTED, UNCHANGED) and entry.get("sha256") and staged(entry["sha256"])):
+                return entry["sha256"]
+            return None
+        return settled
+
+    def _tokens(self) -> dict[str, str]:
+        """This key's remembered path tokens (path -> token; ``_token`` fills it)."""
+        tokens = _TOKENS.get(self._fingerprint)
+        if tokens is None or len(tokens) > _TOKENS_KEEP:
+            tokens = _TOKENS[self._fingerprint] = {}
+        return tokens
+
     def _token(self, path: str) -> str:
-        """``Pseudonymizer.path_token``, remembered in this process (about 30 us each, three per file)."""
-        key = (self._fingerprint, path)
-        token = _TOKENS.get(key)
+        """``Pseudonymizer.path_token``, remembered in this process (a rerun asks for each file's twice)."""
+        tokens = self._tokens()
+        token = tokens.get(path)
         if token is None:
-            if len(_TOKENS) > _TOKENS_KEEP:
-                _TOKENS.clear()
-            token = _TOKENS[key] = self.pseudonymizer.path_token(path)
+            token = tokens[path] = self.pseudonymizer.path_token(path)
         return token
+
+
+def _parsed(data: bytes) -> dict:
+    """A ledger file's document: orjson (about 3x faster on 50,000 entries), ``json`` for what orjson
+    refuses (a version 1 ledger's names may hold lone surrogates, escaped)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data.decode("utf-8"))
+
+
+def _serialised(doc: dict) -> bytes:
+    """Compact JSON, keys sorted, one line, ASCII only: what ``json.dumps(doc, sort_keys=True,
+    separators=(",", ":"))`` writes, made by orjson (about 5x faster) when it is all ASCII."""
+    data = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE)
+    if data.isascii():
+        return data
+    return (json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n").encode("ascii")
 
 
 def item_stats(items: list[InputItem]) -> dict[str, tuple[int, int]]:

@@ -86,18 +86,21 @@ class InputItem:
 
 
 def discover(source: Path, config: IngestConfig,
-             unchanged: Callable[[str, int, int], bool] | None = None) -> list[InputItem]:
+             unchanged: Callable[[str, int, int], object] | None = None,
+             settled: list[tuple[str, object, int, int]] | None = None) -> list[InputItem]:
     """Every input under ``source`` (a folder or a zip file), sorted by logical path.
 
-    ``unchanged(logical_path, size, mtime_ns)`` (``Ledger.stat_matcher``): true for a plain file the
+    ``unchanged(logical_path, size, mtime_ns)`` (``Ledger.stat_matcher``): truthy for a plain file the
     ledger holds as ingested with that size and mtime; such a file is listed from its ``lstat`` alone,
-    without being opened to look for an archive (it was not one, and has not changed since)."""
+    without being opened to look for an archive (it was not one, and has not changed since). With a
+    ``settled`` list, such a file is not an item at all: ``(logical_path, what unchanged returned,
+    size, mtime_ns)`` is appended there instead (a rerun over 50,000 known files builds no item)."""
     source = Path(source)
     if not source.exists():
         raise MedmetaError("the landing folder is gone (it was there when the run started)")  # no path: this reaches Prefect
     root = Path(os.path.realpath(source))
     if root.is_dir():
-        items = _folder_items(root, config, unchanged)
+        items = _folder_items(root, config, unchanged, settled)
     else:
         items = _file_items(root, source.name, root, config)
     return sorted(items, key=lambda item: item.logical_path)
@@ -151,7 +154,8 @@ def inflate_gzip(data: bytes, limit: int) -> bytes:
 
 
 def _folder_items(root: Path, config: IngestConfig,
-                  unchanged: Callable[[str, int, int], bool] | None = None) -> list[InputItem]:
+                  unchanged: Callable[[str, int, int], object] | None = None,
+                  settled: list[tuple[str, object, int, int]] | None = None) -> list[InputItem]:
     items: list[InputItem] = []
 
     def unlistable(error: OSError) -> None:
@@ -159,35 +163,55 @@ def _folder_items(root: Path, config: IngestConfig,
         items.append(_refused(_relative(root, folder), folder, root, UNREADABLE, "the folder can not be listed"))
 
     top = str(root)
-    for folder, folder_names, file_names in os.walk(top, followlinks=False, onerror=unlistable):
+    folders = [top]
+    while folders:  # os.walk's folders and files, by os.scandir directly: one listing, no path joins
+        folder = folders.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError as error:
+            unlistable(error)
+            continue
         folder_path = Path(folder)
-        for name in folder_names:  # os.walk lists symlinks to folders here, and does not enter them
-            if (folder_path / name).is_symlink():
-                items.extend(_linked_folder_items(root, folder_path / name))
         # logical paths by string operations: pathlib costs more than the lstat on a folder of 50,000 files
         prefix = "" if folder == top else os.path.relpath(folder, top).replace(os.sep, "/") + "/"
-        for name in file_names:
-            full = os.path.join(folder, name)
-            logical = prefix + name
-            if unchanged is not None and (item := _settled_item(full, logical, root, config, unchanged,
-                                                                  folder_path, name)) is not None:
-                items.append(item)
-            else:
-                items.extend(_file_items(Path(full), logical, root, config))
+        for entry in entries:
+            try:
+                is_folder = entry.is_dir()  # follows a symlink, as os.walk does
+            except OSError:
+                is_folder = False
+            if is_folder:
+                if entry.is_symlink():  # a symlink to a folder is not entered
+                    items.extend(_linked_folder_items(root, folder_path / entry.name))
+                else:
+                    folders.append(entry.path)
+                continue
+            logical = prefix + entry.name
+            if unchanged is not None:
+                known = _known_stat(entry.path, logical, config, unchanged)
+                if known is not None:
+                    if settled is not None:
+                        settled.append((logical, *known))
+                    else:
+                        items.append(InputItem(logical, folder_path / entry.name, None, known[1], source_root=root,
+                                               mtime_ns=known[2]))
+                    continue
+            items.extend(_file_items(Path(entry.path), logical, root, config))
     return items
 
 
-def _settled_item(path: str, logical: str, root: Path, config: IngestConfig,
-                  unchanged: Callable[[str, int, int], bool], folder: Path, name: str) -> InputItem | None:
-    """A regular file (not a symlink) the ledger knows unchanged, listed from ``lstat``; else None."""
+def _known_stat(path: str, logical: str, config: IngestConfig,
+                unchanged: Callable[[str, int, int], object]) -> tuple[object, int, int] | None:
+    """``(what unchanged returned, size, mtime_ns)`` for a regular file (not a symlink) the ledger knows
+    unchanged, from ``lstat`` alone; else None."""
     try:
         info = os.lstat(path)
     except OSError:
         return None
-    if not stat.S_ISREG(info.st_mode) or info.st_size > config.max_file_bytes \
-            or not unchanged(logical, info.st_size, info.st_mtime_ns):
+    if not stat.S_ISREG(info.st_mode) or info.st_size > config.max_file_bytes:
         return None
-    return InputItem(logical, folder / name, None, info.st_size, source_root=root, mtime_ns=info.st_mtime_ns)
+    known = unchanged(logical, info.st_size, info.st_mtime_ns)
+    return (known, info.st_size, info.st_mtime_ns) if known else None
 
 
 def _relative(root: Path, path: Path) -> str:
