@@ -17,7 +17,6 @@ empty tasks, and set against the work of the ingest's tasks.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys

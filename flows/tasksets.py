@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from medmeta.home import Home
-from medmeta.tasksets.spec import TASKSET_OPTIONS, make_spec
+from medmeta.tasksets.spec import make_spec
 from medmeta.tasksets.store import taskset_dir
 from medmeta.tasksets.summary import summarize
 from tasks.tasksets import build_taskset_task, report_taskset

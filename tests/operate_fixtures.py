@@ -21,7 +21,7 @@ from typing import Iterator
 import pytest
 
 from tests import postgres_cluster
-from tests.prefect_server import free_port, stop, wait_until
+from tests.prefect_server import free_port, stop, until_stopped, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SETTINGS = """\
@@ -162,8 +162,6 @@ def medmeta_server(home: Path, log: Path, database: str | None = None) -> Iterat
     The URL goes in ``$MEDMETA_DATABASE_URL`` (as an operator would keep it out of the process list);
     without one the server's SQLite database is in HOME/prefect, whatever PREFECT_* the tests run with.
     """
-    import httpx
-
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "MEDMETA_DATABASE_URL"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
@@ -173,21 +171,8 @@ def medmeta_server(home: Path, log: Path, database: str | None = None) -> Iterat
         process = subprocess.Popen([sys.executable, "-m", "medmeta.cli", "server", "--home", str(home),
                                     "--port", str(port)],
                                    env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/api"
-
-    def healthy():
-        if process.poll() is not None:
-            raise RuntimeError(f"medmeta server exited with {process.returncode}: {log.read_text()[-2000:]}")
-        try:
-            return httpx.get(f"{url}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(healthy, 120, what="medmeta server")
+    with until_stopped(process, port, log, "medmeta server") as url:
         yield url
-    finally:
-        stop(process)
 
 
 @pytest.fixture(scope="session")

@@ -59,18 +59,26 @@ def prefect_server(home: Path, log: Path) -> Iterator[str]:
     with open(log, "wb") as out:
         process = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    with until_stopped(process, port, log, "the Prefect server") as url:
+        yield url
+
+
+@contextmanager
+def until_stopped(process: subprocess.Popen, port: int, log: Path, what: str) -> Iterator[str]:
+    """Yield the API URL of the server ``process`` started on ``port`` once it is healthy (its log's
+    tail in the error if it exits first); stop it (its whole process group) afterwards."""
     url = f"http://127.0.0.1:{port}/api"
 
     def healthy():
         if process.poll() is not None:
-            raise RuntimeError(f"prefect server exited with {process.returncode}: {log.read_text()[-2000:]}")
+            raise RuntimeError(f"{what} exited with {process.returncode}: {log.read_text()[-2000:]}")
         try:
             return httpx.get(f"{url}/health", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 
     try:
-        wait_until(healthy, 120, what="the Prefect server")
+        wait_until(healthy, 120, what=what)
         yield url
     finally:
         stop(process)

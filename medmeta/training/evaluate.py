@@ -119,9 +119,8 @@ def _evaluated(folder: Path, ev: dict) -> dict | None:
 
 def _launch(home: Home, name: str, settings: PipelineSettings, nproc: int) -> None:
     import logging
-    import tempfile
 
-    from medmeta.training.ranked import run_torchrun
+    from medmeta.training.ranked import launch_ranks
 
     log = logging.getLogger("medmeta.training")
 
@@ -129,15 +128,7 @@ def _launch(home: Home, name: str, settings: PipelineSettings, nproc: int) -> No
         if message.get("kind") == "rank":
             log.info("evaluation rank %s of %s: pid %s", message["rank"], message["world"], message["pid"])
 
-    with tempfile.TemporaryDirectory(prefix="medmeta-ranked-") as scratch:
-        settings_file = Path(scratch) / "settings.json"
-        settings_file.write_text(json.dumps({"settings": settings.as_dict(), "source": settings.source}))
-        root = str(Path(__file__).resolve().parents[2])  # the ranks import medmeta (and metalearn) from here
-        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-        run_torchrun(nproc, ["-m", "medmeta.training.ranked", "--home", str(home.root), "--evaluate", name,
-                             "--settings", str(settings_file)],
-                     on_report=relay, on_line=lambda line: log.info("%s", line), env={"PYTHONPATH": path},
-                     job="evaluation")
+    launch_ranks(nproc, home, ["--evaluate", name], settings, on_report=relay, job="evaluation")
 
 
 def evaluate_in_process(home: Home, name: str, settings: PipelineSettings) -> dict:

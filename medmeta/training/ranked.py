@@ -191,6 +191,26 @@ def run_torchrun(nproc: int, entry: Sequence[str], *, on_report: Callable[[dict]
 # -- the rank side ------------------------------------------------------------------------------
 
 
+def launch_ranks(nproc: int, home, job_args: Sequence[str], settings, *, on_report: Callable[[dict], None],
+                 job: str = "training") -> None:
+    """Run this module on ``nproc`` torchrun ranks for ``home`` with ``job_args`` (``--taskset T
+    --algorithm A`` or ``--evaluate MODEL``) and the pipeline ``settings``, handed over in a
+    temporary file; each rank's plain output line goes to the log, its reports to ``on_report``."""
+    import logging
+    import tempfile
+
+    log = logging.getLogger("medmeta.training")
+    with tempfile.TemporaryDirectory(prefix="medmeta-ranked-") as scratch:
+        settings_file = Path(scratch) / "settings.json"
+        settings_file.write_text(json.dumps({"settings": settings.as_dict(), "source": settings.source}))
+        root = str(Path(__file__).resolve().parents[2])  # the ranks import medmeta (and metalearn) from here
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+        run_torchrun(nproc, ["-m", "medmeta.training.ranked", "--home", str(home.root), *job_args,
+                             "--settings", str(settings_file)],
+                     on_report=on_report, on_line=lambda line: log.info("%s", line), env={"PYTHONPATH": path},
+                     job=job)
+
+
 def _step_fields(r) -> dict:
     return {k: getattr(r, k) for k in r.__dataclass_fields__}
 

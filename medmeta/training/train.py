@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Callable
 
 from medmeta.errors import MedmetaError
@@ -47,11 +46,9 @@ def train_model(home: Home, taskset: str, algorithm: str, settings: PipelineSett
 
 def _launch(home: Home, taskset: str, algorithm: str, settings: PipelineSettings, nproc: int, folder,
             on_step: Callable | None, on_validation: Callable | None) -> None:
-    import json
     import logging
-    import tempfile
 
-    from medmeta.training.ranked import run_torchrun
+    from medmeta.training.ranked import launch_ranks
     from metalearn.trainer import StepReport, ValidationReport
 
     log = logging.getLogger("medmeta.training")
@@ -66,14 +63,7 @@ def _launch(home: Home, taskset: str, algorithm: str, settings: PipelineSettings
             log.info("training rank %s of %s: pid %s on %s", message["rank"], message["world"], message["pid"],
                      message["device"])
 
-    with tempfile.TemporaryDirectory(prefix="medmeta-ranked-") as scratch:
-        settings_file = Path(scratch) / "settings.json"
-        settings_file.write_text(json.dumps({"settings": settings.as_dict(), "source": settings.source}))
-        root = str(Path(__file__).resolve().parents[2])  # the ranks import medmeta (and metalearn) from here
-        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-        run_torchrun(nproc, ["-m", "medmeta.training.ranked", "--home", str(home.root), "--taskset", taskset,
-                             "--algorithm", algorithm, "--settings", str(settings_file)],
-                     on_report=relay, on_line=lambda line: log.info("%s", line), env={"PYTHONPATH": path})
+    launch_ranks(nproc, home, ["--taskset", taskset, "--algorithm", algorithm], settings, on_report=relay)
 
 
 def _prepare(home: Home, taskset: str, algorithm: str, settings: PipelineSettings):
