@@ -136,6 +136,7 @@ def run_phases(landing: Path, extra: Path, home: Path) -> None:
     from medmeta.ingest.consolidate import consolidate
     from medmeta.ingest.image_parts import write_image_batch
     from medmeta.ingest.ledger import Ledger, item_stats
+    from medmeta.ingest.outcome import UNCHANGED, FileOutcome
     from medmeta.ingest.parts import part_exists
     from medmeta.ingest.pool import WorkerPool
     from medmeta.ingest.setup import IngestSetup
@@ -156,13 +157,11 @@ def run_phases(landing: Path, extra: Path, home: Path) -> None:
         lap("setup (known_image_sources)")
         ledger = Ledger.load(setup.home.ledger, setup.pseudonymizer)
         lap("ledger load")
-        items = discover(setup.source, setup.config, ledger.stat_matcher(setup.source))
-        lap("discover")
-        known = setup.worker_context.known_images
-        unchanged, todo = ledger.split_unchanged(setup.source, items,
-                                                 lambda h: h in known or part_exists(setup.home.parts, h))
-        lap("split unchanged")
-        outcomes = list(unchanged)
+        known, settled = setup.worker_context.known_images, []
+        matcher = ledger.settled_matcher(setup.source, lambda h: h in known or part_exists(setup.home.parts, h))
+        todo = discover(setup.source, setup.config, matcher, settled)
+        lap("discover (unchanged files from the ledger)")
+        outcomes = [FileOutcome(path, UNCHANGED, sha256) for path, sha256, _, _ in settled]
         with WorkerPool(setup.worker_context, setup.config.worker_count) as pool:
             for i in range(0, len(todo), setup.config.batch_size):
                 results = pool.map(todo[i:i + setup.config.batch_size])
@@ -170,7 +169,9 @@ def run_phases(landing: Path, extra: Path, home: Path) -> None:
                 outcomes += [o for o, _ in results]
         lap(f"decode + stage {len(todo)} files")
         sync_all()
-        ledger.record(setup.source, outcomes, item_stats(items))
+        stats = item_stats(todo)
+        stats.update((path, (size, mtime_ns)) for path, _, size, mtime_ns in settled)
+        ledger.record(setup.source, outcomes, stats)
         ledger.save()
         lap("ledger record + save")
         manifest = consolidate(setup.home, ledger.active_hashes(), setup.pseudonymizer, setup.config.image_size)

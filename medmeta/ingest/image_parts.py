@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,9 +185,3 @@ def read_image_rows(parts_root: Path, size: int, active: set[str]) -> pa.Table:
     """The staged rows (no pixels) whose ``source`` is in ``active`` (``staged_image_rows``)."""
     table = staged_image_rows(parts_root, size).drop_columns(["batch"])
     return table.filter(pc.is_in(table["source"], pa.array(sorted(active), pa.string())))
-
-
-def shard_bytes(home_root: Path) -> int:
-    """Bytes of every pixel shard in the home (for reports and tests)."""
-    folder = Home(Path(home_root)).pixel_shards
-    return sum(os.path.getsize(p) for p in folder.glob("*.npy")) if folder.exists() else 0

@@ -13,7 +13,7 @@ The store is built from the parts of the hashes the ledger holds as ingested or 
 file replaced by a new version supersedes the old one, and files from earlier runs or other
 sources stay in the store.
 
-A rerun need not read a file again to know it is unchanged: ``split_unchanged`` takes a plain file
+A rerun need not read a file again to know it is unchanged: ``settled_matcher`` (for discovery) takes a plain file
 whose size and modification time (``mtime_ns``, as listed by discovery) are the ledger's, and whose
 content is still staged, as ``unchanged`` without opening it (as ``git status`` and ``rsync`` do).
 The stat is recorded only when the file was last modified at least ``STAT_SETTLE_NS`` before the
@@ -91,24 +91,6 @@ class Ledger:
                 entries[token] = entry
                 self._changed = True
 
-    def split_unchanged(self, source: Path, items: list[InputItem],
-                        staged: Callable[[str], bool]) -> tuple[list[FileOutcome], list[InputItem]]:
-        """``items`` split into the ``unchanged`` outcomes of plain files whose size and mtime are the
-        ledger's and whose content hash is still ``staged``, and the items to read (in their order)."""
-        entries = self.sources.get(landing_token(source, self.pseudonymizer), {})
-        known, to_read = [], []
-        for item in items:
-            entry = None
-            if item.problem is None and item.member is None and item.mtime_ns is not None:
-                entry = entries.get(self._token(item.logical_path))
-            if (entry is not None and entry["status"] in (INGESTED, UNCHANGED) and entry.get("sha256")
-                    and entry.get("size") == item.size and entry.get("mtime_ns") == item.mtime_ns
-                    and staged(entry["sha256"])):
-                known.append(FileOutcome(item.logical_path, UNCHANGED, entry["sha256"]))
-            else:
-                to_read.append(item)
-        return known, to_read
-
     def active_hashes(self) -> list[str]:
         return sorted({
             entry["sha256"]
@@ -122,17 +104,6 @@ class Ledger:
             return  # a run that changed nothing (a no-op rerun) leaves the file as it was
         write_bytes(self.path, _serialised({"version": VERSION, "sources": self.sources}))
         self._changed = False
-
-    def stat_matcher(self, source: Path) -> Callable[[str, int, int], bool]:
-        """For ``discover``: ``(logical_path, size, mtime_ns)`` -> whether the ledger holds that file
-        as ingested or unchanged with that size and mtime."""
-        entries = self.sources.get(landing_token(source, self.pseudonymizer), {})
-
-        def unchanged(logical_path: str, size: int, mtime_ns: int) -> bool:
-            entry = entries.get(self._token(logical_path))
-            return (entry is not None and entry["status"] in (INGESTED, UNCHANGED)
-                    and entry.get("size") == size and entry.get("mtime_ns") == mtime_ns)
-        return unchanged
 
     def settled_matcher(self, source: Path, staged: Callable[[str], bool]) -> Callable[[str, int, int], str | None]:
         """For ``discover(..., settled=)``: ``(logical_path, size, mtime_ns)`` -> the content hash when the

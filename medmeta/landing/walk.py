@@ -90,11 +90,13 @@ def discover(source: Path, config: IngestConfig,
              settled: list[tuple[str, object, int, int]] | None = None) -> list[InputItem]:
     """Every input under ``source`` (a folder or a zip file), sorted by logical path.
 
-    ``unchanged(logical_path, size, mtime_ns)`` (``Ledger.stat_matcher``): truthy for a plain file the
-    ledger holds as ingested with that size and mtime; such a file is listed from its ``lstat`` alone,
-    without being opened to look for an archive (it was not one, and has not changed since). With a
-    ``settled`` list, such a file is not an item at all: ``(logical_path, what unchanged returned,
-    size, mtime_ns)`` is appended there instead (a rerun over 50,000 known files builds no item)."""
+    With ``unchanged`` and ``settled`` (given together): ``unchanged(logical_path, size, mtime_ns)``
+    (``Ledger.settled_matcher``) is truthy for a plain file the ledger holds as ingested with that
+    size and mtime and whose content is still staged; such a file, known from its ``lstat`` alone,
+    is not an item at all: ``(logical_path, what unchanged returned, size, mtime_ns)`` is appended to
+    ``settled`` instead (a rerun over 50,000 known files opens none and builds no item)."""
+    if (unchanged is None) != (settled is None):
+        raise ValueError("discover: unchanged and settled go together")
     source = Path(source)
     if not source.exists():
         raise MedmetaError("the landing folder is gone (it was there when the run started)")  # no path: this reaches Prefect
@@ -190,11 +192,7 @@ def _folder_items(root: Path, config: IngestConfig,
             if unchanged is not None:
                 known = _known_stat(entry.path, logical, config, unchanged)
                 if known is not None:
-                    if settled is not None:
-                        settled.append((logical, *known))
-                    else:
-                        items.append(InputItem(logical, folder_path / entry.name, None, known[1], source_root=root,
-                                               mtime_ns=known[2]))
+                    settled.append((logical, *known))
                     continue
             items.extend(_file_items(Path(entry.path), logical, root, config))
     return items
