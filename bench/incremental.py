@@ -134,7 +134,8 @@ def run_phases(landing: Path, extra: Path, home: Path) -> None:
     quiet_prefect_environment()
     from medmeta.atomic import sync_all
     from medmeta.ingest.consolidate import consolidate
-    from medmeta.ingest.image_parts import write_image_batch
+    from medmeta.ingest.batches import staging_batches
+    from medmeta.ingest.image_parts import stage_batch
     from medmeta.ingest.ledger import Ledger, item_stats
     from medmeta.ingest.outcome import UNCHANGED, FileOutcome
     from medmeta.ingest.parts import part_exists
@@ -163,10 +164,8 @@ def run_phases(landing: Path, extra: Path, home: Path) -> None:
         lap("discover (unchanged files from the ledger)")
         outcomes = [FileOutcome(path, UNCHANGED, sha256) for path, sha256, _, _ in settled]
         with WorkerPool(setup.worker_context, setup.config.worker_count) as pool:
-            for i in range(0, len(todo), setup.config.batch_size):
-                results = pool.map(todo[i:i + setup.config.batch_size])
-                write_image_batch(setup.home.parts, setup.config.image_size, [p for _, p in results if p is not None])
-                outcomes += [o for o, _ in results]
+            for batch in staging_batches(todo, setup.config.batch_size):
+                outcomes += stage_batch(setup.home.parts, setup.config.image_size, pool.map(batch))
         lap(f"decode + stage {len(todo)} files")
         sync_all()
         stats = item_stats(todo)

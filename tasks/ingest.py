@@ -13,7 +13,7 @@ from prefect.logging import get_run_logger
 from medmeta import progress
 from medmeta.atomic import sync_all, write_json
 from medmeta.ingest.consolidate import consolidate
-from medmeta.ingest.image_parts import write_image_batch
+from medmeta.ingest.image_parts import stage_batch
 from medmeta.ingest.ledger import Ledger, item_stats
 from medmeta.ingest.outcome import UNCHANGED, FileOutcome
 from medmeta.ingest.parts import part_exists
@@ -57,9 +57,7 @@ def discover_inputs(setup: IngestSetup) -> Listing:
 
 @task(name="ingest-batch", **NO_RESULTS)
 def ingest_batch(items: list[InputItem], pool: WorkerPool, setup: IngestSetup) -> list[FileOutcome]:
-    results = pool.map(items)
-    write_image_batch(setup.home.parts, setup.config.image_size, [payload for _, payload in results if payload is not None])
-    outcomes = [outcome for outcome, _ in results]
+    outcomes = stage_batch(setup.home.parts, setup.config.image_size, pool.map(items))
     get_run_logger().info("batch of %d files done", len(items))
     progress.report("ingest", len(items))
     return outcomes

@@ -2,7 +2,7 @@
 
 The flow process stays the one writer of the ledger, the consolidated store, the snapshot and
 the home's lock. A Dask worker writes only what a local pool's worker writes: the parts of record
-files, quarantine copies and, per staging batch, its image batch file (``write_image_batch``),
+files, quarantine copies and, per staging batch, its image batch file (``image_parts.stage_batch``),
 all into the shared home.
 
 One Dask worker process is one decode process: workers run single-threaded (``dask worker
@@ -37,7 +37,7 @@ from pathlib import Path
 
 from medmeta.errors import MedmetaError
 from medmeta.home import Home
-from medmeta.ingest.image_parts import write_image_batch
+from medmeta.ingest.image_parts import stage_batch
 from medmeta.ingest.outcome import FileOutcome
 from medmeta.ingest.process import WORKER_GC_THRESHOLDS, Worker, WorkerContext
 from medmeta.landing.walk import InputItem
@@ -109,10 +109,8 @@ def run_job(job: DaskJob) -> list[FileOutcome]:
     worker = worker_for(job.context)
     outcomes: list[FileOutcome] = []
     for batch in job.batches:
-        results = [worker.process(item) for item in batch]
-        write_image_batch(worker.home.parts, job.context.config.image_size,
-                          [payload for _, payload in results if payload is not None])
-        outcomes += [outcome for outcome, _ in results]
+        outcomes += stage_batch(worker.home.parts, job.context.config.image_size,
+                                [worker.process(item) for item in batch])
     return outcomes
 
 

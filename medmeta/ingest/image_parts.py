@@ -73,6 +73,14 @@ def shard_relative_path(shard: str) -> str:
     return f"cache/pixels/shards/{shard}"
 
 
+def stage_batch(parts_root: Path, size: int, results: list[tuple]) -> list:
+    """One staging batch's worker results (``(FileOutcome, ImagePayload | None)`` each, as
+    ``Worker.process`` returns them): its images staged with ``write_image_batch``; the outcomes,
+    in order. The one way both engines (the local pool's task, a Dask worker) stage a batch."""
+    write_image_batch(parts_root, size, [payload for _, payload in results if payload is not None])
+    return [outcome for outcome, _ in results]
+
+
 def write_image_batch(parts_root: Path, size: int, payloads: list[ImagePayload]) -> None:
     """Stage one batch's new images: their pixels as one shard, then their rows pointing into it.
 
