@@ -26,10 +26,13 @@ def adapted_lines(summary: dict) -> list[str]:
     for a in summary.get("adapted", []):
         if "skipped" in a:
             lines.append(f"adapt {a['taskset']} to {a.get('target', 'its rare classes')}: skipped ({a['skipped']})")
+        elif a.get("decision") == "retired":
+            lines.append(f"retired {a['name']} ({'already' if a['cached'] else 'now'}): {a['reason']}")
         else:
             support = ", ".join(f"{c} {n}" for c, n in a["support"].items())
-            lines.append(f"adapted {a['parent']} to {a['target']} (support {support}) -> {a['ref']}"
-                         f"{' (already published)' if a['cached'] else ''}")
+            alias = a.get("alias") or "no alias"
+            lines.append(f"adapted {a['parent']} to {a['target']} (support {support}) -> {a['ref']}, {alias}"
+                         f"{' (already published)' if a['cached'] else ''}; {a.get('estimate', '')}")
     return lines
 
 
