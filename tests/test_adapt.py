@@ -10,6 +10,7 @@ import torch
 
 from medmeta import registry
 from medmeta.errors import MedmetaError
+from medmeta.registry.card import RESERVED
 from medmeta.home import Home
 from medmeta.tasksets.store import load_taskset
 from medmeta.training.adapt import (_gather, adapt_taskset, adapted_name, champion_class_coverage, check_no_inputs,
@@ -204,3 +205,32 @@ def test_a_state_shaped_like_the_inputs_is_refused():
     check_no_inputs({"params.w": torch.zeros(3, 1, 3, 3)}, x)
     with pytest.raises(MedmetaError, match="shaped like patient inputs"):
         check_no_inputs({"params.w": torch.zeros(3), "leak": x.clone()}, x)
+
+
+def test_the_fast_path_adapts_a_champion_of_an_earlier_build_but_not_to_a_class_it_meta_trained_on(built):
+    """After new cases the task set is rebuilt (another digest); its champion, trained on the earlier
+    build, is adapted at once to classes it never meta-trained on. Runs last: it adds a champion."""
+    home = Home(built["home"])
+    name = registry_name(IMAGES_SET)
+    current = registry.resolve(home, f"{name}@champion")
+    rare = load_taskset(home, IMAGES_SET).splits["adaptation"].codes
+    earlier = json.loads(json.dumps({k: v for k, v in current.card.items() if k not in RESERVED}))
+    earlier["task_set"] = {**earlier["task_set"], "digest": "an-earlier-build",
+                           "splits": {**earlier["task_set"]["splits"], "train": earlier["task_set"]["splits"]["train"] + rare[:1]}}
+    older = registry.publish(home, name, current.load_weights(), earlier, champion_score=None)
+    registry.set_alias(home, name, "champion", older.version, reason="test: a champion of an earlier build")
+    try:
+        same = adapt_taskset(home, IMAGES_SET)
+        assert [a["skipped"] for a in same if "skipped" in a] and "another build" in same[-1]["skipped"]
+        coverage = champion_class_coverage(home, IMAGES_SET)
+        assert rare[0] in coverage["meta_trained"] and coverage["unseen"] == []
+        fast = {a["target"]: a for a in adapt_taskset(home, IMAGES_SET, targets=rare, parent_build="compatible")}
+        assert sorted(fast) == sorted(rare)
+        assert "meta-trained on" in fast[rare[0]]["skipped"]
+        for code in rare[1:]:
+            if "skipped" in fast[code]:
+                continue
+            assert fast[code]["parent"] == older.ref and not fast[code]["cached"]
+            assert fast[code]["alias"] in ("champion", "challenger")
+    finally:
+        registry.set_alias(home, name, "champion", current.version, reason="test: back")

@@ -3,9 +3,11 @@
 The task set's ``adaptation`` split holds the classes with too few cases for an episode (rare
 diseases; drugs with too few responders or non-responders). For each one:
 
-- **disease**: an N-way model adapts to the rare disease plus the N-1 meta-test diseases with the
-  most cases (ties by code) as references, K support cases each, K = min(task set shots, the rare
-  disease's cases); label order: the rare disease, then the references.
+- **disease**: an N-way model adapts to the rare disease plus N-1 meta-test diseases as references:
+  the first by their place in the stable split order (``medmeta.tasksets.splits.place(seed,
+  code)``), so cases arriving for other classes never change them (a new meta-test class can, only
+  when its place comes first); K support cases each, K = min(task set shots, the rare disease's
+  cases); label order: the rare disease, then the references.
 - **drug**: a binary model per drug, labels ``no_response`` (0) and ``response`` (1), K cases of
   each, K = min(shots, fewest of the two); a drug lacking either outcome is skipped.
 
@@ -46,6 +48,7 @@ from dataclasses import dataclass, field
 
 from medmeta.errors import MedmetaError
 from medmeta.home import Home
+from medmeta.tasksets.splits import place
 from medmeta.training.publish import registry_name
 
 OUTCOMES = ["no_response", "response"]  # drug label 0, 1
@@ -80,7 +83,8 @@ def plan_adaptations(tasks) -> list[AdaptationPlan]:
     if manifest["kind"] == "drug":
         return [_drug_plan(split, i, code, shots, queries, ways) for i, code in enumerate(split.codes)]
     test = tasks.splits.get("test")
-    refs = [] if test is None else sorted(range(len(test.codes)), key=lambda i: (-int((test.labels == i).sum()),
+    seed = int(manifest["seed"])
+    refs = [] if test is None else sorted(range(len(test.codes)), key=lambda i: (place(seed, test.codes[i]),
                                                                                  test.codes[i]))[:ways - 1]
     return [_disease_plan(split, i, code, test, refs, shots, queries, ways) for i, code in enumerate(split.codes)]
 
@@ -237,8 +241,8 @@ def adapt_taskset(home: Home, taskset: str, *, targets: list[str] | None = None,
 
     ``parent_build="same"`` (the pipeline) adapts only a champion trained on this build of the task
     set; ``"compatible"`` (the arrival fast path, after the task set was rebuilt with new cases)
-    also one trained on an earlier build with the same input features, as long as it never
-    meta-trained on the classes adapted to. Each summary has ``decision`` (the gate's) and
+    also one trained on an earlier build with the same input features; a class that champion
+    meta-trained on is skipped, with the reason. Each summary has ``decision`` (the gate's) and
     ``alias`` (the alias the version holds now: champion, challenger or None); a retirement has
     ``decision: "retired"``.
     """
@@ -268,10 +272,10 @@ def adapt_taskset(home: Home, taskset: str, *, targets: list[str] | None = None,
         if spec.get("features") != tasks.manifest["features"]:
             return results + [{"taskset": taskset, "skipped": f"champion {parent.ref} was trained on another build "
                                                               f"of task set {taskset} with other input features"}]
-        seen = sorted({c for p in plans for c in p.classes} & trained_on)
-        if seen:
-            return results + [{"taskset": taskset, "skipped": f"champion {parent.ref} meta-trained on "
-                                                              f"{len(seen)} of the classes to adapt to"}]
+        plans = [p if p.target not in trained_on else
+                 AdaptationPlan(p.target, p.kind, p.classes, p.roles, p.shots,
+                                skipped=f"champion {parent.ref} meta-trained on {p.target} (an earlier build)")
+                 for p in plans]
     learner = build_learner(spec)
     learner.load_state_dict(parent.load_weights())
     learner.eval()
