@@ -643,7 +643,7 @@ app.add_typer(tasks_app, name="tasks")
 
 @tasks_app.command("build")
 def tasks_build(
-    by: str = typer.Option(..., "--by", help="disease (one class per condition concept) or drug (one binary response task per drug concept)."),
+    by: Optional[str] = typer.Option(None, "--by", help="disease (one class per condition concept) or drug (one binary response task per drug concept) [default: every task set under `tasksets:` in the settings, as `medmeta run` builds them]."),
     inputs: Optional[str] = typer.Option(None, "--inputs", help="images, records or both [default: images for disease, records for drug]."),
     ways: Optional[int] = typer.Option(None, "--ways", help="Classes per episode [default: 3; drug: 2]."),
     shots: Optional[int] = typer.Option(None, "--shots", help="Support cases per class [default: 5]."),
@@ -657,20 +657,28 @@ def tasks_build(
     conditions: str = typer.Option("disorders", "--conditions", help="Disease tasks: disorders (SNOMED CT findings and situations are no classes) or all."),
     feature_min_patients: float = typer.Option(0.2, "--feature-min-patients", help="Record features: analytes (and drug tasks' conditions) of at least this fraction of the meta-train patients."),
     home: Optional[Path] = HomeOption,
+    config: Optional[Path] = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Build a task set from the current snapshot (refused when its validation failed); a Prefect flow."""
+    """Build a task set from the current snapshot (refused when its validation failed); a Prefect flow.
+    Without --by, every task set of the settings' `tasksets:` (the --config file, else the defaults)."""
     from medmeta.errors import MedmetaError
     from medmeta.home import Home
     from medmeta.tasksets.build import NotEnoughClasses, plan_taskset
-    from medmeta.tasksets.spec import make_spec
+    from medmeta.tasksets.spec import TASKSET_OPTIONS, make_spec
 
     the_home = Home.at(home)
     options = dict(system=system, concept_maps=[str(p) for p in concept_map or []],
                    outcomes=str(outcomes) if outcomes else None, label_policy=label_policy, conditions=conditions,
                    feature_min_patients_fraction=feature_min_patients)
+    requests = [((by, inputs, ways, shots, queries, seed, name), options)]
     try:  # the gate, the map and rule files, the cases and the split, before the embedded Prefect server starts
-        plan_taskset(the_home, make_spec(by, inputs, ways, shots, queries, seed, name, **options))
+        settings = _settings(config)
+        if by is None:
+            requests = [((e["by"], e.get("inputs"), e.get("ways"), e.get("shots"), e.get("queries"), int(e.get("seed", 0)),
+                          e.get("name")), {k: e[k] for k in TASKSET_OPTIONS if k in e}) for e in settings.tasksets]
+        for arguments, chosen in requests:
+            plan_taskset(the_home, make_spec(*arguments, **chosen))
     except NotEnoughClasses as error:  # what was found per class still goes out with --json
         if as_json:
             _emit({"error": str(error), **error.report}, True, "")
@@ -681,17 +689,24 @@ def tasks_build(
     from flows.tasksets import build_tasksets_flow
 
     try:
-        with _spinner("building the task set"), _running():
-            summary = build_tasksets_flow(by, inputs, ways, shots, queries, seed, name, str(the_home.root), **options)
+        with _spinner("building the task set" + ("s" if len(requests) > 1 else "")), _running():
+            summaries = [build_tasksets_flow(*arguments, str(the_home.root), **chosen) for arguments, chosen in requests]
     except MedmetaError as error:
         _fail(str(error))
+    if len(summaries) == 1:
+        _emit(summaries[0], as_json, "\n".join(_taskset_lines(summaries[0])))
+    else:
+        _emit({"tasksets": summaries}, as_json, "\n".join(line for s in summaries for line in _taskset_lines(s)))
+
+
+def _taskset_lines(summary: dict) -> list[str]:
     human = [f"task set {summary['name']} from snapshot {summary['snapshot']} ({summary['path']}), classes in "
              f"{summary['class_system']}"]
     unit = "drugs" if summary["kind"] == "drug" else "diseases"
     human += [f"  {split}: {len(e['classes'])} {unit}, {e['cases']} cases ({', '.join(e['classes'])})"
               for split, e in summary["splits"].items()]
     human += [f"  excluded {e['code']}: {e['reason']}" for e in summary["excluded"]]
-    _emit(summary, as_json, "\n".join(human))
+    return human
 
 
 @tasks_app.command("list")
