@@ -602,9 +602,12 @@ def predict(
     """Class probabilities for each query case from a published model, adapted on --support (README: Predict)."""
     from medmeta.errors import MedmetaError
     from medmeta.home import Home
-    from medmeta.predict import predict as run_predict
+    from medmeta.registry import resolve
 
     try:
+        resolve(Home.at(home), model)  # a model that is not there: one line before torch is imported
+        from medmeta.predict import predict as run_predict
+
         result = run_predict(Home.at(home), model, query, support, max_input_bytes)
     except (MedmetaError, ValueError) as error:  # ValueError: metalearn's EpisodeError / AdaptedStateError
         _fail(str(error))
@@ -664,7 +667,6 @@ def tasks_build(
     Without --by, every task set of the settings' `tasksets:` (the --config file, else the defaults)."""
     from medmeta.errors import MedmetaError
     from medmeta.home import Home
-    from medmeta.tasksets.build import NotEnoughClasses, plan_taskset
     from medmeta.tasksets.spec import TASKSET_OPTIONS, make_spec
 
     the_home = Home.at(home)
@@ -677,13 +679,18 @@ def tasks_build(
         if by is None:
             requests = [((e["by"], e.get("inputs"), e.get("ways"), e.get("shots"), e.get("queries"), int(e.get("seed", 0)),
                           e.get("name")), {k: e[k] for k in TASKSET_OPTIONS if k in e}) for e in settings.tasksets]
-        for arguments, chosen in requests:
-            plan_taskset(the_home, make_spec(*arguments, **chosen))
-    except NotEnoughClasses as error:  # what was found per class still goes out with --json
-        if as_json:
-            _emit({"error": str(error), **error.report}, True, "")
-        _fail(str(error))
-    except MedmetaError as error:
+        specs = [make_spec(*arguments, **chosen) for arguments, chosen in requests]  # the options, at once
+        from validation.gate import current_snapshot
+
+        current_snapshot(the_home)  # a snapshot to build from, before pandas and the cases are loaded
+        from medmeta.tasksets.build import plan_taskset
+
+        for spec in specs:
+            plan_taskset(the_home, spec)
+    except MedmetaError as error:  # a NotEnoughClasses carries a report: what was found per class goes out with --json
+        report = getattr(error, "report", None)  # (medmeta.tasksets.build imports pandas: not imported for a typo)
+        if as_json and isinstance(report, dict):
+            _emit({"error": str(error), **report}, True, "")
         _fail(str(error))
     _prefect_environment(the_home.root)
     from flows.tasksets import build_tasksets_flow

@@ -19,6 +19,8 @@ def test_serve_without_a_server_says_how_to_get_one(tmp_path):
     result = medmeta("serve", "--landing", str(tmp_path / "landing"), "--home", str(tmp_path / "h"),
                      env=medmeta_env(None), timeout=120)
     assert result.returncode == 2
+    assert result.stderr.startswith("settings: the defaults, medmeta/config/pipeline.yaml (300 training steps, "
+                                    "600 meta-test episodes"), result.stderr  # serve says which settings it uses
     assert "no Prefect server: set PREFECT_API_URL" in result.stderr and "medmeta server" in result.stderr
 
 
