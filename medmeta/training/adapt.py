@@ -382,6 +382,7 @@ def champion_class_coverage(home: Home, taskset: str) -> dict:
 
 def _card(tasks, parent, spec: dict, plan: AdaptationPlan, name: str, digest: str, metrics: dict) -> dict:
     from medmeta import registry
+    from medmeta.training.runs import manifest_digest
 
     manifest = tasks.manifest
     counts = {c: sum(1 for _, _, label in plan.support if label == i) for i, c in enumerate(plan.classes)}
@@ -414,7 +415,8 @@ def _card(tasks, parent, spec: dict, plan: AdaptationPlan, name: str, digest: st
                                 "there were no cases beyond K to hold out")),
             "estimate": estimate_text(metrics),
         },
-        "task_set": {"name": manifest["name"], "digest": parent.card["task_set"]["digest"], "split": ADAPTATION},
+        "task_set": {"name": manifest["name"], "digest": manifest_digest(manifest), "split": ADAPTATION,
+                     "parent_digest": parent.card["task_set"]["digest"]},  # differ on the fast path (a new build)
         "snapshot": manifest["snapshot"],
         "dicom_modalities": parent.card.get("dicom_modalities"),
         "usage": f"medmeta predict --model {name} --query QUERY  (no --support needed)",
