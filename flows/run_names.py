@@ -32,13 +32,25 @@ def dated(prefix: str) -> Callable[[], str]:
 
 
 def tasksets_run_name() -> str:
-    """``tasksets-NAME``, or ``tasksets-BY[-INPUTS]`` when the task set is named by its spec."""
+    """The ``flow_run_name`` of ``build-tasksets``: ``taskset_run_name`` of the run's parameters."""
     from prefect.runtime import flow_run
 
-    parameters = flow_run.parameters
-    if parameters.get("name"):
-        return f"tasksets-{parameters['name']}"
-    return "-".join(["tasksets", str(parameters.get("by")), *([str(parameters["inputs"])] if parameters.get("inputs") else [])])
+    return taskset_run_name(flow_run.parameters)
+
+
+def taskset_run_name(parameters: dict) -> str:
+    """``tasksets-NAME``: the task set's name, given or the one its spec makes
+    (``tasksets-disease-images-3w5s3q-seed0``); ``tasksets-BY-invalid`` for parameters the flow refuses."""
+    from medmeta.errors import MedmetaError
+    from medmeta.tasksets.spec import make_spec
+
+    p = parameters
+    try:
+        name = make_spec(p.get("by"), p.get("inputs"), p.get("ways"), p.get("shots"), p.get("queries"),
+                         int(p.get("seed") or 0), p.get("name")).name
+    except (MedmetaError, TypeError, ValueError):  # the flow itself says what is wrong
+        name = f"{p.get('by')}-invalid"
+    return f"tasksets-{name}"
 
 
 def adapt_run_name() -> str:

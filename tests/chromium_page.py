@@ -3,11 +3,13 @@ cannot say (an image's decoded size, the text a person sees, hidden copies left 
 
 ``read_page(chromium, url, folder, ready)`` opens ``url`` in a fresh headless Chromium (its profile
 under ``folder``) and evaluates the JavaScript expression ``ready`` every half second until it
-returns something truthy; returns that value (JSON), or fails with the page's visible text.
+returns something truthy; returns that value (JSON), or fails with the page's visible text. A screenshot of the page as it
+was read is left in ``folder/page.png``.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import time
@@ -39,7 +41,7 @@ def read_page(chromium: str, url: str, folder: Path, ready: str, timeout_s: floa
         port = _devtools_port(profile, process)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30) as response:
             [page] = [t for t in json.load(response) if t["type"] == "page"][:1]
-        return _evaluate_until(page["webSocketDebuggerUrl"], url, ready, timeout_s)
+        return _evaluate_until(page["webSocketDebuggerUrl"], url, ready, timeout_s, folder)
     finally:
         process.terminate()
         try:
@@ -61,7 +63,7 @@ def _devtools_port(profile: Path, process: subprocess.Popen) -> int:
     raise TimeoutError("chromium did not open its DevTools port in 60 s")
 
 
-def _evaluate_until(socket_url: str, url: str, ready: str, timeout_s: float):
+def _evaluate_until(socket_url: str, url: str, ready: str, timeout_s: float, screenshot_dir: Path):
     from websockets.sync.client import connect
 
     with connect(socket_url, max_size=None, open_timeout=30) as socket:
@@ -83,6 +85,8 @@ def _evaluate_until(socket_url: str, url: str, ready: str, timeout_s: float):
             result = call("Runtime.evaluate", expression=ready, returnByValue=True)
             value = result.get("result", {}).get("value")
             if value:
+                shot = call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+                (screenshot_dir / "page.png").write_bytes(base64.b64decode(shot["data"]))  # to see what was read
                 return value
             if time.monotonic() > deadline:
                 text = call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''",

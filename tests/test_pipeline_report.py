@@ -74,6 +74,10 @@ def test_run_names_say_what_each_run_does_and_hold_no_path():
 
     assert re.fullmatch(r"pipeline-\d{4}-\d\d-\d\dT\d\d-\d\d", run_names.dated("pipeline")())
     assert run_names.TRAIN.format(algorithm="protonet", taskset="t") == "train-protonet-t"
+    assert run_names.taskset_run_name({"by": "disease", "inputs": "images", "ways": 3, "shots": 5, "queries": 3,
+                                       "seed": 0}) == "tasksets-disease-images-3w5s3q-seed0"
+    assert run_names.taskset_run_name({"by": "drug", "name": "rare-drugs"}) == "tasksets-rare-drugs"
+    assert run_names.taskset_run_name({"by": "nope"}) == "tasksets-nope-invalid"
     from flows.evaluate import evaluate_flow
     from flows.ingest import ingest_flow
     from flows.pipeline import pipeline_flow

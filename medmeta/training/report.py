@@ -92,8 +92,8 @@ def model_lines(summary: dict) -> list[str]:
             f"{m['device']}): {best['shots']}-shot accuracy {score(best.get('meta'))}, "
             f"from scratch {score(best.get('from_scratch'))} (meta {difference(best, 'from_scratch')}), "
             f"pretrain+fine-tune {score(best.get('pretrain_finetune'))} (meta "
-            f"{difference(best, 'pretrain_finetune')}) -> {published['ref']} {published['decision']}"
-            f"{' (already published)' if published.get('cached') else ''}{f', now {role}' if role else ''}")
+            f"{difference(best, 'pretrain_finetune')}) -> {published['ref']} (gate: {published['decision']}"
+            f"{', already published' if published.get('cached') else ''}{f'; now {role}' if role else ''})")
     return lines
 
 
