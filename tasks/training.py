@@ -82,8 +82,8 @@ def train_model_task(home: Home, taskset: str, algorithm: str, settings: Pipelin
     folder = home.training / result["model"]
     create_png_artifact(folder / "curve.png", artifact_key("medmeta-training-curve", taskset, algorithm),
                         f"Training curve of {result['model']}",
-                        description=f"Training curve of {result['model']} ({result['steps']} steps, {result['stop_reason']}, "
-                                      f"device {result['device']})")
+                        description=f"Training curve of {result['model']} ({result['steps']} steps, "
+                                    f"{result['stop_reason']}, device {result['device']})")
     get_run_logger().info("%s %s: %d steps (%s) on %s x %d in %.1f s", "found" if result["cached"] else "trained",
                           result["model"], result["steps"], result["stop_reason"], result["device"],
                           result.get("processes", 1), result["seconds"])

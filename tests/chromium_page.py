@@ -1,10 +1,10 @@
 """Read a rendered page in headless Chromium through the DevTools protocol: what the DOM dump
 cannot say (an image's decoded size, the text a person sees, hidden copies left out).
 
-``read_page(chromium, url, folder, ready)`` opens ``url`` in a fresh headless Chromium (its profile
-under ``folder``) and evaluates the JavaScript expression ``ready`` every half second until it
-returns something truthy; returns that value (JSON), or fails with the page's visible text. A screenshot of the page as it
-was read is left in ``folder/page.png``.
+``read_pages(chromium, folder, [(url, ready), ...])`` opens each ``url`` in turn in one fresh headless
+Chromium (its profile under ``folder``) and evaluates the JavaScript expression ``ready`` every half
+second until it returns something truthy; returns those values (JSON), or fails with the page's
+visible text. A screenshot of each page as it was read is left in ``folder/page-N.png``.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ IMAGES_AND_TEXT = """(() => {
 })()"""
 
 
-def read_page(chromium: str, url: str, folder: Path, ready: str, timeout_s: float = PAGE_TIMEOUT_S):
-    """The value of the expression ``ready`` once truthy on the rendered ``url`` (see the module)."""
+def read_pages(chromium: str, folder: Path, pages: list[tuple[str, str]], timeout_s: float = PAGE_TIMEOUT_S) -> list:
+    """The value of each expression ``ready`` once truthy on its rendered ``url`` (see the module)."""
     folder.mkdir(parents=True, exist_ok=True)
     profile = folder / "cdp-profile"
     process = subprocess.Popen(
@@ -41,7 +41,8 @@ def read_page(chromium: str, url: str, folder: Path, ready: str, timeout_s: floa
         port = _devtools_port(profile, process)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30) as response:
             [page] = [t for t in json.load(response) if t["type"] == "page"][:1]
-        return _evaluate_until(page["webSocketDebuggerUrl"], url, ready, timeout_s, folder)
+        return [_evaluate_until(page["webSocketDebuggerUrl"], url, ready, timeout_s, folder / f"page-{n}.png")
+                for n, (url, ready) in enumerate(pages, 1)]
     finally:
         process.terminate()
         try:
@@ -63,7 +64,7 @@ def _devtools_port(profile: Path, process: subprocess.Popen) -> int:
     raise TimeoutError("chromium did not open its DevTools port in 60 s")
 
 
-def _evaluate_until(socket_url: str, url: str, ready: str, timeout_s: float, screenshot_dir: Path):
+def _evaluate_until(socket_url: str, url: str, ready: str, timeout_s: float, screenshot: Path):
     from websockets.sync.client import connect
 
     with connect(socket_url, max_size=None, open_timeout=30) as socket:
@@ -85,8 +86,8 @@ def _evaluate_until(socket_url: str, url: str, ready: str, timeout_s: float, scr
             result = call("Runtime.evaluate", expression=ready, returnByValue=True)
             value = result.get("result", {}).get("value")
             if value:
-                shot = call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
-                (screenshot_dir / "page.png").write_bytes(base64.b64decode(shot["data"]))  # to see what was read
+                shot = call("Page.captureScreenshot", format="png")
+                screenshot.write_bytes(base64.b64decode(shot["data"]))  # to see what was read
                 return value
             if time.monotonic() > deadline:
                 text = call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''",

@@ -143,7 +143,7 @@ def test_the_ui_answers_the_operators_three_questions(triggered_run, chromium, t
     """From the pipeline's page and its summary artifact: did validation pass, what did each model
     score against both baselines (intervals), which version is champion and challenger now, how
     long each stage took; runs named by what they do; the training curve an image, not a URL."""
-    from tests.chromium_page import read_page
+    from tests.chromium_page import read_pages
 
     ui, run = triggered_run.served.server.ui, triggered_run.run
     summary = _summary(triggered_run)
@@ -151,16 +151,18 @@ def test_the_ui_answers_the_operators_three_questions(triggered_run, chromium, t
     taskset, name = model["taskset"], model["published"]["name"]
     assert re.fullmatch(r"pipeline-\d{4}-\d\d-\d\dT\d\d-\d\d", run.name), run.name
 
-    # the pipeline's page lists its runs by name; its subflow runs say what each did
-    read_page(chromium, f"{ui}/v2/flows/flow/{run.flow_id}", tmp_path / "flow", _ready_when([run.name]))
-    stage_names = [f"train-protonet-{taskset}", f"evaluate-{model['model']}", f"publish-{model['model']}",
-                   f"tasksets-", "ingest-20"]
-    read_page(chromium, f"{ui}/v2/runs/flow-run/{run.id}?tab=Subflow%20Runs", tmp_path / "subflows",
-              _ready_when(stage_names))
-
-    # the summary artifact answers the three questions, with the curve drawn as an image
-    page = read_page(chromium, f"{ui}/v2/artifacts/artifact/{_summary_artifact_id(triggered_run)}",
-                     tmp_path / "summary", _ready_when(["Registry after the run", "Stages"], images=True))
+    # the run lists of the pipeline and of training name runs by what they do; the pipeline run's
+    # page (its logs) answers the questions; its summary artifact answers them with the curve drawn
+    flow_ids = {flow: subflow.flow_id for flow, subflow in triggered_run.subflows}
+    logs_needles = ["validation passed", f"registry {name}: champion v1, challenger none", "stages: ",
+                    f"train-protonet-{taskset}"]
+    _, _, logs, page = read_pages(chromium, tmp_path / "pages", [
+        (f"{ui}/v2/flows/flow/{run.flow_id}", _ready_when([run.name])),
+        (f"{ui}/v2/flows/flow/{flow_ids['train']}", _ready_when([f"train-protonet-{taskset}"])),
+        (f"{ui}/v2/runs/flow-run/{run.id}", _ready_when(logs_needles)),
+        (f"{ui}/v2/artifacts/artifact/{_summary_artifact_id(triggered_run)}",
+         _ready_when(["Registry after the run", "Stages"], images=True))])
+    assert len(SCORE.findall(logs["text"])) >= 3, logs["text"][-3000:]
     text = page["text"]
     assert "validation passed" in text, text[:2000]
     [row] = [line for line in text.splitlines() if line.startswith(f"protonet on {taskset}")]
