@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows import run_names
 from medmeta.home import Home
 from medmeta.settings import Settings, load_settings
 from tasks.training import evaluate_model_task
 
 
-@flow(name="evaluate", persist_result=False)
+@flow(name="evaluate", persist_result=False, flow_run_name=run_names.EVALUATE)
 def evaluate_flow(model: str, home: str | None = None, settings: Settings | None = None,
                   nproc: int | None = None) -> dict:
     """``nproc``: evaluation processes (torchrun ranks); None takes the settings' ``train.nproc``

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from prefect import unmapped
 from prefect.utilities.annotations import quote
 
+from flows import run_names
 from medmeta.ingest.batches import staging_batches
 from medmeta.ingest.pool import WorkerPool
 from medmeta.ingest.setup import IngestSetup, home_lock
@@ -21,7 +22,7 @@ from tasks.ingest import build_snapshot, discover_inputs, ingest_batch, report_i
 from validation.report import digest
 
 
-@landing_flow("source", name="ingest", persist_result=False, validate_parameters=True)
+@landing_flow("source", name="ingest", persist_result=False, validate_parameters=True, flow_run_name=run_names.dated("ingest"))
 def ingest_flow(source: str | None = None, home: str | None = None, settings: Settings | None = None,
                 workers: int | None = None, run_validation: bool = True, rules: str | None = None,
                 dask_address: str | None = None) -> dict:

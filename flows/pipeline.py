@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 
 from prefect.states import Completed, Failed
 
+from flows import run_names
 from flows.adapt import adapt_flow
 from flows.evaluate import evaluate_flow
 from flows.ingest import ingest_flow
@@ -27,11 +28,12 @@ from flows.train import train_flow
 from medmeta.home import Home
 from medmeta.tasksets.spec import TASKSET_OPTIONS
 from medmeta.settings import Settings, load_settings
+from medmeta.training.report import headline
 from tasks.concurrency import training_slot
 from tasks.pipeline import record_pipeline_run, report_pipeline
 
 
-@landing_flow("landing", name="pipeline", persist_result=False, validate_parameters=True)
+@landing_flow("landing", name="pipeline", persist_result=False, validate_parameters=True, flow_run_name=run_names.dated("pipeline"))
 def pipeline_flow(landing: str | None = None, home: str | None = None, settings: Settings | None = None,
                   rules: str | None = None):
     """Landing data to published few-shot models; returns the run summary (in a Completed or Failed state).
@@ -54,7 +56,8 @@ def pipeline_flow(landing: str | None = None, home: str | None = None, settings:
     if not ingest["validation"]["success"]:
         failed = ", ".join(ingest["validation"]["critical_failures"])
         summary["status"] = "validation_failed"
-        record_pipeline_run(the_home, summary)
+        summary = record_pipeline_run(the_home, summary)  # with stage durations, champion and challenger
+        report_pipeline(summary, the_home)
         return Failed(message=f"snapshot {ingest['snapshot']} failed validation (critical: {failed}); "
                               "nothing was trained or published", data=summary)
     for entry in settings.tasksets:
@@ -75,11 +78,10 @@ def pipeline_flow(landing: str | None = None, home: str | None = None, settings:
         if settings.publish["adapt"]:  # the champion adapted to each class left out of meta-training
             summary["adapted"] += adapt_flow(root, settings, built["name"])["adapted"]
     summary["status"] = "completed"
-    record_pipeline_run(the_home, summary)
-    report_pipeline(summary)
+    summary = record_pipeline_run(the_home, summary)  # with stage durations, champion and challenger
+    report_pipeline(summary, the_home)
     return Completed(message=f"{len(summary['models'])} models", data=summary)
 
 
 def _headline(evaluation: dict) -> list[dict]:
-    return [{"shots": e["shots"], **{r["method"]: {"accuracy": round(r["mean"], 4), "ci95": round(r["ci95"], 4)}
-                                     for r in e["rows"]}} for e in evaluation["by_shots"]]
+    return headline(evaluation)  # each method with its interval, and the paired differences
