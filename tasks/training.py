@@ -129,18 +129,26 @@ def adapt_models_task(home: Home, taskset: str) -> list[dict]:
     from medmeta.training.adapt import adapt_taskset
 
     adapted = adapt_taskset(home, taskset)
-    rows = [{"class": a.get("target", "-"), "model": a.get("ref", "-"),
+    rows = [{"class": a.get("target", "-"), "model": a.get("ref", a.get("name", "-")),
              "support": ", ".join(f"{c} {n}" for c, n in a.get("support", {}).items()),
-             "support accuracy": a.get("metrics", {}).get("support_accuracy", ""),
-             "held-out accuracy": a.get("metrics", {}).get("held_out_accuracy", ""),
-             "outcome": a["skipped"] if "skipped" in a else ("already published" if a["cached"] else a["decision"])}
+             "estimate": a.get("estimate", ""), "alias": a.get("alias") or "",
+             "outcome": _adapted_outcome(a)}
             for a in adapted]
     if rows:
         create_table_artifact(key=artifact_key("medmeta-adapted-models", taskset), table=rows,
                               description=f"Adapted models of {taskset}'s champion, one per class left out of "
-                                          "meta-training")
+                                          "meta-training, with each one's leave-one-out estimate")
     logger = get_run_logger()
     for a in adapted:
-        logger.info("%s: %s", a.get("target", taskset), a["skipped"] if "skipped" in a else
-                    f"{a['ref']} ({'already published' if a['cached'] else 'published'})")
+        logger.info("%s: %s", a.get("target", taskset), _adapted_outcome(a))
     return adapted
+
+
+def _adapted_outcome(a: dict) -> str:
+    """What happened to one adapted model, in words: skipped, retired, found or published (and its alias)."""
+    if "skipped" in a:
+        return a["skipped"]
+    if a.get("decision") == "retired":
+        return f"retired: {a.get('reason', '')}" + (" (already)" if a.get("cached") else "")
+    done = "already published" if a.get("cached") else f"published, {a.get('decision', '')}"
+    return f"{a.get('ref', '')} ({done}{', ' + a['alias'] if a.get('alias') else ''})"
