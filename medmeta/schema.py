@@ -5,13 +5,8 @@ an MRN. Dates are shifted by a per-patient offset, so intervals within one patie
 while calendar dates are not. No column holds a name, address, telecom, free text or a birth
 date. ``source`` is the SHA-256 of the input file a row came from (never its path, which may
 carry PHI); ``site`` is the site id: from the site mapping (CSV, Parquet), else the ingest
-<<<<<<< HEAD
-settings or the landing folder the file sits in (FHIR, OMOP; stored as ``folder-<token>``, a
-folder name can carry PHI), never from the data itself.
-=======
-settings, a site mapping's name or a keyed token of the landing folder the file sits in (FHIR,
-OMOP), never a folder's name nor anything from the data itself.
->>>>>>> values
+settings or the landing folder the file sits in (FHIR, OMOP; stored as ``folder-<token>``, a keyed
+token: a folder name can carry PHI), never from the data itself.
 
 This module is the single written definition of the tables; docs/store-layout.md describes
 where they live on disk.
