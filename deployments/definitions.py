@@ -17,7 +17,9 @@ from dataclasses import dataclass
 
 NIGHTLY = "nightly"
 ON_NEW_CASES = "on-new-cases"
+WATCHER = "landing-watcher"  # prefect.yaml's long-lived watcher flow run (sites with workers); serve runs none
 ARRIVAL_RESOURCE_PREFIX = "medmeta.landing."
+WATCHING = "watching landing"  # in serve's first line once the watcher has made its first look
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import signal
 import sys
 from uuid import UUID
 
-from deployments.definitions import ServeSettings, build_deployments, landing_token, landings_env
+from deployments.definitions import WATCHING, ServeSettings, build_deployments, landing_token, landings_env
 from medmeta.errors import MedmetaError
 from tasks.concurrency import ensure_training_limit
 
@@ -86,7 +86,7 @@ async def _serve(settings: ServeSettings, deployments: list, token: str) -> None
     except BaseException:
         running.cancel()
         raise
-    say(f"medmeta serve: {', '.join(d.name for d in deployments)} served; watching landing {token} "
+    say(f"medmeta serve: {', '.join(d.name for d in deployments)} served; {WATCHING} {token} "
         f"({watcher.mode}); stop with Ctrl-C or SIGTERM")
     waiting = asyncio.create_task(stopping.wait())
     await asyncio.wait({running, waiting}, return_when=asyncio.FIRST_COMPLETED)
