@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import threading
 
+from flows import run_names
 from flows.landing_flow import home_pseudonymizer, landing_flow
 
 
-@landing_flow("landing", name="watch-landing", persist_result=False)
+@landing_flow("landing", name="watch-landing", persist_result=False, flow_run_name=run_names.dated("watch"))
 def watch_landing_flow(landing: str | None = None, home: str | None = None, settle_s: float = 2.0,
                        run_for_s: float | None = None, polling: bool = False) -> dict:
     """Watch the landing folder and emit ``medmeta.cases.arrived`` per arrival until cancelled (or
