@@ -1,8 +1,9 @@
-"""The deployments medmeta serves: a nightly pipeline, a landing watcher, and a pipeline run
-triggered by the watcher's ``medmeta.cases.arrived`` event (tasks/watch.py).
+"""The deployments medmeta serves: a nightly pipeline, and a pipeline run triggered by the landing
+watcher's ``medmeta.cases.arrived`` event for this landing folder (``arrival_resource``).
 
-All three run on the process that serves them (``medmeta serve``) or, with ``prefect deploy``
-and ``prefect.yaml``, on a process work pool's workers.
+Both run on the process that serves them (``medmeta serve``, which also runs the one long-lived
+watcher, ``medmeta.landing.watcher``: no flow run per look) or, with ``prefect deploy`` and
+``prefect.yaml``, on a process work pool's workers.
 
 Prefect holds the landing folder by its keyed token only (a path can name a patient): the
 deployments' ``landing`` parameter is the token, and the flow-run processes find the folder in
@@ -20,7 +21,9 @@ if TYPE_CHECKING:
 
 NIGHTLY = "nightly"
 ON_NEW_CASES = "on-new-cases"
-WATCHER = "landing-watcher"
+WATCHER = "landing-watcher"  # prefect.yaml's long-lived watcher flow run (sites with workers); serve runs none
+ARRIVAL_RESOURCE_PREFIX = "medmeta.landing."
+WATCHING = "watching landing"  # in serve's first line once the watcher has made its first look
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,9 @@ class ServeSettings:
     settings: "Settings | None" = None  # medmeta's settings, read where serve started (None: the defaults)
     cron: str = "0 2 * * *"
     timezone: str = "UTC"
-    watch_every_s: int = 30
+    watch_every_s: int = 30  # how often the polling fallback looks (inotify needs no interval)
+    watch_polling: bool = False  # poll instead of inotify (a network file system inotify does not see)
+    settle_s: float = 2.0  # quiet time before a look; files younger than this are still being written
 
 
 def landing_token(settings: ServeSettings) -> str:
@@ -41,6 +46,11 @@ def landing_token(settings: ServeSettings) -> str:
     return register_landing(settings.landing, home_pseudonymizer(settings.home))
 
 
+def arrival_resource(landing: str) -> str:
+    """The resource id of the ``medmeta.cases.arrived`` events of the landing with token ``landing``."""
+    return f"{ARRIVAL_RESOURCE_PREFIX}{landing}"
+
+
 def landings_env(settings: ServeSettings) -> dict[str, str]:
     """The environment that lets the deployments' flow-run processes resolve the landing token."""
     from medmeta.ingest.landings import LANDINGS_ENV, landings_environment
@@ -49,23 +59,20 @@ def landings_env(settings: ServeSettings) -> dict[str, str]:
 
 
 def build_deployments(settings: ServeSettings) -> list:
-    """The three ``RunnerDeployment``s, ready for ``prefect.serve``."""
+    """The two ``RunnerDeployment``s (nightly, on-new-cases), ready for a ``Runner``."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.events import DeploymentEventTrigger
     from prefect.schedules import Cron
 
     from flows.pipeline import pipeline_flow
-    from flows.watch import watch_landing_flow
     from tasks.watch import CASES_ARRIVED
 
     landing = landing_token(settings)
     # the settings as JSON values: the deployments' parameters, shown and editable in a custom run's form
     parameters = {"landing": landing, "home": settings.home,
                   "settings": settings.settings.model_dump(mode="json") if settings.settings is not None else None}
-    # one run of each pipeline deployment at a time: a second one waits (ingest holds the home's lock);
-    # a look at the landing folder while the last one is still looking is dropped
+    # one run of each pipeline deployment at a time: a second one waits (ingest holds the home's lock)
     one_then_queue = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
-    one_then_drop = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
     nightly = pipeline_flow.to_deployment(
         name=NIGHTLY, schedules=[Cron(settings.cron, timezone=settings.timezone)], parameters=parameters,
         concurrency_limit=one_then_queue,
@@ -73,12 +80,9 @@ def build_deployments(settings: ServeSettings) -> list:
     )
     on_new_cases = pipeline_flow.to_deployment(
         name=ON_NEW_CASES, parameters=parameters, tags=["medmeta"], concurrency_limit=one_then_queue,
-        triggers=[DeploymentEventTrigger(name="new case data", expect={CASES_ARRIVED})],
+        # this landing's events only: an arrival in another landing folder starts nothing here
+        triggers=[DeploymentEventTrigger(name="new case data", expect={CASES_ARRIVED},
+                                         match={"prefect.resource.id": arrival_resource(landing)})],
         description="The whole pipeline whenever the landing watcher reports new or changed files.",
     )
-    watcher = watch_landing_flow.to_deployment(
-        name=WATCHER, interval=settings.watch_every_s, tags=["medmeta"], concurrency_limit=one_then_drop,
-        parameters={"landing": landing, "home": settings.home},
-        description=f"Looks at the landing folder every {settings.watch_every_s} s; emits {CASES_ARRIVED}.",
-    )
-    return [nightly, on_new_cases, watcher]
+    return [nightly, on_new_cases]

@@ -415,11 +415,19 @@ def run_pipeline(
     from flows.pipeline import pipeline_flow
     from medmeta.training.report import summary_text
 
+    from prefect.exceptions import TerminationSignal
+
+    from medmeta.prefect_runtime import Stopped, stopped_by_signals
+
     try:
-        with _spinner("running the pipeline"), _running():
+        with stopped_by_signals(), _spinner("running the pipeline"), _running():
             state = pipeline_flow(str(landing), str(the_home.root), settings, rules, return_state=True)
     except MedmetaError as error:
         _fail(str(error))
+    except (Stopped, TerminationSignal) as stopped:  # inside a flow Prefect's own SIGTERM handler raises the latter
+        stopped = stopped if isinstance(stopped, Stopped) else Stopped(stopped.signal)
+        typer.secho(f"stopped by {stopped}: the pipeline did not finish", err=True, fg=typer.colors.RED)
+        raise typer.Exit(stopped.exit_code)  # the embedded server stops at exit (atexit), its runs marked Crashed
     summary = state.result(raise_on_failure=False)
     if isinstance(summary, BaseException):
         _fail_run(summary, the_home.root)
@@ -442,9 +450,12 @@ def serve(
     config: Optional[Path] = ConfigOption,
     cron: Optional[str] = typer.Option(None, "--cron", help="When the nightly pipeline runs [default: the settings' serve.cron, 0 2 * * *]."),
     timezone: Optional[str] = typer.Option(None, "--timezone", help="The cron schedule's time zone (IANA name) [default: serve.timezone, UTC]."),
-    watch_every: Optional[int] = typer.Option(None, "--watch-every", min=1, help="Seconds between looks at the landing folder [default: serve.watch_every, 30]."),
+    watch_every: Optional[int] = typer.Option(None, "--watch-every", min=1, help="Seconds between looks when the watcher polls (inotify needs none) [default: serve.watch_every, 30]."),
+    watch_polling: bool = typer.Option(False, "--watch-polling",
+                                       help="Poll the landing folder instead of inotify (e.g. a network file system)."),
 ) -> None:
-    """Register and serve the nightly, landing-watcher and on-new-cases deployments (needs PREFECT_API_URL)."""
+    """Serve the nightly and on-new-cases deployments and watch the landing folder (needs PREFECT_API_URL).
+    SIGTERM or Ctrl-C stops it cleanly: schedules paused, unfinished runs cancelled, exit 0."""
     from medmeta.errors import MedmetaError
     from medmeta.home import Home
 
@@ -465,7 +476,8 @@ def serve(
         serve_deployments(ServeSettings(landing=str(landing.resolve()), home=str(the_home.root.resolve()),
                                         settings=settings, cron=cron or settings.serve["cron"],
                                         timezone=timezone or settings.serve["timezone"],
-                                        watch_every_s=watch_every or settings.serve["watch_every"]))
+                                        watch_every_s=watch_every or settings.serve["watch_every"],
+                                        watch_polling=watch_polling))
     except MedmetaError as error:
         _fail(str(error))
 

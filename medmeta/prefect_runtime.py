@@ -22,3 +22,47 @@ def embedded_run_settings() -> Iterator[None]:
         return
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
+
+
+class Stopped(KeyboardInterrupt):
+    """A ``medmeta`` command stopped by SIGTERM or SIGINT (``signal``). A KeyboardInterrupt, so
+    that Prefect's engine marks the flow run Crashed as it does on Ctrl-C, and the stack unwinds:
+    ``atexit`` then stops the embedded server's subprocess (a process killed by SIGTERM's default
+    action runs no ``atexit``, which left the server behind as an orphan)."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signal = signum
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal's number, as a shell reports it: 130 for SIGINT, 143 for SIGTERM."""
+        return 128 + self.signal
+
+
+@contextmanager
+def stopped_by_signals() -> Iterator[None]:
+    """Within: SIGTERM and SIGINT raise ``Stopped`` in the main thread (once; a second signal while
+    stopping is ignored, so the unwinding is not cut short). The handlers before are restored after."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised: list[int] = []
+
+    def stop(signum, frame):
+        if raised:
+            return
+        raised.append(signum)
+        raise Stopped(signum)
+
+    before = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)

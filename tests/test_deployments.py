@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from deployments.definitions import NIGHTLY, ON_NEW_CASES, WATCHER
-from tests.operate_fixtures import CRON, TIMEZONE, api, medmeta, medmeta_env
+from deployments.definitions import NIGHTLY, ON_NEW_CASES, WATCHER, arrival_resource
+from tests.operate_fixtures import CRON, TIMEZONE, api, flow_runs, medmeta, medmeta_env
 from tasks.concurrency import TRAINING_LIMIT
 from tasks.watch import CASES_ARRIVED
 
@@ -33,14 +33,16 @@ def test_serve_against_a_dead_server_says_it_does_not_answer(tmp_path):
 
 
 @pytest.mark.slow
-def test_serve_registers_the_nightly_the_watcher_and_the_triggered_deployments(served):
+def test_serve_registers_the_nightly_and_the_triggered_deployments_and_no_watcher_runs(served):
     with api(served.server.url) as client:
         nightly = client.read_deployment_by_name(f"pipeline/{NIGHTLY}")
         on_new_cases = client.read_deployment_by_name(f"pipeline/{ON_NEW_CASES}")
-        watcher = client.read_deployment_by_name(f"watch-landing/{WATCHER}")
+        names = {d.name for d in client.read_deployments()}
         automations = client.read_automations()
         training_limit = client.read_global_concurrency_limit_by_name(TRAINING_LIMIT)
     assert (training_limit.limit, training_limit.active) == (1, True)
+    assert WATCHER not in names, "the watcher lives in the serve process: no deployment, no flow run per look"
+    assert not flow_runs(served.server.url, "watch-landing")
     [schedule] = nightly.schedules
     assert (schedule.schedule.cron, schedule.schedule.timezone, schedule.active) == (CRON, TIMEZONE, True)
     landing = _landing_token(served.landing)  # Prefect holds the landing folder by its keyed token only
@@ -50,13 +52,10 @@ def test_serve_registers_the_nightly_the_watcher_and_the_triggered_deployments(s
     assert nightly.parameters == {"landing": landing, "home": str(served.home), "settings": settings}
     assert on_new_cases.schedules == [] and on_new_cases.parameters == nightly.parameters
     assert _one_at_a_time(nightly) == _one_at_a_time(on_new_cases) == (1, "ENQUEUE")
-    assert _one_at_a_time(watcher) == (1, "CANCEL_NEW")
-    [every] = watcher.schedules
-    assert every.schedule.interval.total_seconds() == 3
-    assert watcher.parameters == {"landing": landing, "home": str(served.home)}
-    assert str(served.landing) not in json.dumps([d.model_dump(mode="json") for d in (nightly, on_new_cases, watcher)])
+    assert str(served.landing) not in json.dumps([d.model_dump(mode="json") for d in (nightly, on_new_cases)])
     triggers = [a for a in automations if CASES_ARRIVED in a.trigger.expect]
     assert len(triggers) == 1, [a.name for a in automations]
+    assert triggers[0].trigger.match.model_dump() == {"prefect.resource.id": arrival_resource(landing)}
     [action] = triggers[0].actions
     assert action.type == "run-deployment" and action.deployment_id == on_new_cases.id
 
@@ -91,6 +90,48 @@ def test_the_arrival_event_carries_counts_only(triggered_run, cohort):
         assert str(triggered_run.served.landing) not in text
         assert not [p.name for p in files if p.name in text]
     assert sum(e.payload["new"] for e in events) == len(files)
+    assert len(events) == 1, "the cohort, dropped at once, is one arrival"
+
+
+@pytest.mark.slow
+def test_one_arrival_is_one_run_and_another_landings_arrival_starts_nothing(triggered_run, tmp_path):
+    """At most one flow run per arrival (the cohort's 240 patients' files), none while nothing
+    arrives; an arrival event of a second landing folder (its own token) starts nothing here."""
+    import time
+
+    from prefect.client.schemas.filters import FlowRunFilterDeploymentId
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.clients import PrefectEventsClient
+    from prefect.events.filters import EventFilter, EventNameFilter
+    from prefect.events.schemas.events import Event
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    url = triggered_run.served.server.url
+    with api(url) as client:
+        ids = [client.read_deployment_by_name(f"pipeline/{name}").id for name in (NIGHTLY, ON_NEW_CASES)]
+
+    def runs() -> list:
+        """Runs that started (the nightly's future runs the scheduler creates ahead are Scheduled)."""
+        return [r for r in flow_runs(url, deployment_id=FlowRunFilterDeploymentId(any_=ids))
+                if r.state_type != StateType.SCHEDULED or r.deployment_id == ids[1]]
+
+    assert [r.id for r in runs()] == [triggered_run.run.id]
+    other = tmp_path / "other-landing"
+    other.mkdir()
+    event = Event(event=CASES_ARRIVED, resource={"prefect.resource.id": arrival_resource(_landing_token(other))},
+                  payload={"files": 1, "new": 1, "changed": 0, "removed": 0})
+
+    async def send() -> None:
+        async with PrefectEventsClient(api_url=url) as events:
+            await events.emit(event)
+
+    run_coro_as_sync(send())
+    time.sleep(10)  # an automation reacts within a second or two
+    with api(url) as client:
+        seen = client.read_events(EventFilter(event=EventNameFilter(name=[CASES_ARRIVED])), limit=50).events
+    assert event.id in {e.id for e in seen}, "the other landing's event reached the server"
+    assert [r.id for r in runs()] == [triggered_run.run.id], "another landing's arrival started a run here"
+    assert not flow_runs(url, "watch-landing")
 
 
 @pytest.mark.slow
@@ -137,6 +178,7 @@ def test_prefect_yaml_deploys_the_deployments_on_their_work_pools(tmp_path):
     assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 2 * * *", "UTC")
     assert _one_at_a_time(deployments[ON_NEW_CASES]) == (1, "ENQUEUE")
     assert _one_at_a_time(deployments[WATCHER]) == (1, "CANCEL_NEW")
+    assert deployments[WATCHER].schedules == [], "one long-lived watcher run, started once, not a look per interval"
     [trigger] = [a for a in automations if CASES_ARRIVED in a.trigger.expect]
     assert trigger.actions[0].deployment_id == deployments[ON_NEW_CASES].id
     assert deployments[NIGHTLY].pull_steps == [

@@ -264,10 +264,10 @@ def test_the_watcher_finds_its_folder_by_token(prefect_api, tmp_path, monkeypatc
     monkeypatch.setattr(landings, "_registered", [])
     monkeypatch.setenv(landings.LANDINGS_ENV, str(folder))  # what `medmeta serve` hands its flow runs
     home = str(tmp_path / "home")
-    assert watch_landing_flow(token, home) == {"files": 1, "new": 1, "changed": 0, "removed": 0}
+    assert watch_landing_flow(token, home, run_for_s=0) == {"files": 1, "new": 1, "changed": 0, "removed": 0}
     shutil.rmtree(folder)
     with pytest.raises(MedmetaError, match=f"the landing folder {token} does not exist"):
-        watch_landing_flow(token, home)
+        watch_landing_flow(token, home, run_for_s=0)
     assert leaks(NEEDLES, home=tmp_path / "home", prefect_db=prefect_api) == {}
 
 
