@@ -1,5 +1,5 @@
-"""The deployments medmeta serves: a nightly pipeline, a landing watcher, and a pipeline run
-triggered by the watcher's ``medmeta.cases.arrived`` event (tasks/watch.py).
+"""The deployments medmeta serves: a nightly pipeline, a landing watcher, and an arrival run
+(flows/arrival.py) triggered by the watcher's ``medmeta.cases.arrived`` event (tasks/watch.py).
 
 All three run on the process that serves them (``medmeta serve``) or, with ``prefect deploy``
 and ``prefect.yaml``, on a process work pool's workers.
@@ -50,6 +50,7 @@ def build_deployments(settings: ServeSettings) -> list:
     from prefect.events import DeploymentEventTrigger
     from prefect.schedules import Cron
 
+    from flows.arrival import arrival_flow
     from flows.pipeline import pipeline_flow
     from flows.watch import watch_landing_flow
     from tasks.watch import CASES_ARRIVED
@@ -65,10 +66,10 @@ def build_deployments(settings: ServeSettings) -> list:
         concurrency_limit=one_then_queue,
         description=f"The whole pipeline every night ({settings.cron}, {settings.timezone}).", tags=["medmeta"],
     )
-    on_new_cases = pipeline_flow.to_deployment(
+    on_new_cases = arrival_flow.to_deployment(
         name=ON_NEW_CASES, parameters=parameters, tags=["medmeta"], concurrency_limit=one_then_queue,
         triggers=[DeploymentEventTrigger(name="new case data", expect={CASES_ARRIVED})],
-        description="The whole pipeline whenever the landing watcher reports new or changed files.",
+        description="The arrival fast path (flows/arrival.py) whenever the landing watcher reports new or changed files.",
     )
     watcher = watch_landing_flow.to_deployment(
         name=WATCHER, interval=settings.watch_every_s, tags=["medmeta"], concurrency_limit=one_then_drop,

@@ -24,6 +24,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from typing import Collection
 
 from medmeta.errors import MedmetaError
 from medmeta.home import Home
@@ -166,8 +167,12 @@ def _existing(home: Home, name: str, parent, plan: AdaptationPlan, digest: str):
     return None
 
 
-def adapt_taskset(home: Home, taskset: str) -> list[dict]:
-    """Adapt ``taskset``'s champion to each of its adaptation classes; one summary per class."""
+def adapt_taskset(home: Home, taskset: str, only: Collection[str] | None = None) -> list[dict]:
+    """Adapt ``taskset``'s champion to each of its adaptation classes; one summary per class.
+
+    ``only``: adapt just these classes (an arrival's new ones, flows/arrival.py); then a champion
+    meta-trained on an earlier build of the task set is adapted too, when its inputs (spec features)
+    are this build's."""
     import torch
 
     from medmeta import registry
@@ -181,7 +186,8 @@ def adapt_taskset(home: Home, taskset: str) -> list[dict]:
         parent = registry.resolve(home, f"{parent_name}@champion")
     except registry.ModelNotFound:
         return [{"taskset": taskset, "skipped": f"model {parent_name} has no champion to adapt"}]
-    if parent.card.get("task_set", {}).get("digest") != manifest_digest(tasks.manifest):
+    same_build = parent.card.get("task_set", {}).get("digest") == manifest_digest(tasks.manifest)
+    if not same_build and (only is None or parent.card["config"]["spec"].get("features") != tasks.manifest["features"]):
         return [{"taskset": taskset, "skipped": f"champion {parent.ref} was trained on another build of task set "
                                                 f"{taskset}; train and publish on this one first"}]
     spec = parent.card["config"]["spec"]
@@ -190,6 +196,8 @@ def adapt_taskset(home: Home, taskset: str) -> list[dict]:
     learner.eval()
     results = []
     for plan in plan_adaptations(tasks):
+        if only is not None and plan.target not in only:
+            continue
         head = {"taskset": taskset, "target": plan.target, "parent": parent.ref, "classes": plan.classes}
         if plan.skipped:
             results.append({**head, "skipped": plan.skipped})

@@ -31,9 +31,11 @@ class PipelineSettings:
     evaluate: dict[str, Any]
     publish: dict[str, Any]
     source: str  # where they came from, for messages and model cards
+    arrival: dict[str, Any]  # what an arrival of new cases does (flows/arrival.py)
 
     def as_dict(self) -> dict:
-        return {"tasksets": self.tasksets, "train": self.train, "evaluate": self.evaluate, "publish": self.publish}
+        return {"tasksets": self.tasksets, "train": self.train, "evaluate": self.evaluate, "publish": self.publish,
+                "arrival": self.arrival}
 
 
 def _defaults() -> dict:
@@ -136,4 +138,6 @@ def _checked(raw: dict, source: str) -> PipelineSettings:
         fail(f"publish.shots ({publish['shots']}) must be one of evaluate.shots {evaluate['shots']}")
     if not 0 <= float(publish["margin"]) < 1:
         fail(f"publish.margin must lie in [0, 1), got {publish['margin']!r}")
-    return PipelineSettings(raw["tasksets"], train, evaluate, publish, source)
+    if not isinstance(raw["arrival"]["warm_steps"], int) or raw["arrival"]["warm_steps"] < 1:
+        fail(f"arrival.warm_steps must be a positive integer, got {raw['arrival']['warm_steps']!r}")
+    return PipelineSettings(raw["tasksets"], train, evaluate, publish, source, raw["arrival"])
