@@ -60,13 +60,14 @@ def medmeta(*args: str, env: dict[str, str]) -> None:
         raise SystemExit(f"medmeta {args[0]} failed:\n{result.stderr[-3000:]}")
 
 
-def build_demo(work: Path, env: dict[str, str]) -> tuple[Path, Path, float]:
-    """``make demo``'s three commands into ``work``; returns (home, landing, seconds)."""
+def build_demo(work: Path, env: dict[str, str], settings: Path) -> tuple[Path, Path, float]:
+    """``make demo``'s three commands into ``work`` (``settings``: the demo's unless
+    --build-config says otherwise); returns (home, landing, seconds)."""
     home, landing = work / "home", work / "landing"
     started = time.perf_counter()
     medmeta("key", "create", "--home", str(home), env=env)
     medmeta("synth", "--out", str(landing), "--patients", "240", "--seed", "0", "--faults", env=env)
-    medmeta("run", str(landing), "--home", str(home), "--config", str(DEMO_SETTINGS), "--rules", str(DEMO_RULES),
+    medmeta("run", str(landing), "--home", str(home), "--config", str(settings), "--rules", str(DEMO_RULES),
             env=env)
     return home, landing, time.perf_counter() - started
 
@@ -206,6 +207,8 @@ def main() -> None:
     parser.add_argument("--home", type=Path, help="a home that already ran the demo (with --landing)")
     parser.add_argument("--landing", type=Path, help="the landing folder that home ingested")
     parser.add_argument("--work", type=Path, default=None, help="where to build the demo (a temp folder)")
+    parser.add_argument("--build-config", type=Path, default=DEMO_SETTINGS,
+                        help="the settings the home is built with (the demo's); serve always runs the demo's")
     parser.add_argument("--watch-every", type=int, default=5)
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for each published model")
     parser.add_argument("--out", type=Path, default=None, help="Markdown file to write the results into")
@@ -217,7 +220,7 @@ def main() -> None:
     prefect_home = work / "prefect"
     demo_s = None
     if args.home is None:
-        home, landing, demo_s = build_demo(work, medmeta_env(None, prefect_home))
+        home, landing, demo_s = build_demo(work, medmeta_env(None, prefect_home), args.build_config.resolve())
         print(f"demo built in {demo_s:.0f} s: {home}", flush=True)
     else:
         home, landing = args.home.resolve(), args.landing.resolve()
@@ -273,8 +276,9 @@ def report(args, demo_s, taskset: str, model: str, rare_model: str, rare: dict, 
     lines = [
         "## Arrival: file drop to a published model (`bench/arrival.py`)", "",
         f"Command: `python bench/arrival.py --watch-every {args.watch_every}"
-        + (" --home H --landing L" if args.home else "") + "`" + (f" (the demo built first in {demo_s:.0f} s)"
-                                                                   if demo_s else ""),
+        + (" --home H --landing L" if args.home else "")
+        + (f" --build-config {args.build_config}" if args.build_config != DEMO_SETTINGS else "") + "`"
+        + (f" (the home built first in {demo_s:.0f} s)" if demo_s else ""),
         f"Machine: {machine()}; revision {revision(ROOT, ('flows', 'tasks', 'medmeta'))}.",
         "A real `medmeta server` (SQLite) and `medmeta serve --watch-every "
         f"{args.watch_every}` with the demo settings on a home that ran the demo; task set `{taskset}`. "

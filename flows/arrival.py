@@ -57,7 +57,11 @@ class _Clock:
         return round(time.perf_counter() - self.start, 3)
 
 
-@landing_flow("landing", name="arrival", persist_result=False, validate_parameters=True)
+def _run_name() -> str:
+    return "arrival-" + datetime.now(timezone.utc).strftime("%Y-%m-%d-%H%M%S")
+
+
+@landing_flow("landing", name="arrival", flow_run_name=_run_name, persist_result=False, validate_parameters=True)
 def arrival_flow(landing: str | None = None, home: str | None = None, config: str | None = None,
                  rules: str | None = None):
     """New cases to adapted models at once, and a warm-started candidate; returns the run summary
