@@ -31,7 +31,7 @@ from flows.tasksets import build_tasksets_flow
 from flows.train import train_flow
 from medmeta.home import Home
 from medmeta.tasksets.spec import TASKSET_OPTIONS
-from medmeta.training.settings import load_settings
+from medmeta.settings import Settings, load_settings
 from tasks.arrival import (adapt_new_classes, compare_arrival, manifest_before, record_arrival, report_arrival,
                            taskset_name, warm_start_task)
 from tasks.concurrency import training_slot
@@ -62,12 +62,13 @@ def _run_name() -> str:
 
 
 @landing_flow("landing", name="arrival", flow_run_name=_run_name, persist_result=False, validate_parameters=True)
-def arrival_flow(landing: str | None = None, home: str | None = None, config: str | None = None,
+def arrival_flow(landing: str | None = None, home: str | None = None, settings: Settings | None = None,
                  rules: str | None = None):
     """New cases to adapted models at once, and a warm-started candidate; returns the run summary
     (in a Completed or Failed state). Parameters as ``pipeline_flow``'s: ``landing`` is the landing
-    folder's path in process, its landing token from Prefect (flows/landing_flow.py)."""
-    settings = load_settings(config)  # a bad settings file fails before anything runs
+    folder's path in process, its landing token from Prefect (flows/landing_flow.py); ``settings``:
+    medmeta's settings (medmeta/settings.py; None: the defaults), read where the command started."""
+    settings = settings or load_settings()
     the_home = Home.at(home)
     root = str(the_home.root)
     clock = _Clock()
@@ -76,7 +77,7 @@ def arrival_flow(landing: str | None = None, home: str | None = None, config: st
     entries = [(taskset_name(entry), entry) for entry in settings.tasksets]
     before = {name: manifest_before(the_home, name) for name, _ in entries}
     mark = clock.start
-    ingest = ingest_flow(landing, root, rules=rules)
+    ingest = ingest_flow(landing, root, settings, rules=rules)
     mark = clock.stage("ingest_and_validate", mark)
     summary["ingest"] = {k: ingest[k] for k in INGEST_KEYS}
     summary["validation"] = ingest["validation"]
@@ -101,12 +102,12 @@ def arrival_flow(landing: str | None = None, home: str | None = None, config: st
                 summary["adapted_published_after_s"] = clock.elapsed()
             mark = clock.stage("adapt", mark)
         if changes["champion"] is None:  # nothing to adapt or warm-start: the first models, as the pipeline does
-            summary["models"] += _first_models(name, settings, root, config)
+            summary["models"] += _first_models(name, settings, root)
             mark = clock.stage("first_models", mark)
         elif changes["grown_classes"]:
             warm_due.append(name)
     for name in warm_due:
-        summary["warm_starts"].append(_warm_start(the_home, name, settings, root, config, clock))
+        summary["warm_starts"].append(_warm_start(the_home, name, settings, clock))
     summary["status"] = "completed"
     _finish(the_home, summary, clock)
     published = sum(1 for a in summary["adapted"] if "ref" in a and not a["cached"])
@@ -114,23 +115,23 @@ def arrival_flow(landing: str | None = None, home: str | None = None, config: st
                      data=summary)
 
 
-def _first_models(taskset: str, settings, root: str, config: str | None) -> list[dict]:
+def _first_models(taskset: str, settings: Settings, root: str) -> list[dict]:
     """A task set without a champion (a new home): train, evaluate and publish each algorithm from
     scratch, then adapt, as flows/pipeline.py does."""
     models = []
     for algorithm in settings.train["algorithms"]:
         with training_slot():
-            trained = train_flow(taskset, algorithm, root, config)
-            evaluate_flow(trained["model"], root, config)
-            published = publish_flow(trained["model"], root, config)
+            trained = train_flow(taskset, algorithm, root, settings)
+            evaluate_flow(trained["model"], root, settings)
+            published = publish_flow(trained["model"], root, settings)
         models.append({"model": trained["model"], "algorithm": algorithm, "taskset": taskset,
                        "published": {k: published[k] for k in ("ref", "decision", "reason", "cached")}})
     if settings.publish["adapt"]:
-        adapt_flow(root, config, taskset)
+        adapt_flow(root, settings, taskset)
     return models
 
 
-def _warm_start(home: Home, taskset: str, settings, root: str, config: str | None, clock: _Clock) -> dict:
+def _warm_start(home: Home, taskset: str, settings: Settings, clock: _Clock) -> dict:
     """Warm start, evaluate and publish through the gate; one summary entry."""
     mark = time.perf_counter()
     with training_slot():

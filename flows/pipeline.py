@@ -26,26 +26,28 @@ from flows.tasksets import build_tasksets_flow
 from flows.train import train_flow
 from medmeta.home import Home
 from medmeta.tasksets.spec import TASKSET_OPTIONS
-from medmeta.training.settings import load_settings
+from medmeta.settings import Settings, load_settings
 from tasks.concurrency import training_slot
 from tasks.pipeline import record_pipeline_run, report_pipeline
 
 
 @landing_flow("landing", name="pipeline", persist_result=False, validate_parameters=True)
-def pipeline_flow(landing: str | None = None, home: str | None = None, config: str | None = None,
+def pipeline_flow(landing: str | None = None, home: str | None = None, settings: Settings | None = None,
                   rules: str | None = None):
     """Landing data to published few-shot models; returns the run summary (in a Completed or Failed state).
 
     ``landing``: the landing folder's path in process, its landing token from Prefect (a deployment
     gives the token; Prefect never holds the path: flows/landing_flow.py); None for the one folder
     in ``$MEDMETA_LANDINGS``. ``rules``: a validation rules file replacing the defaults per table
-    (validation/rules.yaml). The summary names quarantined files by their path tokens only.
+    (validation/rules.yaml; None: the settings' ``validation.rules``). ``settings``: medmeta's settings
+    (medmeta/settings.py), read where the command or deployment started; None is the defaults. The
+    summary names quarantined files by their path tokens only.
     """
-    settings = load_settings(config)  # a bad settings file fails before anything runs
+    settings = settings or load_settings()
     the_home = Home.at(home)
     root = str(the_home.root)
     started = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    ingest = ingest_flow(landing, root, rules=rules)
+    ingest = ingest_flow(landing, root, settings, rules=rules)
     summary: dict = {"started": started, "ingest": {k: ingest[k] for k in (
         "snapshot", "files_seen", "files_ingested", "files_unchanged", "files_quarantined", "quarantined",
         "rows_quarantined", "patients", "records", "images")}, "validation": ingest["validation"], "tasksets": [], "models": [], "adapted": []}
@@ -63,15 +65,15 @@ def pipeline_flow(landing: str | None = None, home: str | None = None, config: s
         summary["tasksets"].append(built)
         for algorithm in settings.train["algorithms"]:
             with training_slot():
-                trained = train_flow(built["name"], algorithm, root, config)
-                evaluation = evaluate_flow(trained["model"], root, config)
-                published = publish_flow(trained["model"], root, config)
+                trained = train_flow(built["name"], algorithm, root, settings)
+                evaluation = evaluate_flow(trained["model"], root, settings)
+                published = publish_flow(trained["model"], root, settings)
             summary["models"].append({"model": trained["model"], "algorithm": algorithm, "taskset": built["name"],
                                       "trained": not trained["cached"], "steps": trained["steps"],
                                       "device": trained["device"], "evaluation": _headline(evaluation),
                                       "published": published})
         if settings.publish["adapt"]:  # the champion adapted to each class left out of meta-training
-            summary["adapted"] += adapt_flow(root, config, built["name"])["adapted"]
+            summary["adapted"] += adapt_flow(root, settings, built["name"])["adapted"]
     summary["status"] = "completed"
     record_pipeline_run(the_home, summary)
     report_pipeline(summary)
