@@ -41,13 +41,14 @@ def world(tmp_path_factory, cohort150):
     return {"home": Home(home), "landing": landing, "config": config}
 
 
-def _arrive(world, diseases: list[str] | None, per_disease: int = 3, batch: int = 1) -> dict:
-    """Drop new cases (none when ``diseases`` is None) into the landing folder and run the arrival."""
+def _arrive(world, cases: dict[str, int] | None, batch: int = 1) -> dict:
+    """Drop new cases (``{disease: count}``; none for None) into the landing folder and run the arrival."""
     from flows.arrival import arrival_flow
 
-    if diseases:
+    if cases:
         staging = world["landing"].with_name(f"staging{batch}")
-        for path in write_new_cases(staging, diseases, per_disease, batch=batch)["files"]:
+        diseases = [code for code, n in cases.items() for _ in range(n)]
+        for path in write_new_cases(staging, diseases, 1, batch=batch)["files"]:
             target = world["landing"] / path
             target.parent.mkdir(parents=True, exist_ok=True)
             (staging / path).rename(target)
@@ -69,14 +70,20 @@ def _trained(home: Home) -> set[str]:
     return {d.name for d in home.training.iterdir() if (d / "result.json").is_file()}
 
 
-def test_new_rare_disease_cases_get_an_adapted_model_published_and_nothing_trained(world):
+@pytest.fixture(scope="module")
+def arrived(world):
+    """One arrival of new cases of a rare disease and of a known one (one ingest: the tests' time),
+    with what was there before it."""
     home = world["home"]
     champion = registry.resolve(home, f"{registry_name(TASKSET)}@champion")
-    trained_before = _trained(home)
-    summary = _arrive(world, [RARE], per_disease=3, batch=1)
+    before = {"champion": champion, "registry": _registry(home), "trained": _trained(home)}
+    return {"before": before, "summary": _arrive(world, {RARE: 3, KNOWN: 3}, batch=1)}
 
+
+def test_new_rare_disease_cases_get_an_adapted_model_published_first_and_nothing_from_scratch(world, arrived):
+    home, summary, champion = world["home"], arrived["summary"], arrived["before"]["champion"]
     [changes] = summary["tasksets"]
-    assert RARE in changes["new_classes"] and changes["grown_classes"] == {}
+    assert RARE in changes["new_classes"] and RARE not in changes["grown_classes"]
     [entry] = [a for a in summary["adapted"] if a.get("target") == RARE]
     assert entry["cached"] is False and entry["parent"] == champion.ref
     adapted = registry.resolve(home, entry["ref"])
@@ -84,20 +91,15 @@ def test_new_rare_disease_cases_get_an_adapted_model_published_and_nothing_train
     assert adapted.card["adaptation"]["target"] == RARE
     gate_metric = adapted.card["gate"]["metric"]
     assert gate_metric in adapted.card["metrics"] and gate_metric in entry["metrics"]  # its estimate, in the summary
-    assert summary["adapted_published_after_s"] > 0
-    assert summary["warm_starts"] == [] and summary["models"] == []
-    assert _trained(home) == trained_before  # nothing meta-trained, from scratch or warm
-    assert registry.resolve(home, f"{registry_name(TASKSET)}@champion").version == champion.version
+    [warm] = summary["warm_starts"]
+    assert 0 < summary["adapted_published_after_s"] < warm["published_after_s"]  # published before any training
+    assert summary["models"] == []
+    assert _trained(home) - arrived["before"]["trained"] == {warm["model"]}  # the warm start alone: no from scratch
 
 
-def test_new_cases_of_known_classes_start_a_bounded_warm_start_gated_against_the_champion(world):
-    home = world["home"]
-    champion = registry.resolve(home, f"{registry_name(TASKSET)}@champion")
-    before = _registry(home)
-    summary = _arrive(world, [KNOWN], per_disease=3, batch=2)
-
+def test_new_cases_of_known_classes_start_a_bounded_warm_start_gated_against_the_champion(world, arrived):
+    home, summary, champion = world["home"], arrived["summary"], arrived["before"]["champion"]
     [changes] = summary["tasksets"]
-    assert KNOWN in changes["grown_classes"]
     assert changes["grown_classes"][KNOWN]["after"] == changes["grown_classes"][KNOWN]["before"] + 3
     [warm] = summary["warm_starts"]
     assert warm["parent"] == champion.ref and warm["steps"] == WARM_STEPS and warm["trained"]
@@ -112,11 +114,11 @@ def test_new_cases_of_known_classes_start_a_bounded_warm_start_gated_against_the
     assert version.card["training"]["model"] == warm["model"] and version.card["training"]["steps"] == WARM_STEPS
     gate = version.card["gate"]
     assert gate["decision"] in ("champion", "challenger") and gate["decision"] == warm["published"]["decision"]
-    assert version.version == before[registry_name(TASKSET)][-1] + 1
-    assert {"warm_start", "evaluate", "publish"} <= set(summary["durations_s"])
+    assert version.version == arrived["before"]["registry"][registry_name(TASKSET)][-1] + 1
+    assert {"ingest_and_validate", "tasksets", "adapt", "warm_start", "evaluate", "publish"} <= set(summary["durations_s"])
 
 
-def test_an_arrival_with_nothing_new_does_nothing(world):
+def test_an_arrival_with_nothing_new_does_nothing(world, arrived):
     home = world["home"]
     before, trained = _registry(home), _trained(home)
     summary = _arrive(world, None)
