@@ -1,5 +1,6 @@
-"""The deployments medmeta serves: a nightly pipeline, and a pipeline run triggered by the landing
-watcher's ``medmeta.cases.arrived`` event for this landing folder (``arrival_resource``).
+"""The deployments medmeta serves: a nightly pipeline (the full retrain), and an arrival run
+(flows/arrival.py, the fast path) triggered by the landing watcher's ``medmeta.cases.arrived`` event
+for this landing folder (``arrival_resource``).
 
 Both run on the process that serves them (``medmeta serve``, which also runs the one long-lived
 watcher, ``medmeta.landing.watcher``: no flow run per look) or, with ``prefect deploy`` and
@@ -64,6 +65,7 @@ def build_deployments(settings: ServeSettings) -> list:
     from prefect.events import DeploymentEventTrigger
     from prefect.schedules import Cron
 
+    from flows.arrival import arrival_flow
     from flows.pipeline import pipeline_flow
     from tasks.watch import CASES_ARRIVED
 
@@ -78,11 +80,11 @@ def build_deployments(settings: ServeSettings) -> list:
         concurrency_limit=one_then_queue,
         description=f"The whole pipeline every night ({settings.cron}, {settings.timezone}).", tags=["medmeta"],
     )
-    on_new_cases = pipeline_flow.to_deployment(
+    on_new_cases = arrival_flow.to_deployment(
         name=ON_NEW_CASES, parameters=parameters, tags=["medmeta"], concurrency_limit=one_then_queue,
         # this landing's events only: an arrival in another landing folder starts nothing here
         triggers=[DeploymentEventTrigger(name="new case data", expect={CASES_ARRIVED},
                                          match={"prefect.resource.id": arrival_resource(landing)})],
-        description="The whole pipeline whenever the landing watcher reports new or changed files.",
+        description="The arrival fast path (flows/arrival.py) whenever the landing watcher reports new or changed files.",
     )
     return [nightly, on_new_cases]

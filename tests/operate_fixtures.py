@@ -252,7 +252,7 @@ def triggered_run(served, cohort) -> TriggeredRun:
 
     url = served.server.url
     with api(url) as client:
-        deployment = client.read_deployment_by_name(f"pipeline/{ON_NEW_CASES}")
+        deployment = client.read_deployment_by_name(f"arrival/{ON_NEW_CASES}")
     staging = served.landing.with_name("staging")  # copied beside it, then renamed in: arrives at once
     shutil.copytree(cohort, staging)
     for entry in staging.iterdir():

@@ -36,7 +36,7 @@ def test_serve_against_a_dead_server_says_it_does_not_answer(tmp_path):
 def test_serve_registers_the_nightly_and_the_triggered_deployments_and_no_watcher_runs(served):
     with api(served.server.url) as client:
         nightly = client.read_deployment_by_name(f"pipeline/{NIGHTLY}")
-        on_new_cases = client.read_deployment_by_name(f"pipeline/{ON_NEW_CASES}")
+        on_new_cases = client.read_deployment_by_name(f"arrival/{ON_NEW_CASES}")
         names = {d.name for d in client.read_deployments()}
         automations = client.read_automations()
         training_limit = client.read_global_concurrency_limit_by_name(TRAINING_LIMIT)

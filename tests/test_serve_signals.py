@@ -64,7 +64,7 @@ def test_sigterm_to_serve_pauses_every_schedule_and_leaves_no_run_unfinished(tmp
             assert process.poll() is None, log.read_text()
             # the watcher's first look finds the cohort (no ledger yet): one arrival, one pipeline run
             with api(url) as client:
-                deployment = client.read_deployment_by_name(f"pipeline/{ON_NEW_CASES}")
+                deployment = client.read_deployment_by_name(f"arrival/{ON_NEW_CASES}")
 
             def in_flight():
                 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId

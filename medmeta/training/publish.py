@@ -48,10 +48,13 @@ def model_card(identity: dict, result: dict, evaluation: dict, shots: int, valid
                 "ci_high": round(pair["mean_difference"] + pair["ci95"], 6), "ci_level": 0.95}
     spec = identity["spec"]
     what = "diseases" if spec["kind"] == "disease" else "drug response"
-    return {
+    warm = identity.get("warm_start")  # medmeta.training.warm: said in the card, never mistaken for from scratch
+    started = f"; warm-started from {warm['parent']} for {warm['steps']} steps" if warm else ""
+    card = {
         "algorithm": spec["algorithm"],
         "purpose": (f"{spec['n_way']}-way few-shot classification of {what} from {spec['inputs']}, meta-trained on "
-                    f"task set {identity['taskset']['name']}; adapt it to new classes with a few labelled cases each"),
+                    f"task set {identity['taskset']['name']}{started}; adapt it to new classes with a few labelled "
+                    "cases each"),
         "config": {"spec": spec, "train": identity["train"]},
         "metrics": metrics,
         "deltas": deltas,
@@ -69,6 +72,9 @@ def model_card(identity: dict, result: dict, evaluation: dict, shots: int, valid
         "trained": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "usage": "medmeta predict --model NAME@champion --support SUPPORT --query QUERY",
     }
+    if warm:
+        card["warm_start"] = dict(warm)
+    return card
 
 
 def dicom_modalities(home: Home, tasks) -> list[str] | None:

@@ -41,7 +41,11 @@ def run_identity(manifest: dict, spec: dict, train: dict) -> dict:
 
 
 def model_name(identity: dict) -> str:
-    return f"{identity['taskset']['name']}-{identity['spec']['algorithm']}-{spec_digest(identity)}"
+    """``<task set>-<algorithm>-<digest>``; a warm start's ``<task set>-<algorithm>-warm<steps>-<digest>``
+    (the digest covers its parent): never the name of a model trained from scratch."""
+    warm = identity.get("warm_start")
+    kind = f"-warm{int(warm['steps'])}" if warm else ""
+    return f"{identity['taskset']['name']}-{identity['spec']['algorithm']}{kind}-{spec_digest(identity)}"
 
 
 def model_dir(home: Home, name: str) -> Path:

@@ -66,27 +66,38 @@ def _launch(home: Home, taskset: str, algorithm: str, settings: PipelineSettings
     launch_ranks(nproc, home, ["--taskset", taskset, "--algorithm", algorithm], settings, on_report=relay)
 
 
-def _prepare(home: Home, taskset: str, algorithm: str, settings: PipelineSettings):
-    """(task set, run identity, model folder) of a training run."""
+def _prepare(home: Home, taskset: str, algorithm: str, settings: PipelineSettings, warm_start: dict | None = None):
+    """(task set, run identity, model folder) of a training run; a warm start's identity names its
+    parent and its steps (``medmeta.training.warm``)."""
     from medmeta.tasksets.store import load_taskset
 
     tasks = load_taskset(home, taskset)
-    identity = run_identity(tasks.manifest, model_spec(tasks.manifest, algorithm, settings.train), settings.train)
+    train = settings.train if warm_start is None else {**settings.train, "steps": int(warm_start["steps"])}
+    identity = run_identity(tasks.manifest, model_spec(tasks.manifest, algorithm, train), train)
+    if warm_start is not None:
+        identity["warm_start"] = dict(warm_start)
     return tasks, identity, model_dir(home, model_name(identity))
 
 
 def train_in_process(home: Home, taskset: str, algorithm: str, settings: PipelineSettings,
                      on_step: Callable | None = None, on_validation: Callable | None = None,
-                     device: str | None = None) -> dict:
+                     device: str | None = None, warm_start: dict | None = None,
+                     init_weights: dict | None = None) -> dict:
     """Train in this process: alone, or as one torchrun rank (a process group initialised), in
-    which case only rank 0 writes (spec, checkpoints, weights, curve, result.json)."""
+    which case only rank 0 writes (spec, checkpoints, weights, curve, result.json).
+
+    ``warm_start`` (``{"parent": ref, "parent_weights_sha256": ..., "steps": N}``) with
+    ``init_weights`` (the parent's state dict): start from those weights, for N steps instead of
+    ``train.steps``; the model's identity, hence its name, includes both."""
     from metalearn import distributed
     from metalearn.checkpoint import save_weights
     from metalearn.trainer import Trainer
 
     writes = distributed.world().writes
-    tasks, identity, folder = _prepare(home, taskset, algorithm, settings)
-    manifest, train = tasks.manifest, settings.train
+    if (warm_start is None) != (init_weights is None):
+        raise MedmetaError("a warm start needs both its description and the parent's weights")
+    tasks, identity, folder = _prepare(home, taskset, algorithm, settings, warm_start)
+    manifest, train = tasks.manifest, identity["train"] | {"device": settings.train["device"]}
     name = model_name(identity)
     if (folder / "result.json").is_file():
         return {**read_json(folder / "result.json", "training result"), "cached": True}
@@ -103,6 +114,8 @@ def train_in_process(home: Home, taskset: str, algorithm: str, settings: Pipelin
 
     torch.manual_seed(seed)  # the initial weights too: the same inputs give the same model
     learner = build_learner(identity["spec"])
+    if init_weights is not None:
+        learner.load_state_dict(init_weights)
     trainer = Trainer(
         learner, sampler.sample, max_steps=int(train["steps"]), lr=float(train["lr"]),
         val_episodes=list(val.evaluation(int(train["val_episodes"]), batch=int(train["val_episodes"]))),
@@ -130,6 +143,8 @@ def train_in_process(home: Home, taskset: str, algorithm: str, settings: Pipelin
         "validations": result.validations, "spec": identity["spec"], "train": identity["train"],
         "processes": trainer.world.size,
     }
+    if warm_start is not None:
+        summary["warm_start"] = identity["warm_start"]
     if not writes:
         return {**summary, "cached": False}
     save_weights(folder / "weights.safetensors", learner, metadata={"model": name})
