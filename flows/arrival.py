@@ -32,9 +32,11 @@ from flows.train import train_flow
 from medmeta.home import Home
 from medmeta.tasksets.spec import TASKSET_OPTIONS
 from medmeta.settings import Settings, load_settings
-from tasks.arrival import (adapt_new_classes, compare_arrival, manifest_before, record_arrival, report_arrival,
-                           taskset_name, warm_start_task)
+from flows import run_names
+from medmeta.training.report import headline
+from tasks.arrival import adapt_new_classes, compare_arrival, manifest_before, taskset_name, warm_start_task
 from tasks.concurrency import training_slot
+from tasks.pipeline import record_pipeline_run, report_pipeline
 from tasks.training import evaluate_model_task, publish_model_task
 
 INGEST_KEYS = ("snapshot", "files_seen", "files_ingested", "files_unchanged", "files_quarantined", "quarantined",
@@ -57,11 +59,7 @@ class _Clock:
         return round(time.perf_counter() - self.start, 3)
 
 
-def _run_name() -> str:
-    return "arrival-" + datetime.now(timezone.utc).strftime("%Y-%m-%d-%H%M%S")
-
-
-@landing_flow("landing", name="arrival", flow_run_name=_run_name, persist_result=False, validate_parameters=True)
+@landing_flow("landing", name="arrival", flow_run_name=run_names.dated("arrival"), persist_result=False, validate_parameters=True)
 def arrival_flow(landing: str | None = None, home: str | None = None, settings: Settings | None = None,
                  rules: str | None = None):
     """New cases to adapted models at once, and a warm-started candidate; returns the run summary
@@ -117,15 +115,16 @@ def arrival_flow(landing: str | None = None, home: str | None = None, settings: 
 
 def _first_models(taskset: str, settings: Settings, root: str) -> list[dict]:
     """A task set without a champion (a new home): train, evaluate and publish each algorithm from
-    scratch, then adapt, as flows/pipeline.py does."""
+    scratch, then adapt, as flows/pipeline.py does; entries as the pipeline's summary has them."""
     models = []
     for algorithm in settings.train["algorithms"]:
         with training_slot():
             trained = train_flow(taskset, algorithm, root, settings)
-            evaluate_flow(trained["model"], root, settings)
+            evaluation = evaluate_flow(trained["model"], root, settings)
             published = publish_flow(trained["model"], root, settings)
         models.append({"model": trained["model"], "algorithm": algorithm, "taskset": taskset,
-                       "published": {k: published[k] for k in ("ref", "decision", "reason", "cached")}})
+                       "trained": not trained["cached"], "steps": trained["steps"], "device": trained["device"],
+                       "evaluation": headline(evaluation), "published": published})
     if settings.publish["adapt"]:
         adapt_flow(root, settings, taskset)
     return models
@@ -143,16 +142,14 @@ def _warm_start(home: Home, taskset: str, settings: Settings, clock: _Clock) -> 
         mark = clock.stage("evaluate", mark)
         published = publish_model_task(home, trained["model"], settings)
         clock.stage("publish", mark)
-    at = next(e for e in evaluation["by_shots"] if e["shots"] == int(settings.publish["shots"]))
-    return {"taskset": taskset, "model": trained["model"], "parent": trained["warm_start"]["parent"],
-            "steps": trained["steps"], "trained": not trained["cached"], "seconds": trained["seconds"],
-            "evaluation": {r["method"]: {"accuracy": round(r["mean"], 4), "ci95": round(r["ci95"], 4)}
-                           for r in at["rows"]},
-            "published": {k: published[k] for k in ("ref", "decision", "reason", "cached")},
-            "published_after_s": clock.elapsed()}
+    return {"taskset": taskset, "model": trained["model"], "algorithm": evaluation["algorithm"],
+            "parent": trained["warm_start"]["parent"], "steps": trained["steps"], "trained": not trained["cached"],
+            "device": trained["device"], "seconds": trained["seconds"], "evaluation": headline(evaluation),
+            "published": published, "published_after_s": clock.elapsed()}
 
 
 def _finish(home: Home, summary: dict, clock: _Clock) -> None:
+    """The run summary, as the pipeline's (tasks/pipeline.py: registry aliases and stage durations
+    read back, ``H/runs/arrival-STARTED.json``, the summary artifact and log lines)."""
     summary["durations_s"]["total"] = clock.elapsed()
-    record_arrival(home, summary)
-    report_arrival(summary)
+    report_pipeline(record_pipeline_run(home, summary), home)

@@ -1,19 +1,15 @@
 """Prefect tasks of the arrival flow (flows/arrival.py): coarse, one per step of an arrival.
 
 Read a task set's manifest before its rebuild, compare after it (``medmeta.training.arrivals``),
-adapt the champion to the new classes and publish them, warm-start the champion, record and report
-what the arrival did. Evaluating and publishing the warm-started model are tasks/training.py's.
+adapt the champion to the new classes and publish them, warm-start the champion. The run's summary
+is recorded and reported as the pipeline's is (tasks/pipeline.py). Evaluating and publishing the warm-started model are tasks/training.py's.
 """
 
 from __future__ import annotations
 
-import json
-
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
-from medmeta.atomic import atomic_path
 from medmeta.home import Home
 from medmeta.training.settings import PipelineSettings
 from tasks.options import NO_RESULTS
@@ -84,44 +80,3 @@ def warm_start_task(home: Home, taskset: str, settings: PipelineSettings) -> dic
                 result["model"], result["warm_start"]["parent"], result["steps"], result["stop_reason"],
                 result["seconds"])
     return {k: v for k, v in result.items() if k not in ("history", "validations")}
-
-
-@task(name="record-arrival", **NO_RESULTS)
-def record_arrival(home: Home, summary: dict) -> str:
-    """Write the arrival's summary to ``H/runs/arrival-<started>.json``; returns its path."""
-    path = home.runs / f"arrival-{summary['started']}.json"
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(summary, indent=1, default=str))
-    return str(path)
-
-
-@task(name="report-arrival", **NO_RESULTS)
-def report_arrival(summary: dict) -> None:
-    create_markdown_artifact(key="medmeta-arrival-summary", markdown=arrival_markdown(summary),
-                             description="What this arrival did: adapted models, warm start, the gate, durations")
-
-
-def arrival_markdown(summary: dict) -> str:
-    """The arrival summary as Markdown: adapted classes, warm starts and stage durations."""
-    lines = [f"# Arrival {summary['started']}: {summary['status']}", "",
-             f"Snapshot {summary['ingest']['snapshot']}: {summary['ingest']['files_ingested']} file(s) ingested, "
-             f"validation {'passed' if summary['validation']['success'] else 'failed'}.", ""]
-    published = [a for a in summary["adapted"] if "ref" in a and not a.get("cached")]
-    lines += [f"## Adapted and published ({len(published)})", ""]
-    if published:
-        lines += ["| class | model | decision | metrics |", "|---|---|---|---|"]
-        lines += [f"| {a['target']} | {a['ref']} | {a['decision']} | "
-                  f"{', '.join(f'{k} {v}' for k, v in a['metrics'].items())} |" for a in published]
-    lines += ["", "## Warm starts", ""]
-    for w in summary["warm_starts"]:
-        if "skipped" in w:
-            lines.append(f"- {w['taskset']}: none ({w['skipped']})")
-        else:
-            p = w.get("published", {})
-            lines.append(f"- {w['taskset']}: {w['model']} from {w['parent']} for {w['steps']} steps; "
-                         f"{p.get('ref', '-')} {p.get('decision', '-')} ({p.get('reason', '-')})")
-    if not summary["warm_starts"]:
-        lines.append("- none: no known class got new cases")
-    lines += ["", "## Durations (s)", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {stage} | {seconds} |" for stage, seconds in summary["durations_s"].items()]
-    return "\n".join(lines) + "\n"

@@ -1,9 +1,11 @@
-"""Prefect tasks of the pipeline itself: record the run under the home, report it.
+"""Prefect tasks of the pipeline itself (and of the arrival fast path): record the run under the
+home, report it.
 
 ``record_pipeline_run`` completes the summary with what only the end of the run knows (each stage's
-duration, read from the Prefect API: the pipeline's subflow runs; champion and challenger of each
-model, read back from the registry), writes it to ``H/runs/pipeline-STARTED.json`` and returns it;
-``report_pipeline`` turns that summary into the run's summary artifact and its log lines.
+duration, read from the Prefect API: the run's subflow runs; champion and challenger of each
+model, read back from the registry), writes it to ``H/runs/KIND-STARTED.json`` (KIND: the summary's
+``kind``, ``pipeline`` or ``arrival``) and returns it; ``report_pipeline`` turns that summary into
+the run's summary artifact (``medmeta-KIND-summary``) and its log lines.
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ from medmeta.atomic import atomic_path
 from medmeta.home import Home
 from tasks.options import NO_RESULTS
 
-SUMMARY_KEY = "medmeta-pipeline-summary"
+def kind_of(summary: dict) -> str:
+    """``pipeline`` (the full run) or ``arrival`` (the fast path): names the run file and the artifact."""
+    return summary.get("kind", "pipeline")
+
+
+def summary_key(summary: dict) -> str:
+    return f"medmeta-{kind_of(summary)}-summary"
 
 
 @task(name="record-pipeline-run", **NO_RESULTS)
@@ -28,7 +36,7 @@ def record_pipeline_run(home: Home, summary: dict) -> dict:
     (medmeta.training.report), under ``H/runs``; returns the completed summary."""
     summary = {**summary, "registry": registry_aliases(home, summary)}
     summary.update(stage_durations())
-    path = home.runs / f"pipeline-{summary['started']}.json"
+    path = home.runs / f"{kind_of(summary)}-{summary['started']}.json"
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(summary, indent=1, default=str))
     return summary
@@ -44,9 +52,9 @@ def report_pipeline(summary: dict, home: Home | None = None) -> None:
     logger = get_run_logger()
     for line in log_lines(summary):
         logger.info("%s", line)
-    create_markdown_artifact(key=SUMMARY_KEY, markdown=pipeline_markdown(summary, training_curves(home, summary)),
-                             description="What this pipeline run did: validation, each model against the baselines "
-                                         "(95% intervals), champion and challenger now, stage durations")
+    create_markdown_artifact(key=summary_key(summary), markdown=pipeline_markdown(summary, training_curves(home, summary)),
+                             description=f"What this {kind_of(summary)} run did: validation, each model against the "
+                                         "baselines (95% intervals), champion and challenger now, stage durations")
 
 
 def registry_aliases(home: Home, summary: dict) -> dict[str, dict]:
@@ -54,7 +62,8 @@ def registry_aliases(home: Home, summary: dict) -> dict[str, dict]:
     to (adapted models included), read back from the registry."""
     from medmeta.registry.store import read_aliases
 
-    names = [m["published"]["name"] for m in summary.get("models", []) if m.get("published", {}).get("name")]
+    trained = summary.get("models", []) + [w for w in summary.get("warm_starts", []) if "published" in w]
+    names = [m["published"]["name"] for m in trained if m.get("published", {}).get("name")]
     names += [a["ref"].rsplit("@", 1)[0] for a in summary.get("adapted", []) if a.get("ref")]
     out = {}
     for name in dict.fromkeys(names):
@@ -118,7 +127,7 @@ def training_curves(home: Home | None, summary: dict) -> dict[str, str]:
     if home is None:
         return {}
     curves = {}
-    for m in summary.get("models", []):
+    for m in summary.get("models", []) + [w for w in summary.get("warm_starts", []) if "model" in w]:
         path = home.training / m["model"] / "curve.png"
         if path.is_file():
             title = f"Training curve: {m['algorithm']} on {m['taskset']}"

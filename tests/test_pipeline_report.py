@@ -107,3 +107,25 @@ def test_the_training_curve_keeps_the_later_losses_readable(tmp_path):
     path = training_curve({"algorithm": "protonet", "taskset": "t", "history": history,
                            "validations": [{"step": 100, "accuracy": 0.6}]}, tmp_path / "curve.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_arrival_states_what_arrived_and_its_warm_start_against_the_baselines():
+    warm = {"taskset": "disease-records", "model": "disease-records-protonet-warm40-ab", "algorithm": "protonet",
+            "parent": "disease-records-protonet@1", "steps": 40, "trained": True, "device": "cpu",
+            "evaluation": headline(EVALUATION), "published": {"name": "disease-records-protonet", "version": 2,
+                                                             "ref": "disease-records-protonet@2",
+                                                             "decision": "champion"}}
+    summary = _summary(kind="arrival", models=[], warm_starts=[warm], adapted_published_after_s=21.5,
+                       tasksets=[{"taskset": "disease-records", "champion": "disease-records-protonet@1",
+                                  "new_classes": ["I21.9"], "grown_classes": {"J18.9": {"before": 6, "after": 9}}}],
+                       registry={"disease-records-protonet": {"champion": 2, "challenger": None}})
+    markdown = pipeline_markdown(summary)
+    assert markdown.startswith("# medmeta arrival run")
+    assert "new classes I21.9; known classes with new cases J18.9 6->9" in markdown
+    assert "published 21.5 s into the run" in markdown
+    [row] = [line for line in markdown.splitlines() if line.startswith("| protonet on disease-records")]
+    assert "warm-started from `disease-records-protonet@1`" in row and "71.0% [66.0, 76.0]" in row
+    assert "(champion)" in row
+    lines = log_lines(summary)
+    assert any(line.startswith("protonet on disease-records (warm-started from disease-records-protonet@1")
+               for line in lines), lines

@@ -62,7 +62,7 @@ def _keys(triggered_run) -> dict[str, list[str]]:
     [name] = registry.model_names(home)
     taskset = _summary(triggered_run)["models"][0]["taskset"]
     return {
-        "pipeline": ["medmeta-pipeline-summary"],
+        "pipeline": ["medmeta-arrival-summary"],  # the triggered run is the arrival fast path's
         "ingest": ["medmeta-ingest-summary", "medmeta-ingest-tables"],
         "validate": ["medmeta-validation-report", "medmeta-validation-rules"],
         "build-tasksets": ["medmeta-taskset"],
@@ -78,7 +78,7 @@ def _keys(triggered_run) -> dict[str, list[str]]:
 def _summary(triggered_run) -> dict:
     import json
 
-    path = sorted((triggered_run.served.home / "runs").glob("pipeline-*.json"))[0]  # the triggered run's (the first)
+    path = sorted((triggered_run.served.home / "runs").glob("arrival-*.json"))[0]  # the triggered run's (the first)
     return json.loads(path.read_text())
 
 
@@ -149,7 +149,7 @@ def test_the_ui_answers_the_operators_three_questions(triggered_run, chromium, t
     summary = _summary(triggered_run)
     [model] = summary["models"]
     taskset, name = model["taskset"], model["published"]["name"]
-    assert re.fullmatch(r"pipeline-\d{4}-\d\d-\d\dT\d\d-\d\d", run.name), run.name
+    assert re.fullmatch(r"arrival-\d{4}-\d\d-\d\dT\d\d-\d\d", run.name), run.name
 
     # the run lists of the pipeline and of training name runs by what they do; the pipeline run's
     # page (its logs) answers the questions; its summary artifact answers them with the curve drawn
@@ -194,7 +194,7 @@ def _summary_artifact_id(triggered_run):
 
     with api(triggered_run.served.server.url) as client:
         [artifact] = client.read_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=["medmeta-pipeline-summary"]),
+            key=ArtifactFilterKey(any_=["medmeta-arrival-summary"]),
             flow_run_id=ArtifactFilterFlowRunId(any_=[triggered_run.run.id])))
     return artifact.id
 

@@ -81,14 +81,45 @@ def validation_text(summary: dict) -> str:
             "quarantined; nothing was trained or published")
 
 
+def trained_models(summary: dict) -> list[dict]:
+    """The models the run trained (or found) and published: the pipeline's, and an arrival's first
+    models and warm starts (an entry with ``parent``: warm-started from that version)."""
+    return summary.get("models", []) + [w for w in summary.get("warm_starts", []) if "published" in w]
+
+
+def _how_trained(m: dict) -> str:
+    how = "trained" if m["trained"] else "unchanged"
+    if m.get("parent"):
+        how = f"warm-started from {m['parent']}, {how}"
+    return how
+
+
+def arrival_lines(summary: dict) -> list[str]:
+    """What an arrival found and did before any training: new classes, grown ones, warm starts skipped."""
+    if summary.get("kind") != "arrival":
+        return []
+    lines = []
+    for t in summary.get("tasksets", []):
+        grown = ", ".join(f"{c} {g['before']}->{g['after']}" for c, g in t.get("grown_classes", {}).items())
+        lines.append(f"arrival on {t.get('taskset', t.get('name', '?'))}: champion {t.get('champion') or 'none'}; "
+                     f"new classes {', '.join(t.get('new_classes', [])) or 'none'}; "
+                     f"known classes with new cases {grown or 'none'}")
+    if "adapted_published_after_s" in summary:
+        lines.append(f"the first adapted model was published {duration(summary['adapted_published_after_s'])} "
+                     "into the run")
+    lines += [f"warm start on {w['taskset']}: none ({w['skipped']})" for w in summary.get("warm_starts", [])
+              if "skipped" in w]
+    return lines
+
+
 def model_lines(summary: dict) -> list[str]:
     lines = []
-    for m in summary["models"]:
+    for m in trained_models(summary):
         published = m["published"]
         best = max(m["evaluation"], key=lambda e: e["shots"])
         role = _role(summary, published)
         lines.append(
-            f"{m['algorithm']} on {m['taskset']} ({'trained' if m['trained'] else 'unchanged'}, {m['steps']} steps, "
+            f"{m['algorithm']} on {m['taskset']} ({_how_trained(m)}, {m['steps']} steps, "
             f"{m['device']}): {best['shots']}-shot accuracy {score(best.get('meta'))}, "
             f"from scratch {score(best.get('from_scratch'))} (meta {difference(best, 'from_scratch')}), "
             f"pretrain+fine-tune {score(best.get('pretrain_finetune'))} (meta "
@@ -152,8 +183,8 @@ def summary_text(summary: dict) -> str:
 def log_lines(summary: dict) -> list[str]:
     """What the pipeline logs at its end, one answer a line: validation, each model against the
     baselines, champion and challenger per model, stage durations."""
-    lines = [validation_text(summary)] + model_lines(summary) + adapted_lines(summary) + registry_lines(summary)
-    return lines + [stages_text(summary)]
+    lines = [validation_text(summary)] + arrival_lines(summary) + model_lines(summary) + adapted_lines(summary)
+    return lines + registry_lines(summary) + [stages_text(summary)]
 
 
 def pipeline_markdown(summary: dict, images: dict[str, str] | None = None) -> str:
@@ -163,24 +194,28 @@ def pipeline_markdown(summary: dict, images: dict[str, str] | None = None) -> st
     verdict = ("**passed**" if v["success"] else
                f"**FAILED**: critical expectations {', '.join(f'`{c}`' for c in v['critical_failures'])}; "
                "nothing was trained or published")
-    out = ["# medmeta pipeline run", "",
+    out = [f"# medmeta {summary.get('kind', 'pipeline')} run", "",
            f"- **validation** {verdict}; {v['rows_quarantined']} rows quarantined",
            f"- **snapshot** `{i['snapshot']}`: {i['files_seen']} files, {i['files_ingested']} ingested, "
            f"{i['files_unchanged']} unchanged, {i['files_quarantined']} quarantined"]
     if "seconds" in summary:
         out.append(f"- **took** {duration(summary['seconds'])}")
-    if summary["models"]:
+    arrival = arrival_lines(summary)
+    if arrival:
+        out += ["", "## What arrived", ""] + [f"- {line}" for line in arrival]
+    if trained_models(summary):
         out += ["", "## Models against the baselines", "",
                 "Meta-test accuracy with its 95% interval; *meta − baseline*: the paired difference on the same "
                 "episodes (95% interval).", "",
                 "| model | shots | meta-learner | from scratch | pretrain + fine-tune | meta − from scratch | "
                 "meta − pretrain | version | decision | champion / challenger now |",
                 "|---|---:|---|---|---|---|---|---|---|---|"]
-        for m in summary["models"]:
+        for m in trained_models(summary):
             published = m["published"]
             role = _role(summary, published)
+            label = f"{m['algorithm']} on {m['taskset']}" + (f" (warm-started from `{m['parent']}`)" if m.get("parent") else "")
             for e in m["evaluation"]:
-                out.append(f"| {m['algorithm']} on {m['taskset']} | {e['shots']} | {score(e.get('meta'))} | "
+                out.append(f"| {label} | {e['shots']} | {score(e.get('meta'))} | "
                            f"{score(e.get('from_scratch'))} | {score(e.get('pretrain_finetune'))} | "
                            f"{difference(e, 'from_scratch')} | {difference(e, 'pretrain_finetune')} | "
                            f"`{published['ref']}`{f' ({role})' if role else ''} | {published['decision']} | "
