@@ -97,7 +97,7 @@ def stacked_head(params: Stacked, features: Tensor, prefix: str = "head.") -> Te
 def per_episode_loss(out: Tensor, y: Tensor, regression: bool) -> Tensor:
     """Each episode's mean loss ``[E]`` (out ``[E, N, K]``), as ``baselines._loss`` of that episode."""
     if regression:
-        return (out.squeeze(-1) - y.to(out.dtype)).square().mean(1)
+        return (out.squeeze(-1) - y.float()).square().mean(1)  # float targets, as _loss's mse_loss(.., y.float())
     e, n, k = out.shape
     return F.cross_entropy(out.reshape(e * n, k), y.reshape(e * n), reduction="none").reshape(e, n).mean(1)
 
