@@ -28,8 +28,11 @@ from metalearn.stacked import Stacked, can_stack, fit_stacked, stack_parameters,
 
 BackboneFactory = Callable[[], nn.Module]
 StackedPredictor = Callable[[Inputs], Tensor]  # query inputs [E, Q, ...] -> outputs [E, Q, K] (or [E, Q])
-CONV_EPISODES_PER_BATCH = 16  # conv nets: activations of 15 64x64 cases are about 45 MB per episode
-EPISODES_PER_BATCH = 256
+EPISODES_PER_BATCH = 256  # MLPs, and the fine-tune heads: overhead-bound, stacking wins
+# Conv nets fit one episode at a time unless ``episodes_per_batch`` says otherwise: on this 2-core CPU
+# (torch 2.13) a grouped convolution over 16 stacked episodes (conv4 hidden 32, 15 64x64 cases each)
+# took 1.8x the CPU time of 16 separate ones, forward and backward (bench/evaluation.py's notes), and a
+# conv step is compute-bound, so the loop's per-step overhead is small beside it.
 
 
 def _seed_episode(seed: int | None, device: torch.device) -> None:
@@ -154,7 +157,9 @@ class FromScratch:
         template = self._architecture()
         if not self.stacked or not can_stack(template):
             return 0
-        return self.episodes_per_batch or (CONV_EPISODES_PER_BATCH if _has_conv(template) else EPISODES_PER_BATCH)
+        if self.episodes_per_batch:
+            return self.episodes_per_batch
+        return 0 if _has_conv(template) else EPISODES_PER_BATCH  # conv: see EPISODES_PER_BATCH
 
     def adapt_many(self, support_x: Inputs, support_y: Tensor, seeds: list[int | None]) -> StackedPredictor:
         """``adapt`` of E episodes at once (``support_x [E, N, ...]``), episode e's fresh network drawn
@@ -283,8 +288,9 @@ class PretrainFineTune:
             return self.episodes_per_batch or EPISODES_PER_BATCH
         if not can_stack(network.backbone):
             return 0
-        return self.episodes_per_batch or (CONV_EPISODES_PER_BATCH if _has_conv(network.backbone)
-                                           else EPISODES_PER_BATCH)
+        if self.episodes_per_batch:
+            return self.episodes_per_batch
+        return 0 if _has_conv(network.backbone) else EPISODES_PER_BATCH  # conv: see EPISODES_PER_BATCH
 
     def adapt_many(self, support_x: Inputs, support_y: Tensor, seeds: list[int | None]) -> StackedPredictor:
         """``adapt`` of E episodes at once (``support_x [E, N, ...]``): episode e's fresh head is drawn
