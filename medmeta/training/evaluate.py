@@ -56,7 +56,11 @@ def test_episodes(tasks, shots: int, episodes: int, seed: int) -> list:
     return list(sampler.evaluation(episodes, batch=EVAL_BATCH))
 
 
-SEEDING = "per-episode"  # how the baselines' random numbers are drawn: part of their cache key
+# How the baselines' scores are computed, part of their cache key: per-episode seeds; "stacked": MLP
+# fits and fine-tune heads stacked across episodes (metalearn/stacked.py), equal to the one-at-a-time
+# fits in float64 but rounded differently in float32, where an argmax or an early stop can flip now
+# and then, so scores cached by the one-at-a-time code are not mixed with these.
+SEEDING = "per-episode, stacked"
 METHODS = ("from_scratch", "pretrain_finetune", "meta")  # the order each shot count's methods are scored in
 
 
