@@ -24,8 +24,39 @@ from torch import Tensor, nn
 
 from metalearn.episodes import Inputs
 from metalearn.learner import Predictor
+from metalearn.stacked import Stacked, can_stack, fit_stacked, stack_parameters, stacked_features, stacked_head
 
 BackboneFactory = Callable[[], nn.Module]
+StackedPredictor = Callable[[Inputs], Tensor]  # query inputs [E, Q, ...] -> outputs [E, Q, K] (or [E, Q])
+EPISODES_PER_BATCH = 256  # MLPs, and the fine-tune heads: overhead-bound, stacking wins
+# Conv nets fit one episode at a time unless ``episodes_per_batch`` says otherwise: on this 2-core CPU
+# (torch 2.13) a grouped convolution over 16 stacked episodes (conv4 hidden 32, 15 64x64 cases each)
+# took 1.8x the CPU time of 16 separate ones, forward and backward (bench/evaluation.py's notes), and a
+# conv step is compute-bound, so the loop's per-step overhead is small beside it.
+
+
+def _seed_episode(seed: int | None, device: torch.device) -> None:
+    """Seed the torch RNG as ``metalearn.evaluation`` does before an episode (None: leave it)."""
+    if seed is not None:
+        (torch.manual_seed if device.type != "cpu" else torch.default_generator.manual_seed)(seed)
+
+
+def _episode(x: Inputs, e: int) -> Inputs:
+    return {k: v[e] for k, v in x.items()} if isinstance(x, dict) else x[e]
+
+
+def _has_conv(backbone: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in backbone.modules())
+
+
+def _stacked_predictor(forward: Callable[[Stacked, Inputs], Tensor], params: Stacked, regression: bool
+                       ) -> StackedPredictor:
+    def predict(query_x: Inputs) -> Tensor:
+        with torch.no_grad():
+            out = forward(params, query_x)
+        return out.squeeze(-1) if regression else out
+
+    return predict
 
 
 def _to(x: Inputs, device: torch.device) -> Inputs:
@@ -61,8 +92,8 @@ def _head_for(backbone: nn.Module, sample: Inputs, outputs: int) -> nn.Linear:
     with torch.no_grad():
         width = backbone(sample).flatten(1).shape[1]
     backbone.train(was_training)
-    device = next(backbone.parameters()).device
-    return nn.Linear(width, outputs).to(device)
+    like = next(backbone.parameters())
+    return nn.Linear(width, outputs).to(device=like.device, dtype=like.dtype)
 
 
 def _loss(out: Tensor, y: Tensor, regression: bool) -> Tensor:
@@ -107,10 +138,50 @@ class FromScratch:
     name = "from_scratch"
 
     def __init__(self, backbone_factory: BackboneFactory, n_way: int | None, *, steps: int = 100, lr: float = 1e-2,
-                 weight_decay: float = 0.0, stop_loss: float = 0.0):
+                 weight_decay: float = 0.0, stop_loss: float = 0.0, stacked: bool = True,
+                 episodes_per_batch: int | None = None):
         _check_fit(steps, lr, stop_loss)
         self.backbone_factory, self.n_way = backbone_factory, n_way
         self.steps, self.lr, self.weight_decay, self.stop_loss = steps, lr, weight_decay, stop_loss
+        self.stacked, self.episodes_per_batch = stacked, episodes_per_batch
+        self._template: nn.Module | None = None
+
+    def _architecture(self) -> nn.Module:
+        if self._template is None:
+            with torch.random.fork_rng(devices=[]):  # the caller's RNG is left as it was
+                self._template = self.backbone_factory()
+        return self._template
+
+    def episodes_at_once(self) -> int:
+        """Episodes fitted at once by ``adapt_many`` (0: this backbone has no stacked form, use ``adapt``)."""
+        template = self._architecture()
+        if not self.stacked or not can_stack(template):
+            return 0
+        if self.episodes_per_batch:
+            return self.episodes_per_batch
+        return 0 if _has_conv(template) else EPISODES_PER_BATCH  # conv: see EPISODES_PER_BATCH
+
+    def adapt_many(self, support_x: Inputs, support_y: Tensor, seeds: list[int | None]) -> StackedPredictor:
+        """``adapt`` of E episodes at once (``support_x [E, N, ...]``), episode e's fresh network drawn
+        right after seeding the RNG with ``seeds[e]`` as ``adapt`` would be: the same networks, fitted
+        together (``metalearn.stacked.fit_stacked``). Returns query ``[E, Q, ...]`` -> ``[E, Q, K]``."""
+        regression, outputs = self.n_way is None, 1 if self.n_way is None else self.n_way
+        device = support_y.device
+        models = []
+        for seed in seeds:
+            _seed_episode(seed, device)
+            backbone = self.backbone_factory().to(device)
+            like = next(backbone.parameters())
+            head = nn.Linear(backbone.out_features, outputs).to(device=like.device, dtype=like.dtype)
+            models.append(BackboneAndHead(backbone, head))
+        template = models[0].backbone
+
+        def forward(params: Stacked, x: Inputs) -> Tensor:
+            return stacked_head(params, stacked_features(template, params, x))
+
+        params, _ = fit_stacked(forward, stack_parameters(models), support_x, support_y, steps=self.steps, lr=self.lr,
+                                regression=regression, weight_decay=self.weight_decay, stop_loss=self.stop_loss)
+        return _stacked_predictor(forward, params, regression)
 
     def adapt(self, support_x: Inputs, support_y: Tensor) -> Predictor:
         regression = self.n_way is None
@@ -136,7 +207,7 @@ class PretrainFineTune:
     def __init__(self, backbone_factory: BackboneFactory, n_way: int | None, train_x: Inputs, train_y: Tensor, *,
                  pretrain_steps: int = 500, batch_size: int = 64, lr: float = 1e-3, finetune_steps: int = 100,
                  finetune_lr: float = 1e-2, finetune: str = "head", device: str | torch.device = "cpu", seed: int = 0,
-                 stop_loss: float = 0.0):
+                 stop_loss: float = 0.0, stacked: bool = True, episodes_per_batch: int | None = None):
         if finetune not in ("head", "all"):
             raise ValueError(f"finetune must be 'head' or 'all', got {finetune!r}")
         _check_fit(finetune_steps, finetune_lr, stop_loss)
@@ -151,6 +222,7 @@ class PretrainFineTune:
         self.pretrain_steps, self.batch_size, self.lr, self.seed = pretrain_steps, batch_size, lr, seed
         self.finetune_steps, self.finetune_lr, self.finetune = finetune_steps, finetune_lr, finetune
         self.stop_loss = stop_loss
+        self.stacked, self.episodes_per_batch = stacked, episodes_per_batch
         self.network: BackboneAndHead | None = None
         self.pretrain_losses: list[float] = []
 
@@ -201,8 +273,63 @@ class PretrainFineTune:
             return _predictor(model, self.regression)
         with torch.no_grad():
             features = network.features(support_x)
-        head = nn.Linear(features.shape[1], outputs).to(features.device)
+        head = nn.Linear(features.shape[1], outputs).to(device=features.device, dtype=features.dtype)
         _fit(head, list(head.parameters()), features, support_y, steps=self.finetune_steps, lr=self.finetune_lr,
              regression=self.regression, stop_loss=self.stop_loss)
         model = BackboneAndHead(network.backbone, head)
         return _predictor(model, self.regression)
+
+    def episodes_at_once(self) -> int:
+        """Episodes fitted at once by ``adapt_many`` (0: no stacked form for this backbone, use ``adapt``)."""
+        if not self.stacked:
+            return 0
+        network = self.pretrain()
+        if self.finetune == "head":  # features once per episode; the heads are the stacked part
+            return self.episodes_per_batch or EPISODES_PER_BATCH
+        if not can_stack(network.backbone):
+            return 0
+        if self.episodes_per_batch:
+            return self.episodes_per_batch
+        return 0 if _has_conv(network.backbone) else EPISODES_PER_BATCH  # conv: see EPISODES_PER_BATCH
+
+    def adapt_many(self, support_x: Inputs, support_y: Tensor, seeds: list[int | None]) -> StackedPredictor:
+        """``adapt`` of E episodes at once (``support_x [E, N, ...]``): episode e's fresh head is drawn
+        right after seeding the RNG with ``seeds[e]``, as ``adapt`` draws it, and the E heads (or
+        networks, ``finetune="all"``) are fitted together (``metalearn.stacked.fit_stacked``).
+        Returns query ``[E, Q, ...]`` -> ``[E, Q, K]``."""
+        network = self.pretrain()
+        outputs = 1 if self.regression else self.n_way
+        like = next(network.parameters())
+        count = len(seeds)
+        if self.finetune == "all":
+            heads = []
+            for seed in seeds:
+                _seed_episode(seed, like.device)
+                heads.append(nn.Linear(network.backbone.out_features, outputs).to(device=like.device, dtype=like.dtype))
+            pretrained = {"backbone." + k: v.detach().expand(count, *v.shape).clone()
+                          for k, v in network.backbone.named_parameters()}
+            params = {**pretrained, **{"head." + k: v for k, v in stack_parameters(heads).items()}}
+            template = network.backbone
+
+            def forward(p: Stacked, x: Inputs) -> Tensor:
+                return stacked_head(p, stacked_features(template, p, x))
+
+            fitted, _ = fit_stacked(forward, params, support_x, support_y, steps=self.finetune_steps,
+                                    lr=self.finetune_lr, regression=self.regression, stop_loss=self.stop_loss)
+            return _stacked_predictor(forward, fitted, self.regression)
+
+        def features(x: Inputs) -> Tensor:  # each episode's set through the shared network, alone (set norm)
+            with torch.no_grad():
+                return torch.stack([network.features(_episode(x, e)) for e in range(count)])
+
+        support = features(support_x)
+        heads = []
+        for seed in seeds:
+            _seed_episode(seed, like.device)
+            heads.append(nn.Linear(support.shape[-1], outputs).to(device=support.device, dtype=support.dtype))
+        head_forward = lambda p, f: stacked_head(p, f, prefix="")  # noqa: E731
+        fitted, _ = fit_stacked(head_forward, stack_parameters(heads), support, support_y,
+                                steps=self.finetune_steps, lr=self.finetune_lr, regression=self.regression,
+                                stop_loss=self.stop_loss)
+        fit_heads = _stacked_predictor(head_forward, fitted, self.regression)
+        return lambda query_x: fit_heads(features(query_x))

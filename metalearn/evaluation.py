@@ -78,7 +78,7 @@ def episode_seed(seed: int, index: int) -> int:
 
 def episode_scores(method: Adapts, episodes: Episodes | Iterable[Episodes],
                    device: str | torch.device = "cpu", split_across_ranks: bool = False,
-                   seed: int | None = None) -> list[float]:
+                   seed: int | None = None, on_progress: Callable[[int, int], None] | None = None) -> list[float]:
     """Accuracy (classification) or MSE (regression) of ``method`` on each task, in order.
 
     ``seed``: the torch RNG is seeded with ``episode_seed(seed, index)`` before each episode (on
@@ -88,6 +88,11 @@ def episode_scores(method: Adapts, episodes: Episodes | Iterable[Episodes],
     ``split_across_ranks`` (under torchrun): each rank scores its contiguous share of the
     episodes and the scores are gathered, in episode order, on every rank; the same list as
     one process gives when the method draws no random numbers or ``seed`` is given.
+    ``on_progress(done, total)``: called after each episode (or group of episodes a baseline fits
+    at once) with the episodes scored of all ``total``; across ranks, this rank's share scaled to
+    the total (the ranks' shares differ by at most one episode).
+    The baselines (``adapt_many``) fit ``episodes_at_once()`` episodes at once; every episode's score is
+    the one it gets alone, so the scores do not depend on the grouping or the ranks.
     """
     from metalearn import distributed
 
@@ -99,7 +104,9 @@ def episode_scores(method: Adapts, episodes: Episodes | Iterable[Episodes],
     in_use = seed is not None and torch.cuda.is_available() and torch.cuda.is_initialized()
     cuda = [torch.cuda.current_device()] if in_use else []  # fork_rng restores the CPU's and this GPU's state
     with torch.random.fork_rng(devices=cuda, enabled=seed is not None):
-        scores = _scores_of_share(method, batches, device, mine, seed)
+        share = max(1, mine.stop - mine.start)
+        scaled = None if on_progress is None else (lambda done, _: on_progress(done * total // share, total))
+        scores = _scores_of_share(method, batches, device, mine, seed, scaled)
     if w.distributed:
         scores = distributed.gather_in_order(scores, list(range(mine.start, mine.start + len(scores))))
     if not scores:
@@ -107,40 +114,68 @@ def episode_scores(method: Adapts, episodes: Episodes | Iterable[Episodes],
     return scores
 
 
+def _episode_score(out: Tensor, qy: Tensor, batch: Episodes) -> float:
+    """One episode's accuracy or MSE from its query outputs (``[Q, K]`` logits or ``[Q]`` values)."""
+    out = out.float()
+    if batch.is_regression:
+        return float(((out.reshape(qy.shape).double() - qy.double()) ** 2).mean())
+    if out.shape != (qy.shape[0], batch.n_way):
+        raise ValueError(f"a classifier must return logits [{qy.shape[0]}, {batch.n_way}], got {tuple(out.shape)}")
+    return int((out.argmax(-1) == qy).sum()) / qy.shape[0]
+
+
+def _task_range(x: Inputs, a: int, b: int) -> Inputs:
+    return {k: v[a:b] for k, v in x.items()} if isinstance(x, dict) else x[a:b]
+
+
 def _scores_of_share(method: Adapts, batches: list[Episodes], device: torch.device, mine: slice,
-                     seed: int | None) -> list[float]:
+                     seed: int | None, on_progress: Callable[[int, int], None] | None = None) -> list[float]:
+    """This share's scores, episode by episode, or ``method.episodes_at_once()`` episodes at a time through
+    ``method.adapt_many`` (the baselines: the same numbers, see ``metalearn.stacked``);
+    ``on_progress(done, total)`` after each episode or group of the share."""
     scores: list[float] = []
-    index = -1
+    total = max(0, mine.stop - mine.start)
+    group = int(method.episodes_at_once()) if hasattr(method, "adapt_many") and hasattr(method, "episodes_at_once") else 0
+    first = 0  # the global index of the batch's first episode
     for batch in batches:
         batch.check()
-        for i in range(batch.tasks):
-            index += 1
-            if not mine.start <= index < mine.stop:
-                continue
-            if seed is not None:  # the CPU's generator alone costs 2 us; torch.manual_seed (every device) 150
-                (torch.manual_seed if device.type != "cpu" else torch.default_generator.manual_seed)(
-                    episode_seed(seed, index))
-            sx, sy = _to(_task_inputs(batch.support_x, i), device), batch.support_y[i].to(device)
-            qx, qy = _to(_task_inputs(batch.query_x, i), device), batch.query_y[i].to(device)
-            predict = method.adapt(sx, sy)  # gradients on: adaptation may need them
-            with torch.no_grad():
-                out = predict(qx).float()
-            if batch.is_regression:
-                scores.append(float(((out.reshape(qy.shape).double() - qy.double()) ** 2).mean()))
-            else:
-                if out.shape != (qy.shape[0], batch.n_way):
-                    raise ValueError(f"a classifier must return logits [{qy.shape[0]}, {batch.n_way}], "
-                                     f"got {tuple(out.shape)}")
-                scores.append(int((out.argmax(-1) == qy).sum()) / qy.shape[0])
+        lo, hi = max(mine.start - first, 0), min(mine.stop - first, batch.tasks)
+        if group > 0:
+            for a in range(lo, hi, group):
+                b = min(a + group, hi)
+                seeds = [None if seed is None else episode_seed(seed, first + i) for i in range(a, b)]
+                predict = method.adapt_many(_to(_task_range(batch.support_x, a, b), device),
+                                            batch.support_y[a:b].to(device), seeds)
+                with torch.no_grad():
+                    out = predict(_to(_task_range(batch.query_x, a, b), device))
+                qy = batch.query_y[a:b].to(device)
+                scores.extend(_episode_score(out[e], qy[e], batch) for e in range(b - a))
+                if on_progress is not None:
+                    on_progress(len(scores), total)
+        else:
+            for i in range(lo, hi):
+                if seed is not None:  # the CPU's generator alone costs 2 us; torch.manual_seed (every device) 150
+                    (torch.manual_seed if device.type != "cpu" else torch.default_generator.manual_seed)(
+                        episode_seed(seed, first + i))
+                sx, sy = _to(_task_inputs(batch.support_x, i), device), batch.support_y[i].to(device)
+                qx, qy = _to(_task_inputs(batch.query_x, i), device), batch.query_y[i].to(device)
+                predict = method.adapt(sx, sy)  # gradients on: adaptation may need them
+                with torch.no_grad():
+                    out = predict(qx)
+                scores.append(_episode_score(out, qy, batch))
+                if on_progress is not None:
+                    on_progress(len(scores), total)
+        first += batch.tasks
     return scores
 
 
 def score(method: Adapts, episodes: Episodes | Iterable[Episodes], device: str | torch.device = "cpu",
-          split_across_ranks: bool = False, seed: int | None = None) -> Score:
+          split_across_ranks: bool = False, seed: int | None = None,
+          on_progress: Callable[[int, int], None] | None = None) -> Score:
     """Mean accuracy or MSE of ``method`` over the test episodes, with its 95% interval
     (``split_across_ranks``, ``seed``: see ``episode_scores``)."""
     batches = [episodes] if isinstance(episodes, Episodes) else list(episodes)
-    values = episode_scores(method, batches, device, split_across_ranks, seed)
+    values = episode_scores(method, batches, device, split_across_ranks, seed, on_progress)
     mean, half = confidence_interval(values)
     return Score(metric="mse" if batches[0].is_regression else "accuracy", mean=mean, ci95=half,
                  episodes=len(values), per_episode=values)
@@ -148,7 +183,8 @@ def score(method: Adapts, episodes: Episodes | Iterable[Episodes], device: str |
 
 def compare(methods: dict[str, Adapts | Sequence[float]], episodes: Episodes | Iterable[Episodes], *,
             reference: str | None = None, device: str | torch.device = "cpu", seed: int = 0,
-            split_across_ranks: bool = False) -> dict[str, Any]:
+            split_across_ranks: bool = False,
+            on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Score every method on the same test episodes; returns a table-like dict.
 
     A method given as a sequence of numbers is one already scored on these episodes (its
@@ -165,6 +201,7 @@ def compare(methods: dict[str, Adapts | Sequence[float]], episodes: Episodes | I
     every method's random head of an episode starts alike, and an episode's score does not depend
     on the process or the order it is scored in. ``split_across_ranks`` (under torchrun): each
     rank scores its share of the episodes, every rank gets the whole table (see ``episode_scores``).
+    ``on_progress(method, done, total)``: each method's progress as ``episode_scores`` reports it.
     """
     if not methods:
         raise ValueError("no methods to compare")
@@ -175,7 +212,8 @@ def compare(methods: dict[str, Adapts | Sequence[float]], episodes: Episodes | I
     scores: dict[str, Score] = {}
     for name, method in methods.items():
         if hasattr(method, "adapt"):
-            scores[name] = score(method, batches, device, split_across_ranks, seed)
+            report = None if on_progress is None else (lambda done, total, name=name: on_progress(name, done, total))
+            scores[name] = score(method, batches, device, split_across_ranks, seed, report)
     if not scores:
         raise ValueError("compare needs at least one method to score")
     metric, count = next(iter(scores.values())).metric, next(iter(scores.values())).episodes

@@ -93,10 +93,22 @@ def train_model_task(home: Home, taskset: str, algorithm: str, settings: Pipelin
 @task(name="evaluate-model", **NO_RESULTS)
 def evaluate_model_task(home: Home, model: str, settings: PipelineSettings, nproc: int | None = None) -> dict:
     """Evaluate one model; with ``nproc`` > 1 (or the settings' ``train.nproc``) torchrun ranks
-    each score a share of the episodes while this task waits (the same numbers as one process)."""
+    each score a share of the episodes while this task waits (the same numbers as one process).
+    A progress artifact and a log line (method, episodes done of total, seconds elapsed) follow each
+    tenth of every method's episodes."""
     from medmeta.training.evaluate import evaluate_model, evaluation_rows
 
-    evaluation = evaluate_model(home, model, settings, nproc=nproc)
+    artifact = create_progress_artifact(progress=0.0, key=artifact_key("medmeta-evaluation-progress", model),
+                                        description=f"Evaluating {model}: meta-test episodes scored, for the "
+                                                    "meta-learner and both baselines at each shot count")
+    logger = get_run_logger()
+
+    def on_progress(progress) -> None:  # each tenth of every method's episodes (rank 0's under torchrun)
+        update_progress_artifact(artifact, progress=100.0 * progress.fraction)
+        logger.info("%s", progress.line())
+
+    evaluation = evaluate_model(home, model, settings, nproc=nproc, on_progress=on_progress)
+    update_progress_artifact(artifact, progress=100.0)
     key = artifact_key("medmeta-evaluation", evaluation["taskset"], evaluation["algorithm"])
     create_table_artifact(key=key, table=evaluation_rows(evaluation),
                           description=f"Meta-test accuracy of {model} against the baselines, 95% intervals, "

@@ -60,11 +60,13 @@ def evaluated(cohort150, tmp_path_factory):
             twin, doomed = Home(root / "twin"), Home(root / "doomed")
             shutil.copytree(home.root, twin.root)
             shutil.copytree(home.root, doomed.root)
-            alone = evaluate_model(home, model, settings, nproc=1)
-            ranked = evaluate_model(twin, model, settings, nproc=2)
+            alone_progress, ranked_progress = [], []
+            alone = evaluate_model(home, model, settings, nproc=1, on_progress=alone_progress.append)
+            ranked = evaluate_model(twin, model, settings, nproc=2, on_progress=ranked_progress.append)
         finally:
             torch.set_num_threads(threads)
-    return {"alone": alone, "ranked": ranked, "home": home, "twin": twin, "doomed": doomed, "model": model,
+    return {"alone": alone, "ranked": ranked, "alone_progress": alone_progress, "ranked_progress": ranked_progress,
+            "home": home, "twin": twin, "doomed": doomed, "model": model,
             "settings": settings}
 
 
@@ -103,6 +105,19 @@ def test_the_baselines_are_not_all_alike_and_rank_0_cached_them_once(evaluated):
         for method, scores in one["per_episode"].items():
             assert two["per_episode"][method] == pytest.approx(scores, abs=1e-6)
     assert not list(evaluated["twin"].root.rglob(".*.tmp"))
+
+
+def test_progress_comes_each_tenth_of_the_episodes_alone_and_relayed_from_rank_0(evaluated):
+    """7 episodes per method: a report per episode crossing a tenth, in 1 process; rank 0's share
+    (4 episodes) scaled to the 7, relayed through torchrun's pipe; both end each method at 7/7."""
+    for key in ("alone_progress", "ranked_progress"):
+        got = evaluated[key]
+        parts = [(p.shots, p.method) for p in got if p.done == p.total]
+        assert parts == [(s, m) for s in (1, 2) for m in ("from_scratch", "pretrain_finetune", "meta")], key
+        assert all(p.total == 7 and p.parts == 6 and p.model == evaluated["model"] for p in got)
+        assert got[-1].fraction == 1.0 and all(a.fraction <= b.fraction for a, b in zip(got, got[1:]))
+    assert [p.done for p in evaluated["alone_progress"] if (p.shots, p.method) == (1, "meta")] == list(range(1, 8))
+    assert len(evaluated["ranked_progress"]) < len(evaluated["alone_progress"])  # rank 0 reports its 4 episodes
 
 
 def test_episode_scores_do_not_depend_on_the_random_state_before():

@@ -12,6 +12,12 @@ are shared out: with ``nproc`` above 1, torchrun ranks (``medmeta.training.ranke
 like one process) each score a contiguous share of the episodes for the meta-learner and both
 baselines, the per-episode scores are gathered in episode order, and rank 0 alone writes the
 baselines' cache, evaluation.png and evaluation.json (atomically, last), which holds them.
+
+The baselines fit many episodes at once (``metalearn.stacked``: each episode's network drawn from
+its own seed, fitted side by side; the numbers of fitting each alone). ``on_progress`` receives an
+``EvaluationProgress`` each tenth of every method's episodes (and once per method whose scores are
+cached); under torchrun rank 0 sends it through ``medmeta.training.ranked.report`` and the launcher
+hands it on.
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ import hashlib
 import json
 import os
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 from medmeta.errors import MedmetaError
 from medmeta.home import Home
@@ -48,11 +56,79 @@ def test_episodes(tasks, shots: int, episodes: int, seed: int) -> list:
     return list(sampler.evaluation(episodes, batch=EVAL_BATCH))
 
 
-SEEDING = "per-episode"  # how the baselines' random numbers are drawn: part of their cache key
+# How the baselines' scores are computed, part of their cache key: per-episode seeds; "stacked": MLP
+# fits and fine-tune heads stacked across episodes (metalearn/stacked.py), equal to the one-at-a-time
+# fits in float64 but rounded differently in float32, where an argmax or an early stop can flip now
+# and then, so scores cached by the one-at-a-time code are not mixed with these.
+SEEDING = "per-episode, stacked"
+METHODS = ("from_scratch", "pretrain_finetune", "meta")  # the order each shot count's methods are scored in
+
+
+@dataclass(frozen=True)
+class EvaluationProgress:
+    """Where an evaluation is: ``method`` (from_scratch, pretrain_finetune or meta) at ``shots`` has
+    ``done`` of ``total`` episodes scored (across ranks: rank 0's share, scaled); ``part`` of ``parts``
+    is this (shots, method) among all of them, in order; ``cached``: scores found, not computed."""
+
+    model: str
+    shots: int
+    method: str
+    done: int
+    total: int
+    part: int
+    parts: int
+    elapsed_s: float
+    cached: bool = False
+
+    @property
+    def fraction(self) -> float:
+        """The whole evaluation's progress in [0, 1], each (shots, method) an equal part."""
+        return min(1.0, (self.part + (self.done / self.total if self.total else 1.0)) / self.parts)
+
+    def line(self) -> str:
+        what = "cached scores" if self.cached else f"{self.done}/{self.total} episodes"
+        return (f"evaluation of {self.model}: {self.method} at {self.shots} shots, {what} "
+                f"({100 * self.fraction:.0f}% of the evaluation, {self.elapsed_s:.1f} s elapsed)")
+
+
+ProgressCallback = Callable[[EvaluationProgress], None]
+
+
+class _Tenths:
+    """Calls ``on_progress`` when a method's episodes cross each tenth of their total (and at the end)."""
+
+    def __init__(self, on_progress: ProgressCallback | None, model: str, parts: int):
+        self.on_progress, self.model, self.parts = on_progress, model, parts
+        self.started = time.perf_counter()
+        self.part, self.shots, self.last = -1, 0, {}
+
+    def start(self, shots: int) -> None:
+        self.shots = shots
+
+    def cached(self, method: str, total: int) -> None:
+        self.part += 1
+        self._send(method, total, total, cached=True)
+
+    def method(self, method: str) -> None:
+        self.part += 1
+        self.last[(self.shots, method)] = 0
+
+    def __call__(self, method: str, done: int, total: int) -> None:
+        if (self.shots, method) not in self.last:  # the next method of compare's table
+            self.method(method)
+        tenth = 10 * done // total if total else 10
+        if tenth > self.last[(self.shots, method)]:
+            self.last[(self.shots, method)] = tenth
+            self._send(method, done, total)
+
+    def _send(self, method: str, done: int, total: int, cached: bool = False) -> None:
+        if self.on_progress is not None:
+            self.on_progress(EvaluationProgress(self.model, self.shots, method, done, total, self.part, self.parts,
+                                                round(time.perf_counter() - self.started, 3), cached))
 
 
 def baseline_scores(home: Home, eval_id: str, spec: dict, ev: dict, baselines: dict, test: list,
-                    seed: int) -> dict[str, list[float]]:
+                    seed: int, progress: "_Tenths | None" = None) -> dict[str, list[float]]:
     """The baselines' score per meta-test episode, computed once per evaluation and baseline setup.
 
     They depend on the episodes (``eval_id``), the backbone, the baseline settings and the
@@ -70,9 +146,13 @@ def baseline_scores(home: Home, eval_id: str, spec: dict, ev: dict, baselines: d
     if path.is_file():  # every rank sees the same answer: rank 0 writes only after the ranks gathered
         cached = read_json(path, "baseline scores")
         if cached.get("setup") == setup:
+            if progress is not None:
+                for method, values in cached["per_episode"].items():
+                    progress.cached(method, len(values))
             return cached["per_episode"]
     w = distributed.world()
-    per_episode = compare(baselines, test, seed=seed, split_across_ranks=w.distributed)["per_episode"]
+    per_episode = compare(baselines, test, seed=seed, split_across_ranks=w.distributed,
+                          on_progress=progress)["per_episode"]
     if w.writes:
         write_json(path, {"setup": setup, "per_episode": per_episode})
     return per_episode
@@ -87,7 +167,8 @@ def load_learner(folder, spec: dict):
     return learner
 
 
-def evaluate_model(home: Home, name: str, settings: PipelineSettings, nproc: int | None = None) -> dict:
+def evaluate_model(home: Home, name: str, settings: PipelineSettings, nproc: int | None = None,
+                   on_progress: ProgressCallback | None = None) -> dict:
     """Evaluate model ``name`` (or find it evaluated with these settings); returns evaluation.json.
 
     ``nproc`` (None: the settings' ``train.nproc``, which ``MEDMETA_TRAIN_NPROC`` overrides:
@@ -95,6 +176,7 @@ def evaluate_model(home: Home, name: str, settings: PipelineSettings, nproc: int
     of the episodes while this process waits (``RankFailed`` names a rank that dies; nothing is
     then written but the baselines' scores of shot counts already done). The numbers do not depend on
     ``nproc``. The ranks evaluate on CPU, as one process does, so ``nproc`` is at most the CPU cores.
+    ``on_progress``: an ``EvaluationProgress`` each tenth of every method's episodes (rank 0's, relayed).
     """
     from medmeta.training.ranked import check_nproc
 
@@ -104,8 +186,8 @@ def evaluate_model(home: Home, name: str, settings: PipelineSettings, nproc: int
     if done is not None:
         return {**done, "cached": True}
     if nproc == 1:
-        return evaluate_in_process(home, name, settings)
-    _launch(home, name, settings, nproc)
+        return evaluate_in_process(home, name, settings, on_progress=on_progress)
+    _launch(home, name, settings, nproc, on_progress)
     return {**read_json(folder / "evaluation.json", "evaluation"), "cached": False}
 
 
@@ -117,7 +199,8 @@ def _evaluated(folder: Path, ev: dict) -> dict | None:
     return None
 
 
-def _launch(home: Home, name: str, settings: PipelineSettings, nproc: int) -> None:
+def _launch(home: Home, name: str, settings: PipelineSettings, nproc: int,
+            on_progress: ProgressCallback | None = None) -> None:
     import logging
 
     from medmeta.training.ranked import launch_ranks
@@ -127,14 +210,25 @@ def _launch(home: Home, name: str, settings: PipelineSettings, nproc: int) -> No
     def relay(message: dict) -> None:
         if message.get("kind") == "rank":
             log.info("evaluation rank %s of %s: pid %s", message["rank"], message["world"], message["pid"])
+        elif message.get("kind") == "progress" and on_progress is not None:
+            on_progress(EvaluationProgress(**{k: message[k] for k in EvaluationProgress.__dataclass_fields__}))
 
     launch_ranks(nproc, home, ["--evaluate", name], settings, on_report=relay, job="evaluation")
 
 
-def evaluate_in_process(home: Home, name: str, settings: PipelineSettings) -> dict:
+def report_progress(progress: EvaluationProgress) -> None:
+    """Send ``progress`` to the launcher (a torchrun rank's stdout report line)."""
+    from medmeta.training.ranked import report
+
+    report("progress", **asdict(progress))
+
+
+def evaluate_in_process(home: Home, name: str, settings: PipelineSettings,
+                        on_progress: ProgressCallback | None = None) -> dict:
     """Evaluate in this process: alone, or as one torchrun rank (a process group initialised), in
     which case each method scores this rank's share of the episodes, every rank gets all the
-    scores, and only rank 0 writes (baselines' cache, evaluation.png, evaluation.json)."""
+    scores, and only rank 0 writes (baselines' cache, evaluation.png, evaluation.json).
+    ``on_progress``: see ``evaluate_model`` (the ranks other than 0 pass None)."""
     from medmeta.tasksets.store import load_taskset
     from metalearn import distributed
     from metalearn.baselines import FromScratch, PretrainFineTune
@@ -166,14 +260,16 @@ def evaluate_in_process(home: Home, name: str, settings: PipelineSettings) -> di
     if delay and w.distributed:
         time.sleep(delay)
     started = time.perf_counter()
+    progress = _Tenths(on_progress, name, len(ev["shots"]) * len(METHODS))
     by_shots = []
     for shots in ev["shots"]:
+        progress.start(int(shots))
         eval_id = evaluation_id(identity["taskset"]["digest"], seed, episodes, int(shots),
                                 int(tasks.manifest["queries"]))
         test = test_episodes(tasks, int(shots), episodes, seed)
-        known = baseline_scores(home, eval_id, spec, ev, baselines, test, seed)
+        known = baseline_scores(home, eval_id, spec, ev, baselines, test, seed, progress)
         table = compare({"meta": learner, **known}, test, reference="meta", seed=seed,
-                        split_across_ranks=w.distributed)
+                        split_across_ranks=w.distributed, on_progress=progress)
         by_shots.append({"shots": int(shots), "episodes": table["episodes"], "evaluation_id": eval_id,
                          "rows": table["rows"], "paired": table["paired"], "per_episode": table["per_episode"]})
     evaluation = {"model": name, "algorithm": spec["algorithm"], "taskset": identity["taskset"]["name"],

@@ -3,7 +3,7 @@
 ``run_torchrun(nproc, entry, on_report=...)`` runs ``python -m torch.distributed.run --standalone
 --nproc_per_node N <entry>`` with this interpreter and waits for it. The ranks talk back through
 their stdout: a line ``MEDMETA-RANKED {json}`` is a report (``rank``: each rank's pid at start;
-``step`` / ``validation``: rank 0's progress; ``error``: a rank's own failure), handed to
+``step`` / ``validation``: rank 0's progress; ``progress``: rank 0's evaluation progress; ``error``: a rank's own failure), handed to
 ``on_report`` as it arrives, so a Prefect task can keep its progress artifact live. Other lines
 are logged. When a rank dies (killed, out of memory, an exception) torchrun's agent stops the
 others and exits non-zero; ``RankFailed`` then names the rank and how it ended, within seconds
@@ -254,10 +254,11 @@ def evaluate_model_ranked(home: str, model: str, settings_file: str) -> int:
     import torch
 
     from medmeta.home import Home
-    from medmeta.training.evaluate import evaluate_in_process
+    from medmeta.training.evaluate import evaluate_in_process, report_progress
 
     settings = _saved_settings(settings_file)
-    return _as_rank(torch.device("cpu"), lambda w: evaluate_in_process(Home.at(home), model, settings))
+    return _as_rank(torch.device("cpu"), lambda w: evaluate_in_process(
+        Home.at(home), model, settings, on_progress=report_progress if w.writes else None))
 
 
 def _saved_settings(settings_file: str):
