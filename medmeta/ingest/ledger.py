@@ -51,6 +51,10 @@ class Ledger:
         self.sources = sources or {}
         self._fingerprint = pseudonymizer.fingerprint
         self._changed = not path.exists()
+        # per SOURCE token: the logical paths ``settled_matcher`` found recorded exactly as an ``unchanged``
+        # outcome with that stat would record them again, so ``record`` skips them (a rerun over 50,000
+        # settled files builds no entry for them)
+        self._recorded_as_settled: dict[str, set[str]] = {}
 
     @classmethod
     def load(cls, path: Path, pseudonymizer: Pseudonymizer) -> "Ledger":
@@ -77,10 +81,18 @@ class Ledger:
         ``stats``: logical path -> (size, mtime_ns) as discovery listed it (``item_stats``)."""
         if _LOADED and _LOADED[0][1] is self:
             _LOADED.clear()  # modified: no longer what the file holds
-        entries = self.sources.setdefault(landing_token(source, self.pseudonymizer), {})
+        source_token = landing_token(source, self.pseudonymizer)
+        entries = self.sources.setdefault(source_token, {})
         settled = time.time_ns() - STAT_SETTLE_NS
         tokens = self._tokens()
+        as_recorded = self._recorded_as_settled.pop(source_token, set())
         for outcome in outcomes:
+            if outcome.path in as_recorded and outcome.status == UNCHANGED and not outcome.reason:
+                stat = (stats or {}).get(outcome.path)
+                entry = entries.get(tokens.get(outcome.path) or self._token(outcome.path))
+                if (stat is not None and entry is not None and entry.get("sha256") == outcome.sha256
+                        and (entry.get("size"), entry.get("mtime_ns")) == stat):
+                    continue  # as recorded (the matcher saw this entry: unchanged, this size and mtime)
             entry = {"sha256": outcome.sha256, "status": outcome.status,
                      **({"reason": outcome.reason} if outcome.reason else {})}
             stat = (stats or {}).get(outcome.path)
@@ -109,13 +121,17 @@ class Ledger:
         """For ``discover(..., settled=)``: ``(logical_path, size, mtime_ns)`` -> the content hash when the
         ledger holds that file as ingested or unchanged with that size and mtime and its content is still
         ``staged`` (the file is then ``unchanged`` without being opened); else None."""
-        entries = self.sources.get(landing_token(source, self.pseudonymizer), {})
+        source_token = landing_token(source, self.pseudonymizer)
+        entries = self.sources.get(source_token, {})
         tokens, token = self._tokens(), self._token
+        as_recorded = self._recorded_as_settled[source_token] = set()
 
         def settled(logical_path: str, size: int, mtime_ns: int) -> str | None:
             entry = entries.get(tokens.get(logical_path) or token(logical_path))
             if (entry is not None and entry.get("size") == size and entry.get("mtime_ns") == mtime_ns
                     and entry["status"] in (INGESTED, UNCHANGED) and entry.get("sha256") and staged(entry["sha256"])):
+                if entry["status"] == UNCHANGED and len(entry) == 4:  # sha256, status, size, mtime_ns: no reason
+                    as_recorded.add(logical_path)
                 return entry["sha256"]
             return None
         return settled
