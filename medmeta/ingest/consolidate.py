@@ -64,7 +64,7 @@ def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer, image_size
     counts, digests, withheld = {}, {}, {}
     for name, table_schema in schema.TABLES.items():
         if name == "images":  # DICOM always names its patient: no references to resolve
-            table = _images_table(read_image_rows(home.parts, image_size, set(hashes)))
+            table = _images_table(read_image_rows(home.parts, image_size, hashes))
             for column in ("modality", "body_part"):  # absent, or not a defined term (medmeta.dicom.defined_terms)
                 if missing := table[column].null_count:
                     withheld[f"images.{column}"] = missing

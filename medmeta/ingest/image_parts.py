@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -223,8 +224,8 @@ def _migrate_legacy_batch(path: Path, size: int, shards_dir: Path) -> None:
         write_parquet(rows.cast(STAGING_SCHEMA), tmp)
 
 
-def read_image_rows(parts_root: Path, size: int, active: set[str]) -> pa.Table:
+def read_image_rows(parts_root: Path, size: int, active: Iterable[str]) -> pa.Table:
     """The staged rows (no pixels) whose ``source`` is in ``active`` (``staged_image_rows``), each
     with its ``row_sha256``."""
     table = staged_image_rows(parts_root, size).drop_columns(["batch"])
-    return table.filter(pc.is_in(table["source"], pa.array(sorted(active), pa.string())))
+    return table.filter(pc.is_in(table["source"], pa.array(list(active), pa.string())))  # in any order
