@@ -11,9 +11,10 @@ is counted in the manifest's ``values_withheld``.
 
 Images are read as rows only: each row of the images table points at the pixel shard its batch
 wrote (``medmeta.ingest.image_parts``), so no pixel is read or written here. Which shard an image
-sits in follows how files were batched; the images table's digest (and so the snapshot id) is taken
-over its content columns and each image's pixel hash instead, so the same data gives the same
-snapshot id however it arrived. Consolidating the same inputs again (``consolidation_inputs`` in
+sits in follows how files were batched; the images table's digest (and so the snapshot id) is a
+multiset hash of its rows' content hashes (content columns and each image's pixel hash: ``_write_images``)
+instead, so the same data gives the same snapshot id however it arrived, and a run adding k images
+hashes k rows. Consolidating the same inputs again (``consolidation_inputs`` in
 the manifest: the active content hashes and every setting that shapes the tables) is a no-op that
 returns the current manifest.
 """

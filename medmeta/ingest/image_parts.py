@@ -19,7 +19,8 @@ a pixel): each row of the images table points at its shard (``pixel_path``, ``pi
 shard no snapshot refers to any more is kept (older snapshots may); nothing deletes shards.
 
 Consolidation keeps every staged row in one index, ``store/parts/images-<size>/staged-rows.index`` (an
-uncompressed Parquet file: the rows and the name of the batch file each came from; Parquet, so the
+uncompressed Parquet file: the rows, the name of the batch file each came from and each row's content
+hash ``row_sha256``, which the images table's digest sums: ``row_hashes``, ``multiset_digest``; Parquet, so the
 same rows give the same bytes whichever engine staged them), and reads only
 the batch files the index does not hold yet, so a rerun does not open every batch file again; it
 rewrites the index only once those are many, so a run adding a few images does not rewrite it. The

@@ -20,6 +20,11 @@ The stat is recorded only when the file was last modified at least ``STAT_SETTLE
 run recorded it, so a file rewritten within the file system's timestamp granularity of being read
 is read again next time. Archive entries, quarantined files and files without a recorded stat are
 always read; the ``reread_unchanged`` setting reads and hashes every file, as before.
+
+What a rerun over 50,000 settled files costs per file is kept small: discovery hands the matcher the
+whole listing (``SettledMatcher.many``: the path tokens made in one tight loop), and ``record`` skips a
+file the matcher found recorded as ``unchanged`` with the hash and stat it would record again, so a
+no-op rerun builds no entry and writes nothing.
 """
 
 from __future__ import annotations
