@@ -314,21 +314,19 @@ validation, the Prefect API started before the clock. "written" counts the bytes
 
 
 NOTE = """
-Earlier numbers of this section (pixel-shards branch, before the rerun path was flattened; load 1.4-3.1):
-+20 files 0.7 s at 1,000 images, 0.9 s at 8,000, 3.9 s at 50,000 (5.38x); no-op rerun 0.4 / 0.6 / 3.0 s;
-main then (one stacked pixel cache per snapshot): +20 files 1.1 s at 1,000 and 5.4 s at 8,000.
+Earlier numbers of this section, on a quiet machine (load 0.8-4.2), one +20 round per size:
++20 files 0.34 / 0.93 / 1.33 s at 1,000 / 8,000 / 50,000 images (3.96x); no-op rerun of 50,000: 2.1%.
 
-A rerun now: lists the landing with `os.scandir` and `lstat`s each file; a file whose size and mtime
-are the ledger's (and whose content is staged) becomes an `unchanged` outcome without an item being
-built or the file opened; its ledger entry is found by its keyed path token, an HMAC-SHA256 made from
-SHA-256 states keyed once and copied per name (about 1 us, against 12 us for `hmac.digest`); the
-ledger is read and written with orjson (the same bytes as before); Prefect is handed the listing as
-one object (not walked item by item); the staged-rows index is read for its sources only and
-rewritten only once the batch files it lacks are many. What still grows with the home: that listing,
-`lstat` and HMAC per file (about 6-8 us a file in Python), the ledger (one JSON entry per file) read
-and, when it changed, rewritten, and on +20 the images table (rows only) re-sorted, written and digested
-(its digest is over the Parquet bytes of the whole table, which is what keeps the snapshot id of a
-grown home equal to a from-scratch one).
+What a +20 rerun does now: lists the landing with `os.scandir` and `lstat`s each plain file; the ledger
+is asked once for the whole listing (`SettledMatcher.many`: path tokens, keyed HMAC-SHA256, in one
+tight loop); a file whose size and mtime are the ledger's (and whose content is staged) is `unchanged`
+without being opened, and `Ledger.record` skips it when its entry already says so (no entry built);
+the images table's digest is an additive multiset hash (sum of per-row SHA-256 mod 2^256) of row
+hashes kept in the staged-rows index, so only the 20 new rows are hashed (before: the whole table was
+written a second time to a buffer and its Parquet bytes hashed). What still grows with the home: the
+listing and `lstat` per file, the HMAC per file, the ledger (one JSON document) parsed whole and, when
+it changed, rewritten whole, the staged-rows index read whole, and the images table re-sorted and
+rewritten as one Parquet file.
 """
 
 
