@@ -13,6 +13,10 @@ environment).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from medmeta.settings import Settings
 
 NIGHTLY = "nightly"
 ON_NEW_CASES = "on-new-cases"
@@ -23,7 +27,7 @@ WATCHER = "landing-watcher"
 class ServeSettings:
     landing: str  # the folder's path: never handed to Prefect, see landing_token
     home: str
-    config: str | None = None  # the pipeline's settings (medmeta/config/pipeline.yaml when None)
+    settings: "Settings | None" = None  # medmeta's settings, read where serve started (None: the defaults)
     cron: str = "0 2 * * *"
     timezone: str = "UTC"
     watch_every_s: int = 30
@@ -55,7 +59,9 @@ def build_deployments(settings: ServeSettings) -> list:
     from tasks.watch import CASES_ARRIVED
 
     landing = landing_token(settings)
-    parameters = {"landing": landing, "home": settings.home, "config": settings.config}
+    # the settings as JSON values: the deployments' parameters, shown and editable in a custom run's form
+    parameters = {"landing": landing, "home": settings.home,
+                  "settings": settings.settings.model_dump(mode="json") if settings.settings is not None else None}
     # one run of each pipeline deployment at a time: a second one waits (ingest holds the home's lock);
     # a look at the landing folder while the last one is still looking is dropped
     one_then_queue = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)

@@ -8,10 +8,12 @@ from datetime import datetime, timezone
 from prefect import unmapped
 from prefect.utilities.annotations import quote
 
+from flows import run_names
 from medmeta.ingest.batches import staging_batches
 from medmeta.ingest.pool import WorkerPool
 from medmeta.ingest.setup import IngestSetup, home_lock
 from medmeta.ingest.summary import summarize
+from medmeta.settings import Settings
 from medmeta.ingest.units_step import warm_units_for
 from flows.landing_flow import landing_flow
 from flows.validate import validate_flow
@@ -20,8 +22,8 @@ from tasks.ingest import build_snapshot, discover_inputs, ingest_batch, report_i
 from validation.report import digest
 
 
-@landing_flow("source", name="ingest", persist_result=False, validate_parameters=True)
-def ingest_flow(source: str | None = None, home: str | None = None, config: str | None = None,
+@landing_flow("source", name="ingest", persist_result=False, validate_parameters=True, flow_run_name=run_names.dated("ingest"))
+def ingest_flow(source: str | None = None, home: str | None = None, settings: Settings | None = None,
                 workers: int | None = None, run_validation: bool = True, rules: str | None = None,
                 dask_address: str | None = None) -> dict:
     """Walk SOURCE, ingest every file (or quarantine it with a reason), build a snapshot, validate it.
@@ -33,8 +35,13 @@ def ingest_flow(source: str | None = None, home: str | None = None, config: str 
     Files are decoded by a local process pool, or with ``dask_address`` (or the ``dask_address``
     setting, ``$MEDMETA_DASK_ADDRESS``) by the workers of that Dask cluster, checked before the home
     is touched. Either way this process alone writes the ledger, the store and the snapshot.
+
+    ``settings``: medmeta's settings (medmeta/settings.py; None: the defaults): their ``ingest``
+    section, and ``validation.rules`` when ``rules`` is None.
     """
-    setup = IngestSetup.create(source, home, config, workers, dask_address)
+    setup = IngestSetup.create(source, home, settings, workers, dask_address)
+    if rules is None and settings is not None:
+        rules = settings.validation["rules"]
     address = setup.config.dask_address
     with dask_cluster(address) if address else nullcontext() as cluster:
         with home_lock(setup.home):

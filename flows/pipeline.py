@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 
 from prefect.states import Completed, Failed
 
+from flows import run_names
 from flows.adapt import adapt_flow
 from flows.evaluate import evaluate_flow
 from flows.ingest import ingest_flow
@@ -26,33 +27,37 @@ from flows.tasksets import build_tasksets_flow
 from flows.train import train_flow
 from medmeta.home import Home
 from medmeta.tasksets.spec import TASKSET_OPTIONS
-from medmeta.training.settings import load_settings
+from medmeta.settings import Settings, load_settings
+from medmeta.training.report import headline
 from tasks.concurrency import training_slot
 from tasks.pipeline import record_pipeline_run, report_pipeline
 
 
-@landing_flow("landing", name="pipeline", persist_result=False, validate_parameters=True)
-def pipeline_flow(landing: str | None = None, home: str | None = None, config: str | None = None,
+@landing_flow("landing", name="pipeline", persist_result=False, validate_parameters=True, flow_run_name=run_names.dated("pipeline"))
+def pipeline_flow(landing: str | None = None, home: str | None = None, settings: Settings | None = None,
                   rules: str | None = None):
     """Landing data to published few-shot models; returns the run summary (in a Completed or Failed state).
 
     ``landing``: the landing folder's path in process, its landing token from Prefect (a deployment
     gives the token; Prefect never holds the path: flows/landing_flow.py); None for the one folder
     in ``$MEDMETA_LANDINGS``. ``rules``: a validation rules file replacing the defaults per table
-    (validation/rules.yaml). The summary names quarantined files by their path tokens only.
+    (validation/rules.yaml; None: the settings' ``validation.rules``). ``settings``: medmeta's settings
+    (medmeta/settings.py), read where the command or deployment started; None is the defaults. The
+    summary names quarantined files by their path tokens only.
     """
-    settings = load_settings(config)  # a bad settings file fails before anything runs
+    settings = settings or load_settings()
     the_home = Home.at(home)
     root = str(the_home.root)
     started = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    ingest = ingest_flow(landing, root, rules=rules)
+    ingest = ingest_flow(landing, root, settings, rules=rules)
     summary: dict = {"started": started, "ingest": {k: ingest[k] for k in (
         "snapshot", "files_seen", "files_ingested", "files_unchanged", "files_quarantined", "quarantined",
         "rows_quarantined", "patients", "records", "images")}, "validation": ingest["validation"], "tasksets": [], "models": [], "adapted": []}
     if not ingest["validation"]["success"]:
         failed = ", ".join(ingest["validation"]["critical_failures"])
         summary["status"] = "validation_failed"
-        record_pipeline_run(the_home, summary)
+        summary = record_pipeline_run(the_home, summary)  # with stage durations, champion and challenger
+        report_pipeline(summary, the_home)
         return Failed(message=f"snapshot {ingest['snapshot']} failed validation (critical: {failed}); "
                               "nothing was trained or published", data=summary)
     for entry in settings.tasksets:
@@ -63,21 +68,20 @@ def pipeline_flow(landing: str | None = None, home: str | None = None, config: s
         summary["tasksets"].append(built)
         for algorithm in settings.train["algorithms"]:
             with training_slot():
-                trained = train_flow(built["name"], algorithm, root, config)
-                evaluation = evaluate_flow(trained["model"], root, config)
-                published = publish_flow(trained["model"], root, config)
+                trained = train_flow(built["name"], algorithm, root, settings)
+                evaluation = evaluate_flow(trained["model"], root, settings)
+                published = publish_flow(trained["model"], root, settings)
             summary["models"].append({"model": trained["model"], "algorithm": algorithm, "taskset": built["name"],
                                       "trained": not trained["cached"], "steps": trained["steps"],
                                       "device": trained["device"], "evaluation": _headline(evaluation),
                                       "published": published})
         if settings.publish["adapt"]:  # the champion adapted to each class left out of meta-training
-            summary["adapted"] += adapt_flow(root, config, built["name"])["adapted"]
+            summary["adapted"] += adapt_flow(root, settings, built["name"])["adapted"]
     summary["status"] = "completed"
-    record_pipeline_run(the_home, summary)
-    report_pipeline(summary)
+    summary = record_pipeline_run(the_home, summary)  # with stage durations, champion and challenger
+    report_pipeline(summary, the_home)
     return Completed(message=f"{len(summary['models'])} models", data=summary)
 
 
 def _headline(evaluation: dict) -> list[dict]:
-    return [{"shots": e["shots"], **{r["method"]: {"accuracy": round(r["mean"], 4), "ci95": round(r["ci95"], 4)}
-                                     for r in e["rows"]}} for e in evaluation["by_shots"]]
+    return headline(evaluation)  # each method with its interval, and the paired differences

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows import run_names
 from medmeta.home import Home
 from medmeta.tasksets.spec import make_spec
 from medmeta.tasksets.store import taskset_dir
@@ -12,7 +13,7 @@ from tasks.tasksets import build_taskset_task, report_taskset
 
 
 
-@flow(name="build-tasksets", persist_result=False, validate_parameters=True)
+@flow(name="build-tasksets", persist_result=False, validate_parameters=True, flow_run_name=run_names.tasksets_run_name)
 def build_tasksets_flow(by: str, inputs: str | None = None, ways: int | None = None, shots: int | None = None,
                         queries: int | None = None, seed: int = 0, name: str | None = None,
                         home: str | None = None, system: str = "auto", concept_maps: list[str] | None = None,

@@ -3,12 +3,13 @@ changed files have appeared in the landing folder since it last looked (counts o
 
 from __future__ import annotations
 
+from flows import run_names
 from flows.landing_flow import home_pseudonymizer, landing_flow
 from medmeta.home import Home
 from tasks.watch import announce_arrival, look_at_landing
 
 
-@landing_flow("landing", name="watch-landing", persist_result=False)
+@landing_flow("landing", name="watch-landing", persist_result=False, flow_run_name=run_names.dated("watch"))
 def watch_landing_flow(landing: str | None = None, home: str | None = None, settle_s: float = 2.0) -> dict:
     """``landing``: the folder's path in process, its landing token from Prefect (the deployment's
     parameter); None for the one folder in ``$MEDMETA_LANDINGS``. The event names it by its token."""

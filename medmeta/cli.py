@@ -24,7 +24,9 @@ app.add_typer(key_app, name="key")
 
 HomeOption = typer.Option(None, "--home", help="Where all state lives [default: $MEDMETA_HOME or ./.medmeta].")
 JsonOption = typer.Option(False, "--json", help="Print exactly one JSON object on stdout.")
-RulesOption = typer.Option(None, "--rules", help="Validation rules (YAML) replacing the defaults per table; see validation/rules.yaml.")
+RulesOption = typer.Option(None, "--rules", help="Validation rules (YAML) replacing the defaults per table; see validation/rules.yaml [default: the settings' validation.rules].")
+ConfigOption = typer.Option(None, "--config", help="Settings (YAML) over medmeta/config/pipeline.yaml: keys left out keep "
+                                                  "their defaults; the same file for every command.")
 
 
 def _emit(result: dict, as_json: bool, human: str) -> None:
@@ -92,7 +94,7 @@ def synth(
 def ingest(
     source: Path = typer.Argument(..., help="A landing folder or a zip archive."),
     home: Optional[Path] = HomeOption,
-    config: Optional[Path] = typer.Option(None, "--config", help="Ingest settings (YAML); see medmeta/config/ingest.yaml."),
+    config: Optional[Path] = ConfigOption,
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decode processes [default: one per core]."),
     rules: Optional[Path] = RulesOption,
     dask: Optional[str] = typer.Option(None, "--dask", metavar="ADDRESS",
@@ -103,17 +105,17 @@ def ingest(
     """Ingest, de-identify and harmonise SOURCE into the canonical store, then validate it (Prefect flows)."""
     from medmeta.errors import MedmetaError
     from medmeta.home import Home
-    from medmeta.pseudonyms import load_key
     from medmeta.store_version import check_store_version
 
     the_home = Home.at(home)
     try:  # the cheap checks, before the embedded Prefect server takes its seconds to start
         if not source.exists():
             raise MedmetaError(f"{_shown(source)}: no such file or folder")
-        load_key(the_home.key_file)
+        _check_key(the_home)
         check_store_version(the_home)
-        _check_rules(rules)
-        _check_dask(config, dask)
+        settings = _settings(config)
+        rules = _rules(rules, settings)
+        _check_dask(settings, dask)
     except MedmetaError as error:
         _fail(str(error))
     _prefect_environment(the_home.root)
@@ -125,8 +127,8 @@ def ingest(
             from medmeta import progress
 
             progress.set_reporter(reporter)
-            summary = ingest_flow(str(source), str(home) if home else None, str(config) if config else None, workers,
-                                  rules=str(rules) if rules else None, dask_address=dask)
+            summary = ingest_flow(str(source), str(home) if home else None, settings, workers, rules=rules,
+                                  dask_address=dask)
     except MedmetaError as error:
         _fail(str(error))
     finally:
@@ -148,15 +150,13 @@ def ingest(
     _emit(summary, as_json, human)
 
 
-def _check_dask(config: Optional[Path], dask: Optional[str]) -> None:
+def _check_dask(settings, dask: Optional[str]) -> None:
     """A Dask ingest needs a Prefect server its workers reach and a scheduler that answers: refused
     before Prefect starts."""
     from medmeta.errors import MedmetaError
     from medmeta.ingest.config import IngestConfig
 
-    if config is not None and not config.is_file():
-        raise MedmetaError(f"{_shown(config)}: no such settings file")
-    address = IngestConfig.load(config, dask_address=dask).dask_address
+    address = IngestConfig.from_settings(settings, dask_address=dask).dask_address
     if address:
         from medmeta.ingest.dask_engine import NO_PREFECT_SERVER, check_reachable
 
@@ -188,6 +188,7 @@ def _quarantined_lines(quarantined: list[dict]) -> list[str]:
 @app.command()
 def validate(
     home: Optional[Path] = HomeOption,
+    config: Optional[Path] = ConfigOption,
     rules: Optional[Path] = RulesOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -197,20 +198,18 @@ def validate(
 
     the_home = Home.at(home)
     try:
-        _check_rules(rules)
+        rules = _rules(rules, _settings(config))
         from validation.gate import current_snapshot
 
         current_snapshot(the_home)  # a snapshot to validate, of a store this medmeta reads
-        from medmeta.pseudonyms import load_key
-
-        load_key(the_home.key_file)  # it keys the masks of failing values (medmeta/records/masking.py)
+        _check_key(the_home)  # it keys the masks of failing values (medmeta/records/masking.py)
     except MedmetaError as error:
         _fail(str(error))
     _prefect_environment(the_home.root)
     from flows.validate import validate_flow
     try:
         with _spinner("validating the snapshot"), _running():
-            result = validate_flow(str(the_home.root), str(rules) if rules else None)
+            result = validate_flow(str(the_home.root), rules)
     except MedmetaError as error:
         _fail(str(error))
     from validation.report import digest, summary_line
@@ -236,32 +235,72 @@ def _warm_ingest_workers() -> None:
     start_forkserver()
 
 
-PipelineConfigOption = typer.Option(None, "--config", help="Pipeline settings (YAML); see medmeta/config/pipeline.yaml.")
+PipelineConfigOption = ConfigOption
 
 
 def _settings(config: Optional[Path]):
-    """Load the pipeline settings now, so a bad file fails before Prefect starts."""
-    from medmeta.training.settings import load_settings
+    """The settings (``medmeta.settings.Settings``), read once here, where the command starts: a bad
+    file is one line naming the file and the key, before Prefect starts."""
+    from medmeta.errors import MedmetaError
+    from medmeta.settings import load_settings
 
+    if config is not None and not config.is_file():
+        raise MedmetaError(f"{_shown(config)}: no such settings file")
     return load_settings(config)
 
 
-def _run_stage(home: Optional[Path], config: Optional[Path], what: str, call):
-    """Run a stage flow with the embedded-server settings; MedmetaError -> exit 2 naming the problem."""
+def _rules(rules: Optional[Path], settings) -> Optional[str]:
+    """The validation rules file: ``--rules``, else the settings' ``validation.rules``; loaded now (no GX
+    import), so a bad one fails before anything starts."""
+    chosen = str(rules) if rules is not None else settings.validation["rules"]
+    _check_rules(Path(chosen) if chosen else None)
+    return chosen
+
+
+def _check_key(the_home) -> None:
+    """The pseudonym key is there and long enough (``Pseudonymizer`` checks its length)."""
+    from medmeta.pseudonyms import Pseudonymizer, load_key
+
+    Pseudonymizer(load_key(the_home.key_file))
+
+
+def _run_stage(home: Optional[Path], config: Optional[Path], what: str, call, check=None):
+    """Run a stage flow with the settings read once here; ``check(home)`` first (the task set or model
+    it needs is there), before Prefect starts. MedmetaError -> one line, exit 2."""
     from medmeta.errors import MedmetaError
     from medmeta.home import Home
 
     the_home = Home.at(home)
     try:
-        _settings(config)
+        settings = _settings(config)
+        if check is not None:
+            check(the_home)
     except MedmetaError as error:
         _fail(str(error))
     _prefect_environment(the_home.root)
     try:
         with _spinner(what), _running():
-            return call(str(the_home.root), str(config) if config else None)
+            return call(str(the_home.root), settings)
     except MedmetaError as error:
         _fail(str(error))
+
+
+def _taskset_exists(name: str):
+    def check(the_home) -> None:
+        from medmeta.tasksets.store import read_manifest
+
+        read_manifest(the_home, name)
+
+    return check
+
+
+def _model_exists(name: str):
+    def check(the_home) -> None:
+        from medmeta.training.runs import require_model
+
+        require_model(the_home, name)
+
+    return check
 
 
 @app.command()
@@ -291,12 +330,12 @@ def train(
         except MedmetaError as error:
             _fail(f"--nproc: {error}")
 
-    def call(root, cfg):
+    def call(root, settings):
         from flows.train import train_flow
 
-        return train_flow(taskset, algo, root, cfg, nproc)
+        return train_flow(taskset, algo, root, settings, nproc)
 
-    result = _run_stage(home, config, f"training {algo} on {taskset}", call)
+    result = _run_stage(home, config, f"training {algo} on {taskset}", call, _taskset_exists(taskset))
     _emit(result, as_json, f"{'found' if result['cached'] else 'trained'} {result['model']}: {result['steps']} steps "
                            f"({result['stop_reason']}) on {result['device']} in {result['seconds']:.1f} s")
 
@@ -319,12 +358,12 @@ def evaluate(
         except MedmetaError as error:
             _fail(f"--nproc: {error}")
 
-    def call(root, cfg):
+    def call(root, settings):
         from flows.evaluate import evaluate_flow
 
-        return evaluate_flow(model, root, cfg, nproc)
+        return evaluate_flow(model, root, settings, nproc)
 
-    evaluation = _run_stage(home, config, f"evaluating {model}", call)
+    evaluation = _run_stage(home, config, f"evaluating {model}", call, _model_exists(model))
     from medmeta.training.evaluate import evaluation_rows
 
     human = "\n".join(f"{r['shots']}-shot {r['method']:<18} {r['accuracy']:.3f} {r['ci95']}  {r['meta minus this']}"
@@ -341,12 +380,12 @@ def publish(
 ) -> None:
     """Publish a new immutable registry version (safetensors + model card) through the champion gate."""
 
-    def call(root, cfg):
+    def call(root, settings):
         from flows.publish import publish_flow
 
-        return publish_flow(model, root, cfg)
+        return publish_flow(model, root, settings)
 
-    published = _run_stage(home, config, f"publishing {model}", call)
+    published = _run_stage(home, config, f"publishing {model}", call, _model_exists(model))
     _emit(published, as_json, f"{published['ref']}: {published['decision']} ({published['reason']}); card {published['card']}")
 
 
@@ -361,15 +400,14 @@ def run_pipeline(
     """The whole pipeline once: ingest, validate, task sets, train, evaluate, publish (exit 1 if validation fails)."""
     from medmeta.errors import MedmetaError
     from medmeta.home import Home
-    from medmeta.pseudonyms import load_key
 
     the_home = Home.at(home)
     try:
         if not landing.exists():
             raise MedmetaError(f"{_shown(landing)}: no such file or folder")
-        load_key(the_home.key_file)
-        _settings(config)
-        _check_rules(rules)
+        _check_key(the_home)
+        settings = _settings(config)
+        rules = _rules(rules, settings)
     except MedmetaError as error:
         _fail(str(error))
     _prefect_environment(the_home.root)
@@ -379,8 +417,7 @@ def run_pipeline(
 
     try:
         with _spinner("running the pipeline"), _running():
-            state = pipeline_flow(str(landing), str(the_home.root), str(config) if config else None,
-                                  str(rules) if rules else None, return_state=True)
+            state = pipeline_flow(str(landing), str(the_home.root), settings, rules, return_state=True)
     except MedmetaError as error:
         _fail(str(error))
     summary = state.result(raise_on_failure=False)
@@ -402,10 +439,10 @@ def run_pipeline(
 def serve(
     landing: Path = typer.Option(..., "--landing", help="The landing folder the watcher looks at and the pipeline ingests."),
     home: Optional[Path] = HomeOption,
-    config: Optional[Path] = typer.Option(None, "--config", help="Pipeline settings (YAML); see medmeta/config/pipeline.yaml."),
-    cron: str = typer.Option("0 2 * * *", "--cron", help="When the nightly pipeline runs."),
-    timezone: str = typer.Option("UTC", "--timezone", help="The cron schedule's time zone (IANA name)."),
-    watch_every: int = typer.Option(30, "--watch-every", min=1, help="Seconds between looks at the landing folder."),
+    config: Optional[Path] = ConfigOption,
+    cron: Optional[str] = typer.Option(None, "--cron", help="When the nightly pipeline runs [default: the settings' serve.cron, 0 2 * * *]."),
+    timezone: Optional[str] = typer.Option(None, "--timezone", help="The cron schedule's time zone (IANA name) [default: serve.timezone, UTC]."),
+    watch_every: Optional[int] = typer.Option(None, "--watch-every", min=1, help="Seconds between looks at the landing folder [default: serve.watch_every, 30]."),
 ) -> None:
     """Register and serve the nightly, landing-watcher and on-new-cases deployments (needs PREFECT_API_URL)."""
     from medmeta.errors import MedmetaError
@@ -415,20 +452,33 @@ def serve(
     try:
         if not landing.is_dir():
             raise MedmetaError(f"{_shown(landing)}: the landing folder does not exist")
-        from medmeta.pseudonyms import load_key
         from medmeta.tool_caches import keep_caches_in
 
         keep_caches_in(the_home.root)  # the served flows run in children of this process
 
-        load_key(the_home.key_file)
+        _check_key(the_home)
+        settings = _settings(config.resolve() if config else None)
+        typer.echo(_settings_line(settings, config), err=True)
         from deployments.definitions import ServeSettings
         from deployments.serve import serve as serve_deployments
 
         serve_deployments(ServeSettings(landing=str(landing.resolve()), home=str(the_home.root.resolve()),
-                                        config=str(config.resolve()) if config else None, cron=cron,
-                                        timezone=timezone, watch_every_s=watch_every))
+                                        settings=settings, cron=cron or settings.serve["cron"],
+                                        timezone=timezone or settings.serve["timezone"],
+                                        watch_every_s=watch_every or settings.serve["watch_every"]))
     except MedmetaError as error:
         _fail(str(error))
+
+
+def _settings_line(settings, config: Optional[Path]) -> str:
+    """What `medmeta serve` says at start: which settings its deployments run with."""
+    train, evaluate = settings.train, settings.evaluate
+    numbers = (f"{train['steps']} training steps, {evaluate['episodes']} meta-test episodes, "
+               f"algorithms {', '.join(train['algorithms'])}")
+    if config is None:
+        return (f"settings: the defaults, medmeta/config/pipeline.yaml ({numbers}); pass --config FILE to change "
+                "them (medmeta/config/pipeline-demo.yaml: the demo's lighter ones)")
+    return f"settings: {settings.source} over medmeta/config/pipeline.yaml ({numbers})"
 
 
 @app.command()
@@ -552,9 +602,12 @@ def predict(
     """Class probabilities for each query case from a published model, adapted on --support (README: Predict)."""
     from medmeta.errors import MedmetaError
     from medmeta.home import Home
-    from medmeta.predict import predict as run_predict
+    from medmeta.registry import resolve
 
     try:
+        resolve(Home.at(home), model)  # a model that is not there: one line before torch is imported
+        from medmeta.predict import predict as run_predict
+
         result = run_predict(Home.at(home), model, query, support, max_input_bytes)
     except (MedmetaError, ValueError) as error:  # ValueError: metalearn's EpisodeError / AdaptedStateError
         _fail(str(error))
@@ -574,12 +627,13 @@ def adapt(
 ) -> None:
     """Adapt each task set's champion to its rare classes and publish the adapted models (Prefect flow)."""
 
-    def call(root, cfg):
+    def call(root, settings):
         from flows.adapt import adapt_flow
 
-        return adapt_flow(root, cfg, taskset)
+        return adapt_flow(root, settings, taskset)
 
-    result = _run_stage(home, config, "adapting the champions to their rare classes", call)
+    result = _run_stage(home, config, "adapting the champions to their rare classes", call,
+                        _taskset_exists(taskset) if taskset else None)
     from medmeta.training.report import adapted_lines
 
     _emit(result, as_json, "\n".join(adapted_lines(result)) or "no task set has classes left out of meta-training")
@@ -592,7 +646,7 @@ app.add_typer(tasks_app, name="tasks")
 
 @tasks_app.command("build")
 def tasks_build(
-    by: str = typer.Option(..., "--by", help="disease (one class per condition concept) or drug (one binary response task per drug concept)."),
+    by: Optional[str] = typer.Option(None, "--by", help="disease (one class per condition concept) or drug (one binary response task per drug concept) [default: every task set under `tasksets:` in the settings, as `medmeta run` builds them]."),
     inputs: Optional[str] = typer.Option(None, "--inputs", help="images, records or both [default: images for disease, records for drug]."),
     ways: Optional[int] = typer.Option(None, "--ways", help="Classes per episode [default: 3; drug: 2]."),
     shots: Optional[int] = typer.Option(None, "--shots", help="Support cases per class [default: 5]."),
@@ -606,41 +660,60 @@ def tasks_build(
     conditions: str = typer.Option("disorders", "--conditions", help="Disease tasks: disorders (SNOMED CT findings and situations are no classes) or all."),
     feature_min_patients: float = typer.Option(0.2, "--feature-min-patients", help="Record features: analytes (and drug tasks' conditions) of at least this fraction of the meta-train patients."),
     home: Optional[Path] = HomeOption,
+    config: Optional[Path] = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Build a task set from the current snapshot (refused when its validation failed); a Prefect flow."""
+    """Build a task set from the current snapshot (refused when its validation failed); a Prefect flow.
+    Without --by, every task set of the settings' `tasksets:` (the --config file, else the defaults)."""
     from medmeta.errors import MedmetaError
     from medmeta.home import Home
-    from medmeta.tasksets.build import NotEnoughClasses, plan_taskset
-    from medmeta.tasksets.spec import make_spec
+    from medmeta.tasksets.spec import TASKSET_OPTIONS, make_spec
 
     the_home = Home.at(home)
     options = dict(system=system, concept_maps=[str(p) for p in concept_map or []],
                    outcomes=str(outcomes) if outcomes else None, label_policy=label_policy, conditions=conditions,
                    feature_min_patients_fraction=feature_min_patients)
+    requests = [((by, inputs, ways, shots, queries, seed, name), options)]
     try:  # the gate, the map and rule files, the cases and the split, before the embedded Prefect server starts
-        plan_taskset(the_home, make_spec(by, inputs, ways, shots, queries, seed, name, **options))
-    except NotEnoughClasses as error:  # what was found per class still goes out with --json
-        if as_json:
-            _emit({"error": str(error), **error.report}, True, "")
-        _fail(str(error))
-    except MedmetaError as error:
+        settings = _settings(config)
+        if by is None:
+            requests = [((e["by"], e.get("inputs"), e.get("ways"), e.get("shots"), e.get("queries"), int(e.get("seed", 0)),
+                          e.get("name")), {k: e[k] for k in TASKSET_OPTIONS if k in e}) for e in settings.tasksets]
+        specs = [make_spec(*arguments, **chosen) for arguments, chosen in requests]  # the options, at once
+        from validation.gate import current_snapshot
+
+        current_snapshot(the_home)  # a snapshot to build from, before pandas and the cases are loaded
+        from medmeta.tasksets.build import plan_taskset
+
+        for spec in specs:
+            plan_taskset(the_home, spec)
+    except MedmetaError as error:  # a NotEnoughClasses carries a report: what was found per class goes out with --json
+        report = getattr(error, "report", None)  # (medmeta.tasksets.build imports pandas: not imported for a typo)
+        if as_json and isinstance(report, dict):
+            _emit({"error": str(error), **report}, True, "")
         _fail(str(error))
     _prefect_environment(the_home.root)
     from flows.tasksets import build_tasksets_flow
 
     try:
-        with _spinner("building the task set"), _running():
-            summary = build_tasksets_flow(by, inputs, ways, shots, queries, seed, name, str(the_home.root), **options)
+        with _spinner("building the task set" + ("s" if len(requests) > 1 else "")), _running():
+            summaries = [build_tasksets_flow(*arguments, str(the_home.root), **chosen) for arguments, chosen in requests]
     except MedmetaError as error:
         _fail(str(error))
+    if len(summaries) == 1:
+        _emit(summaries[0], as_json, "\n".join(_taskset_lines(summaries[0])))
+    else:
+        _emit({"tasksets": summaries}, as_json, "\n".join(line for s in summaries for line in _taskset_lines(s)))
+
+
+def _taskset_lines(summary: dict) -> list[str]:
     human = [f"task set {summary['name']} from snapshot {summary['snapshot']} ({summary['path']}), classes in "
              f"{summary['class_system']}"]
     unit = "drugs" if summary["kind"] == "drug" else "diseases"
     human += [f"  {split}: {len(e['classes'])} {unit}, {e['cases']} cases ({', '.join(e['classes'])})"
               for split, e in summary["splits"].items()]
     human += [f"  excluded {e['code']}: {e['reason']}" for e in summary["excluded"]]
-    _emit(summary, as_json, "\n".join(human))
+    return human
 
 
 @tasks_app.command("list")

@@ -16,8 +16,11 @@ The contract (what ``metalearn.trainer.Trainer`` does when a process group is in
 - The same all-reduce carries the step's loss, accuracy, a divergence flag and a stop flag
   (SIGINT/SIGTERM), so all ranks raise, stop or go on together and none waits in a collective
   its peers have left.
-- The process group's timeout is short (``collective_timeout``): a rank blocked in an
-  all-reduce whose peer hangs fails within it instead of the default 30 minutes.
+- The process group's timeout (``collective_timeout``, 5 minutes) bounds a rank blocked in a
+  collective whose peer hangs (alive but stuck), instead of gloo's default 30 minutes. A dead peer
+  does not need it: torchrun's agent sees the exit within a second and stops the others. It must
+  stay far above any legitimate gap between ranks (a loaded machine, rank 0 writing a checkpoint,
+  an uneven share of evaluation episodes): at 20 s a loaded CI machine timed ranks out.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from torch import Tensor
 
 from metalearn.episodes import Episodes, _map
 
-DEFAULT_TIMEOUT_S = 20.0  # MEDMETA_TRAIN_COLLECTIVE_TIMEOUT_S overrides
+DEFAULT_TIMEOUT_S = 300.0  # MEDMETA_TRAIN_COLLECTIVE_TIMEOUT_S overrides
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,7 @@ def rank_device(device: str) -> torch.device:
 
 
 def init_process_group(device: torch.device) -> World:
-    """Join the torchrun world (env:// rendezvous): NCCL on CUDA, gloo on CPU; short timeout.
+    """Join the torchrun world (env:// rendezvous): NCCL on CUDA, gloo on CPU; timeout: ``collective_timeout``.
 
     The CUDA branch (NCCL, one GPU per local rank) is written to the PyTorch documentation
     but untested here (no GPU on the development machine).

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from prefect import task
-from prefect.artifacts import (create_image_artifact, create_link_artifact, create_markdown_artifact,
+from prefect.artifacts import (create_link_artifact, create_markdown_artifact,
                                create_progress_artifact, create_table_artifact, update_progress_artifact)
 from prefect.logging import get_run_logger
 
@@ -24,6 +24,19 @@ PROGRESS_EVERY_S = 2.0
 
 def _png_url(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def create_png_artifact(path: Path, key: str, title: str, description: str) -> None:
+    """A PNG shown as an image in the Prefect UI, offline: a Markdown artifact holding the image
+    inline (a ``data:`` URL). Prefect's image artifact would show it too, but prints its whole URL
+    as text beneath it; the UI's Markdown renderer draws ``![..](data:...)`` as a bare ``<img>``."""
+    create_markdown_artifact(key=key, markdown=png_markdown(path, title), description=description)
+
+
+def png_markdown(path: Path, title: str) -> str:
+    """``title`` (plain words, no brackets) and the PNG at ``path`` inline, as Markdown."""
+    alt = title.replace("[", "(").replace("]", ")")
+    return f"**{title}**\n\n![{alt}]({_png_url(path)})\n"
 
 
 def artifact_key(*parts: str) -> str:
@@ -67,9 +80,10 @@ def train_model_task(home: Home, taskset: str, algorithm: str, settings: Pipelin
                          nproc=nproc)
     update_progress_artifact(live.artifact, progress=100.0)
     folder = home.training / result["model"]
-    create_image_artifact(image_url=_png_url(folder / "curve.png"), key=artifact_key("medmeta-training-curve", taskset, algorithm),
-                          description=f"Training curve of {result['model']} ({result['steps']} steps, {result['stop_reason']}, "
-                                      f"device {result['device']})")
+    create_png_artifact(folder / "curve.png", artifact_key("medmeta-training-curve", taskset, algorithm),
+                        f"Training curve of {result['model']}",
+                        description=f"Training curve of {result['model']} ({result['steps']} steps, "
+                                    f"{result['stop_reason']}, device {result['device']})")
     get_run_logger().info("%s %s: %d steps (%s) on %s x %d in %.1f s", "found" if result["cached"] else "trained",
                           result["model"], result["steps"], result["stop_reason"], result["device"],
                           result.get("processes", 1), result["seconds"])
@@ -87,9 +101,10 @@ def evaluate_model_task(home: Home, model: str, settings: PipelineSettings, npro
     create_table_artifact(key=key, table=evaluation_rows(evaluation),
                           description=f"Meta-test accuracy of {model} against the baselines, 95% intervals, "
                                       f"{evaluation['episodes']} episodes per shot count")
-    create_image_artifact(image_url=_png_url(home.training / model / "evaluation.png"),
-                          key=artifact_key("medmeta-accuracy-vs-shots", evaluation["taskset"], evaluation["algorithm"]),
-                          description=f"Accuracy against shots: {model} and the baselines")
+    create_png_artifact(home.training / model / "evaluation.png",
+                        artifact_key("medmeta-accuracy-vs-shots", evaluation["taskset"], evaluation["algorithm"]),
+                        f"Accuracy against shots: {model} and the baselines",
+                        description=f"Accuracy against shots: {model} and the baselines")
     return evaluation
 
 
@@ -114,18 +129,26 @@ def adapt_models_task(home: Home, taskset: str) -> list[dict]:
     from medmeta.training.adapt import adapt_taskset
 
     adapted = adapt_taskset(home, taskset)
-    rows = [{"class": a.get("target", "-"), "model": a.get("ref", "-"),
+    rows = [{"class": a.get("target", "-"), "model": a.get("ref", a.get("name", "-")),
              "support": ", ".join(f"{c} {n}" for c, n in a.get("support", {}).items()),
-             "support accuracy": a.get("metrics", {}).get("support_accuracy", ""),
-             "held-out accuracy": a.get("metrics", {}).get("held_out_accuracy", ""),
-             "outcome": a["skipped"] if "skipped" in a else ("already published" if a["cached"] else a["decision"])}
+             "estimate": a.get("estimate", ""), "alias": a.get("alias") or "",
+             "outcome": _adapted_outcome(a)}
             for a in adapted]
     if rows:
         create_table_artifact(key=artifact_key("medmeta-adapted-models", taskset), table=rows,
                               description=f"Adapted models of {taskset}'s champion, one per class left out of "
-                                          "meta-training")
+                                          "meta-training, with each one's leave-one-out estimate")
     logger = get_run_logger()
     for a in adapted:
-        logger.info("%s: %s", a.get("target", taskset), a["skipped"] if "skipped" in a else
-                    f"{a['ref']} ({'already published' if a['cached'] else 'published'})")
+        logger.info("%s: %s", a.get("target", taskset), _adapted_outcome(a))
     return adapted
+
+
+def _adapted_outcome(a: dict) -> str:
+    """What happened to one adapted model, in words: skipped, retired, found or published (and its alias)."""
+    if "skipped" in a:
+        return a["skipped"]
+    if a.get("decision") == "retired":
+        return f"retired: {a.get('reason', '')}" + (" (already)" if a.get("cached") else "")
+    done = "already published" if a.get("cached") else f"published, {a.get('decision', '')}"
+    return f"{a.get('ref', '')} ({done}{', ' + a['alias'] if a.get('alias') else ''})"

@@ -3,14 +3,18 @@ holding no patient inputs, predicting what adapting the parent predicts, and nev
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from medmeta import registry
 from medmeta.errors import MedmetaError
+from medmeta.registry.card import RESERVED
 from medmeta.home import Home
 from medmeta.tasksets.store import load_taskset
-from medmeta.training.adapt import _gather, adapted_name, check_no_inputs, plan_adaptations
+from medmeta.training.adapt import (_gather, adapt_taskset, adapted_name, champion_class_coverage, check_no_inputs,
+                                    plan_adaptations, retire_stale)
 from medmeta.training.models import build_learner
 from medmeta.training.publish import registry_name
 from tests.pipeline_home import DRUGS, IMAGES, build_home
@@ -57,7 +61,63 @@ def test_every_rare_class_gets_an_adapted_model_linked_to_the_champion(built):
             else:
                 assert adaptation["label_order"] == ["no_response", "response"]
             assert 0.0 <= card["metrics"]["support_accuracy"] <= 1.0
+            assert card["gate"]["metric"] == "loo_accuracy" and card["gate"]["rule"] == "estimate"
+            assert entry["alias"] == "champion" and entry["decision"] == "champion"
     assert any(_published(built, DRUG_SET)), "at least one rare drug has both outcomes"
+
+
+def _by_hand(learner, tasks, plan) -> tuple[int, int]:
+    """Leave-one-out counted with learner.adapt (not the published-state path): (correct, predictions)."""
+    correct = n = 0
+    labels = [label for _, _, label in plan.support]
+    for i, case in enumerate(plan.support):
+        if labels.count(case[2]) < 2:
+            continue
+        torch.manual_seed(0)
+        x, y = _gather(tasks, plan.support[:i] + plan.support[i + 1:])
+        qx, qy = _gather(tasks, [case])
+        correct += int(learner.adapt(x, y)(qx).argmax(-1).item() == qy.item())
+        n += 1
+    if plan.held_out:
+        torch.manual_seed(0)
+        x, y = _gather(tasks, plan.support)
+        hx, hy = _gather(tasks, plan.held_out)
+        correct += int((learner.adapt(x, y)(hx).argmax(-1) == hy).sum())
+        n += len(plan.held_out)
+    return correct, n
+
+
+def test_each_adapted_model_states_its_leave_one_out_estimate_and_on_how_many_cases(built):
+    home = Home(built["home"])
+    seen_estimate = False
+    for taskset in (IMAGES_SET, DRUG_SET):
+        tasks = load_taskset(home, taskset)
+        plans = {p.target: p for p in plan_adaptations(tasks)}
+        for entry in _published(built, taskset):
+            card = registry.resolve(home, entry["ref"]).card
+            metrics, plan = card["metrics"], plans[entry["target"]]
+            parent = registry.resolve(home, f"{card['parent']['name']}@{card['parent']['version']}")
+            learner = build_learner(parent.card["config"]["spec"])
+            learner.load_state_dict(parent.load_weights())
+            learner.eval()
+            correct, n = _by_hand(learner, tasks, plan)
+            if "loo_accuracy" not in metrics:  # a single case of the class: nothing to leave out
+                assert "no leave-one-out estimate" in card["adaptation"]["estimate"]
+                continue
+            seen_estimate = True
+            loo = metrics["loo_accuracy"]
+            assert (loo["correct"], loo["n"], metrics["loo_cases"]) == (correct, n, n)
+            assert loo["ci_low"] <= loo["mean"] == round(correct / n, 6) <= loo["ci_high"]
+            assert 1 <= metrics["loo_target_cases"] <= n
+            assert f"based on {n} cases" in registry.resolve(home, entry["ref"]).card_markdown()
+    assert seen_estimate, "the cohort has a rare class with two or more cases"
+
+
+def test_the_champion_saw_every_class_of_its_own_build(built):
+    coverage = champion_class_coverage(Home(built["home"]), IMAGES_SET)
+    assert coverage["champion"] and coverage["unseen"] == coverage["adapt_now"] == []
+    tasks = load_taskset(Home(built["home"]), IMAGES_SET)
+    assert coverage["meta_trained"] == tasks.splits["train"].codes
 
 
 def test_published_weights_hold_no_patient_inputs(built):
@@ -106,11 +166,38 @@ def test_a_rerun_publishes_nothing_and_a_new_champion_gets_new_adapted_versions(
     registry.set_alias(home, name, "champion", other, reason="test: another champion")
     renewed = [a for a in adapt_flow(str(home.root), None, IMAGES_SET)["adapted"] if "ref" in a]
     assert renewed and not any(a["cached"] for a in renewed)
-    for a in renewed:
-        found = registry.resolve(home, f"{a['name']}@champion")
-        assert found.version == a["version"] == len(before[a["name"]]) + 1
-        assert found.card["parent"]["version"] == other
+    for a in renewed:  # the gate decides on the estimates; the summary names the alias the version holds
+        now = registry.read_aliases(home, a["name"])
+        assert now["champion"] != now["challenger"], "a version holds both aliases"
+        assert a["version"] == len(before[a["name"]]) + 1
+        assert a["alias"] == a["decision"] == ("champion" if now["champion"] == a["version"] else "challenger")
+        assert registry.resolve(home, a["ref"]).card["parent"]["version"] == other
     registry.set_alias(home, name, "champion", aliases["champion"], reason="test: back")
+
+
+def test_an_adapted_model_whose_class_left_the_adaptation_split_is_retired_once(built):
+    """D57.1 in the issue: its class became a meta-validation class; its adapted model kept its alias."""
+    home = Home(built["home"])
+    tasks = load_taskset(home, IMAGES_SET)
+    target = _published(built, IMAGES_SET)[0]["target"]
+    name = adapted_name(registry_name(IMAGES_SET), target)
+    moved = json.loads(json.dumps(tasks.manifest))  # the next build, where the class has enough cases for val
+    entry = next(c for c in moved["splits"]["adaptation"]["classes"] if c["code"] == target)
+    moved["splits"]["adaptation"]["classes"].remove(entry)
+    moved["splits"]["val"]["classes"].append(entry)
+    retired = retire_stale(home, IMAGES_SET, moved)
+    assert [(r["name"], r["decision"], r["cached"]) for r in retired] == [(name, "retired", False)]
+    aliases = registry.read_aliases(home, name)
+    assert aliases["champion"] is None and aliases["challenger"] is None
+    card = registry.resolve(home, f"{name}@{registry.versions(home, name)[-1]}")
+    assert "split val" in card.card["retired"]["reason"] and card.card["retired"]["time"]
+    assert "## Retired" in card.card_markdown() and "meta-validated" in card.card_markdown()
+    events = len(aliases["history"])
+    again = retire_stale(home, IMAGES_SET, moved)
+    assert [r["cached"] for r in again] == [True] and len(registry.read_aliases(home, name)["history"]) == events
+    back = [a for a in adapt_taskset(home, IMAGES_SET) if a.get("target") == target]  # the real build: rare again
+    assert back and back[0]["cached"] and back[0]["alias"] == "champion"
+    assert "retired" not in registry.resolve(home, f"{name}@champion").card
 
 
 def test_a_state_shaped_like_the_inputs_is_refused():
@@ -118,3 +205,32 @@ def test_a_state_shaped_like_the_inputs_is_refused():
     check_no_inputs({"params.w": torch.zeros(3, 1, 3, 3)}, x)
     with pytest.raises(MedmetaError, match="shaped like patient inputs"):
         check_no_inputs({"params.w": torch.zeros(3), "leak": x.clone()}, x)
+
+
+def test_the_fast_path_adapts_a_champion_of_an_earlier_build_but_not_to_a_class_it_meta_trained_on(built):
+    """After new cases the task set is rebuilt (another digest); its champion, trained on the earlier
+    build, is adapted at once to classes it never meta-trained on. Runs last: it adds a champion."""
+    home = Home(built["home"])
+    name = registry_name(IMAGES_SET)
+    current = registry.resolve(home, f"{name}@champion")
+    rare = load_taskset(home, IMAGES_SET).splits["adaptation"].codes
+    earlier = json.loads(json.dumps({k: v for k, v in current.card.items() if k not in RESERVED}))
+    earlier["task_set"] = {**earlier["task_set"], "digest": "an-earlier-build",
+                           "splits": {**earlier["task_set"]["splits"], "train": earlier["task_set"]["splits"]["train"] + rare[:1]}}
+    older = registry.publish(home, name, current.load_weights(), earlier, champion_score=None)
+    registry.set_alias(home, name, "champion", older.version, reason="test: a champion of an earlier build")
+    try:
+        same = adapt_taskset(home, IMAGES_SET)
+        assert [a["skipped"] for a in same if "skipped" in a] and "another build" in same[-1]["skipped"]
+        coverage = champion_class_coverage(home, IMAGES_SET)
+        assert rare[0] in coverage["meta_trained"] and coverage["unseen"] == []
+        fast = {a["target"]: a for a in adapt_taskset(home, IMAGES_SET, targets=rare, parent_build="compatible")}
+        assert sorted(fast) == sorted(rare)
+        assert "meta-trained on" in fast[rare[0]]["skipped"]
+        published = [code for code in rare[1:] if "ref" in fast[code]]
+        assert published, "the other rare classes are adapted from the earlier build's champion"
+        for code in published:
+            assert fast[code]["parent"] == older.ref and not fast[code]["cached"]
+            assert fast[code]["alias"] in ("champion", "challenger")
+    finally:
+        registry.set_alias(home, name, "champion", current.version, reason="test: back")

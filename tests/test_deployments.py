@@ -4,6 +4,7 @@ landing folder starting a pipeline run (through the watcher's event) that publis
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,8 @@ def test_serve_without_a_server_says_how_to_get_one(tmp_path):
     result = medmeta("serve", "--landing", str(tmp_path / "landing"), "--home", str(tmp_path / "h"),
                      env=medmeta_env(None), timeout=120)
     assert result.returncode == 2
+    assert result.stderr.startswith("settings: the defaults, medmeta/config/pipeline.yaml (300 training steps, "
+                                    "600 meta-test episodes"), result.stderr  # serve says which settings it uses
     assert "no Prefect server: set PREFECT_API_URL" in result.stderr and "medmeta server" in result.stderr
 
 
@@ -41,7 +44,10 @@ def test_serve_registers_the_nightly_the_watcher_and_the_triggered_deployments(s
     [schedule] = nightly.schedules
     assert (schedule.schedule.cron, schedule.schedule.timezone, schedule.active) == (CRON, TIMEZONE, True)
     landing = _landing_token(served.landing)  # Prefect holds the landing folder by its keyed token only
-    assert nightly.parameters == {"landing": landing, "home": str(served.home), "config": str(served.config)}
+    from medmeta.settings import load_settings
+
+    settings = load_settings(Path(served.config).resolve()).model_dump(mode="json")  # the form shows them, editable
+    assert nightly.parameters == {"landing": landing, "home": str(served.home), "settings": settings}
     assert on_new_cases.schedules == [] and on_new_cases.parameters == nightly.parameters
     assert _one_at_a_time(nightly) == _one_at_a_time(on_new_cases) == (1, "ENQUEUE")
     assert _one_at_a_time(watcher) == (1, "CANCEL_NEW")

@@ -36,7 +36,7 @@ BASE, ADDED, BATCH = 24, 4, 8
 def _ingest(landing: Path, home: Path, config: Path) -> dict:
     from flows.ingest import ingest_flow
 
-    return ingest_flow(str(landing), str(home), config=str(config), workers=1, run_validation=False)
+    return ingest_flow(str(landing), str(home), settings=str(config), workers=1, run_validation=False)
 
 
 def _bytes(folder: Path) -> int:

@@ -134,6 +134,37 @@ def test_a_killed_rank_is_named_and_a_rerun_finishes(runs, tmp_path):
                            folder / "final.safetensors") <= 1e-6
 
 
+ABORT_AFTER_PEER_FAILS = """\
+import os, sys, time
+from pathlib import Path
+sys.path.insert(0, {root!r})
+import torch.distributed as dist
+from medmeta.training.ranked import report
+dist.init_process_group("gloo")
+flag = Path({flag!r})
+if dist.get_rank() == 0:
+    report("error", rank=0, type="MedmetaError", message="the task set went missing")
+    flag.touch()
+    time.sleep(30)  # torchrun stops this rank once rank 1 has aborted
+    sys.exit(1)
+while not flag.exists():
+    time.sleep(0.05)
+os.abort()  # what a rank's native code does when its peer failed under it
+"""
+
+
+def test_a_rank_that_aborts_after_its_peer_failed_is_not_blamed(tmp_path, caplog):
+    """Rank 0 fails with its own error, rank 1 then aborts (SIGABRT): the error names rank 0's
+    reason, and the log keeps the end of the ranks' stderr."""
+    script = tmp_path / "abort_after_peer.py"
+    script.write_text(ABORT_AFTER_PEER_FAILS.format(root=str(ROOT), flag=str(tmp_path / "rank-0-failed")))
+    with caplog.at_level("WARNING", logger="medmeta.training"):
+        with pytest.raises(RankFailed, match="rank 0 of 2 failed: the task set went missing") as caught:
+            run_torchrun(2, [str(script)], env={"PYTHONPATH": str(ROOT)})
+    assert caught.value.rank == 0
+    assert "stderr" in caplog.text and "exitcode" in caplog.text
+
+
 # -- through medmeta: a real task set -------------------------------------------------------------
 
 TASKSET = "ddp-records"

@@ -119,3 +119,92 @@ def _artifact_id(triggered_run, key: str):
         [artifact] = client.read_artifacts(artifact_filter=ArtifactFilter(
             key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=runs)))
     return artifact.id
+
+
+def _ready_when(needles: list[str], images: bool = False) -> str:
+    """JavaScript: the page's visible text and inline PNGs once every needle shows (and, with
+    ``images``, at least one PNG is decoded with a non-zero size); null before."""
+    import json
+
+    from tests.chromium_page import IMAGES_AND_TEXT
+
+    wait_images = "true" if images else "false"
+    return (f"(() => {{ const page = {IMAGES_AND_TEXT}; const needles = {json.dumps(needles)};"
+            f" if (!needles.every(n => page.text.includes(n))) return null;"
+            f" if ({wait_images} && !(page.images.length && page.images.every(i => i.complete && i.width > 0)))"
+            f" return null; return page; }})()")
+
+
+SCORE = re.compile(r"\d+\.\d% \[\d+\.\d, \d+\.\d\]")  # an accuracy with its 95% interval
+DIFFERENCE = re.compile(r"[+-]\d+\.\d pts ± \d+\.\d")  # a paired difference with its 95% interval
+
+
+def test_the_ui_answers_the_operators_three_questions(triggered_run, chromium, tmp_path):
+    """From the pipeline's page and its summary artifact: did validation pass, what did each model
+    score against both baselines (intervals), which version is champion and challenger now, how
+    long each stage took; runs named by what they do; the training curve an image, not a URL."""
+    from tests.chromium_page import read_pages
+
+    ui, run = triggered_run.served.server.ui, triggered_run.run
+    summary = _summary(triggered_run)
+    [model] = summary["models"]
+    taskset, name = model["taskset"], model["published"]["name"]
+    assert re.fullmatch(r"pipeline-\d{4}-\d\d-\d\dT\d\d-\d\d", run.name), run.name
+
+    # the run lists of the pipeline and of training name runs by what they do; the pipeline run's
+    # page (its logs) answers the questions; its summary artifact answers them with the curve drawn
+    flow_ids = {flow: subflow.flow_id for flow, subflow in triggered_run.subflows}
+    logs_needles = ["validation passed", f"registry {name}: champion v1, challenger none", "stages: ",
+                    f"train-protonet-{taskset}"]
+    _, _, logs, page = read_pages(chromium, tmp_path / "pages", [
+        (f"{ui}/v2/flows/flow/{run.flow_id}", _ready_when([run.name])),
+        (f"{ui}/v2/flows/flow/{flow_ids['train']}", _ready_when([f"train-protonet-{taskset}"])),
+        (f"{ui}/v2/runs/flow-run/{run.id}", _ready_when(logs_needles)),
+        (f"{ui}/v2/artifacts/artifact/{_summary_artifact_id(triggered_run)}",
+         _ready_when(["Registry after the run", "Stages"], images=True))])
+    assert len(SCORE.findall(logs["text"])) >= 3, logs["text"][-3000:]
+    text = page["text"]
+    assert "validation passed" in text, text[:2000]
+    [row] = [line for line in text.splitlines() if line.startswith(f"protonet on {taskset}")]
+    assert len(SCORE.findall(row)) == 3, f"meta-learner and both baselines with intervals: {row}"
+    assert len(DIFFERENCE.findall(row)) == 2, f"the paired difference to each baseline: {row}"
+    assert "champion v1, challenger none" in row and f"{name}@1 (champion)" in row, row
+    for stage in summary["stages"]:
+        assert stage["run"] in text, f"the stage {stage['run']} is not in the summary's Stages"
+    [curve] = page["images"]
+    assert curve["width"] > 300 and curve["height"] > 100 and curve["alt"].startswith("Training curve"), curve
+    assert "data:image" not in text, "an image's URL is printed as text"
+
+    # the same answers in the run summary JSON and the pipeline's log lines
+    flows = {s["stage"] for s in summary["stages"]}
+    assert {"ingest", "validate", "build-tasksets", "train", "evaluate", "publish"} <= flows, summary["stages"]
+    assert all(s["seconds"] is not None and s["seconds"] >= 0 for s in summary["stages"]) and summary["seconds"] > 0
+    assert summary["registry"] == {name: {"champion": 1, "challenger": None}}
+    logs = _log_messages(triggered_run)
+    assert any(m.startswith("validation passed") for m in logs), logs
+    assert any(m.startswith(f"protonet on {taskset}") and len(SCORE.findall(m)) == 3 for m in logs), logs
+    assert f"registry {name}: champion v1, challenger none" in logs, logs
+    assert any(m.startswith("stages: ") and f"train-protonet-{taskset}" in m for m in logs), logs
+
+
+def _summary_artifact_id(triggered_run):
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    from tests.operate_fixtures import api
+
+    with api(triggered_run.served.server.url) as client:
+        [artifact] = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["medmeta-pipeline-summary"]),
+            flow_run_id=ArtifactFilterFlowRunId(any_=[triggered_run.run.id])))
+    return artifact.id
+
+
+def _log_messages(triggered_run) -> list[str]:
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    from tests.operate_fixtures import api
+
+    with api(triggered_run.served.server.url) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[triggered_run.run.id])),
+                                limit=200)
+    return [log.message for log in logs]

@@ -1,4 +1,5 @@
-"""Ingest settings: the defaults in medmeta/config/ingest.yaml, overridden by a user file."""
+"""Ingest settings: the ``ingest:`` section of medmeta's settings (medmeta/settings.py, defaults in
+medmeta/config/pipeline.yaml) as the frozen ``IngestConfig`` the ingest workers get."""
 
 from __future__ import annotations
 
@@ -6,10 +7,6 @@ import os
 import re
 from dataclasses import dataclass, fields
 from datetime import date
-from importlib import resources
-from pathlib import Path
-
-import yaml
 
 from medmeta.errors import MedmetaError
 
@@ -52,17 +49,20 @@ class IngestConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, **overrides) -> "IngestConfig":
-        text = resources.files("medmeta.config").joinpath("ingest.yaml").read_text()
-        values = yaml.safe_load(text)
-        if path is not None:
-            user = yaml.safe_load(Path(path).read_text()) or {}
-            if not isinstance(user, dict):
-                raise MedmetaError(f"{path}: an ingest config must be a mapping")
-            values.update(user)
+        """The ingest section of the settings file ``path`` (an old flat ingest file works too)."""
+        from medmeta.settings import load_settings
+
+        return cls.from_settings(load_settings(path), **overrides)
+
+    @classmethod
+    def from_settings(cls, settings, **overrides) -> "IngestConfig":
+        """``settings.ingest`` (a ``medmeta.settings.Settings``); ``$MEDMETA_DASK_ADDRESS`` overrides its
+        ``dask_address``, a non-None override (``--workers``, ``--dask``) both."""
+        values = dict(settings.ingest)
         if os.environ.get(DASK_ADDRESS_ENV):
             values["dask_address"] = dask_address(os.environ[DASK_ADDRESS_ENV], f"${DASK_ADDRESS_ENV}")
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.from_mapping(values, origin=str(path or "defaults"))
+        return cls.from_mapping(values, origin=settings.source)
 
     @classmethod
     def from_mapping(cls, values: dict, origin: str = "config") -> "IngestConfig":

@@ -38,9 +38,10 @@ class IngestSetup:
         return Pseudonymizer(self.worker_context.key)
 
     @classmethod
-    def create(cls, source: str | None, home: str | None = None, config: str | None = None,
+    def create(cls, source: str | None, home: str | None = None, settings: "Settings | str | None" = None,
                workers: int | None = None, dask_address: str | None = None) -> "IngestSetup":
         """``source``: the landing folder or zip, by its path or its landing token (``resolve_landing``).
+        ``settings``: medmeta's settings (their ingest section), a settings file, or None (the defaults).
         Errors name the landing by its token: they reach Prefect's state messages and logs."""
         the_home = Home.at(home)
         key = load_key(the_home.key_file)
@@ -50,7 +51,10 @@ class IngestSetup:
         if the_home.root == source_path or source_path in the_home.root.parents:
             raise MedmetaError(f"the home {the_home.root} must not be inside the landing folder")
         the_home.ensure()
-        settings = IngestConfig.load(config, workers=workers, dask_address=dask_address)
+        from medmeta.settings import Settings, load_settings
+
+        chosen = settings if isinstance(settings, Settings) else load_settings(settings)
+        settings = IngestConfig.from_settings(chosen, workers=workers, dask_address=dask_address)
         check_store_version(the_home)
         _check_key_matches_store(the_home, Pseudonymizer(key))
         install_default_sites(the_home.sites_dir)

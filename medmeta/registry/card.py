@@ -2,7 +2,8 @@
 
 The caller gives ``algorithm``, ``metrics`` and ``evaluation_id`` (required) and any of
 ``purpose``, ``config``, ``deltas``, ``task_set``, ``snapshot``, ``validation_digest``, ``device``,
-``parent``, ``usage`` and further JSON keys. The registry adds the ``RESERVED`` keys.
+``parent``, ``usage`` and further JSON keys. The registry adds the ``RESERVED`` keys (``retired``
+only as read, from ``aliases.json``, once the model is retired).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from medmeta.registry.errors import InvalidCard
 
 FORMAT = 1
-RESERVED = ("format", "name", "version", "created", "weights", "code_version", "gate")
+RESERVED = ("format", "name", "version", "created", "weights", "code_version", "gate", "retired")
 REQUIRED = {"algorithm": str, "metrics": dict, "evaluation_id": str}
 
 
@@ -139,4 +140,14 @@ def render_markdown(card: dict) -> str:
         f"```sh\nmedmeta predict {name}@{version} ...\n```\n\n"
         f"adapts this version on a support set of labelled cases and predicts the query cases "
         f"(`medmeta predict --help` lists the inputs). `medmeta models show {name}@{version} --json` prints this card."), ""]
+    return "\n".join(lines)
+
+
+def render_retirement(retired: dict) -> str:
+    """The ``Retired`` section of a retired model's card (``store.retire``)."""
+    lines = ["## Retired", "", f"Retired {retired.get('time')}: {retired.get('reason')}", ""]
+    previous = retired.get("previous") or {}
+    held = ", ".join(f"{a} -> version {v}" for a, v in previous.items() if v is not None)
+    if held:
+        lines += [f"Its aliases were cleared ({held}); the versions stay and resolve as `NAME@<n>`.", ""]
     return "\n".join(lines)

@@ -5,6 +5,14 @@ A metric in a card is a number or ``{"mean": x, "ci_low": a, "ci_high": b, ...}`
 different evaluations are never compared: the champion's own card is used when its
 ``evaluation_id`` equals the candidate's, else the caller's ``ChampionScore`` (the champion
 re-scored on the candidate's evaluation), else the candidate is kept as challenger, "not comparable".
+
+``Gate(rule="estimate")`` is for a metric each version estimates on its own cases (an adapted
+model's leave-one-out accuracy, ``{"mean", "ci_low", "ci_high", "n"}``), where no common evaluation
+exists: the candidate becomes champion when the lower end of its interval is not below the
+champion's (minus the margin). The lower end rises with both the accuracy and the number of cases,
+so at equal accuracy the version based on more cases wins; at an equal lower end the newer version
+wins. A version without an estimate (too few cases) becomes champion only over a champion without
+one either.
 """
 
 from __future__ import annotations
@@ -17,6 +25,9 @@ from dataclasses import asdict, dataclass
 from medmeta.registry.errors import InvalidCard
 
 
+RULES = ("evaluation", "estimate")
+
+
 @dataclass(frozen=True)
 class Gate:
     """Which metric decides, which way is better, and by how much a candidate must win."""
@@ -24,8 +35,11 @@ class Gate:
     metric: str = "accuracy"
     higher_is_better: bool = True  # accuracy: True; mse, loss: False
     margin: float = 0.0  # absolute; the candidate must be better by MORE than this
+    rule: str = "evaluation"  # "evaluation": same evaluation only; "estimate": the intervals' lower ends
 
     def __post_init__(self):
+        if self.rule not in RULES:
+            raise InvalidCard(f"the gate's rule must be one of {', '.join(RULES)}, not {self.rule!r}")
         if not isinstance(self.metric, str) or not self.metric:
             raise InvalidCard("the gate's metric must be a non-empty name, e.g. 'accuracy' or 'mse'")
         if not isinstance(self.margin, (int, float)) or not math.isfinite(self.margin) or self.margin < 0:
@@ -72,6 +86,8 @@ def decide(gate: Gate, candidate_card: dict, champion_version: int | None, champ
     if champion_version is None:
         return {**record, "decision": "champion", "comparable": False,
                 "reason": "no champion yet: the first version (or the first after the alias was cleared) becomes champion"}
+    if gate.rule == "estimate":
+        return _decide_on_estimates(gate, record, candidate_card, champion_version, champion_card or {})
     champion, source = None, None
     if champion_score is not None and champion_score.version == champion_version:
         champion, source = float(champion_score.value), "the score given for it on this evaluation"
@@ -95,8 +111,44 @@ def decide(gate: Gate, candidate_card: dict, champion_version: int | None, champ
             "reason": f"does not beat the champion by more than the margin {gate.margin:g}: {numbers}"}
 
 
+def _lower_end(metrics: dict, metric: str) -> tuple[float, int] | None:
+    entry = (metrics or {}).get(metric)
+    if not isinstance(entry, dict) or metric_value(metrics, metric) is None:
+        return None
+    low, n = entry.get("ci_low"), entry.get("n", 0)
+    if isinstance(low, bool) or not isinstance(low, (int, float)) or not math.isfinite(low):
+        return None
+    return float(low), int(n) if isinstance(n, int) and not isinstance(n, bool) else 0
+
+
+def _decide_on_estimates(gate: Gate, record: dict, candidate_card: dict, champion_version: int,
+                         champion_card: dict) -> dict:
+    mine = _lower_end(candidate_card["metrics"], gate.metric)
+    theirs = _lower_end(champion_card.get("metrics", {}), gate.metric)
+    record = {**record, "champion": metric_value(champion_card.get("metrics", {}), gate.metric),
+              "comparable": mine is not None and theirs is not None}
+    if mine is None:
+        won = theirs is None
+        why = ("neither it nor champion version {v} has a {m} estimate: the newer version wins" if won else
+               "it has no {m} estimate (too few cases), champion version {v} has one")
+        return {**record, "decision": "champion" if won else "challenger",
+                "reason": why.format(v=champion_version, m=gate.metric)}
+    if theirs is None:
+        return {**record, "decision": "champion",
+                "reason": f"champion version {champion_version} has no {gate.metric} estimate, this version has one"}
+    improvement = mine[0] - theirs[0]
+    record = {**record, "improvement": improvement}
+    numbers = (f"{gate.metric} lower 95% bound {mine[0]:.4g} (based on {mine[1]} cases) vs champion version "
+               f"{champion_version}'s {theirs[0]:.4g} (based on {theirs[1]} cases)")
+    if improvement >= -gate.margin:
+        return {**record, "decision": "champion", "reason": f"not worse (the rule 'estimate'): {numbers}"}
+    return {**record, "decision": "challenger", "reason": f"worse (the rule 'estimate'): {numbers}"}
+
+
 def check_inputs(gate: Gate, card: dict, champion_score: ChampionScore | None) -> None:
     """Refuse, before anything is written, gate input that could only be a caller's mistake."""
+    if gate.rule == "estimate":
+        return  # a version may have no estimate yet; the decision says so
     if metric_value(card.get("metrics", {}), gate.metric) is None:
         raise InvalidCard(f"the card's metrics have no number for the gate's metric {gate.metric!r} "
                           f"(metrics present: {', '.join(sorted(card.get('metrics', {}))) or 'none'})")

@@ -4,6 +4,13 @@ A version is built in ``<name>/.staging/<id>/``, fsynced, and renamed to ``<name
 while ``<name>/.lock`` is held, so it is whole or absent and no two publishes get one number.
 Aliases live in ``<name>/aliases.json`` (written atomically, under the same lock) with their
 history. Versions are never changed after the rename; their files are made read-only.
+
+Invariant, checked in one place (``_write_aliases``, the only writer of ``aliases.json``): a version
+never holds both ``champion`` and ``challenger``. Promoting the challenger to champion clears the
+challenger; naming the champion's version challenger is refused. A model can be **retired**
+(``retire``): both aliases cleared, and ``aliases.json``'s ``retired`` says why and when; every
+version's card as read (``resolve``, ``ModelVersion.card``, ``card_markdown``) then carries it. A
+later publish un-retires the model.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from medmeta import atomic
 from medmeta.home import Home
 from medmeta.registry import card as cards
 from medmeta.registry import stored
-from medmeta.registry.errors import DamagedEntry, InvalidCard, InvalidModelName, ModelNotFound
+from medmeta.registry.errors import DamagedEntry, InvalidCard, InvalidModelName, ModelNotFound, RegistryError
 from medmeta.registry.gate import ChampionScore, Gate, check_inputs, decide, metric_value
 from medmeta.registry.lock import exclusive, try_exclusive
 from medmeta.registry.names import ALIASES, Ref, check_name, parse_ref
@@ -65,8 +72,13 @@ class ModelVersion:
         return read_weights(self.weights_path, self.card["weights"]["sha256"], self.card["weights"]["bytes"])
 
     def card_markdown(self) -> str:
-        """``card.md``, the card for people (``DamagedEntry`` when it can not be read)."""
-        return stored.read_text(self.card_md_path)
+        """``card.md``, the card for people (``DamagedEntry`` when it can not be read), with a
+        ``Retired`` section when the model is retired (``card["retired"]``)."""
+        text = stored.read_text(self.card_md_path)
+        retired = self.card.get("retired")
+        if retired:
+            text = text.rstrip("\n") + "\n\n" + cards.render_retirement(retired)
+        return text
 
 
 def registry_root(home: Home | str | os.PathLike | None = None) -> Path:
@@ -146,10 +158,46 @@ def set_alias(home: Home | str | os.PathLike | None, name: str, alias: str, vers
         if version is not None and version not in _versions_on_disk(model_dir):
             raise ModelNotFound(f"model {name} has no version {version}; {_what_exists(model_dir)}")
         previous = {a: aliases[a] for a in ALIASES}
+        if alias == "challenger" and version is not None and version == aliases["champion"]:
+            raise InvalidCard(f"version {version} of {name} is its champion; a version is never its own challenger "
+                              f"(clear or move the champion first)")
         aliases[alias] = version
+        if alias == "champion" and version is not None and aliases["challenger"] == version:
+            aliases["challenger"] = None  # the challenger promoted: it is the champion now, and only that
+            reason += f" (version {version} was the challenger: promoted, the challenger alias cleared)"
+        if version is not None and aliases.get("retired"):  # naming a version un-retires the model
+            aliases["history"].append({"time": _now(), "event": "unretire", "version": version, "reason": reason,
+                                       "retired": aliases["retired"]})
+            aliases["retired"] = None
         aliases["history"].append({"time": _now(), "event": "set_alias", "alias": alias, "version": version,
                                    "previous": previous, "reason": reason})
-        atomic.write_json(model_dir / "aliases.json", aliases)
+        _write_aliases(model_dir, aliases)
+    return aliases
+
+
+def retire(home: Home | str | os.PathLike | None, name: str, *, reason: str, detail: dict | None = None) -> dict:
+    """Clear both aliases of ``name`` and record why (``reason``, plain text, and ``detail``, JSON);
+    idempotent: a model already retired for the same reason is left as it is. Returns the aliases.
+
+    The versions stay (``NAME@<n>`` still resolves); their cards as read then carry ``retired``.
+    """
+    check_name(name)
+    if not isinstance(reason, str) or not reason.strip():
+        raise InvalidCard("retire needs a reason, recorded in the card and the aliases' history")
+    detail = json.loads(json.dumps(detail or {}))
+    model_dir = _model_dir(home, name)
+    with exclusive(model_dir / ".lock"):
+        aliases = _reconcile(model_dir)
+        current = aliases.get("retired")
+        if (current and current.get("reason") == reason and current.get("detail") == detail
+                and aliases["champion"] is None and aliases["challenger"] is None):
+            return aliases
+        previous = {a: aliases[a] for a in ALIASES}
+        aliases["champion"] = aliases["challenger"] = None
+        aliases["retired"] = {"time": _now(), "reason": reason, "detail": detail, "previous": previous}
+        aliases["history"].append({"time": aliases["retired"]["time"], "event": "retire", "previous": previous,
+                                   "reason": reason})
+        _write_aliases(model_dir, aliases)
     return aliases
 
 
@@ -164,7 +212,11 @@ def resolve(home: Home | str | os.PathLike | None, ref: str | Ref) -> ModelVersi
             raise ModelNotFound(f"model {ref.name} has no {ref.alias}; {_what_exists(model_dir)}")
     if version not in _versions_on_disk(model_dir):
         raise ModelNotFound(f"model {ref.name} has no version {version}; {_what_exists(model_dir)}")
-    return ModelVersion(ref.name, version, model_dir / "versions" / str(version), _read_card(model_dir, version))
+    card = _read_card(model_dir, version)
+    retired = _reconcile(model_dir, write=False).get("retired")
+    if retired:
+        card = {**card, "retired": retired}
+    return ModelVersion(ref.name, version, model_dir / "versions" / str(version), card)
 
 
 def load(home: Home | str | os.PathLike | None, ref: str | Ref) -> tuple[ModelVersion, dict]:
@@ -273,7 +325,9 @@ def _versions_on_disk(model_dir: Path) -> list[int]:
 def _what_exists(model_dir: Path) -> str:
     aliases = _reconcile(model_dir, write=False)
     named = ", ".join(f"{a} -> {aliases[a]}" for a in ALIASES if aliases[a] is not None) or "none"
-    return f"versions: {', '.join(map(str, _versions_on_disk(model_dir)))}; aliases: {named}"
+    retired = aliases.get("retired")
+    why = f"; retired {retired['time']}: {retired['reason']}" if retired else ""
+    return f"versions: {', '.join(map(str, _versions_on_disk(model_dir)))}; aliases: {named}{why}"
 
 
 def _read_card(model_dir: Path, version: int) -> dict:
@@ -282,7 +336,19 @@ def _read_card(model_dir: Path, version: int) -> dict:
 
 def _read_aliases(model_dir: Path) -> dict:
     aliases = stored.read_aliases_file(model_dir / "aliases.json")
-    return aliases if aliases is not None else {"champion": None, "challenger": None, "history": []}
+    if aliases is None:
+        return {"champion": None, "challenger": None, "history": []}
+    if aliases["champion"] is not None and aliases["champion"] == aliases.get("challenger"):
+        aliases["challenger"] = None  # written before the invariant: the version is the champion
+    return aliases
+
+
+def _write_aliases(model_dir: Path, aliases: dict) -> None:
+    """The one writer of ``aliases.json``; refuses a version holding both aliases."""
+    if aliases["champion"] is not None and aliases["champion"] == aliases["challenger"]:
+        raise RegistryError(f"{model_dir.name}: version {aliases['champion']} would hold both champion and "
+                            "challenger; nothing was written")
+    atomic.write_json(model_dir / "aliases.json", aliases)
 
 
 def _apply_publish(model_dir: Path, aliases: dict, version: int, decision: dict, note: str = "",
@@ -293,12 +359,16 @@ def _apply_publish(model_dir: Path, aliases: dict, version: int, decision: dict,
         aliases["champion"], aliases["challenger"] = version, None
     else:
         aliases["challenger"] = version
+    if aliases.get("retired"):  # a new version un-retires the model
+        aliases["history"].append({"time": _now(), "event": "unretire", "version": version,
+                                   "reason": "a new version was published", "retired": aliases["retired"]})
+        aliases["retired"] = None
     aliases["history"].append({"time": _now(), "event": "publish", "version": version,
                                "decision": decision["decision"], "reason": decision["reason"] + note,
                                "metric": decision["metric"], "candidate": decision["candidate"],
                                "champion_score": decision["champion"], "previous": previous})
     if write:
-        atomic.write_json(model_dir / "aliases.json", aliases)
+        _write_aliases(model_dir, aliases)
 
 
 def _reconcile(model_dir: Path, write: bool = True) -> dict:

@@ -20,7 +20,7 @@ from medmeta.tasksets.classes import disease_concepts, drug_concepts
 from medmeta.tasksets.features import fit, raw_features, transform
 from medmeta.tasksets.snapshot import ValidatedSnapshot, load_validated
 from medmeta.tasksets.spec import TaskSetSpec
-from medmeta.tasksets.splits import SPLITS, split_classes
+from medmeta.tasksets.splits import RULE, SPLITS, natural_split, split_classes
 from medmeta.terminology.concept_maps import load_concept_maps
 from medmeta.tasksets.store import FORMAT, taskset_dir, write_manifest, write_split
 
@@ -40,6 +40,7 @@ class Plan:
     policy: str
     classes: dict  # the class system, how it was chosen, concept maps, outcome rules, policy choice
     outcomes: dict | None = None  # drug tasks: per drug, responders / non-responders / unknown by reason
+    split_rule: dict | None = None  # how classes were split, which sit outside their natural split (splits.py)
 
 
 class NotEnoughClasses(MedmetaError):
@@ -95,7 +96,10 @@ def plan_taskset(home: Home, spec: TaskSetSpec) -> Plan:
         frame["class_index"] = frame["code"].map({c: i for i, c in enumerate(splits[split])}).astype("int64")
         rows[split] = frame.sort_values(["class_index", "patient_id"], kind="stable").reset_index(drop=True)
     excluded = sorted(excluded, key=lambda e: e["code"])
-    return Plan(snap, splits, rows, counts, roles, excluded, form.policy, form.classes, form.outcomes)
+    borrowed = {code: natural_split(spec.seed, code) for split in SPLITS for code in splits[split]
+                if natural_split(spec.seed, code) != split}
+    split_rule = {"rule": RULE, "stable": not borrowed, "outside_natural_split": dict(sorted(borrowed.items()))}
+    return Plan(snap, splits, rows, counts, roles, excluded, form.policy, form.classes, form.outcomes, split_rule)
 
 
 def build_taskset(home: Home, spec: TaskSetSpec) -> dict:
@@ -143,6 +147,7 @@ def build_taskset(home: Home, spec: TaskSetSpec) -> dict:
         "cases_per_class_needed": spec.cases_needed,
         "label_policy": plan.policy,
         "classes": plan.classes,
+        "split_rule": plan.split_rule,
         "splits": manifest_splits,
         "excluded": excluded,
         "features": {

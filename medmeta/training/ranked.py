@@ -169,9 +169,14 @@ def run_torchrun(nproc: int, entry: Sequence[str], *, on_report: Callable[[dict]
     if code == 0:
         return
     stderr = "".join(tail)
+    _log_tail(stderr, job, code)
     root_cause = _failures(stderr.rpartition("Root Cause")[2])  # torchrun's first observed failure
     failures = root_cause + _failures(stderr.rpartition("Root Cause")[0])
-    killed = [(r, c) for r, c in failures if c < 0 and c != -signal.SIGTERM]  # SIGTERM: torchrun stopping the rest
+    # killed from outside (SIGKILL: out of memory or an operator): that rank is the story. SIGTERM is
+    # torchrun stopping the rest; SIGABRT is a rank's own native abort, often a consequence of a
+    # peer's failure, so a rank's own error report comes first
+    killed = [(r, c) for r, c in failures if c < 0 and c not in (-signal.SIGTERM, -signal.SIGABRT)]
+    killed += [(r, c) for r, c in failures if c == -signal.SIGABRT and not errors]
     if killed:
         rank, exitcode = killed[0]
         raise RankFailed(f"{job} rank {rank} of {nproc} {_how(exitcode)}; the others were stopped. {rerun}",
@@ -186,6 +191,16 @@ def run_torchrun(nproc: int, entry: Sequence[str], *, on_report: Callable[[dict]
                          rank, exitcode)
     last = next((ln.strip() for ln in reversed(tail) if ln.strip()), "no output")
     raise RankFailed(f"torchrun with {nproc} ranks exited with code {code}: {last[:300]}", None, code)
+
+
+def _log_tail(stderr: str, job: str, code: int, lines: int = 60) -> None:
+    """The end of torchrun's and the ranks' stderr, logged when they fail: the one-line error says
+    which rank and how, the log keeps what the rank said (a C++ abort's message, a traceback)."""
+    import logging
+
+    last = [ln for ln in stderr.splitlines() if ln.strip()][-lines:]
+    logging.getLogger("medmeta.training").warning("%s ranks failed (torchrun exit code %s); the end of their "
+                                                  "stderr:\n%s", job, code, "\n".join(last))
 
 
 # -- the rank side ------------------------------------------------------------------------------
@@ -272,6 +287,15 @@ def _as_rank(device, body: Callable) -> int:
     return 0
 
 
+def _exit_now(code: int) -> None:
+    """End a rank without interpreter finalisation once its work is done and its files are closed:
+    a native library's exit-time destructor (gloo's, a thread pool's) must not turn a finished rank
+    into a failed one that takes its peers down with it."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medmeta.training.ranked")
     parser.add_argument("--home", required=True)
@@ -288,4 +312,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit_now(main())

@@ -1,10 +1,84 @@
-"""A pipeline run in words: the Markdown artifact and the lines `medmeta run` prints."""
+"""A pipeline run in words: the Markdown artifact, the pipeline's log lines and the lines `medmeta run`
+prints. Each answers the operator's three questions: did validation pass, what did each model score
+against the baselines (95% intervals, paired differences), which version is champion and challenger
+now, and how long each stage took.
+
+The summary is the one ``flows/pipeline.py`` builds; ``tasks.pipeline.record_pipeline_run`` adds
+``registry`` (``{name: {"champion": n|None, "challenger": n|None}}``, read back after the run),
+``stages`` (``[{"stage": flow name, "run": flow run name, "within": the parent stage's run name or None,
+"state", "seconds"}]``) and ``seconds``. Every renderer
+takes a summary without them too (older runs, a failed read).
+"""
 
 from __future__ import annotations
+
+METHODS = (("meta", "meta-learner"), ("from_scratch", "from scratch"), ("pretrain_finetune", "pretrain + fine-tune"))
+BASELINES = ("from_scratch", "pretrain_finetune")
+
+
+def headline(evaluation: dict) -> list[dict]:
+    """Per shot count: each method's accuracy with its 95% interval (``ci95`` its half-width, ``low``,
+    ``high``), and ``paired``: the meta-learner minus each baseline on the same episodes, with its
+    95% interval (``difference``, ``ci95``)."""
+    out = []
+    for e in evaluation["by_shots"]:
+        entry = {"shots": e["shots"], "episodes": e.get("episodes")}
+        for r in e["rows"]:
+            entry[r["method"]] = {"accuracy": round(r["mean"], 4), "ci95": round(r["ci95"], 4),
+                                  "low": round(r["low"], 4), "high": round(r["high"], 4)}
+        entry["paired"] = {p["vs"]: {"difference": round(p["mean_difference"], 4), "ci95": round(p["ci95"], 4)}
+                           for p in e.get("paired", [])}
+        out.append(entry)
+    return out
 
 
 def _pct(value: float) -> str:
     return f"{100 * value:.1f}%"
+
+
+def score(result: dict | None) -> str:
+    """``62.5% [55.0, 70.0]``: an accuracy with its 95% interval, in percent."""
+    if not result:
+        return "-"
+    low = result.get("low", result["accuracy"] - result["ci95"])
+    high = result.get("high", result["accuracy"] + result["ci95"])
+    return f"{_pct(result['accuracy'])} [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def difference(entry: dict, baseline: str) -> str:
+    """``+12.5 pts ± 4.0``: the meta-learner minus ``baseline`` on the same episodes (95% interval)."""
+    paired = entry.get("paired", {}).get(baseline)
+    if paired is None:
+        return "-"
+    return f"{100 * paired['difference']:+.1f} pts ± {100 * paired['ci95']:.1f}"
+
+
+def aliases_text(summary: dict, name: str) -> str:
+    """``champion v2, challenger v3`` of registry model ``name`` after the run (``-`` when not read)."""
+    aliases = summary.get("registry", {}).get(name)
+    if aliases is None:
+        return "-"
+    return (f"champion {'v%s' % aliases['champion'] if aliases.get('champion') is not None else 'none'}, "
+            f"challenger {'v%s' % aliases['challenger'] if aliases.get('challenger') is not None else 'none'}")
+
+
+def _role(summary: dict, published: dict) -> str:
+    """What the version this run published (or found) is now: champion, challenger or neither."""
+    aliases = summary.get("registry", {}).get(published.get("name"))
+    if aliases is None:
+        return ""
+    for alias in ("champion", "challenger"):
+        if aliases.get(alias) == published.get("version"):
+            return alias
+    return "no alias"
+
+
+def validation_text(summary: dict) -> str:
+    v = summary["validation"]
+    if v["success"]:
+        return f"validation passed; {v['rows_quarantined']} rows quarantined"
+    return (f"validation FAILED (critical: {', '.join(v['critical_failures'])}); {v['rows_quarantined']} rows "
+            "quarantined; nothing was trained or published")
 
 
 def model_lines(summary: dict) -> list[str]:
@@ -12,12 +86,14 @@ def model_lines(summary: dict) -> list[str]:
     for m in summary["models"]:
         published = m["published"]
         best = max(m["evaluation"], key=lambda e: e["shots"])
-        meta, scratch, pre = best["meta"], best["from_scratch"], best["pretrain_finetune"]
+        role = _role(summary, published)
         lines.append(
             f"{m['algorithm']} on {m['taskset']} ({'trained' if m['trained'] else 'unchanged'}, {m['steps']} steps, "
-            f"{m['device']}): {best['shots']}-shot accuracy {_pct(meta['accuracy'])} ± {_pct(meta['ci95'])}, "
-            f"from scratch {_pct(scratch['accuracy'])}, pretrain+fine-tune {_pct(pre['accuracy'])} -> "
-            f"{published['ref']} {published['decision']}{' (already published)' if published.get('cached') else ''}")
+            f"{m['device']}): {best['shots']}-shot accuracy {score(best.get('meta'))}, "
+            f"from scratch {score(best.get('from_scratch'))} (meta {difference(best, 'from_scratch')}), "
+            f"pretrain+fine-tune {score(best.get('pretrain_finetune'))} (meta "
+            f"{difference(best, 'pretrain_finetune')}) -> {published['ref']} (gate: {published['decision']}"
+            f"{', already published' if published.get('cached') else ''}{f'; now {role}' if role else ''})")
     return lines
 
 
@@ -26,42 +102,112 @@ def adapted_lines(summary: dict) -> list[str]:
     for a in summary.get("adapted", []):
         if "skipped" in a:
             lines.append(f"adapt {a['taskset']} to {a.get('target', 'its rare classes')}: skipped ({a['skipped']})")
+        elif a.get("decision") == "retired":
+            lines.append(f"retired {a['name']} ({'already' if a['cached'] else 'now'}): {a['reason']}")
         else:
             support = ", ".join(f"{c} {n}" for c, n in a["support"].items())
-            lines.append(f"adapted {a['parent']} to {a['target']} (support {support}) -> {a['ref']}"
-                         f"{' (already published)' if a['cached'] else ''}")
+            alias = a.get("alias") or "no alias"
+            lines.append(f"adapted {a['parent']} to {a['target']} (support {support}) -> {a['ref']}, {alias}"
+                         f"{' (already published)' if a['cached'] else ''}; {a.get('estimate', '')}")
     return lines
 
 
+def registry_lines(summary: dict) -> list[str]:
+    """``registry NAME: champion v2, challenger v3`` per model this run published, read back after it."""
+    return [f"registry {name}: {aliases_text(summary, name)}" for name in summary.get("registry", {})]
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:.1f} s" if seconds < 120 else f"{int(seconds // 60)} min {seconds % 60:02.0f} s"
+
+
+def stages_text(summary: dict) -> str:
+    """``stages: ingest-2026-12-04T07-45 12.3 s, validate-2026-12-04T07-45 4.1 s (within ingest-…), ...;
+    total 3 min 02 s``: each stage by its flow run's name."""
+    stages = summary.get("stages")
+    if not stages:
+        return f"stages: durations not recorded{' (' + summary['stages_error'] + ')' if 'stages_error' in summary else ''}"
+    parts = [f"{s['run']} {duration(s['seconds'])}" + (f" (within {s['within']})" if s.get("within") else "")
+             for s in stages]
+    return "stages: " + ", ".join(parts) + f"; total {duration(summary.get('seconds'))}"
+
+
 def summary_text(summary: dict) -> str:
-    i, v = summary["ingest"], summary["validation"]
+    i = summary["ingest"]
     lines = [f"ingest: {i['files_seen']} files ({i['files_ingested']} ingested, {i['files_unchanged']} unchanged, "
              f"{i['files_quarantined']} quarantined); {i['patients']} patients, {i['images']} images; "
              f"snapshot {i['snapshot']}",
-             f"validation: {'passed' if v['success'] else 'FAILED: ' + ', '.join(v['critical_failures'])}; "
-             f"{v['rows_quarantined']} rows quarantined"]
+             validation_text(summary)]
     for t in summary["tasksets"]:
         lines.append(f"task set {t['name']}: " + ", ".join(f"{s} {len(c['classes'])} classes"
                                                            for s, c in t["splits"].items()))
-    lines += model_lines(summary) + adapted_lines(summary)
+    lines += model_lines(summary) + adapted_lines(summary) + registry_lines(summary)
+    if "stages" in summary or "stages_error" in summary:
+        lines.append(stages_text(summary))
     return "\n".join(lines)
 
 
-def pipeline_markdown(summary: dict) -> str:
+def log_lines(summary: dict) -> list[str]:
+    """What the pipeline logs at its end, one answer a line: validation, each model against the
+    baselines, champion and challenger per model, stage durations."""
+    lines = [validation_text(summary)] + model_lines(summary) + adapted_lines(summary) + registry_lines(summary)
+    return lines + [stages_text(summary)]
+
+
+def pipeline_markdown(summary: dict, images: dict[str, str] | None = None) -> str:
+    """The pipeline run's summary artifact. ``images``: ``{title: Markdown image}`` shown at its end
+    (the training curves: ``tasks.training.png_markdown``)."""
     i, v = summary["ingest"], summary["validation"]
+    verdict = ("**passed**" if v["success"] else
+               f"**FAILED**: critical expectations {', '.join(f'`{c}`' for c in v['critical_failures'])}; "
+               "nothing was trained or published")
     out = ["# medmeta pipeline run", "",
+           f"- **validation** {verdict}; {v['rows_quarantined']} rows quarantined",
            f"- **snapshot** `{i['snapshot']}`: {i['files_seen']} files, {i['files_ingested']} ingested, "
-           f"{i['files_unchanged']} unchanged, {i['files_quarantined']} quarantined",
-           f"- **validation** {'passed' if v['success'] else 'FAILED'}; {v['rows_quarantined']} rows quarantined", "",
-           "| model | shots | meta-learner | from scratch | pretrain + fine-tune | version | decision |",
-           "|---|---:|---:|---:|---:|---|---|"]
-    for m in summary["models"]:
-        for e in m["evaluation"]:
-            out.append(f"| {m['algorithm']} on {m['taskset']} | {e['shots']} | {_pct(e['meta']['accuracy'])} ± "
-                       f"{_pct(e['meta']['ci95'])} | {_pct(e['from_scratch']['accuracy'])} | "
-                       f"{_pct(e['pretrain_finetune']['accuracy'])} | `{m['published']['ref']}` | "
-                       f"{m['published']['decision']} |")
+           f"{i['files_unchanged']} unchanged, {i['files_quarantined']} quarantined"]
+    if "seconds" in summary:
+        out.append(f"- **took** {duration(summary['seconds'])}")
+    if summary["models"]:
+        out += ["", "## Models against the baselines", "",
+                "Meta-test accuracy with its 95% interval; *meta − baseline*: the paired difference on the same "
+                "episodes (95% interval).", "",
+                "| model | shots | meta-learner | from scratch | pretrain + fine-tune | meta − from scratch | "
+                "meta − pretrain | version | decision | champion / challenger now |",
+                "|---|---:|---|---|---|---|---|---|---|---|"]
+        for m in summary["models"]:
+            published = m["published"]
+            role = _role(summary, published)
+            for e in m["evaluation"]:
+                out.append(f"| {m['algorithm']} on {m['taskset']} | {e['shots']} | {score(e.get('meta'))} | "
+                           f"{score(e.get('from_scratch'))} | {score(e.get('pretrain_finetune'))} | "
+                           f"{difference(e, 'from_scratch')} | {difference(e, 'pretrain_finetune')} | "
+                           f"`{published['ref']}`{f' ({role})' if role else ''} | {published['decision']} | "
+                           f"{aliases_text(summary, published.get('name'))} |")
+    if summary.get("registry"):
+        out += ["", "## Registry after the run", "", "| model | champion | challenger |", "|---|---|---|"]
+        for name, aliases in summary["registry"].items():
+            out.append(f"| `{name}` | {_version(aliases.get('champion'))} | {_version(aliases.get('challenger'))} |")
     adapted = adapted_lines(summary)
     if adapted:
         out += ["", "## Adapted models", ""] + [f"- {line}" for line in adapted]
+    if summary.get("stages") or "stages_error" in summary:
+        out += ["", "## Stages", ""]
+        if summary.get("stages"):
+            out += ["| stage | run | state | took |", "|---|---|---|---:|"]
+            out += [f"| {_stage_label(s)} | `{s['run']}` | {s.get('state') or '-'} | {duration(s['seconds'])} |"
+                    for s in summary["stages"]]
+        else:
+            out.append(f"durations not recorded: {summary['stages_error']}")
+    for title, image in (images or {}).items():
+        out += ["", f"## {title}", "", image]
     return "\n".join(out) + "\n"
+
+
+def _stage_label(stage: dict) -> str:
+    return stage["stage"] + (f" (within `{stage['within']}`)" if stage.get("within") else "")
+
+
+def _version(version: int | None) -> str:
+    return "none" if version is None else f"v{version}"
