@@ -1,14 +1,17 @@
-"""Incremental ingest cost: the first ingest, a no-op rerun and a rerun adding 20 files, on homes of
-1,000, 8,000 and 50,000 small DICOM images; this checkout side by side with another (main's).
+"""Incremental ingest cost: the first ingest, a no-op rerun and ``--rounds`` reruns each adding 20 new
+files (the median and spread reported), on homes of 1,000, 8,000 and 50,000 small DICOM images; this
+checkout side by side with another (main's).
 
 Each (code, home size) runs in its own process (``--one``) with the Prefect API started before the
 clock; the ingest flow runs exactly as ``medmeta ingest`` runs it, without validation (its cost is
 bench/validation.py's). The images are copies of one synthetic 64x64 uncompressed CT file, each with
 its own SOP Instance UID and its own last pixels (byte patches of the same length: 50,000 files in
-seconds), under /tmp, deleted afterwards.
+seconds), under /tmp (``$MEDMETA_BENCH_TMP``), deleted afterwards unless ``--keep`` (the landings are
+then reused by the next run; each contender ingests a hard-linked copy into a fresh home: a first
+ingest is never cached, it is what is measured).
 
-    python bench/incremental.py [--sizes 1000 8000 50000] [--main PATH --main-sizes 1000 8000]
-                                [--out BENCHMARKS.md]
+    python bench/incremental.py [--sizes 1000 8000 50000] [--rounds 5] [--keep]
+                                [--main PATH --main-sizes 1000 8000] [--out BENCHMARKS.md]
     python bench/incremental.py --phases --sizes 8000   # where a rerun spends its time, per phase
 """
 
@@ -19,6 +22,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -70,25 +74,43 @@ def write_copies(template: bytes, uid: bytes, folder: Path, first: int, count: i
         (sub / f"{n:06d}.dcm").write_bytes(data)
 
 
-def build_landing(size: int, work: Path) -> tuple[Path, Path]:
-    """``landing-<size>/`` with ``size`` files and ``extra-<size>/`` with the 20 to add later."""
-    template, uid = template_file(work / "template")
+def build_landing(size: int, work: Path, rounds: int) -> tuple[Path, Path]:
+    """``landing-<size>/`` with ``size`` files and ``extra-<size>/round-<r>/`` with the 20 to add in
+    each +20 round. Kept from an earlier run with ``--keep`` when it holds what this run needs (a
+    50,000-file landing takes a minute or more to write on a loaded machine)."""
     landing, extra = work / f"landing-{size}", work / f"extra-{size}"
+    stamp = work / f"landing-{size}.complete"
+    if stamp.exists() and stamp.read_text() == f"{size} {rounds}":
+        return landing, extra
+    template, uid = template_file(work / "template")
     for folder in (landing, extra):
         shutil.rmtree(folder, ignore_errors=True)
+    stamp.unlink(missing_ok=True)
     write_copies(template, uid, landing, 0, size)
-    write_copies(template, uid, extra, size, ADDED)
+    for r in range(rounds):
+        write_copies(template, uid, extra / f"round-{r}", size + r * ADDED, ADDED)
     old = time.time() - 60  # as files that landed a while ago (a fresh stat is not trusted: ledger.py)
-    for path in landing.rglob("*.dcm"):
+    for path in [*landing.rglob("*.dcm"), *extra.rglob("*.dcm")]:
         os.utime(path, (old, old))
+    stamp.write_text(f"{size} {rounds}")
     return landing, extra
+
+
+def add_round(extra: Path, landing: Path, r: int) -> None:
+    """Round ``r``'s 20 new files into the landing, as ``added-<r>/``."""
+    shutil.copytree(extra / f"round-{r}", landing / f"added-{r}", dirs_exist_ok=True, copy_function=shutil.copy2)
 
 
 # ---------------------------------------------------------------------------------------------
 # One code checkout, one home size (run in its own process, with that checkout first on sys.path)
 
 
-def run_one(landing: Path, extra: Path, home: Path) -> dict:
+def steps(rounds: int) -> list[str]:
+    """The first ingest, a no-op rerun, then ``rounds`` reruns each adding 20 new files."""
+    return ["first", "noop"] + [f"add20-{r}" for r in range(rounds)]
+
+
+def run_one(landing: Path, extra: Path, home: Path, rounds: int) -> dict:
     from _report import quiet_prefect_environment, start_ingest_runtime
 
     quiet_prefect_environment()
@@ -96,19 +118,31 @@ def run_one(landing: Path, extra: Path, home: Path) -> dict:
     from medmeta.prefect_runtime import embedded_run_settings
 
     start_ingest_runtime()
-    times, snapshots = {}, {}
+    times, cpu, snapshots = {}, {}, {}
     with embedded_run_settings():
-        for step in ("first", "noop", "add20"):
-            if step == "add20":
-                shutil.copytree(extra, landing / "added", dirs_exist_ok=True)
+        for step in steps(rounds):
+            if step.startswith("add20"):
+                add_round(extra, landing, int(step.split("-")[1]))
             _forget_process_caches()
             before = _tree_bytes(home)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), _cpu_seconds()
             summary = ingest_flow(str(landing), str(home), run_validation=False)
             times[step] = time.perf_counter() - start
+            cpu[step] = _cpu_seconds() - cpu_start
             snapshots[step] = {"snapshot": summary["snapshot"], "images": summary["images"],
                                "ingested": summary["files_ingested"], "written_bytes": _tree_bytes(home) - before}
-    return {"seconds": times, "runs": snapshots}
+    return {"seconds": times, "cpu_seconds": cpu, "runs": snapshots}
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process (the flow and whatever of Prefect runs in it) and of its ended
+    children: on a machine other sessions load, what the run itself cost, next to its wall time. The
+    decode pool's workers are the forkserver's children, not counted (20 files' decoding is the same
+    work at every home size)."""
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def _forget_process_caches() -> None:
@@ -127,7 +161,7 @@ def _tree_bytes(home: Path) -> int:
     return sum(p.stat().st_size for p in home.rglob("*") if p.is_file()) if home.exists() else 0
 
 
-def run_phases(landing: Path, extra: Path, home: Path) -> None:
+def run_phases(landing: Path, extra: Path, home: Path, rounds: int) -> None:
     """The flow's steps called directly, timed one by one, for a first ingest, a no-op and +20."""
     from _report import quiet_prefect_environment
 
@@ -143,9 +177,10 @@ def run_phases(landing: Path, extra: Path, home: Path) -> None:
     from medmeta.ingest.setup import IngestSetup
     from medmeta.landing.walk import discover
 
-    for step in ("first", "noop", "add20"):
-        if step == "add20":
-            shutil.copytree(extra, landing / "added", dirs_exist_ok=True)
+    for step in steps(rounds):
+        if step.startswith("add20"):
+            add_round(extra, landing, int(step.split("-")[1]))
+        _forget_process_caches()
         clock, phases = time.perf_counter(), {}
 
         def lap(name):
@@ -181,9 +216,9 @@ def run_phases(landing: Path, extra: Path, home: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def child(code_root: Path, mode: str, landing: Path, extra: Path, home: Path) -> dict | None:
+def child(code_root: Path, mode: str, landing: Path, extra: Path, home: Path, rounds: int) -> dict | None:
     env = {**os.environ, "PYTHONPATH": str(code_root)}
-    command = [sys.executable, str(Path(__file__).resolve()), mode, str(landing), str(extra), str(home)]
+    command = [sys.executable, str(Path(__file__).resolve()), mode, str(landing), str(extra), str(home), str(rounds)]
     result = subprocess.run(command, env=env, cwd=code_root, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"{mode} under {code_root} failed:\n{result.stderr[-3000:]}")
@@ -194,18 +229,22 @@ def child(code_root: Path, mode: str, landing: Path, extra: Path, home: Path) ->
 
 
 def main() -> None:
-    if len(sys.argv) == 5 and sys.argv[1] in ("--one", "--phases-one"):
-        landing, extra, home = map(Path, sys.argv[2:])
+    if len(sys.argv) == 6 and sys.argv[1] in ("--one", "--phases-one"):
+        landing, extra, home = map(Path, sys.argv[2:5])
+        rounds = int(sys.argv[5])
         if sys.argv[1] == "--one":
-            print(json.dumps(run_one(landing, extra, home)))
+            print(json.dumps(run_one(landing, extra, home, rounds)))
         else:
-            run_phases(landing, extra, home)
+            run_phases(landing, extra, home, rounds)
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 8000, 50000])
     parser.add_argument("--main", type=Path, default=None, help="a checkout of main to run side by side")
     parser.add_argument("--main-sizes", type=int, nargs="*", default=[1000, 8000])
     parser.add_argument("--phases", action="store_true", help="time the flow's steps one by one (this checkout)")
+    parser.add_argument("--rounds", type=int, default=5, help="+20 rounds per size (the median is reported)")
+    parser.add_argument("--keep", action="store_true",
+                        help=f"keep the generated landings in {WORK} for the next run (reused when they match)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -215,7 +254,7 @@ def main() -> None:
     try:
         for size in args.sizes:
             start = time.perf_counter()
-            landing_src, extra = build_landing(size, WORK)
+            landing_src, extra = build_landing(size, WORK, args.rounds)
             print(f"{size} files generated in {time.perf_counter() - start:.1f} s", flush=True)
             contenders = [("this branch", ROOT)]
             if args.main is not None and size in args.main_sizes and not args.phases:
@@ -223,19 +262,22 @@ def main() -> None:
             for name, code_root in contenders:
                 landing = WORK / f"run-{size}"
                 shutil.rmtree(landing, ignore_errors=True)
-                shutil.copytree(landing_src, landing, copy_function=shutil.copy2)
+                shutil.copytree(landing_src, landing, copy_function=os.link)  # hard links: same bytes and mtimes, in seconds
                 home = Path(tempfile.mkdtemp(prefix="home-", dir=WORK))
                 if args.phases:
-                    child(code_root, "--phases-one", landing, extra, home)
+                    child(code_root, "--phases-one", landing, extra, home, args.rounds)
                 else:
-                    results[(name, size)] = child(code_root, "--one", landing, extra, home)
+                    results[(name, size)] = child(code_root, "--one", landing, extra, home, args.rounds)
                     print(name, size, json.dumps(results[(name, size)]), flush=True)
                 shutil.rmtree(home, ignore_errors=True)
                 shutil.rmtree(landing, ignore_errors=True)
-            shutil.rmtree(landing_src, ignore_errors=True)
-            shutil.rmtree(extra, ignore_errors=True)
+            if not args.keep:
+                shutil.rmtree(landing_src, ignore_errors=True)
+                shutil.rmtree(extra, ignore_errors=True)
+                (WORK / f"landing-{size}.complete").unlink(missing_ok=True)
     finally:
-        shutil.rmtree(WORK, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(WORK, ignore_errors=True)
     if args.phases:
         return
     text = report(results, args, load_before, load_average())
@@ -244,24 +286,34 @@ def main() -> None:
         write_section(args.out, SECTION, text)
 
 
+def add20_seconds(result: dict, kind: str = "seconds") -> list[float]:
+    return [seconds for step, seconds in result[kind].items() if step.startswith("add20")]
+
+
 def report(results: dict, args, load_before: str, load_after: str) -> str:
     rows = []
     for (name, size), r in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0] != "this branch")):
         s, runs = r["seconds"], r["runs"]
         same = "yes" if runs["first"]["snapshot"] == runs["noop"]["snapshot"] else "no"
-        rows.append(f"| {name} | {size:,} | {s['first']:.1f} | {s['noop']:.1f} ({100 * s['noop'] / s['first']:.0f}%) "
-                    f"| {s['add20']:.1f} | {runs['noop']['written_bytes'] / 1e6:.2f} "
-                    f"| {runs['add20']['written_bytes'] / 1e6:.2f} | {same} |")
+        adds = add20_seconds(r)
+        written = statistics.median(runs[step]["written_bytes"] for step in runs if step.startswith("add20"))
+        rows.append(f"| {name} | {size:,} | {s['first']:.1f} | {s['noop']:.2f} ({100 * s['noop'] / s['first']:.1f}%) "
+                    f"| {statistics.median(adds):.2f} | {min(adds):.2f}-{max(adds):.2f} "
+                    f"| {statistics.median(add20_seconds(r, 'cpu_seconds')):.2f} "
+                    f"| {runs['noop']['written_bytes'] / 1e6:.2f} | {written / 1e6:.2f} | {same} |")
     ours = {size: r for (name, size), r in results.items() if name == "this branch"}
     verdict = ""
     if len(ours) >= 2:
         small, large = min(ours), max(ours)
-        growth = ours[large]["seconds"]["add20"] / ours[small]["seconds"]["add20"]
+        growth = statistics.median(add20_seconds(ours[large])) / statistics.median(add20_seconds(ours[small]))
         noop = ours[large]["seconds"]["noop"] / ours[large]["seconds"]["first"]
-        verdict = (f"\n**+20 files: {growth:.2f}x** from the {small:,}-image home to the {large:,}-image home "
+        cpu_growth = (statistics.median(add20_seconds(ours[large], "cpu_seconds"))
+                      / statistics.median(add20_seconds(ours[small], "cpu_seconds")))
+        verdict = (f"\n**+20 files: {growth:.2f}x** (median wall times; {cpu_growth:.2f}x in CPU seconds) from the "
+                   f"{small:,}-image home to the {large:,}-image home "
                    f"(target: at most 1.5x). **No-op rerun of the {large:,}-image home: {100 * noop:.1f}%** of its first "
                    "ingest (target: under 15%).\n")
-    command = "python bench/incremental.py --sizes " + " ".join(map(str, args.sizes))
+    command = f"python bench/incremental.py --sizes {' '.join(map(str, args.sizes))} --rounds {args.rounds}"
     if args.main is not None:
         command += f" --main <main checkout> --main-sizes {' '.join(map(str, args.main_sizes))}"
     return f"""## Incremental ingest (issue 13)
@@ -271,28 +323,26 @@ load average {load_before} before, {load_after} after (other sessions share the 
 Each home: 64x64 uncompressed CT copies (own UID and pixels), 1,000 per folder; the ingest flow without
 validation, the Prefect API started before the clock. "written" counts the bytes the run added to the home.
 
-| code | images | first ingest s | no-op rerun s (of first) | +{ADDED} files s | no-op written MB | +{ADDED} written MB | no-op keeps the snapshot |
-|---|---:|---:|---:|---:|---:|---:|---|
+| code | images | first ingest s | no-op rerun s (of first) | +{ADDED} files s, median of {args.rounds} | +{ADDED} min-max s | +{ADDED} CPU s, median | no-op written MB | +{ADDED} written MB (median) | no-op keeps the snapshot |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---|
 {chr(10).join(rows)}
 {verdict}{NOTE}"""
 
 
 NOTE = """
-Earlier numbers of this section (pixel-shards branch, before the rerun path was flattened; load 1.4-3.1):
-+20 files 0.7 s at 1,000 images, 0.9 s at 8,000, 3.9 s at 50,000 (5.38x); no-op rerun 0.4 / 0.6 / 3.0 s;
-main then (one stacked pixel cache per snapshot): +20 files 1.1 s at 1,000 and 5.4 s at 8,000.
+Earlier numbers of this section, on a quiet machine (load 0.8-4.2), one +20 round per size:
++20 files 0.34 / 0.93 / 1.33 s at 1,000 / 8,000 / 50,000 images (3.96x); no-op rerun of 50,000: 2.1%.
 
-A rerun now: lists the landing with `os.scandir` and `lstat`s each file; a file whose size and mtime
-are the ledger's (and whose content is staged) becomes an `unchanged` outcome without an item being
-built or the file opened; its ledger entry is found by its keyed path token, an HMAC-SHA256 made from
-SHA-256 states keyed once and copied per name (about 1 us, against 12 us for `hmac.digest`); the
-ledger is read and written with orjson (the same bytes as before); Prefect is handed the listing as
-one object (not walked item by item); the staged-rows index is read for its sources only and
-rewritten only once the batch files it lacks are many. What still grows with the home: that listing,
-`lstat` and HMAC per file (about 6-8 us a file in Python), the ledger (one JSON entry per file) read
-and, when it changed, rewritten, and on +20 the images table (rows only) re-sorted, written and digested
-(its digest is over the Parquet bytes of the whole table, which is what keeps the snapshot id of a
-grown home equal to a from-scratch one).
+What a +20 rerun does now: lists the landing with `os.scandir` and `lstat`s each plain file; the ledger
+is asked once for the whole listing (`SettledMatcher.many`: path tokens, keyed HMAC-SHA256, in one
+tight loop); a file whose size and mtime are the ledger's (and whose content is staged) is `unchanged`
+without being opened, and `Ledger.record` skips it when its entry already says so (no entry built);
+the images table's digest is an additive multiset hash (sum of per-row SHA-256 mod 2^256) of row
+hashes kept in the staged-rows index, so only the 20 new rows are hashed (before: the whole table was
+written a second time to a buffer and its Parquet bytes hashed). What still grows with the home: the
+listing and `lstat` per file, the HMAC per file, the ledger (one JSON document) parsed whole and, when
+it changed, rewritten whole, the staged-rows index read whole, and the images table re-sorted and
+rewritten as one Parquet file.
 """
 
 

@@ -71,6 +71,26 @@ class Pseudonymizer:
 
         return self._path_hmac(name_bytes(str(path)))
 
+    def path_tokens(self, paths: list[str]) -> list[str]:
+        """``[path_token(p) for p in paths]``, in one tight loop (a rerun tokenises 50,000 listed names)."""
+        from medmeta.landing.names import name_bytes
+
+        if not paths:
+            return []
+        self._path_hmac(b"")  # keys the SHA-256 states once
+        inner, outer = self.__dict__["_path_states"]
+        tokens = []
+        for path in paths:
+            try:
+                name = path.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                name = name_bytes(path)
+            i, o = inner.copy(), outer.copy()
+            i.update(name)
+            o.update(i.digest())
+            tokens.append(o.hexdigest()[:32])
+        return tokens
+
     def _path_hmac(self, name: bytes) -> str:
         """``HMAC-SHA256(key, b"path\\x1f" + name)`` (RFC 2104), its first 32 hex digits: the same
         value ``hmac.digest`` gives, from SHA-256 states keyed once per Pseudonymizer and copied per

@@ -11,9 +11,10 @@ is counted in the manifest's ``values_withheld``.
 
 Images are read as rows only: each row of the images table points at the pixel shard its batch
 wrote (``medmeta.ingest.image_parts``), so no pixel is read or written here. Which shard an image
-sits in follows how files were batched; the images table's digest (and so the snapshot id) is taken
-over its content columns and each image's pixel hash instead, so the same data gives the same
-snapshot id however it arrived. Consolidating the same inputs again (``consolidation_inputs`` in
+sits in follows how files were batched; the images table's digest (and so the snapshot id) is a
+multiset hash of its rows' content hashes (content columns and each image's pixel hash: ``_write_images``)
+instead, so the same data gives the same snapshot id however it arrived, and a run adding k images
+hashes k rows. Consolidating the same inputs again (``consolidation_inputs`` in
 the manifest: the active content hashes and every setting that shapes the tables) is a no-op that
 returns the current manifest.
 """
@@ -35,7 +36,7 @@ from medmeta.atomic import atomic_path, write_json
 from medmeta.errors import UNRESOLVED_MEDICATION, UNRESOLVED_REFERENCE
 from medmeta.home import Home
 import medmeta
-from medmeta.ingest.image_parts import read_image_rows, shard_relative_path
+from medmeta.ingest.image_parts import multiset_digest, read_image_rows, shard_relative_path
 from medmeta.ingest.parts import Part, part_hashes, read_part, rejected_rows, staged_table, write_parquet
 from medmeta.pseudonyms import Pseudonymizer
 from medmeta.ingest.units_step import convert_units
@@ -64,7 +65,7 @@ def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer, image_size
     counts, digests, withheld = {}, {}, {}
     for name, table_schema in schema.TABLES.items():
         if name == "images":  # DICOM always names its patient: no references to resolve
-            table = _images_table(read_image_rows(home.parts, image_size, set(hashes)))
+            table = _images_table(read_image_rows(home.parts, image_size, hashes))
             for column in ("modality", "body_part"):  # absent, or not a defined term (medmeta.dicom.defined_terms)
                 if missing := table[column].null_count:
                     withheld[f"images.{column}"] = missing
@@ -127,7 +128,7 @@ def consolidation_inputs(hashes: list[str], pseudo: Pseudonymizer, image_size: i
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
-CONSOLIDATION_FORMAT = 2  # 2: images point at pixel shards; raise when consolidation's output changes
+CONSOLIDATION_FORMAT = 3  # 2: images point at pixel shards; 3: images digest a multiset hash; raise when output changes
 
 
 def _unchanged_snapshot(home: Home, inputs: str) -> dict | None:
@@ -161,16 +162,16 @@ def _images_table(staged: pa.Table) -> pa.Table:
 
 
 def _write_images(path: Path, table: pa.Table, table_schema: pa.Schema) -> str:
-    """Write the images table; its digest: over its content columns and each image's pixel hash
-    (``pixel_sha256``), in table order, never where the pixels happen to be stored (``pixel_path``,
-    ``pixel_index`` follow how files were batched). Parquet bytes are the canonical form digested."""
+    """Write the images table; its digest: the sum of its rows' content hashes (``row_sha256``:
+    ``image_parts.row_hashes``, over the content columns and ``pixel_sha256``, never ``pixel_path``
+    / ``pixel_index``, which follow how files were batched) with the row count and column names. A
+    multiset hash: the same rows give the same digest in any order, and each row is hashed once
+    when it is staged, so a run adding 20 images to 50,000 hashes 20 rows, not the table."""
     with atomic_path(path) as tmp:
         write_parquet(table.select(table_schema.names).cast(table_schema), tmp)
-    content = [n for n in table_schema.names if n not in ("pixel_path", "pixel_index")] + ["pixel_sha256"]
-    buffer = pa.BufferOutputStream()
-    write_parquet(table.select(content), buffer)
-    digest = hashlib.sha256(json.dumps(table_schema.names).encode())
-    digest.update(buffer.getvalue().to_pybytes())
+    digest = hashlib.sha256(json.dumps({"columns": table_schema.names, "rows": table.num_rows,
+                                        "row_hash": "sha256-json-sum-mod-2^256"}).encode())
+    digest.update(multiset_digest(table["row_sha256"]))
     return digest.hexdigest()
 
 

@@ -19,7 +19,8 @@ a pixel): each row of the images table points at its shard (``pixel_path``, ``pi
 shard no snapshot refers to any more is kept (older snapshots may); nothing deletes shards.
 
 Consolidation keeps every staged row in one index, ``store/parts/images-<size>/staged-rows.index`` (an
-uncompressed Parquet file: the rows and the name of the batch file each came from; Parquet, so the
+uncompressed Parquet file: the rows, the name of the batch file each came from and each row's content
+hash ``row_sha256``, which the images table's digest sums: ``row_hashes``, ``multiset_digest``; Parquet, so the
 same rows give the same bytes whichever engine staged them), and reads only
 the batch files the index does not hold yet, so a rerun does not open every batch file again; it
 rewrites the index only once those are many, so a run adding a few images does not rewrite it. The
@@ -35,10 +36,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -119,7 +122,39 @@ INDEX_FILE = "staged-rows.index"
 # the index as it is, rather than rewriting 50,000 rows each time (the cost stays O(new images), amortised).
 INDEX_SLACK_FILES = 64
 INDEX_SLACK_SHARE = 8
-INDEX_SCHEMA = STAGING_SCHEMA.append(pa.field("batch", pa.string()))
+ROW_HASH = pa.field("row_sha256", pa.binary(32))
+# The index also keeps each row's content hash (``row_hashes``), computed once per staged row: the images
+# table's digest is their sum (``multiset_digest``), so a run adding 20 rows hashes 20 rows.
+INDEX_SCHEMA = STAGING_SCHEMA.append(pa.field("batch", pa.string())).append(ROW_HASH)
+CONTENT_COLUMNS = [n for n in STAGED_COLUMNS] + ["pixel_sha256"]  # what an images row says, not where it is stored
+
+
+def row_hashes(rows: pa.Table) -> pa.FixedSizeBinaryArray:
+    """SHA-256 of each row's content (``CONTENT_COLUMNS``, in that order, as one compact JSON list:
+    strings as strings, numbers as numbers, dates ISO, null as null), never of where its pixels sit
+    (``shard``, ``shard_index`` follow batching)."""
+    columns = [rows[name].to_pylist() for name in CONTENT_COLUMNS]
+    return pa.array([hashlib.sha256(orjson.dumps(list(values))).digest() for values in zip(*columns)], ROW_HASH.type)
+
+
+def multiset_digest(hashes: pa.Array | pa.ChunkedArray) -> bytes:
+    """The sum of ``hashes`` (each a 256-bit big-endian number) modulo 2**256, 32 bytes: the same rows
+    give the same digest whatever their order or how they were batched, and one more row costs one
+    addition (an additive multiset hash over SHA-256)."""
+    if isinstance(hashes, pa.ChunkedArray):
+        hashes = hashes.combine_chunks() if hashes.num_chunks else pa.array([], ROW_HASH.type)
+    if hashes.null_count:
+        raise ValueError("multiset_digest: a row without its hash")
+    count = len(hashes)
+    if count == 0:
+        return bytes(32)
+    data = np.frombuffer(hashes.buffers()[1], dtype=np.uint8, count=32 * (hashes.offset + count))[32 * hashes.offset:]
+    limbs = data.reshape(count, 16, 2).astype(np.uint64)
+    sums = (limbs[:, :, 0] * 256 + limbs[:, :, 1]).sum(axis=0)  # 16 big-endian 16-bit limbs, summed without overflow
+    total = 0
+    for limb in sums.tolist():
+        total = (total << 16) + int(limb)
+    return (total % (1 << 256)).to_bytes(32, "big")
 
 
 def _batch_files(parts_root: Path, size: int) -> list[Path]:
@@ -166,7 +201,8 @@ def staged_image_rows(parts_root: Path, size: int) -> pa.Table:
         if LEGACY_PIXELS in pq.read_schema(path).names:
             _migrate_legacy_batch(path, size, shards_dir)
         rows = pq.read_table(path, schema=STAGING_SCHEMA)
-        added.append(rows.append_column(INDEX_SCHEMA.field("batch"), pa.array([path.name] * rows.num_rows, pa.string())))
+        rows = rows.append_column(INDEX_SCHEMA.field("batch"), pa.array([path.name] * rows.num_rows, pa.string()))
+        added.append(rows.append_column(ROW_HASH, row_hashes(rows)))
     rows = pa.concat_tables([index, *added]).combine_chunks()
     if len(missing) > INDEX_SLACK_FILES or (rows.num_rows - index.num_rows) * INDEX_SLACK_SHARE > index.num_rows:
         with atomic_path(images_dir(parts_root, size) / INDEX_FILE, fsync=False) as tmp:
@@ -189,7 +225,8 @@ def _migrate_legacy_batch(path: Path, size: int, shards_dir: Path) -> None:
         write_parquet(rows.cast(STAGING_SCHEMA), tmp)
 
 
-def read_image_rows(parts_root: Path, size: int, active: set[str]) -> pa.Table:
-    """The staged rows (no pixels) whose ``source`` is in ``active`` (``staged_image_rows``)."""
+def read_image_rows(parts_root: Path, size: int, active: Iterable[str]) -> pa.Table:
+    """The staged rows (no pixels) whose ``source`` is in ``active`` (``staged_image_rows``), each
+    with its ``row_sha256``."""
     table = staged_image_rows(parts_root, size).drop_columns(["batch"])
-    return table.filter(pc.is_in(table["source"], pa.array(sorted(active), pa.string())))
+    return table.filter(pc.is_in(table["source"], pa.array(list(active), pa.string())))  # in any order

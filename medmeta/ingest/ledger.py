@@ -20,6 +20,11 @@ The stat is recorded only when the file was last modified at least ``STAT_SETTLE
 run recorded it, so a file rewritten within the file system's timestamp granularity of being read
 is read again next time. Archive entries, quarantined files and files without a recorded stat are
 always read; the ``reread_unchanged`` setting reads and hashes every file, as before.
+
+What a rerun over 50,000 settled files costs per file is kept small: discovery hands the matcher the
+whole listing (``SettledMatcher.many``: the path tokens made in one tight loop), and ``record`` skips a
+file the matcher found recorded as ``unchanged`` with the hash and stat it would record again, so a
+no-op rerun builds no entry and writes nothing.
 """
 
 from __future__ import annotations
@@ -51,6 +56,10 @@ class Ledger:
         self.sources = sources or {}
         self._fingerprint = pseudonymizer.fingerprint
         self._changed = not path.exists()
+        # per SOURCE token: the logical paths ``settled_matcher`` found recorded exactly as an ``unchanged``
+        # outcome with that stat would record them again, so ``record`` skips them (a rerun over 50,000
+        # settled files builds no entry for them)
+        self._recorded_as_settled: dict[str, dict[str, tuple[str, tuple[int, int]]]] = {}
 
     @classmethod
     def load(cls, path: Path, pseudonymizer: Pseudonymizer) -> "Ledger":
@@ -77,13 +86,20 @@ class Ledger:
         ``stats``: logical path -> (size, mtime_ns) as discovery listed it (``item_stats``)."""
         if _LOADED and _LOADED[0][1] is self:
             _LOADED.clear()  # modified: no longer what the file holds
-        entries = self.sources.setdefault(landing_token(source, self.pseudonymizer), {})
+        source_token = landing_token(source, self.pseudonymizer)
+        entries = self.sources.setdefault(source_token, {})
         settled = time.time_ns() - STAT_SETTLE_NS
         tokens = self._tokens()
+        as_recorded = self._recorded_as_settled.pop(source_token, {})
+        stats = stats or {}
         for outcome in outcomes:
+            known = as_recorded.get(outcome.path)
+            if (known is not None and outcome.status == UNCHANGED and not outcome.reason
+                    and known == (outcome.sha256, stats.get(outcome.path))):
+                continue  # recorded as it would be again (the matcher saw it: unchanged, this hash, size, mtime)
             entry = {"sha256": outcome.sha256, "status": outcome.status,
                      **({"reason": outcome.reason} if outcome.reason else {})}
-            stat = (stats or {}).get(outcome.path)
+            stat = stats.get(outcome.path)
             if stat is not None and outcome.status in (INGESTED, UNCHANGED) and stat[1] < settled:
                 entry["size"], entry["mtime_ns"] = stat
             token = tokens.get(outcome.path) or self._token(outcome.path)
@@ -105,20 +121,15 @@ class Ledger:
         write_bytes(self.path, _serialised({"version": VERSION, "sources": self.sources}))
         self._changed = False
 
-    def settled_matcher(self, source: Path, staged: Callable[[str], bool]) -> Callable[[str, int, int], str | None]:
+    def settled_matcher(self, source: Path, staged: Callable[[str], bool]) -> "SettledMatcher":
         """For ``discover(..., settled=)``: ``(logical_path, size, mtime_ns)`` -> the content hash when the
         ledger holds that file as ingested or unchanged with that size and mtime and its content is still
-        ``staged`` (the file is then ``unchanged`` without being opened); else None."""
-        entries = self.sources.get(landing_token(source, self.pseudonymizer), {})
-        tokens, token = self._tokens(), self._token
-
-        def settled(logical_path: str, size: int, mtime_ns: int) -> str | None:
-            entry = entries.get(tokens.get(logical_path) or token(logical_path))
-            if (entry is not None and entry.get("size") == size and entry.get("mtime_ns") == mtime_ns
-                    and entry["status"] in (INGESTED, UNCHANGED) and entry.get("sha256") and staged(entry["sha256"])):
-                return entry["sha256"]
-            return None
-        return settled
+        ``staged`` (the file is then ``unchanged`` without being opened); else None. Its ``many`` answers
+        for a whole listing at once (what ``discover`` calls: the path tokens made in one tight loop)."""
+        source_token = landing_token(source, self.pseudonymizer)
+        as_recorded = self._recorded_as_settled[source_token] = {}
+        return SettledMatcher(self.sources.get(source_token, {}), self._tokens(), self.pseudonymizer, staged,
+                              as_recorded)
 
     def _tokens(self) -> dict[str, str]:
         """This key's remembered path tokens (path -> token; ``_token`` fills it)."""
@@ -134,6 +145,40 @@ class Ledger:
         if token is None:
             token = tokens[path] = self.pseudonymizer.path_token(path)
         return token
+
+
+class SettledMatcher:
+    """``Ledger.settled_matcher``'s answer for one SOURCE: called per file, or ``many`` for a listing."""
+
+    def __init__(self, entries: dict[str, dict], tokens: dict[str, str], pseudonymizer: Pseudonymizer,
+                 staged: Callable[[str], bool], as_recorded: dict[str, tuple[str, tuple[int, int]]]):
+        self._entries, self._tokens, self._pseudonymizer = entries, tokens, pseudonymizer
+        self._staged, self._as_recorded = staged, as_recorded
+
+    def __call__(self, logical_path: str, size: int, mtime_ns: int) -> str | None:
+        return self.many([(logical_path, size, mtime_ns)])[0]
+
+    def many(self, listed: list[tuple[str, int, int]]) -> list[str | None]:
+        """For each ``(logical_path, size, mtime_ns)``, what a call would answer."""
+        tokens, entries, staged, as_recorded = self._tokens, self._entries, self._staged, self._as_recorded
+        missing = [path for path, _, _ in listed if path not in tokens]
+        if missing:
+            if len(tokens) + len(missing) > _TOKENS_KEEP:
+                tokens.clear()
+                missing = [path for path, _, _ in listed]
+            tokens.update(zip(missing, self._pseudonymizer.path_tokens(missing)))
+        answers: list[str | None] = []
+        for path, size, mtime_ns in listed:
+            entry = entries.get(tokens[path])
+            if (entry is None or entry.get("mtime_ns") != mtime_ns or entry.get("size") != size
+                    or entry["status"] not in (INGESTED, UNCHANGED) or not (sha256 := entry.get("sha256"))
+                    or not staged(sha256)):
+                answers.append(None)
+                continue
+            if entry["status"] == UNCHANGED and len(entry) == 4:  # sha256, status, size, mtime_ns: no reason
+                as_recorded[path] = (sha256, (size, mtime_ns))
+            answers.append(sha256)
+        return answers
 
 
 def _parsed(data: bytes) -> dict:

@@ -1,0 +1,92 @@
+"""What keeps a run adding a few files to a large home cheap (issue 13, incremental cost), checked for
+what it must still mean: the images table's multiset digest (order-free, batching-free, one row
+changes it) and the ledger's skip of files recorded exactly as they would be recorded again (a file
+that changed is still recorded). Real files and real tables, no Prefect: milliseconds."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import time
+
+import pyarrow as pa
+
+from medmeta.ingest.image_parts import ROW_HASH, STAGING_SCHEMA, multiset_digest, row_hashes
+from medmeta.ingest.ledger import Ledger
+from medmeta.ingest.outcome import INGESTED, UNCHANGED, FileOutcome
+from medmeta.pseudonyms import Pseudonymizer
+from tests.conftest import TEST_KEY
+
+
+def _rows(count: int, shard: str = "a.npy") -> pa.Table:
+    columns = {}
+    for field in STAGING_SCHEMA:
+        if field.name == "shard":
+            columns[field.name] = [shard] * count
+        elif field.name == "shard_index":
+            columns[field.name] = list(range(count))
+        elif pa.types.is_string(field.type):
+            columns[field.name] = [f"{field.name}-{n}" for n in range(count)]
+        elif pa.types.is_date(field.type):
+            columns[field.name] = [None] * count
+        else:
+            columns[field.name] = [n % 7 for n in range(count)]
+    return pa.table(columns, schema=STAGING_SCHEMA)
+
+
+def test_the_multiset_digest_is_the_sum_of_the_row_hashes_modulo_2_256():
+    hashes = [hashlib.sha256(str(n).encode()).digest() for n in range(300)]
+    expected = (sum(int.from_bytes(h, "big") for h in hashes) % 2**256).to_bytes(32, "big")
+    assert multiset_digest(pa.array(hashes, ROW_HASH.type)) == expected
+    shuffled = hashes[:]
+    random.Random(1).shuffle(shuffled)
+    chunked = pa.chunked_array([pa.array(shuffled[:100], ROW_HASH.type), pa.array(shuffled[100:], ROW_HASH.type)])
+    assert multiset_digest(chunked) == expected  # any order, any chunking
+    assert multiset_digest(pa.array(hashes[1:], ROW_HASH.type)) != expected  # one row less: another digest
+
+
+def test_row_hashes_follow_content_not_where_the_pixels_sit():
+    rows = _rows(5)
+    moved = _rows(5, shard="b.npy").set_column(STAGING_SCHEMA.get_field_index("shard_index"), "shard_index",
+                                               pa.array([9, 8, 7, 6, 5], pa.int32()))
+    assert row_hashes(rows).equals(row_hashes(moved))
+    changed = rows.set_column(STAGING_SCHEMA.get_field_index("pixel_min"), "pixel_min",
+                              pa.array([0.5, 1, 2, 3, 4], pa.float32()))
+    assert row_hashes(changed)[0] != row_hashes(rows)[0] and row_hashes(changed)[1:].equals(row_hashes(rows)[1:])
+    nulls = rows.set_column(STAGING_SCHEMA.get_field_index("site"), "site", pa.array(["None"] * 5))
+    with_null = rows.set_column(STAGING_SCHEMA.get_field_index("site"), "site", pa.array([None] * 5, pa.string()))
+    assert row_hashes(nulls)[0] != row_hashes(with_null)[0]  # null is not the text "None"
+
+
+def test_settled_files_recorded_as_before_are_skipped_and_a_changed_one_is_recorded(tmp_path):
+    pseudo = Pseudonymizer(TEST_KEY)
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    old = time.time() - 60
+    stats = {}
+    for name in ("a.dcm", "b.dcm"):
+        (landing / name).write_bytes(name.encode())
+        os.utime(landing / name, (old, old))
+        info = os.lstat(landing / name)
+        stats[name] = (info.st_size, info.st_mtime_ns)
+    staged = {"1" * 64, "2" * 64, "3" * 64}.__contains__
+    ledger = Ledger(tmp_path / "ledger.json", pseudo)
+    ledger.record(landing, [FileOutcome("a.dcm", INGESTED, "1" * 64), FileOutcome("b.dcm", INGESTED, "2" * 64)], stats)
+    ledger.save()
+    for _ in range(2):  # ingested -> unchanged (recorded), then unchanged as recorded (skipped, file untouched)
+        ledger = Ledger.load(tmp_path / "ledger.json", pseudo)
+        matcher = ledger.settled_matcher(landing, staged)
+        assert [matcher(name, *stats[name]) for name in stats] == ["1" * 64, "2" * 64]
+        before = (tmp_path / "ledger.json").stat().st_mtime_ns
+        ledger.record(landing, [FileOutcome(name, UNCHANGED, sha) for name, sha in zip(stats, ("1" * 64, "2" * 64))],
+                      stats)
+        ledger.save()
+    assert (tmp_path / "ledger.json").stat().st_mtime_ns == before, "a no-op rerun rewrites nothing"
+    ledger = Ledger.load(tmp_path / "ledger.json", pseudo)
+    matcher = ledger.settled_matcher(landing, staged)
+    assert matcher("a.dcm", *stats["a.dcm"]) == "1" * 64
+    # a.dcm was matched, but this run read it again and found new content (a caller that re-reads): recorded
+    ledger.record(landing, [FileOutcome("a.dcm", INGESTED, "3" * 64)], {"a.dcm": stats["a.dcm"]})
+    ledger.save()
+    assert Ledger.load(tmp_path / "ledger.json", pseudo).active_hashes() == ["2" * 64, "3" * 64]
