@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))  # first: bench/metalearn.py must not shadow the metalearn package
 from _report import load_average, machine, revision, write_section  # noqa: E402  (bench/_report.py)
+from tests.prefect_server import free_port, stop, wait_until  # noqa: E402  (the tests' process helpers)
 
 SECTION = "arrival"
 DEMO_SETTINGS = ROOT / "medmeta" / "config" / "pipeline-demo.yaml"
@@ -72,29 +73,6 @@ def build_demo(work: Path, env: dict[str, str], settings: Path) -> tuple[Path, P
     return home, landing, time.perf_counter() - started
 
 
-def wait_until(condition, timeout_s: float, what: str, every_s: float = 0.5):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gave up waiting for {what} after {timeout_s:.0f} s")
-        time.sleep(every_s)
-
-
-def stop(process: subprocess.Popen, timeout_s: float = 30) -> None:
-    import signal
-
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
 @contextmanager
 def started(args: list[str], env: dict[str, str], log: Path):
     with open(log, "wb") as out:
@@ -104,14 +82,6 @@ def started(args: list[str], env: dict[str, str], log: Path):
         yield process
     finally:
         stop(process)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def healthy(url: str) -> bool:
@@ -191,14 +161,14 @@ def arrival(url: str, home: Path, landing: Path, staging: Path, diseases: list[s
         return published()
 
     try:
-        version = wait_until(found, timeout_s, f"a published model after dropping {', '.join(diseases)}")
+        version = wait_until(found, timeout_s, what=f"a published model after dropping {', '.join(diseases)}")
     except TimeoutError:
         print(f"no published model {timeout_s:.0f} s after dropping {', '.join(diseases)}", flush=True)
         return {"seconds": None, "version": None, "run_state": "not finished", "run_started_after_s": None,
                 "run_total_s": None, "durations": {}, "summary": {}, "load": load_average()}
     seconds = time.time() - t0
     run = wait_until(lambda: next((r for r in arrival_runs(url) if r.id not in before and r.state
-                                   and r.state.is_final()), None), timeout_s, "the arrival run to finish", every_s=1)
+                                   and r.state.is_final()), None), timeout_s, what="the arrival run to finish", every_s=1)
     summaries = sorted((home / "runs").glob("arrival-*.json"))
     summary = json.loads(summaries[-1].read_text()) if summaries else {}
     return {"seconds": round(seconds, 1), "version": version, "run_state": run.state.type.value,
@@ -248,11 +218,11 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}/api"
     with started(["server", "--home", str(work / "server-home"), "--port", str(port)],
                  medmeta_env(None, prefect_home), work / "server.log"):
-        wait_until(lambda: healthy(url), 180, "medmeta server")
+        wait_until(lambda: healthy(url), 180, what="medmeta server")
         serve_log = work / "serve.log"
         with started(["serve", "--landing", str(landing), "--home", str(home), "--config", str(DEMO_SETTINGS),
                       "--watch-every", str(args.watch_every)], medmeta_env(url, prefect_home), serve_log) as serve:
-            wait_until(lambda: deployments_ready(url), 180, "medmeta serve's deployments")
+            wait_until(lambda: deployments_ready(url), 180, what="medmeta serve's deployments")
             settled(url, quiet_s=3 * args.watch_every + 15, serve=serve, log=serve_log)
             print(f"served and settled; load {load_average()}", flush=True)
             rare_before = registry_versions(home, rare_model)
