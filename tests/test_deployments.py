@@ -108,7 +108,7 @@ def test_one_arrival_is_one_run_and_another_landings_arrival_starts_nothing(trig
 
     url = triggered_run.served.server.url
     with api(url) as client:
-        ids = [client.read_deployment_by_name(f"pipeline/{name}").id for name in (NIGHTLY, ON_NEW_CASES)]
+        ids = [client.read_deployment_by_name(name).id for name in (f"pipeline/{NIGHTLY}", f"arrival/{ON_NEW_CASES}")]
 
     def runs() -> list:
         """Runs that started (the nightly's future runs the scheduler creates ahead are Scheduled)."""

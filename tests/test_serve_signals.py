@@ -86,7 +86,7 @@ def test_sigterm_to_serve_pauses_every_schedule_and_leaves_no_run_unfinished(tmp
         assert "Traceback" not in output, output[-3000:]
         assert _alive(children) == [], output[-3000:]
         with api(url) as client:
-            deployments = [client.read_deployment_by_name(f"pipeline/{name}") for name in (NIGHTLY, ON_NEW_CASES)]
+            deployments = [client.read_deployment_by_name(name) for name in (f"pipeline/{NIGHTLY}", f"arrival/{ON_NEW_CASES}")]
             after = client.read_flow_run(run.id)
     [nightly_schedule] = deployments[0].schedules
     assert nightly_schedule.active is False, "the nightly schedule is still active"
