@@ -99,7 +99,7 @@ def test_a_batch_dropped_together_is_one_arrival_and_nothing_else_is_one(tmp_pat
 
 def test_the_first_look_compares_with_what_ingest_recorded(tmp_path):
     from medmeta.ingest.ledger import Ledger
-    from medmeta.ingest.outcome import INGESTED, FileOutcome
+    from medmeta.ingest.outcome import INGESTED, QUARANTINED, FileOutcome
 
     landing, home = tmp_path / "landing", tmp_path / "home"
     _batch(landing / "site_a", ["a.json", "b.json", "c.csv"])
@@ -111,8 +111,10 @@ def test_the_first_look_compares_with_what_ingest_recorded(tmp_path):
     ingested = [p for p in files if p.name != "d.json"]  # d.json arrived after the last ingest
     home.mkdir()
     ledger = Ledger(home / "ledger.json", Pseudonymizer(TEST_KEY))
-    ledger.record(landing.resolve(), [FileOutcome(logical[p], INGESTED, f"{i:064x}") for i, p in enumerate(ingested)],
-                  {logical[p]: (p.stat().st_size, p.stat().st_mtime_ns) for p in ingested})
+    outcomes = [FileOutcome(logical[p], INGESTED, f"{i:064x}") if p.name != "c.csv" else  # c.csv: quarantined
+                FileOutcome(logical[p], QUARANTINED, f"{i:064x}", reason="unknown_site_layout: no site mapping")
+                for i, p in enumerate(ingested)]
+    ledger.record(landing.resolve(), outcomes, {logical[p]: (p.stat().st_size, p.stat().st_mtime_ns) for p in ingested})
     ledger.save()
 
     first = LandingLook.from_ledger(landing, home / "ledger.json", Pseudonymizer(TEST_KEY)).look(SETTLE_S)

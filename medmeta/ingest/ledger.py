@@ -19,7 +19,7 @@ content is still staged, as ``unchanged`` without opening it (as ``git status`` 
 The stat is recorded only when the file was last modified at least ``STAT_SETTLE_NS`` before the
 run recorded it, so a file rewritten within the file system's timestamp granularity of being read
 is read again next time. Archive entries, quarantined files and files without a recorded stat are
-always read; the ``reread_unchanged`` setting reads and hashes every file, as before.
+always read (a quarantined file's stat is recorded for the landing watcher: ``seen_matcher``); the ``reread_unchanged`` setting reads and hashes every file, as before.
 
 What a rerun over 50,000 settled files costs per file is kept small: discovery hands the matcher the
 whole listing (``SettledMatcher.many``: the path tokens made in one tight loop), and ``record`` skips a
@@ -100,7 +100,7 @@ class Ledger:
             entry = {"sha256": outcome.sha256, "status": outcome.status,
                      **({"reason": outcome.reason} if outcome.reason else {})}
             stat = stats.get(outcome.path)
-            if stat is not None and outcome.status in (INGESTED, UNCHANGED) and stat[1] < settled:
+            if stat is not None and stat[1] < settled:  # a quarantined file's too: the watcher knows it
                 entry["size"], entry["mtime_ns"] = stat
             token = tokens.get(outcome.path) or self._token(outcome.path)
             if entries.get(token) != entry:
@@ -130,6 +130,19 @@ class Ledger:
         as_recorded = self._recorded_as_settled[source_token] = {}
         return SettledMatcher(self.sources.get(source_token, {}), self._tokens(), self.pseudonymizer, staged,
                               as_recorded)
+
+    def seen_matcher(self, source: Path) -> Callable[[str, int, int], bool]:
+        """``(logical_path, size, mtime_ns)`` -> whether the last run over ``source`` accounted for this
+        file as it is now (ingested, unchanged or quarantined, with that size and mtime): the landing
+        watcher's first look, which must not announce what ingest already saw. Ingest itself still
+        reads a quarantined file again (``settled_matcher`` takes only ingested or unchanged ones)."""
+        entries = self.sources.get(landing_token(source, self.pseudonymizer), {})
+
+        def seen(logical_path: str, size: int, mtime_ns: int) -> bool:
+            entry = entries.get(self._token(logical_path))
+            return entry is not None and entry.get("size") == size and entry.get("mtime_ns") == mtime_ns
+
+        return seen
 
     def _tokens(self) -> dict[str, str]:
         """This key's remembered path tokens (path -> token; ``_token`` fills it)."""

@@ -7,10 +7,11 @@ and is counted as ``waiting`` until it settles. Files are keyed by a keyed token
 since file names can carry PHI; the state lives in memory only.
 
 The first look compares with what ingest recorded (``LandingLook.from_ledger``): a file the home's
-ledger holds as ingested or unchanged with the same size and modification time is not new, so
-``medmeta serve`` started on a home that already ingested its landing folder announces nothing.
-Files the ledger does not settle (new ones, and also quarantined ones and those ingested within
-the ledger's ``STAT_SETTLE_NS`` of being written) are new to the first look.
+ledger accounted for (ingested, unchanged or quarantined) with the same size and modification time
+is not new, so ``medmeta serve`` started on a home that already ingested its landing folder
+announces nothing. Files the ledger holds no stat for (new ones, those ingested within the ledger's
+``STAT_SETTLE_NS`` of being written, and quarantined files of a ledger written before it kept
+their stat) are new to the first look.
 """
 
 from __future__ import annotations
@@ -95,10 +96,9 @@ class LandingLook:
         require_folder(landing, pseudonymizer)
         look = cls(landing, pseudonymizer)
         source = Path(landing).resolve()
-        matcher: Callable[[str, int, int], str | None] = Ledger.load(ledger_file, pseudonymizer).settled_matcher(
-            source, lambda sha256: True)  # whether its content is still staged is ingest's question, not ours
+        seen: Callable[[str, int, int], bool] = Ledger.load(ledger_file, pseudonymizer).seen_matcher(source)
         for logical, size, mtime_ns in listing(source):
-            if matcher(logical, size, mtime_ns):
+            if seen(logical, size, mtime_ns):
                 look.known[look._token(logical)] = (size, mtime_ns)
         return look
 
