@@ -265,7 +265,7 @@ def report(args, demo_s, taskset: str, model: str, rare_model: str, rare: dict, 
         f"{args.watch_every}` with the demo settings on a home that ran the demo; task set `{taskset}`. "
         "Timed from the moment the files are in the landing folder to the version appearing in the registry.",
         f"**Load**: 1/5/15-min load averages {rare['load']} (rare) and {known['load']} (known) on "
-        f"{os.cpu_count()} cores: other work shared the machine, the numbers are slower than on a quiet one.", "",
+        f"{os.cpu_count()} cores (above about 1.5: other work shared the machine, slower than a quiet one).", "",
         "| arrival | cases | published | drop -> published | target | arrival run started after | arrival run total |",
         "|---|---:|---|---:|---:|---:|---:|",
         f"| new rare disease {RARE} | {RARE_CASES} | `{rare_model}@{rare['version']}` "
@@ -277,13 +277,21 @@ def report(args, demo_s, taskset: str, model: str, rare_model: str, rare: dict, 
         f"{known['run_started_after_s']} s | {known['run_total_s']} s |", "",
         f"Stages of the rare arrival (s): {stages(rare)}.",
         f"Stages of the known arrival (s): {stages(known)}.",
-        f"The adapted model's metrics: {adapted.get('metrics', {})}.",
+        f"The adapted model's estimate (its gate metric): {adapted.get('estimate') or adapted.get('metrics', {})}.",
     ]
     if warm.get("model"):
         lines.append(f"The warm start: `{warm['model']}`, from `{warm['parent']}` for {warm['steps']} steps; "
-                     f"meta-test accuracy {warm.get('evaluation', {}).get('meta', {})}; the gate: "
+                     f"meta-test accuracy {_scores(warm.get('evaluation', []))}; the gate: "
                      f"{warm.get('published', {}).get('decision')} ({warm.get('published', {}).get('reason')}).")
     return "\n".join(lines) + "\n"
+
+
+def _scores(evaluation: list[dict]) -> str:
+    """The warm start's headline (medmeta.training.report.headline) at each shot count, in words."""
+    from medmeta.training.report import score
+
+    return "; ".join(f"{e['shots']}-shot meta {score(e.get('meta'))}, from scratch {score(e.get('from_scratch'))}, "
+                     f"pretrain+fine-tune {score(e.get('pretrain_finetune'))}" for e in evaluation) or "-"
 
 
 if __name__ == "__main__":
