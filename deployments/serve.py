@@ -103,7 +103,12 @@ async def _serve(settings: ServeSettings, deployments: list, token: str) -> None
         except BaseException:  # noqa: BLE001: cancelled or timed out: the state sweep below still runs
             pass
     waiting.cancel()
-    paused, cancelled = await stop_serving(ids, reason)
+    try:
+        paused, cancelled = await asyncio.wait_for(stop_serving(ids, reason), STOP_TIMEOUT_S)
+    except Exception as error:  # noqa: BLE001: the server went first (or hangs): say so, do not hang
+        raise MedmetaError(f"medmeta serve stopped, but the Prefect server did not answer "
+                           f"({type(error).__name__}): its schedules may still be active; pause them in the UI "
+                           "or run `medmeta serve` again and stop it") from None
     say(f"paused {paused} schedules of {len(ids)} deployments; {cancelled} unfinished runs marked Cancelled")
 
 
