@@ -94,6 +94,15 @@ def split_classes_explained(eligible: list[str], roles: dict[str, str], seed: in
                 members[split].discard(code)
                 members["train"].add(code)
             short -= len(pick)
+    for split in SPLITS:  # a split still short (its usual donors had nothing to spare): any surplus fills it
+        while len(members[split]) < minimum:
+            donor = max((s for s in SPLITS if s != split), key=lambda s: (len(members[s]) - minimum, s))
+            if len(members[donor]) <= minimum:
+                break  # cannot happen with 3 * minimum classes or more
+            order = held_out_preference if split != "train" else (lambda c: (roles.get(c) != "meta_train", -u[c]))
+            code = min(members[donor], key=order)
+            members[donor].discard(code)
+            members[split].add(code)
     splits = {split: sorted(members[split]) for split in SPLITS}
     borrowed = {c: natural[c] for split in SPLITS for c in splits[split] if natural[c] != split}
     return {"splits": splits, "borrowed": borrowed, "stable": not borrowed}
