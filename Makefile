@@ -13,6 +13,8 @@ BENCHENV ?= /work/benchenv
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[test]'
+	# 30 real ChEMBL activity tables (test and benchmark data only; its own deps would pull torch_geometric)
+	$(BIN)/python -m pip install --quiet --no-deps moleculeace==3.0.0
 	touch $(STAMP)
 
 install: $(STAMP)
