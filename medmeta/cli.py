@@ -658,8 +658,8 @@ app.add_typer(tasks_app, name="tasks")
 
 @tasks_app.command("build")
 def tasks_build(
-    by: Optional[str] = typer.Option(None, "--by", help="disease (one class per condition concept) or drug (one binary response task per drug concept) [default: every task set under `tasksets:` in the settings, as `medmeta run` builds them]."),
-    inputs: Optional[str] = typer.Option(None, "--inputs", help="images, records or both [default: images for disease, records for drug]."),
+    by: Optional[str] = typer.Option(None, "--by", help="disease (one class per condition concept), drug (one binary response task per drug concept) or target (one binary task per compound activity task, split by ChEMBL target) [default: every task set under `tasksets:` in the settings, as `medmeta run` builds them]."),
+    inputs: Optional[str] = typer.Option(None, "--inputs", help="images, records, both or compounds [default: images for disease, records for drug, compounds for target]."),
     ways: Optional[int] = typer.Option(None, "--ways", help="Classes per episode [default: 3; drug: 2]."),
     shots: Optional[int] = typer.Option(None, "--shots", help="Support cases per class [default: 5]."),
     queries: Optional[int] = typer.Option(None, "--queries", help="Query cases per class [default: 3; drug: 5]."),
@@ -671,6 +671,7 @@ def tasks_build(
     label_policy: str = typer.Option("auto", "--label-policy", help="Disease tasks: auto, rarest (one case per patient) or per-split (one case per patient within each split)."),
     conditions: str = typer.Option("disorders", "--conditions", help="Disease tasks: disorders (SNOMED CT findings and situations are no classes) or all."),
     feature_min_patients: float = typer.Option(0.2, "--feature-min-patients", help="Record features: analytes (and drug tasks' conditions) of at least this fraction of the meta-train patients."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Target tasks: a compound is active at or above this pActivity (-log10 molar) [default: each task's median]."),
     home: Optional[Path] = HomeOption,
     config: Optional[Path] = ConfigOption,
     as_json: bool = JsonOption,
@@ -684,7 +685,7 @@ def tasks_build(
     the_home = Home.at(home)
     options = dict(system=system, concept_maps=[str(p) for p in concept_map or []],
                    outcomes=str(outcomes) if outcomes else None, label_policy=label_policy, conditions=conditions,
-                   feature_min_patients_fraction=feature_min_patients)
+                   feature_min_patients_fraction=feature_min_patients, threshold=threshold)
     requests = [((by, inputs, ways, shots, queries, seed, name), options)]
     try:  # the gate, the map and rule files, the cases and the split, before the embedded Prefect server starts
         settings = _settings(config)
@@ -721,7 +722,7 @@ def tasks_build(
 def _taskset_lines(summary: dict) -> list[str]:
     human = [f"task set {summary['name']} from snapshot {summary['snapshot']} ({summary['path']}), classes in "
              f"{summary['class_system']}"]
-    unit = "drugs" if summary["kind"] == "drug" else "diseases"
+    unit = {"drug": "drugs", "target": "tasks"}.get(summary["kind"], "diseases")
     human += [f"  {split}: {len(e['classes'])} {unit}, {e['cases']} cases ({', '.join(e['classes'])})"
               for split, e in summary["splits"].items()]
     human += [f"  excluded {e['code']}: {e['reason']}" for e in summary["excluded"]]

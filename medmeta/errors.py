@@ -66,6 +66,20 @@ UNRESOLVED_REFERENCE = "unresolved_patient_reference"
 UNRESOLVED_MEDICATION = "unresolved_medication_reference"
 OLD_STORE = "old_store_schema"
 INVALID_CODE = "invalid_code"  # a code (or code system) outside its vocabulary's format: never stored as text
+# Compound activity tables (medmeta.chem): a file's or a row's reasons
+AMBIGUOUS_TABLE = "ambiguous_table"  # the header fits both an activity table and a records layout
+EMPTY_TABLE = "empty_table"  # a header and no rows
+ACTIVITY_NO_TASK = "activity_no_task"  # no target/assay column and a file name that is not CHEMBL<digits>_<type>
+ACTIVITY_UNIT_UNKNOWN = "activity_unit_unknown"  # a value column whose unit neither the header nor a unit column names
+UNPARSEABLE_SMILES = "unparseable_smiles"  # RDKit can not read the structure (or it is blank)
+AMBIGUOUS_MIXTURE = "ambiguous_mixture"  # two different largest organic fragments: which one was measured is unknown
+NO_ORGANIC_FRAGMENT = "no_organic_fragment"  # only inorganic pieces (no carbon) after salts are stripped
+MISSING_ACTIVITY = "missing_activity"  # no value (nor label) in the row
+NON_POSITIVE_ACTIVITY = "non_positive_activity"  # a concentration of 0 or below has no pActivity
+MISSING_UNIT = "missing_unit"  # the row's unit cell is blank while the table's unit column names units
+INVALID_LABEL = "invalid_label"  # a binary label that is not 0/1, true/false, active/inactive
+MISSING_TASK = "missing_task"  # the row's target/assay cell is blank
+CONFLICTING_LABELS = "conflicting_labels"  # one compound labelled active and inactive in one task
 INTERNAL_ERROR = "internal_error"  # a bug in medmeta, never the input's fault
 
 

@@ -101,6 +101,23 @@ IMAGES = pa.schema(
     ]
 )
 
+# Compound activity (medmeta.chem): one row per compound per task, duplicates aggregated. Compounds are
+# not PHI; ``source`` is still a content hash and ``site`` follows the same rules as the records'.
+COMPOUND_ACTIVITIES = pa.schema(
+    [
+        ("task", pa.string()),  # target (or assay) and activity type: "CHEMBL237_Ki"
+        ("target", pa.string()),  # the grouping key: "CHEMBL237"
+        ("activity_type", pa.string()),  # Ki, IC50, EC50, Kd, ... or "label" for a binary label column
+        ("compound_key", pa.string()),  # InChIKey of the standardised parent (medmeta.chem.standardise)
+        ("smiles", pa.string()),  # canonical isomeric SMILES of that parent
+        ("p_activity", pa.float64()),  # mean -log10(molar) of its measurements; null for label-only rows
+        ("active", pa.bool_()),  # from a binary label column; null otherwise
+        ("n_measurements", pa.int32()),  # the rows (measurements) aggregated into this one
+        ("site", pa.string()),
+        ("source", pa.string()),  # the first (lowest) content hash of the files that measured it
+    ]
+)
+
 # Row-level rejects (an NDJSON line, an Observation whose value is not a number, a birth date
 # in the future ...). ``location`` says where in the file (e.g. "line 7", "entry 3", "row 12").
 RECORD_QUARANTINE = pa.schema(
@@ -117,6 +134,7 @@ TABLES: dict[str, pa.Schema] = {
     "observations": OBSERVATIONS,
     "medication_exposures": MEDICATION_EXPOSURES,
     "images": IMAGES,
+    "compound_activities": COMPOUND_ACTIVITIES,
 }
 
 # The columns that identify one fact: two rows with the same key are one row in the store.
@@ -127,6 +145,7 @@ KEYS: dict[str, tuple[str, ...]] = {
                      "record_id"),
     "medication_exposures": ("patient_id", "drug_system", "drug_code", "start_date", "record_id"),
     "images": ("image_id",),
+    "compound_activities": ("task", "compound_key"),
 }
 
 # The store's layout version (``manifest.json`` ``schema_version``). 2: coded facts carry their

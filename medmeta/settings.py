@@ -86,8 +86,8 @@ class TaskSetEntry(TypedDict, total=False):
     """One task set: ``medmeta tasks build``'s options (medmeta.tasksets.spec.make_spec); only the keys given."""
 
     __pydantic_config__ = ConfigDict(extra="forbid")
-    by: Required[Literal["disease", "drug"]]
-    inputs: NotRequired[Optional[Literal["images", "records", "both"]]]
+    by: Required[Literal["disease", "drug", "target"]]
+    inputs: NotRequired[Optional[Literal["images", "records", "both", "compounds"]]]
     ways: NotRequired[Optional[Annotated[StrictInt, Field(ge=2)]]]
     shots: NotRequired[Optional[PositiveInt]]
     queries: NotRequired[Optional[PositiveInt]]
@@ -99,6 +99,7 @@ class TaskSetEntry(TypedDict, total=False):
     label_policy: NotRequired[Literal["auto", "rarest", "per-split"]]
     conditions: NotRequired[Literal["disorders", "all"]]
     feature_min_patients_fraction: NotRequired[Annotated[Number, Field(ge=0, le=1)]]
+    threshold: NotRequired[Optional[Annotated[Number, Field(ge=0, le=14)]]]  # target tasks: a fixed pActivity cut
 
 
 class TrainSection(TypedDict):

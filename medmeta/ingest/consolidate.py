@@ -40,6 +40,8 @@ from medmeta.ingest.image_parts import multiset_digest, read_image_rows, shard_r
 from medmeta.ingest.parts import Part, part_hashes, read_part, rejected_rows, staged_table, write_parquet
 from medmeta.pseudonyms import Pseudonymizer
 from medmeta.ingest.units_step import convert_units
+from medmeta.chem.activity_rows import STAGED_ACTIVITIES
+from medmeta.chem.consolidate_activities import aggregate as aggregate_activities
 from medmeta.records.canonical import DATE_COLUMNS, MEDICATION_REFS, PATIENT_REFS, SEALED_FIELDS, staging_schema
 from medmeta.records.displays import keep_attested_displays
 from medmeta.records.sealed import Sealer
@@ -72,6 +74,14 @@ def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer, image_size
             digests[name] = _write_images(home.table(name), table, table_schema)
             counts[name] = table.num_rows
             continue
+        if name == "compound_activities":  # compounds, not patients: measurements aggregated per task
+            frame, conflicting = aggregate_activities(_read(record_parts, name, STAGED_ACTIVITIES))
+            quarantine.append(conflicting)
+            digest = _write_table(home.table(name), frame, table_schema)
+            if len(frame):  # a home without compounds keeps the snapshot id it had before the table existed
+                digests[name] = digest
+            counts[name] = len(frame)
+            continue
         else:
             frame = open_sealed(_read(record_parts, name, staging_schema(name)), name, sealer)
             frame, unresolved = _resolve(frame, refs, pseudo)
@@ -98,7 +108,8 @@ def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer, image_size
     manifest = {
         "snapshot": snapshot, "schema_version": schema.SCHEMA_VERSION, "counts": counts, "table_sha256": digests,
         "sources": len(hashes), "key_fingerprint": pseudo.fingerprint,
-        **_resource_counts(record_parts), "values_withheld": dict(sorted(withheld.items())),
+        **_resource_counts(record_parts), **_activity_counts(record_parts),
+        "values_withheld": dict(sorted(withheld.items())),
         "consolidation_inputs": inputs,
     }
     write_json(home.snapshots / f"{snapshot}.json", manifest)
@@ -117,6 +128,23 @@ def _resource_counts(parts: list[Part]) -> dict[str, dict[str, int]]:
         counts["resources_excluded"].update(meta.get("excluded", {}))
         counts["resources_read"].update(meta.get("read", {}))
     return {name: dict(sorted(c.items())) for name, c in counts.items()}
+
+
+def _activity_counts(parts: list[Part]) -> dict[str, dict]:
+    """What the compound activity tables held (``compound_activity``: rows read and staged, units as
+    read, structures whose salts or counter-ions were stripped, rows rejected by reason); absent when none."""
+    found = [part.meta["activity"] for part in parts if "activity" in part.meta]
+    if not found:
+        return {}
+    total = {"files": len(found), "rows_read": 0, "rows_staged": 0, "fragments_stripped": 0}
+    units, rejected = Counter(), Counter()
+    for meta in found:
+        for key in ("rows_read", "rows_staged", "fragments_stripped"):
+            total[key] += meta.get(key, 0)
+        units.update(meta.get("units", {}))
+        rejected.update(meta.get("rejected", {}))
+    return {"compound_activity": {**total, "units": dict(sorted(units.items())),
+                                  "rejected": dict(sorted(rejected.items()))}}
 
 
 def consolidation_inputs(hashes: list[str], pseudo: Pseudonymizer, image_size: int, display_min_patients: int) -> str:

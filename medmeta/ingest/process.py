@@ -18,13 +18,13 @@ from pathlib import Path
 import pyarrow as pa
 
 from medmeta.atomic import atomic_path, write_json
-from medmeta.errors import INTERNAL_ERROR, NO_VALID_RECORDS, Rejected, os_fault
+from medmeta.errors import EMPTY_TABLE, INTERNAL_ERROR, NO_VALID_RECORDS, Rejected, os_fault
 from medmeta.home import PRIVATE_FILE_MODE, Home
 from medmeta.ingest.config import IngestConfig
 from medmeta.ingest.image_parts import ImagePayload
 from medmeta.ingest.outcome import INGESTED, QUARANTINED, UNCHANGED, FileOutcome
 from medmeta.ingest.parts import part_exists, record_quarantine_table, write_part
-from medmeta.landing.sniff import sniff
+from medmeta.landing.sniff import ACTIVITY, activity_layout, sniff
 from medmeta.landing.names import display_name, json_name, name_bytes
 from medmeta.landing.walk import InputItem, read_item
 from medmeta.pseudonyms import Pseudonymizer
@@ -88,7 +88,16 @@ class Worker:
             write_part(self.home.parts, sha256, {}, {"kind": kind, "rows": {}, "rows_rejected": 0})
             return FileOutcome(item.logical_path, INGESTED, sha256, kind), None
         site = site_for(item.logical_path, self.ctx.config)
-        raw = self._parse_records(kind, data, site)
+        frame = None
+        if kind in ("csv", "parquet"):  # records, or a compound activity table: told apart by the header
+            from medmeta.records.tabular import is_records_header, read_table
+
+            frame = read_table(data, kind)
+            records_header = is_records_header(frame[0].columns, kind, list(self.ctx.mappings))
+            layout = activity_layout(frame[0].columns, item.content_name, records_header)
+            if layout is not None:
+                return self._ingest_activity(item, frame, layout, site, sha256), None
+        raw = self._parse_records(kind, data, site, frame)
         staged = self.canonicalize(raw, sha256)
         staged.tables = with_site(staged.tables, stored_site(raw.site, site, self.operator_sites, self.pseudo))
         if staged.row_count == 0 and staged.patient_refs.num_rows == 0 and not raw.concepts and staged.rejects:
@@ -101,14 +110,39 @@ class Worker:
                               rows_rejected=len(staged.rejects))
         return outcome, None
 
-    def _parse_records(self, kind: str, data: bytes, site: str):
+    def _parse_records(self, kind: str, data: bytes, site: str, frame=None):
         from medmeta.records import fhir, tabular
 
         if kind == "json":
             return fhir.parse_fhir_json(data, site)
         if kind == "ndjson":
             return fhir.parse_fhir_ndjson(data, site)
+        if frame is not None:
+            return tabular.parse_tabular_frame(*frame, kind, list(self.ctx.mappings), site)
         return tabular.parse_tabular(data, kind, list(self.ctx.mappings), site)
+
+    def _ingest_activity(self, item: InputItem, frame, layout, site: str, sha256: str) -> FileOutcome:
+        """A compound activity table to its part (``compound_activities`` staged rows and the rejected
+        rows), or ``Rejected`` when it has no row (``empty_table``) or no row could be read."""
+        from medmeta.chem.activity_rows import stage_activities
+
+        table, unreadable = frame
+        if len(table) == 0 and not unreadable:
+            raise Rejected(EMPTY_TABLE, "the activity table has a header and no rows")
+        staged = stage_activities(table, layout, stored_site(site, site, self.operator_sites, self.pseudo), sha256)
+        staged.rejects[:0] = unreadable
+        if staged.table.num_rows == 0:
+            codes = sorted({e.code for e in staged.rejects})
+            if len(codes) == 1:
+                raise Rejected(codes[0], f"every row of the activity table was rejected ({staged.rejects[0].message})")
+            raise Rejected(NO_VALID_RECORDS, f"every row of the activity table was rejected ({', '.join(codes)})")
+        rejects = [{"source": sha256, "location": e.location or "", "reason": e.reason} for e in staged.rejects]
+        meta = {"kind": ACTIVITY, "rows": {"compound_activities": staged.table.num_rows},
+                "rows_rejected": len(rejects), "activity": staged.meta()}
+        write_part(self.home.parts, sha256, {"compound_activities": staged.table,
+                                             "record_quarantine": record_quarantine_table(rejects)}, meta)
+        return FileOutcome(item.logical_path, INGESTED, sha256, ACTIVITY, records=staged.table.num_rows,
+                           rows_rejected=len(rejects))
 
     def _write_records_part(self, sha256: str, kind: str, staged: StagedRecords, raw) -> None:
         rejects = [{"source": sha256, "location": e.location or "", "reason": e.reason} for e in staged.rejects]

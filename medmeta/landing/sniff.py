@@ -18,6 +18,7 @@ import struct
 from pathlib import PurePosixPath
 
 from medmeta.errors import (
+    AMBIGUOUS_TABLE,
     EMPTY_FILE,
     FHIR_XML_UNSUPPORTED,
     MACOS_METADATA,
@@ -77,6 +78,28 @@ def sniff(data: bytes, name: str) -> str:
     if suffix in (".dcm", ".dicom"):
         raise Rejected(NOT_DICOM, "named as DICOM but holds neither a DICM preamble nor a DICOM data set")
     raise Rejected(UNSUPPORTED_FILE_TYPE, "not DICOM, JSON, NDJSON, CSV or Parquet")
+
+
+ACTIVITY = "activity"  # a compound activity table (CSV or Parquet): medmeta.chem.activity_table
+
+
+def activity_layout(columns, name: str, records_header: bool):
+    """A CSV or Parquet table's activity layout (``medmeta.chem.activity_table.recognise``) when its header is a
+    compound activity table's, else None (records). ``records_header``: the header is also an OMOP table's or
+    a site mapping's (``medmeta.records.tabular.is_records_header``); a header that is both is refused
+    (``ambiguous_table``) rather than guessed."""
+    from medmeta.chem.activity_table import recognise
+
+    try:
+        layout = recognise(columns, name)
+    except Rejected:
+        if records_header:
+            return None
+        raise
+    if layout is not None and records_header:
+        raise Rejected(AMBIGUOUS_TABLE, "the header fits both a compound activity table (a SMILES column and an "
+                                        "activity) and a records layout (an OMOP table or a site mapping)")
+    return layout
 
 
 def has_dicom_preamble(data: bytes) -> bool:

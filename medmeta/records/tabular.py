@@ -111,7 +111,23 @@ def read_parquet(data: bytes) -> pd.DataFrame:
 
 def parse_tabular(data: bytes, kind: str, mappings: list[TableMapping], site: str | None = None) -> RawRecords:
     """``site``: the site an OMOP table belongs to (settings or landing folder); a mapping names its own."""
-    frame, unreadable = read_csv(data) if kind == "csv" else (read_parquet(data), [])
+    frame, unreadable = read_table(data, kind)
+    return parse_tabular_frame(frame, unreadable, kind, mappings, site)
+
+
+def read_table(data: bytes, kind: str) -> tuple[pd.DataFrame, list[Rejected]]:
+    """A CSV (``read_csv``) or Parquet (``read_parquet``) file's table and its unreadable rows."""
+    return read_csv(data) if kind == "csv" else (read_parquet(data), [])
+
+
+def is_records_header(columns, kind: str, mappings: list[TableMapping]) -> bool:
+    """True when the header is an OMOP CDM table's or a site mapping's (what ``parse_tabular_frame`` reads)."""
+    return recognise_cdm_table(columns) is not None or find_mapping(mappings, set(map(str, columns)), kind) is not None
+
+
+def parse_tabular_frame(frame: pd.DataFrame, unreadable: list[Rejected], kind: str, mappings: list[TableMapping],
+                        site: str | None = None) -> RawRecords:
+    """``parse_tabular`` of a table already read (``read_table``)."""
     omop_table = recognise_cdm_table(frame.columns)
     if omop_table is not None:
         records = parse_omop(frame, omop_table, site)

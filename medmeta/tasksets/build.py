@@ -53,7 +53,11 @@ class NotEnoughClasses(MedmetaError):
 
 def plan_taskset(home: Home, spec: TaskSetSpec) -> Plan:
     """Read the validated snapshot, check the map and rule files, form the classes and split them;
-    every data or settings problem is raised here, nothing written."""
+    every data or settings problem is raised here, nothing written. Target tasks: ``medmeta.chem.target_tasks``."""
+    if spec.kind == "target":
+        from medmeta.chem.target_tasks import plan_target_taskset
+
+        return plan_target_taskset(home, spec)
     snap = load_validated(home)  # the gate: a snapshot that failed validation stops here
     maps = load_concept_maps(spec.concept_maps)  # a bad map file stops here, naming file and line
     if spec.kind == "disease":
@@ -104,6 +108,10 @@ def plan_taskset(home: Home, spec: TaskSetSpec) -> Plan:
 
 def build_taskset(home: Home, spec: TaskSetSpec) -> dict:
     """Write ``H/tasksets/<name>/`` and return its manifest; refuses a snapshot that failed validation."""
+    if spec.kind == "target":  # compound activity: a table of compounds, not tensors (medmeta.chem.target_tasks)
+        from medmeta.chem.target_tasks import build_target_taskset
+
+        return build_target_taskset(home, spec)
     plan = plan_taskset(home, spec)
     snap, splits, rows, counts, roles, excluded = plan.snap, plan.splits, plan.rows, plan.counts, plan.roles, plan.excluded
     feature_spec, records = None, {}

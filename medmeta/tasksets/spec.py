@@ -10,9 +10,10 @@ from pathlib import Path
 
 from medmeta.errors import MedmetaError
 
-KINDS = ("disease", "drug")
-INPUTS = ("images", "records", "both")
-DEFAULTS = {"disease": dict(ways=3, shots=5, queries=3), "drug": dict(ways=2, shots=5, queries=5)}
+KINDS = ("disease", "drug", "target")
+INPUTS = ("images", "records", "both", "compounds")
+DEFAULTS = {"disease": dict(ways=3, shots=5, queries=3), "drug": dict(ways=2, shots=5, queries=5),
+            "target": dict(ways=2, shots=8, queries=8)}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 LABEL_POLICIES = ("auto", "rarest", "per-split")
 CONDITION_FILTERS = ("disorders", "all")
@@ -21,8 +22,8 @@ FEATURE_MIN_PATIENTS_FRACTION = 0.2
 
 @dataclass(frozen=True)
 class TaskSetSpec:
-    kind: str  # disease | drug
-    inputs: str  # images | records | both (drug: records only)
+    kind: str  # disease | drug | target (compound activity: medmeta.chem.target_tasks)
+    inputs: str  # images | records | both (drug: records only; target: compounds only)
     ways: int
     shots: int
     queries: int
@@ -34,6 +35,7 @@ class TaskSetSpec:
     label_policy: str = "auto"  # disease tasks: auto | rarest | per-split (medmeta.tasksets.cases)
     conditions: str = "disorders"  # disease tasks: disorders | all (medmeta.tasksets.classes)
     feature_min_patients_fraction: float = FEATURE_MIN_PATIENTS_FRACTION
+    threshold: float | None = None  # target tasks: a fixed pActivity cut (None: each task's median)
 
     @property
     def cases_needed(self) -> int:
@@ -46,35 +48,44 @@ class TaskSetSpec:
 
 # The keys of a pipeline settings' task-set entry (medmeta/config/pipeline.yaml ``tasksets``): ``by`` and
 # make_spec's other arguments, under the names the CLI's options have.
-TASKSET_OPTIONS = ("system", "concept_maps", "outcomes", "label_policy", "conditions", "feature_min_patients_fraction")
+TASKSET_OPTIONS = ("system", "concept_maps", "outcomes", "label_policy", "conditions", "feature_min_patients_fraction",
+                   "threshold")
 TASKSET_KEYS = ("by", "inputs", "ways", "shots", "queries", "seed", "name", *TASKSET_OPTIONS)
 
 
 def make_spec(kind: str, inputs: str | None = None, ways: int | None = None, shots: int | None = None,
               queries: int | None = None, seed: int = 0, name: str | None = None, system: str | None = None,
               concept_maps=(), outcomes: str | None = None, label_policy: str | None = None,
-              conditions: str | None = None, feature_min_patients_fraction: float | None = None) -> TaskSetSpec:
+              conditions: str | None = None, feature_min_patients_fraction: float | None = None,
+              threshold: float | None = None) -> TaskSetSpec:
     """A checked spec, defaults filled in; a ``MedmetaError`` naming any bad argument.
 
     Concept map and outcome rule files must exist here; their content is checked when the task set
     is planned (``medmeta.tasksets.build.plan_taskset``), before anything is written."""
     if kind not in KINDS:
         raise MedmetaError(f"--by must be one of {', '.join(KINDS)}, got {kind!r}")
-    inputs = inputs or ("images" if kind == "disease" else "records")
+    inputs = inputs or {"disease": "images", "drug": "records", "target": "compounds"}[kind]
     if inputs not in INPUTS:
         raise MedmetaError(f"--inputs must be one of {', '.join(INPUTS)}, got {inputs!r}")
     if kind == "drug" and inputs != "records":
         raise MedmetaError("drug tasks predict response from the patient's record: --inputs must be records")
+    if (kind == "target") != (inputs == "compounds"):
+        raise MedmetaError("target tasks (--by target) take compounds: --inputs must be compounds, and only they do")
+    if threshold is not None and kind != "target":
+        raise MedmetaError("--threshold applies to target tasks (--by target)")
+    if threshold is not None and not 0 <= float(threshold) <= 14:
+        raise MedmetaError(f"--threshold is a pActivity (-log10 molar) in [0, 14], got {threshold!r}")
     d = DEFAULTS[kind]
     ways, shots, queries = (d["ways"] if ways is None else ways, d["shots"] if shots is None else shots,
                             d["queries"] if queries is None else queries)
-    if kind == "drug" and ways != 2:
-        raise MedmetaError(f"drug tasks are binary (response / no response): --ways must be 2, got {ways}")
+    if kind in ("drug", "target") and ways != 2:
+        raise MedmetaError(f"{kind} tasks are binary: --ways must be 2, got {ways}")
     if seed < 0:
         raise MedmetaError(f"--seed must be 0 or more, got {seed}")
     if ways < 2 or shots < 1 or queries < 1:
         raise MedmetaError(f"need --ways >= 2, --shots >= 1, --queries >= 1; got {ways}, {shots}, {queries}")
-    name = name or f"{kind}-{inputs}-{ways}w{shots}s{queries}q-seed{seed}"
+    name = name or f"{kind}-{inputs}-{ways}w{shots}s{queries}q-seed{seed}" + (
+        f"-p{float(threshold):g}" if threshold is not None else "")
     if not NAME.match(name):
         raise MedmetaError(f"task set name {name!r}: letters, digits, '.', '_' and '-' only (at most 100)")
     system = (system or "auto").strip()
@@ -94,4 +105,5 @@ def make_spec(kind: str, inputs: str | None = None, ways: int | None = None, sho
     if outcomes and kind != "drug":
         raise MedmetaError("--outcomes applies to drug tasks (--by drug)")
     return TaskSetSpec(kind, inputs, int(ways), int(shots), int(queries), int(seed), name, system, maps,
-                       str(Path(outcomes).resolve()) if outcomes else None, label_policy, conditions, float(fraction))
+                       str(Path(outcomes).resolve()) if outcomes else None, label_policy, conditions, float(fraction),
+                       None if threshold is None else float(threshold))

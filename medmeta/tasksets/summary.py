@@ -34,7 +34,7 @@ def summarize(manifest: dict, folder: str | None = None) -> dict:
 
 def summary_markdown(manifest: dict) -> str:
     short = summarize(manifest)
-    unit = "drug" if manifest["kind"] == "drug" else "disease"
+    unit = {"drug": "drug", "target": "target task"}.get(manifest["kind"], "disease")
     lines = [f"# Task set `{manifest['name']}`",
              "",
              f"Snapshot `{manifest['snapshot']}`, by {unit}, inputs **{manifest['inputs']}**, "
