@@ -241,9 +241,22 @@ def validate_tables(tables: dict[str, pd.DataFrame], rules: Rules, docs_dir: Pat
         context.build_data_docs(site_names=[DOCS_SITE])  # every earlier page again: 9 s of 15 on the demo)
     order = {(r.table, r.id): i for i, r in enumerate(rules.all())}
     results.sort(key=lambda r: order[(r.table, r.rule)])
-    empty = [t for t in TABLES if len(tables.get(t, ())) == 0]
+    empty = _empty_tables(tables, rules)
     return ValidationReport(results=results, row_counts=row_counts, empty_tables=empty,
                             require=rules.require.as_dict())
+
+
+COMPOUND_TABLES = frozenset({"compound_activities"})  # a compound delivery's; every other table is a records one
+
+
+def _empty_tables(tables: dict[str, pd.DataFrame], rules: Rules) -> list[str]:
+    """The empty tables of the kinds of data this delivery holds or must hold: the records tables when any
+    has rows or ``require`` names one, the compound tables likewise (a records delivery does not list
+    ``compound_activities`` as empty, nor a compound delivery the records tables)."""
+    required = set(rules.require.tables) | set(rules.require.any_of)
+    kinds = [kind for kind in (COMPOUND_TABLES, frozenset(TABLES) - COMPOUND_TABLES)
+             if required & kind or any(len(tables.get(t, ())) for t in kind)]
+    return [t for t in TABLES if len(tables.get(t, ())) == 0 and any(t in kind for kind in kinds)]
 
 
 def _partition(frame: pd.DataFrame, rules: tuple[Rule, ...]) -> list[tuple[dict | None, tuple[Rule, ...], np.ndarray | None]]:
