@@ -329,3 +329,24 @@ def test_settings_and_the_spec_take_target_tasks():
         make_spec("disease", threshold=6.0)
     defaults = load_settings(None).model_dump()
     Settings.model_validate({**defaults, "tasksets": [{"by": "target", "threshold": 6.5}]})
+
+
+def test_a_parquet_activity_table_is_read_like_a_csv_one():
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from medmeta.chem.activity_rows import stage_activities
+    from medmeta.records.tabular import read_table
+
+    rows = _rows("CHEMBL237_EC50", 30)
+    table = pa.table({"smiles": [r["smiles"] for r in rows] + ["CCO"],
+                      "pEC50": [9 - math.log10(float(r["exp_mean [nM]"])) for r in rows] + [None],
+                      "target_chembl_id": ["CHEMBL237"] * (len(rows) + 1)})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    frame, _ = read_table(sink.getvalue().to_pybytes(), "parquet")
+    layout = activity_layout(frame.columns, "anything.parquet", False)
+    staged = stage_activities(frame, layout, "default", "b" * 64)
+    assert [(e.location, e.code) for e in staged.rejects] == [(f"row {len(rows) + 1}", "missing_activity")]
+    assert set(staged.table["task"].to_pylist()) == {"CHEMBL237_EC50"}  # the type a p-scaled column names
+    assert staged.table["p_activity"].to_pylist() == pytest.approx([9 + float(r["y"]) for r in rows], abs=1e-6)
