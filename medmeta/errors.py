@@ -79,6 +79,7 @@ NON_POSITIVE_ACTIVITY = "non_positive_activity"  # a concentration of 0 or below
 MISSING_UNIT = "missing_unit"  # the row's unit cell is blank while the table's unit column names units
 INVALID_LABEL = "invalid_label"  # a binary label that is not 0/1, true/false, active/inactive
 MISSING_TASK = "missing_task"  # the row's target/assay cell is blank
+CENSORED_ACTIVITY = "censored_activity"  # a relation other than "=" (">10000 nM"): a bound, not a measurement
 CONFLICTING_LABELS = "conflicting_labels"  # one compound labelled active and inactive in one task
 INTERNAL_ERROR = "internal_error"  # a bug in medmeta, never the input's fault
 

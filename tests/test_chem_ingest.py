@@ -55,10 +55,10 @@ def test_moleculeace_header_and_file_name_make_the_task():
 
 
 def test_chembl_export_header_is_recognised_with_its_unit_column():
-    layout = recognise(["Molecule ChEMBL ID", "Canonical_Smiles", "Standard_Type", "Standard_Value", "Standard_Units",
-                        "Target_ChEMBL_ID"], "export.csv")
-    assert (layout.smiles, layout.task, layout.activity_type, layout.value, layout.unit_column) == (
-        "Canonical_Smiles", "Target_ChEMBL_ID", "Standard_Type", "Standard_Value", "Standard_Units")
+    layout = recognise(["Molecule ChEMBL ID", "Smiles", "Standard Type", "Standard Relation", "Standard Value",
+                        "Standard Units", "pChEMBL Value", "Assay ChEMBL ID", "Target ChEMBL ID"], "export.csv")
+    assert (layout.smiles, layout.task, layout.activity_type, layout.value, layout.unit) == (  # ChEMBL's web export
+        "Smiles", "Target ChEMBL ID", "Standard Type", "pChEMBL Value", "p")
 
 
 def test_activity_without_a_task_or_unit_is_refused_with_its_reason():
@@ -180,6 +180,18 @@ def test_each_bad_row_is_rejected_with_its_reason_and_the_rest_go_on():
     assert amine["p_activity"] == pytest.approx(7.0)  # 100 nM and 0.1 uM are both 1e-7 M
     assert set(table["task"]) == {"CHEMBL9_Ki", "CHEMBL9_IC50"}
     assert table.loc[table["smiles"] == "CCCO", "p_activity"].iloc[0] == pytest.approx(12 - math.log10(3))
+
+
+def test_a_bound_is_not_a_measurement():
+    from medmeta.chem.activity_rows import stage_activities
+    from medmeta.records.tabular import read_csv
+
+    text = ("Smiles;Standard Type;Standard Relation;Standard Value;Standard Units;Target ChEMBL ID\n"
+            "CCO;Ki;'=';10;nM;CHEMBL5\nCCCO;Ki;'>';10000;nM;CHEMBL5\nCCCCO;Ki;;20;nM;CHEMBL5\n")
+    frame, _ = read_csv(text.encode())
+    staged = stage_activities(frame, recognise(frame.columns, "x.csv"), "default", "c" * 64)
+    assert [(e.location, e.code) for e in staged.rejects] == [("row 3", "censored_activity")]
+    assert staged.table["task"].to_pylist() == ["CHEMBL5_Ki", "CHEMBL5_Ki"]
 
 
 def test_a_compound_labelled_both_ways_in_a_task_is_rejected_the_rest_kept():

@@ -29,6 +29,7 @@ from medmeta.chem.activity_table import (
     unit_or_none,
 )
 from medmeta.errors import (
+    CENSORED_ACTIVITY,
     INVALID_LABEL,
     MISSING_ACTIVITY,
     MISSING_TASK,
@@ -74,7 +75,8 @@ def stage_activities(frame: pd.DataFrame, layout: ActivityLayout, site: str, sou
     from medmeta.chem.standardise import standardise_all
 
     column = {name: frame[name].tolist() if name else None for name in
-              (layout.smiles, layout.task, layout.activity_type, layout.value, layout.unit_column, layout.label)}
+              (layout.smiles, layout.task, layout.activity_type, layout.value, layout.unit_column, layout.label,
+               layout.relation)}
     numbers = frame.index.tolist()
     structures = standardise_all(["" if _blank(s) else str(s) for s in column[layout.smiles]])
     header_unit = unit_or_none(layout.unit) if layout.unit else None
@@ -143,6 +145,8 @@ def _activity(layout: ActivityLayout, column: dict, i: int, header_unit: str | N
         if active is None:
             raise Rejected(MISSING_ACTIVITY, "the row has no activity value" + (" and no label" if layout.label else ""))
         return None, active, None
+    if layout.relation is not None and (_text(column[layout.relation][i]) or "=").strip("'\"") not in ("=", "=="):
+        raise Rejected(CENSORED_ACTIVITY, "the activity is a bound (a relation other than =), not a measurement")
     try:
         number = float(str(column[layout.value][i]).strip())
     except ValueError:

@@ -1,13 +1,14 @@
 """Is this CSV / Parquet table a compound activity table, and which columns say what? Plus the units.
 
-Recognised from the header alone (case and surrounding blanks ignored), never from the data:
+Recognised from the header alone (case ignored, blanks and hyphens read as underscores), never from the data:
 
 - a structure column: ``smiles``, ``canonical_smiles``, ``smiles_canonical``, ``isomeric_smiles``,
   ``compound_smiles``, ``molecule_smiles``, ``mol_smiles``;
 - an activity: a value column (``standard_value``, ``value``, ``activity``, ``activity_value``, ``exp_mean``,
   ``measurement``, ``pchembl_value``, ``pactivity``, ``pki``, ``pic50``, ``pec50``, ``pkd``), its unit in a unit
   column (``standard_units``, ``units``, ``unit``, ``activity_units``) or in the header (``exp_mean [nM]``,
-  ``value (uM)``); or a binary label column (``active``, ``is_active``, ``label``, ``activity_label``,
+  ``value (uM)``), a relation column (``standard_relation``) making a row whose value is a bound (``>``, ``<``)
+  a rejected row (``censored_activity``); or a binary label column (``active``, ``is_active``, ``label``, ``activity_label``,
   ``activity_class``, ``binary_label``);
 - the task: a target or assay column (``task``, ``target``, ``target_chembl_id``, ``target_id``, ``assay_chembl_id``,
   ``assay_id``, ``assay``), with an activity type column (``standard_type``, ``activity_type``, ``type``) when
@@ -38,6 +39,7 @@ TYPE_COLUMNS = ("standard_type", "activity_type", "type")
 VALUE_COLUMNS = ("standard_value", "value", "activity", "activity_value", "exp_mean", "measurement")
 P_SCALED_COLUMNS = ("pchembl_value", "pactivity", "pki", "pic50", "pec50", "pkd", "pxc50")
 UNIT_COLUMNS = ("standard_units", "units", "unit", "activity_units")
+RELATION_COLUMNS = ("standard_relation", "relation", "activity_relation")
 LABEL_COLUMNS = ("active", "is_active", "label", "activity_label", "activity_class", "binary_label")
 
 # molar exponent of each concentration unit: pActivity = exponent - log10(value)
@@ -61,6 +63,7 @@ class ActivityLayout:
     unit: str | None  # the unit from the header (``exp_mean [nM]``), or "p" for a p-scaled column
     unit_column: str | None  # a per-row unit column (wins over ``unit`` where a cell names one)
     label: str | None  # a binary label column
+    relation: str | None  # a relation column (=, <, >): a row whose value is a bound is rejected
     file_task: str | None  # CHEMBL237_Ki from the file name, when there is no task column
     file_target: str | None  # CHEMBL237
     file_type: str | None  # Ki
@@ -70,7 +73,9 @@ class ActivityLayout:
 
 
 def _key(name) -> str:
-    return str(name).strip().lower()
+    """A column name's key: lower case, blanks and hyphens as underscores (ChEMBL's web export writes
+    ``Standard Value``, ``Target ChEMBL ID``)."""
+    return re.sub(r"[\s-]+", "_", str(name).strip().lower())
 
 
 def _split_header_unit(name) -> tuple[str, str | None]:
@@ -122,8 +127,9 @@ def recognise(columns, file_name: str) -> ActivityLayout | None:
                                              "assay_chembl_id, target, ...) and its file name is not "
                                              "CHEMBL<digits>_<type>")
         file_task, file_target, file_type = stem, match[1], match[2]
-    return ActivityLayout(smiles, task, _find(columns, TYPE_COLUMNS), value, unit, unit_column, label, file_task,
-                          file_target, file_type)
+    relation = _find(columns, RELATION_COLUMNS) if value is not None else None
+    return ActivityLayout(smiles, task, _find(columns, TYPE_COLUMNS), value, unit, unit_column, label, relation,
+                          file_task, file_target, file_type)
 
 
 def normal_unit(unit: str) -> str:
