@@ -62,9 +62,10 @@ def test_chembl_export_header_is_recognised_with_its_unit_column():
 
 
 def test_activity_without_a_task_or_unit_is_refused_with_its_reason():
-    with pytest.raises(Rejected) as no_task:
-        recognise(MOLECULEACE_HEADER, "my_compounds.csv")
-    assert no_task.value.code == "activity_no_task"
+    for name in ("my_compounds.csv", "CHEMBL237_JaneDoe.csv"):  # only a known type: a name never becomes data
+        with pytest.raises(Rejected) as no_task:
+            recognise(MOLECULEACE_HEADER, name)
+        assert no_task.value.code == "activity_no_task" and "Jane" not in no_task.value.reason
     with pytest.raises(Rejected) as no_unit:
         recognise(["smiles", "target", "standard_value"], "x.csv")
     assert no_unit.value.code == "activity_unit_unknown"

@@ -12,7 +12,8 @@ Recognised from the header alone (case ignored, blanks and hyphens read as under
   ``activity_class``, ``binary_label``);
 - the task: a target or assay column (``task``, ``target``, ``target_chembl_id``, ``target_id``, ``assay_chembl_id``,
   ``assay_id``, ``assay``), with an activity type column (``standard_type``, ``activity_type``, ``type``) when
-  there is one; without one, the file name ``CHEMBL<digits>_<type>`` (the MoleculeACE tables: header
+  there is one; without one, the file name ``CHEMBL<digits>_<type>``, the type one of ``FILE_NAME_TYPES`` (so no
+  other part of a file name becomes data; the MoleculeACE tables: header
   ``smiles,exp_mean [nM],y,cliff_mol,split``; ``y`` is ignored, pActivity is recomputed from the value).
 
 A table with a structure column and an activity is an activity table (``recognise``); any other is
@@ -49,6 +50,10 @@ P_UNITS = frozenset({"p", "-log(m)", "-log10(m)", "log(1/m)", "pactivity", "pki"
 LABEL_TRUE = frozenset({"1", "1.0", "true", "t", "yes", "y", "active"})
 LABEL_FALSE = frozenset({"0", "0.0", "false", "f", "no", "n", "inactive"})
 CHEMBL_FILE = re.compile(r"^(CHEMBL\d+)_([A-Za-z0-9]+)$")
+# The activity types a file name may name (CHEMBL237_EC50): only these, so no other part of a file name
+# (which can carry PHI) ever becomes data; a task column names any type.
+FILE_NAME_TYPES = frozenset({"Ki", "Kd", "IC50", "EC50", "AC50", "GI50", "ED50", "XC50", "Potency", "Activity",
+                             "Inhibition", "Kb", "Km"})
 _HEADER_UNIT = re.compile(r"^(?P<name>.*?)\s*[\[(]\s*(?P<unit>[^\])]+?)\s*[\])]\s*$")
 
 
@@ -122,10 +127,10 @@ def recognise(columns, file_name: str) -> ActivityLayout | None:
     if task is None:
         stem = PurePosixPath(file_name).name.split(".", 1)[0]
         match = CHEMBL_FILE.match(stem)
-        if match is None:
+        if match is None or match[2] not in FILE_NAME_TYPES:
             raise Rejected(ACTIVITY_NO_TASK, "the activity table has no target or assay column (target_chembl_id, "
                                              "assay_chembl_id, target, ...) and its file name is not "
-                                             "CHEMBL<digits>_<type>")
+                                             "CHEMBL<digits>_<type> with a known activity type (Ki, IC50, EC50, ...)")
         file_task, file_target, file_type = stem, match[1], match[2]
     relation = _find(columns, RELATION_COLUMNS) if value is not None else None
     return ActivityLayout(smiles, task, _find(columns, TYPE_COLUMNS), value, unit, unit_column, label, relation,
