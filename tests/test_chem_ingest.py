@@ -244,7 +244,7 @@ def _ingest(root: Path, home: Path) -> dict:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MEDMETA_PSEUDONYM_KEY", TEST_KEY)
-        return ingest_flow(str(root), str(home), rules=RULES)
+        return ingest_flow(str(root), str(home), rules=RULES, workers=1)  # in-process: no pool to boot
 
 
 @pytest.fixture(scope="module")
@@ -327,6 +327,21 @@ def test_target_task_sets_label_by_median_split_by_target_and_refuse_a_single_cl
     fixed = build_taskset(Home.at(home), make_spec("target", seed=0, threshold=6.5))
     assert fixed["name"].endswith("-p6.5") and fixed["threshold"]["rule"] == "fixed"
     assert all(e["threshold"] == 6.5 for e in fixed["tasks"].values())
+
+
+def test_the_split_keeps_a_target_together_and_in_place_as_targets_arrive():
+    from medmeta.chem.moleculeace import table_names
+    from medmeta.chem.target_tasks import split_by_target
+
+    targets = {name: name.split("_")[0] for name in table_names()}
+    for seed in (0, 1, 2):
+        before, rule = split_by_target(targets, seed)
+        assert before["CHEMBL237_Ki"] == before["CHEMBL237_EC50"] and len(set(before.values())) == 3
+        after, _ = split_by_target({**targets, "CHEMBL99999_Ki": "CHEMBL99999", "CHEMBL99999_IC50": "CHEMBL99999"},
+                                   seed)
+        if rule["stable"]:  # no split borrowed: the tasks there were keep their split
+            assert {t: after[t] for t in before} == before
+        assert after["CHEMBL99999_Ki"] == after["CHEMBL99999_IC50"]
 
 
 def test_settings_and_the_spec_take_target_tasks():

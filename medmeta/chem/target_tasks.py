@@ -94,20 +94,27 @@ def plan_target_taskset(home: Home, spec) -> TargetPlan:
             continue
         tasks[task] = {"target": target, "threshold": thresholds.get(task), "cases": int(len(rows)),
                        "actives": actives, "inactives": inactives}
-    groups = sorted({t["target"] for t in tasks.values()})
-    if len(groups) < len(SPLITS):
-        raise MedmetaError(f"only {len(groups)} target(s) have a task with both classes; meta-train, meta-validation "
-                           f"and meta-test need one target each at least (refused: "
+    if len({t["target"] for t in tasks.values()}) < len(SPLITS):
+        raise MedmetaError(f"only {len({t['target'] for t in tasks.values()})} target(s) have a task with both classes; "
+                           "meta-train, meta-validation and meta-test need one target each at least (refused: "
                            f"{', '.join(r['task'] for r in refused) or 'none'})")
-    explained = split_classes_explained(groups, {}, spec.seed, 1, "target")
-    split_of = {group: split for split, members in explained["splits"].items() for group in members}
-    for entry in tasks.values():
-        entry["split"] = split_of[entry["target"]]
+    split_of, split_rule = split_by_target({task: e["target"] for task, e in tasks.items()}, spec.seed)
+    for task, entry in tasks.items():
+        entry["split"] = split_of[task]
     rows = frame[frame["task"].isin(tasks)].copy()
-    rows["split"] = rows["task"].map(lambda t: tasks[t]["split"])
-    split_rule = {"rule": RULE, "grouping": "target (the ChEMBL target id: all tasks of one target in one split)",
-                  "borrowed": explained["borrowed"], "stable": explained["stable"]}
+    rows["split"] = rows["task"].map(split_of)
     return TargetPlan(snap.snapshot, rows[COLUMNS].reset_index(drop=True), tasks, refused, split_rule)
+
+
+def split_by_target(targets: dict[str, str], seed: int) -> tuple[dict[str, str], dict]:
+    """Each task's split (``targets``: task -> its target, the group) and the rule as the manifest states it:
+    ``medmeta.tasksets.splits``' hash rule on the target id, one target at least per split, so all tasks of a
+    target share a split and a target keeps it as others arrive (unless ``borrowed``: a split short of one)."""
+    explained = split_classes_explained(sorted(set(targets.values())), {}, seed, 1, "target")
+    split_of = {group: split for split, members in explained["splits"].items() for group in members}
+    rule = {"rule": RULE, "grouping": "target (the ChEMBL target id: all tasks of one target in one split)",
+            "borrowed": explained["borrowed"], "stable": explained["stable"]}
+    return {task: split_of[target] for task, target in targets.items()}, rule
 
 
 def build_target_taskset(home: Home, spec) -> dict:
@@ -200,5 +207,5 @@ def load_target_taskset(home: Home, name: str) -> TargetTaskSet:
     return TargetTaskSet(manifest, tasks)
 
 
-__all__ = ["build_target_taskset", "plan_target_taskset", "load_target_taskset", "label_tasks", "TargetTask",
+__all__ = ["build_target_taskset", "plan_target_taskset", "split_by_target", "load_target_taskset", "label_tasks", "TargetTask",
            "TargetTaskSet", "TargetPlan"]
