@@ -193,18 +193,19 @@ def run_phases(landing: Path, extra: Path, home: Path, rounds: int) -> None:
         lap("setup (known_image_sources)")
         ledger = Ledger.load(setup.home.ledger, setup.pseudonymizer)
         lap("ledger load")
-        known, settled = setup.worker_context.known_images, []
-        matcher = ledger.settled_matcher(setup.source, lambda h: h in known or part_exists(setup.home.parts, h))
+        settled = []
+        matcher = ledger.settled_matcher(setup.source, lambda h: part_exists(setup.home.parts, h),
+                                         setup.worker_context.known_images)
         todo = discover(setup.source, setup.config, matcher, settled)
         lap("discover (unchanged files from the ledger)")
-        outcomes = [FileOutcome(path, UNCHANGED, sha256) for path, sha256, _, _ in settled]
+        outcomes = [FileOutcome(path, UNCHANGED, sha256) for path, sha256, _, _ in matcher.to_record]
         with WorkerPool(setup.worker_context, setup.config.worker_count) as pool:
             for batch in staging_batches(todo, setup.config.batch_size):
                 outcomes += stage_batch(setup.home.parts, setup.config.image_size, pool.map(batch))
         lap(f"decode + stage {len(todo)} files")
         sync_all()
         stats = item_stats(todo)
-        stats.update((path, (size, mtime_ns)) for path, _, size, mtime_ns in settled)
+        stats.update((path, (size, mtime_ns)) for path, _, size, mtime_ns in matcher.to_record)
         ledger.record(setup.source, outcomes, stats)
         ledger.save()
         lap("ledger record + save")

@@ -59,7 +59,7 @@ def test_row_hashes_follow_content_not_where_the_pixels_sit():
     assert row_hashes(nulls)[0] != row_hashes(with_null)[0]  # null is not the text "None"
 
 
-def test_settled_files_recorded_as_before_are_skipped_and_a_changed_one_is_recorded(tmp_path):
+def test_settled_files_recorded_as_before_are_not_to_record_and_a_changed_one_is_recorded(tmp_path):
     pseudo = Pseudonymizer(TEST_KEY)
     landing = tmp_path / "landing"
     landing.mkdir()
@@ -74,13 +74,14 @@ def test_settled_files_recorded_as_before_are_skipped_and_a_changed_one_is_recor
     ledger = Ledger(tmp_path / "ledger.json", pseudo)
     ledger.record(landing, [FileOutcome("a.dcm", INGESTED, "1" * 64), FileOutcome("b.dcm", INGESTED, "2" * 64)], stats)
     ledger.save()
-    for _ in range(2):  # ingested -> unchanged (recorded), then unchanged as recorded (skipped, file untouched)
+    for to_record in (["a.dcm", "b.dcm"], []):  # ingested -> unchanged (recorded), then as recorded (nothing)
         ledger = Ledger.load(tmp_path / "ledger.json", pseudo)
         matcher = ledger.settled_matcher(landing, staged)
-        assert [matcher(name, *stats[name]) for name in stats] == ["1" * 64, "2" * 64]
+        assert matcher.match(list(stats), [s for s, _ in stats.values()], [m for _, m in stats.values()]) == \
+            ["1" * 64, "2" * 64]
+        assert [path for path, _, _, _ in matcher.to_record] == to_record
         before = (tmp_path / "ledger.json").stat().st_mtime_ns
-        ledger.record(landing, [FileOutcome(name, UNCHANGED, sha) for name, sha in zip(stats, ("1" * 64, "2" * 64))],
-                      stats)
+        ledger.record(landing, [FileOutcome(path, UNCHANGED, sha) for path, sha, _, _ in matcher.to_record], stats)
         ledger.save()
     assert (tmp_path / "ledger.json").stat().st_mtime_ns == before, "a no-op rerun rewrites nothing"
     ledger = Ledger.load(tmp_path / "ledger.json", pseudo)

@@ -56,10 +56,6 @@ class Ledger:
         self.sources = sources or {}
         self._fingerprint = pseudonymizer.fingerprint
         self._changed = not path.exists()
-        # per SOURCE token: the logical paths ``settled_matcher`` found recorded exactly as an ``unchanged``
-        # outcome with that stat would record them again, so ``record`` skips them (a rerun over 50,000
-        # settled files builds no entry for them)
-        self._recorded_as_settled: dict[str, dict[str, tuple[str, tuple[int, int]]]] = {}
 
     @classmethod
     def load(cls, path: Path, pseudonymizer: Pseudonymizer) -> "Ledger":
@@ -90,13 +86,8 @@ class Ledger:
         entries = self.sources.setdefault(source_token, {})
         settled = time.time_ns() - STAT_SETTLE_NS
         tokens = self._tokens()
-        as_recorded = self._recorded_as_settled.pop(source_token, {})
         stats = stats or {}
         for outcome in outcomes:
-            known = as_recorded.get(outcome.path)
-            if (known is not None and outcome.status == UNCHANGED and not outcome.reason
-                    and known == (outcome.sha256, stats.get(outcome.path))):
-                continue  # recorded as it would be again (the matcher saw it: unchanged, this hash, size, mtime)
             entry = {"sha256": outcome.sha256, "status": outcome.status,
                      **({"reason": outcome.reason} if outcome.reason else {})}
             stat = stats.get(outcome.path)
@@ -121,15 +112,17 @@ class Ledger:
         write_bytes(self.path, _serialised({"version": VERSION, "sources": self.sources}))
         self._changed = False
 
-    def settled_matcher(self, source: Path, staged: Callable[[str], bool]) -> "SettledMatcher":
+    def settled_matcher(self, source: Path, staged: Callable[[str], bool],
+                        known: frozenset[str] | set[str] = frozenset()) -> "SettledMatcher":
         """For ``discover(..., settled=)``: ``(logical_path, size, mtime_ns)`` -> the content hash when the
         ledger holds that file as ingested or unchanged with that size and mtime and its content is still
-        ``staged`` (the file is then ``unchanged`` without being opened); else None. Its ``many`` answers
-        for a whole listing at once (what ``discover`` calls: the path tokens made in one tight loop)."""
-        source_token = landing_token(source, self.pseudonymizer)
-        as_recorded = self._recorded_as_settled[source_token] = {}
-        return SettledMatcher(self.sources.get(source_token, {}), self._tokens(), self.pseudonymizer, staged,
-                              as_recorded)
+        staged (in ``known``, else ``staged(sha256)``; the file is then ``unchanged`` without being
+        opened); else None. Its ``many`` answers for a whole listing at once (what ``discover`` calls:
+        the path tokens made in one tight loop), and its ``to_record`` lists the matched files whose
+        entry an ``unchanged`` outcome would change (after a first ingest: every file; after that:
+        none), so a rerun over 50,000 settled files builds no outcome nor entry for them."""
+        return SettledMatcher(self.sources.get(landing_token(source, self.pseudonymizer), {}), self._tokens(),
+                              self.pseudonymizer, staged, known)
 
     def seen_matcher(self, source: Path) -> Callable[[str, int, int], bool]:
         """``(logical_path, size, mtime_ns)`` -> whether the last run over ``source`` accounted for this
@@ -161,37 +154,57 @@ class Ledger:
 
 
 class SettledMatcher:
-    """``Ledger.settled_matcher``'s answer for one SOURCE: called per file, or ``many`` for a listing."""
+    """``Ledger.settled_matcher``'s answer for one SOURCE: called per file, or ``many`` for a listing.
+
+    ``to_record``: ``(logical_path, sha256, size, mtime_ns)`` of each matched file whose ledger entry
+    is not already what an ``unchanged`` outcome with that stat records (status ``ingested``, or a
+    reason): the caller records those as ``unchanged``; every other matched file is left as it is."""
 
     def __init__(self, entries: dict[str, dict], tokens: dict[str, str], pseudonymizer: Pseudonymizer,
-                 staged: Callable[[str], bool], as_recorded: dict[str, tuple[str, tuple[int, int]]]):
+                 staged: Callable[[str], bool], known: frozenset[str] | set[str] = frozenset()):
         self._entries, self._tokens, self._pseudonymizer = entries, tokens, pseudonymizer
-        self._staged, self._as_recorded = staged, as_recorded
+        self._staged, self._known = staged, known
+        self.to_record: list[tuple[str, str, int, int]] = []
 
     def __call__(self, logical_path: str, size: int, mtime_ns: int) -> str | None:
         return self.many([(logical_path, size, mtime_ns)])[0]
 
     def many(self, listed: list[tuple[str, int, int]]) -> list[str | None]:
         """For each ``(logical_path, size, mtime_ns)``, what a call would answer."""
-        tokens, entries, staged, as_recorded = self._tokens, self._entries, self._staged, self._as_recorded
-        missing = [path for path, _, _ in listed if path not in tokens]
-        if missing:
-            if len(tokens) + len(missing) > _TOKENS_KEEP:
+        return self.match([path for path, _, _ in listed], [size for _, size, _ in listed],
+                          [mtime_ns for _, _, mtime_ns in listed])
+
+    def match(self, paths: list[str], sizes: list[int], mtimes_ns: list[int]) -> list[str | None]:
+        """``many`` for a listing given as three aligned lists (what ``discover`` hands over: no tuple
+        per file). One tight loop: a token per path (``Pseudonymizer.path_tokens``, remembered for
+        ``Ledger.record``), one dict lookup per file and the entry's fields compared."""
+        tokens = self._tokens
+        try:
+            path_tokens = [tokens[path] for path in paths]
+        except KeyError:
+            path_tokens = self._pseudonymizer.path_tokens(paths)
+            if len(tokens) + len(paths) > _TOKENS_KEEP:
                 tokens.clear()
-                missing = [path for path, _, _ in listed]
-            tokens.update(zip(missing, self._pseudonymizer.path_tokens(missing)))
+            tokens.update(zip(paths, path_tokens))
+        get, known, staged, to_record = self._entries.get, self._known, self._staged, self.to_record
         answers: list[str | None] = []
-        for path, size, mtime_ns in listed:
-            entry = entries.get(tokens[path])
-            if (entry is None or entry.get("mtime_ns") != mtime_ns or entry.get("size") != size
-                    or entry["status"] not in (INGESTED, UNCHANGED) or not (sha256 := entry.get("sha256"))
-                    or not staged(sha256)):
-                answers.append(None)
+        append = answers.append
+        for path, token, size, mtime_ns in zip(paths, path_tokens, sizes, mtimes_ns):
+            entry = get(token)
+            if entry is None or entry.get("mtime_ns") != mtime_ns or entry.get("size") != size:
+                append(None)
                 continue
-            if entry["status"] == UNCHANGED and len(entry) == 4:  # sha256, status, size, mtime_ns: no reason
-                as_recorded[path] = (sha256, (size, mtime_ns))
-            answers.append(sha256)
+            status, sha256 = entry["status"], entry.get("sha256")
+            if status not in _SETTLED_STATUSES or not sha256 or not (sha256 in known or staged(sha256)):
+                append(None)
+                continue
+            if status != UNCHANGED or len(entry) != 4:  # sha256, status, size, mtime_ns: as unchanged records it
+                to_record.append((path, sha256, size, mtime_ns))
+            append(sha256)
         return answers
+
+
+_SETTLED_STATUSES = frozenset((INGESTED, UNCHANGED))
 
 
 def _parsed(data: bytes) -> dict:
