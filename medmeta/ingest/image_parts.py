@@ -182,9 +182,11 @@ def _indexed_rows(parts_root: Path, size: int, columns: list[str] | None = None)
             index = pq.read_table(folder / INDEX_FILE, columns=wanted.names)
     except (OSError, pa.ArrowInvalid):
         pass  # absent or damaged: rebuilt from the batch files
-    names = pa.array([f.name for f in files], pa.string())
-    index = index.filter(pc.is_in(index["batch"], names))
+    names = {f.name for f in files}
     held = set(pc.unique(index["batch"]).to_pylist())
+    if not held <= names:  # batch files gone since the index was written: their rows go too
+        index = index.filter(pc.is_in(index["batch"], pa.array(sorted(names), pa.string())))
+        held &= names
     return index, [f for f in files if f.name not in held]
 
 

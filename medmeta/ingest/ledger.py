@@ -1,7 +1,7 @@
 """The ledger: for every input path ever seen, the content hash and outcome of its last run.
 
-    {"version": 2, "sources": {"<SOURCE token>": {"<path token>": {"sha256": ..., "status": ..., "reason": ...,
-                                                                  "size": ..., "mtime_ns": ...}}}}
+    {"version": 2, "generation": ..., "sources": {"<SOURCE token>": {"<path token>": {"sha256": ..., "status": ...,
+                                                                  "reason": ..., "size": ..., "mtime_ns": ...}}}}
 
 Paths are held as keyed tokens, never as names (file and folder names can carry PHI): a SOURCE by
 its landing token (``medmeta.ingest.landings.landing_token``, the watcher's and Prefect's too), a
@@ -22,14 +22,20 @@ is read again next time. Archive entries, quarantined files and files without a 
 always read (a quarantined file's stat is recorded for the landing watcher: ``seen_matcher``); the ``reread_unchanged`` setting reads and hashes every file, as before.
 
 What a rerun over 50,000 settled files costs per file is kept small: discovery hands the matcher the
-whole listing (``SettledMatcher.many``: the path tokens made in one tight loop), and ``record`` skips a
-file the matcher found recorded as ``unchanged`` with the hash and stat it would record again, so a
-no-op rerun builds no entry and writes nothing.
+whole listing as three aligned lists (``SettledMatcher.match``: the path tokens made in one tight loop,
+one lookup per file), and the matcher lists only the matched files whose entry an ``unchanged``
+outcome would change (``to_record``), so a rerun builds no outcome nor entry for the others. A save
+that changed a few entries of a large ledger appends them to ``ledger.json.journal`` (one line,
+``{"generation": ..., "sources": {...}}``, the generation being the whole file's, written with it) rather
+than rewriting 50,000 entries; ``load`` applies the journal's lines, and a save that changes many entries
+(or once the journal is long) writes the whole file again and removes the journal.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import time
 
 import orjson
@@ -46,7 +52,12 @@ VERSION = 2
 STAT_SETTLE_NS = 2_000_000_000  # a stat younger than this at record time is not trusted next run
 _TOKENS: dict[str, dict[str, str]] = {}  # key fingerprint -> {path: path token}
 _TOKENS_KEEP = 1_000_000
-_LOADED: list[tuple[tuple, "Ledger"]] = []  # the last ledger loaded, by its file's stat
+_LOADED: list[tuple[tuple, "Ledger"]] = []  # the last ledger loaded, by its files' stat
+# The journal (``ledger.json.journal``): a save that changed few entries of a large ledger appends them
+# as one line instead of rewriting every entry; the next full save folds them in and removes it.
+JOURNAL_MIN_ENTRIES = 4096  # below this a full rewrite costs milliseconds: always one file
+JOURNAL_SHARE = 8  # appended while the journal holds at most 1/JOURNAL_SHARE of the ledger's entries
+JOURNAL_MAX_LINES = 64
 
 
 class Ledger:
@@ -56,16 +67,27 @@ class Ledger:
         self.sources = sources or {}
         self._fingerprint = pseudonymizer.fingerprint
         self._changed = not path.exists()
+        self._rewrite = True  # the next save writes the whole file (a new or migrated ledger)
+        self._generation: str | None = None  # the whole file's, which journal lines must carry
+        self._journal_lines = self._journal_entries = 0
+        self._dirty: dict[str, dict[str, dict]] = {}  # entries changed since the last save, by SOURCE token
 
     @classmethod
     def load(cls, path: Path, pseudonymizer: Pseudonymizer) -> "Ledger":
-        """The ledger at ``path``. The last one loaded in this process is kept while its file is
-        unchanged (size, mtime, inode) and it was not modified (``record``): one run reads it once."""
+        """The ledger at ``path``, with the entries its journal appended since it was last written whole.
+        The last one loaded in this process is kept while its files are unchanged (size, mtime, inode)
+        and it was not modified (``record``): one run reads it once."""
         try:
             info = path.stat()
         except FileNotFoundError:
             return cls(path, pseudonymizer)
-        key = (str(path), info.st_size, info.st_mtime_ns, info.st_ino, pseudonymizer.fingerprint)
+        journal = journal_path(path)
+        try:
+            journal_info = journal.stat()
+            journal_key = (journal_info.st_size, journal_info.st_mtime_ns, journal_info.st_ino)
+        except FileNotFoundError:
+            journal_key = None
+        key = (str(path), info.st_size, info.st_mtime_ns, info.st_ino, journal_key, pseudonymizer.fingerprint)
         if _LOADED and _LOADED[0][0] == key:
             return _LOADED[0][1]
         doc = _parsed(path.read_bytes())
@@ -73,8 +95,31 @@ class Ledger:
         ledger = cls(path, pseudonymizer, sources)
         if doc.get("version", 1) < VERSION:
             ledger.sources, ledger._changed = tokenised_v1(sources, pseudonymizer), True
+        else:
+            ledger._generation, ledger._rewrite = doc.get("generation"), False
+            if journal_key is not None and ledger._generation:
+                ledger._replay(journal.read_bytes())
         _LOADED[:] = [(key, ledger)]
         return ledger
+
+    def _replay(self, journal: bytes) -> None:
+        """Apply the journal's lines written on top of this very file (its ``generation``); a line of
+        another generation (a journal left beside a ledger written whole since) is ignored, and so is
+        a torn last line (a run killed while appending: its files are read again, their content found
+        staged)."""
+        for line in journal.split(b"\n"):
+            if not line:
+                continue
+            try:
+                record = _parsed(line)
+            except ValueError:
+                break
+            if record.get("generation") != self._generation:
+                continue
+            for source_token, entries in record.get("sources", {}).items():
+                self.sources.setdefault(source_token, {}).update(entries)
+                self._journal_entries += len(entries)
+            self._journal_lines += 1
 
     def record(self, source: Path, outcomes: list[FileOutcome],
                stats: Mapping[str, tuple[int, int]] | None = None) -> None:
@@ -96,6 +141,7 @@ class Ledger:
             token = tokens.get(outcome.path) or self._token(outcome.path)
             if entries.get(token) != entry:
                 entries[token] = entry
+                self._dirty.setdefault(source_token, {})[token] = entry
                 self._changed = True
 
     def active_hashes(self) -> list[str]:
@@ -106,10 +152,31 @@ class Ledger:
         })
 
     def save(self) -> None:
-        """Compact JSON (one line): a home of 50,000 files has 50,000 entries."""
+        """Compact JSON (one line): a home of 50,000 files has 50,000 entries. A save that changed few
+        entries of a large ledger (``JOURNAL_MIN_ENTRIES``, ``JOURNAL_SHARE``) appends them to the
+        journal as one line (fsynced) instead, so a run adding 20 files to 50,000 writes 20 entries."""
         if not self._changed:
             return  # a run that changed nothing (a no-op rerun) leaves the file as it was
-        write_bytes(self.path, _serialised({"version": VERSION, "sources": self.sources}))
+        dirty = sum(len(entries) for entries in self._dirty.values())
+        total = sum(len(entries) for entries in self.sources.values())
+        if (not self._rewrite and self._generation and total >= JOURNAL_MIN_ENTRIES
+                and self._journal_lines < JOURNAL_MAX_LINES
+                and (self._journal_entries + dirty) * JOURNAL_SHARE <= total):
+            line = _serialised({"generation": self._generation, "sources": self._dirty})
+            with open(journal_path(self.path), "ab") as handle:
+                handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+            self._journal_lines += 1
+            self._journal_entries += dirty
+        else:
+            self._generation = secrets.token_hex(8)
+            write_bytes(self.path, _serialised({"version": VERSION, "generation": self._generation,
+                                                "sources": self.sources}))
+            journal_path(self.path).unlink(missing_ok=True)  # its lines carry the old generation: ignored
+            self._journal_lines = self._journal_entries = 0
+            self._rewrite = False
+        self._dirty = {}
         self._changed = False
 
     def settled_matcher(self, source: Path, staged: Callable[[str], bool],
@@ -205,6 +272,11 @@ class SettledMatcher:
 
 
 _SETTLED_STATUSES = frozenset((INGESTED, UNCHANGED))
+
+
+def journal_path(path: Path) -> Path:
+    """The journal beside the ledger file ``path``: ``ledger.json.journal``."""
+    return path.with_name(path.name + ".journal")
 
 
 def _parsed(data: bytes) -> dict:
