@@ -205,7 +205,7 @@ def staged_image_rows(parts_root: Path, size: int) -> pa.Table:
         rows = pq.read_table(path, schema=STAGING_SCHEMA)
         rows = rows.append_column(INDEX_SCHEMA.field("batch"), pa.array([path.name] * rows.num_rows, pa.string()))
         added.append(rows.append_column(ROW_HASH, row_hashes(rows)))
-    rows = pa.concat_tables([index, *added]).combine_chunks()
+    rows = pa.concat_tables([index, *added])  # chunked: no copy of the 50,000 indexed rows
     if len(missing) > INDEX_SLACK_FILES or (rows.num_rows - index.num_rows) * INDEX_SLACK_SHARE > index.num_rows:
         with atomic_path(images_dir(parts_root, size) / INDEX_FILE, fsync=False) as tmp:
             write_parquet(rows, tmp, compression="none")
