@@ -193,18 +193,19 @@ def run_phases(landing: Path, extra: Path, home: Path, rounds: int) -> None:
         lap("setup (known_image_sources)")
         ledger = Ledger.load(setup.home.ledger, setup.pseudonymizer)
         lap("ledger load")
-        known, settled = setup.worker_context.known_images, []
-        matcher = ledger.settled_matcher(setup.source, lambda h: h in known or part_exists(setup.home.parts, h))
+        settled = []
+        matcher = ledger.settled_matcher(setup.source, lambda h: part_exists(setup.home.parts, h),
+                                         setup.worker_context.known_images)
         todo = discover(setup.source, setup.config, matcher, settled)
         lap("discover (unchanged files from the ledger)")
-        outcomes = [FileOutcome(path, UNCHANGED, sha256) for path, sha256, _, _ in settled]
+        outcomes = [FileOutcome(path, UNCHANGED, sha256) for path, sha256, _, _ in matcher.to_record]
         with WorkerPool(setup.worker_context, setup.config.worker_count) as pool:
             for batch in staging_batches(todo, setup.config.batch_size):
                 outcomes += stage_batch(setup.home.parts, setup.config.image_size, pool.map(batch))
         lap(f"decode + stage {len(todo)} files")
         sync_all()
         stats = item_stats(todo)
-        stats.update((path, (size, mtime_ns)) for path, _, size, mtime_ns in settled)
+        stats.update((path, (size, mtime_ns)) for path, _, size, mtime_ns in matcher.to_record)
         ledger.record(setup.source, outcomes, stats)
         ledger.save()
         lap("ledger record + save")
@@ -330,19 +331,24 @@ validation, the Prefect API started before the clock. "written" counts the bytes
 
 
 NOTE = """
-Earlier numbers of this section, on a quiet machine (load 0.8-4.2), one +20 round per size:
-+20 files 0.34 / 0.93 / 1.33 s at 1,000 / 8,000 / 50,000 images (3.96x); no-op rerun of 50,000: 2.1%.
+Earlier numbers of this section, on a quiet machine (load about 1), median of 5 rounds, before the
+changes below: +20 files 0.50 / 0.56 / 1.82 s at 1,000 / 8,000 / 50,000 images (3.65x; CPU 6.30x);
+no-op rerun of 50,000: 2.1%.
 
-What a +20 rerun does now: lists the landing with `os.scandir` and `lstat`s each plain file; the ledger
-is asked once for the whole listing (`SettledMatcher.many`: path tokens, keyed HMAC-SHA256, in one
-tight loop); a file whose size and mtime are the ledger's (and whose content is staged) is `unchanged`
-without being opened, and `Ledger.record` skips it when its entry already says so (no entry built);
-the images table's digest is an additive multiset hash (sum of per-row SHA-256 mod 2^256) of row
-hashes kept in the staged-rows index, so only the 20 new rows are hashed (before: the whole table was
-written a second time to a buffer and its Parquet bytes hashed). What still grows with the home: the
-listing and `lstat` per file, the HMAC per file, the ledger (one JSON document) parsed whole and, when
-it changed, rewritten whole, the staged-rows index read whole, and the images table re-sorted and
-rewritten as one Parquet file.
+What a +20 rerun does now: lists the landing with `os.scandir` and `lstat`s each plain file, keeping
+three aligned lists (logical path, size, mtime) rather than an object or tuple per file; the ledger is
+asked once for the whole listing (`SettledMatcher.match`: path tokens, keyed HMAC-SHA256, in one tight
+loop, one dict lookup per file, staged hashes looked up in the known set before any file system check);
+a settled file is counted, not given an outcome: the matcher lists only the files whose ledger entry
+an `unchanged` outcome would change (`to_record`; after a first ingest all of them, after that none),
+and the summary's `files_unchanged` adds the count. A save changing a few entries of a large ledger
+appends them to `ledger.json.journal` (one line; the whole file is rewritten once the journal holds
+1/8 of the entries or 64 lines). The images table's digest is an additive multiset hash of row hashes
+kept in the staged-rows index (only the 20 new rows are hashed), and `consolidation_inputs` hashes the
+active content hashes as one string. What still grows with the home: the listing and one `lstat` and
+one HMAC per file, the ledger (one JSON document) parsed whole, the staged-rows index read whole, and
+the images table re-sorted and rewritten as one Parquet file (about a third of a +20 run's CPU at
+50,000: the next step is an images table kept as parts written per ingest).
 """
 
 

@@ -58,9 +58,10 @@ def ingest_flow(source: str | None = None, home: str | None = None, settings: Se
                     futures = ingest_batch.map(staging_batches(items, setup.config.batch_size), pool=unmapped(pool),
                                                setup=unmapped(setup))
                     outcomes = [outcome for future in futures for outcome in future.result()]
-            outcomes = sorted(listing.unchanged + outcomes, key=lambda outcome: outcome.path)
-            manifest = build_snapshot(setup, quote(outcomes), quote(listing.stats))  # quote: not walked item by item
-    summary = summarize(outcomes, manifest, setup.pseudonymizer)
+            outcomes = sorted(outcomes, key=lambda outcome: outcome.path)  # the files read; the rest: a count
+            manifest = build_snapshot(setup, quote(outcomes + listing.to_record),  # quote: not walked item by item
+                                      quote(listing.stats))
+    summary = summarize(outcomes, manifest, setup.pseudonymizer, unchanged=listing.unchanged)
     report_ingest(setup, summary, datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ"))
     if run_validation:
         result = validate_flow(str(setup.home.root), rules)

@@ -12,6 +12,7 @@
       cache/pixels/<digest>.npy    an older snapshot's stacked images (still read)
       snapshots/<id>.json          every snapshot manifest ever made
       ledger.json                  input path token -> content hash and outcome (never a name)
+      ledger.json.journal          entries changed since ledger.json was last written whole (a large home)
       quarantine/<sha256>/         a copy of a rejected file and reason.json: the one PHI zone (0700)
       runs/<run>.json              the summary of each ingest run
 

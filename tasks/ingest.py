@@ -25,34 +25,39 @@ from tasks.options import NO_RESULTS
 
 
 class Listing:
-    """What discovery found: the files to read, the ``unchanged`` outcomes of those the ledger knows by
-    size and mtime with their content still staged (never opened), and every plain file's
-    (size, mtime_ns) for the ledger. A plain class, so Prefect does not walk its 50,000 entries as it
-    walks a task's list or dataclass result."""
+    """What discovery found: the files to read (``items``), how many plain files the ledger knows by
+    size and mtime with their content still staged (``unchanged``: never opened, no object each),
+    the ``unchanged`` outcomes the ledger must record for some of those (``to_record``: after a first
+    ingest, every file; after that, none) and the (size, mtime_ns) of the files the ledger records
+    (``stats``). A plain class, so Prefect does not walk its entries as it walks a task's list or
+    dataclass result."""
 
-    __slots__ = ("items", "unchanged", "stats")
+    __slots__ = ("items", "unchanged", "to_record", "stats")
 
-    def __init__(self, items: list[InputItem], unchanged: list[FileOutcome], stats: dict[str, tuple[int, int]]):
-        self.items, self.unchanged, self.stats = items, unchanged, stats
+    def __init__(self, items: list[InputItem], unchanged: int, to_record: list[FileOutcome],
+                 stats: dict[str, tuple[int, int]]):
+        self.items, self.unchanged, self.to_record, self.stats = items, unchanged, to_record, stats
 
 
 @task(name="discover-inputs", **NO_RESULTS)
 def discover_inputs(setup: IngestSetup) -> Listing:
     """Every input of the landing; with ``reread_unchanged`` every file is read again."""
     settled: list[tuple[str, str, int, int]] = []
+    to_record: list[tuple[str, str, int, int]] = []
     if setup.config.reread_unchanged:
         items = discover(setup.source, setup.config)
     else:
-        known = setup.worker_context.known_images
+        parts = setup.home.parts
         matcher = Ledger.load(setup.home.ledger, setup.pseudonymizer).settled_matcher(
-            setup.source, lambda sha256: sha256 in known or part_exists(setup.home.parts, sha256))
+            setup.source, lambda sha256: part_exists(parts, sha256), setup.worker_context.known_images)
         items = discover(setup.source, setup.config, matcher, settled)
+        to_record = matcher.to_record
     stats = item_stats(items)
-    stats.update((path, (size, mtime_ns)) for path, _, size, mtime_ns in settled)
-    unchanged = [FileOutcome(path, UNCHANGED, sha256) for path, sha256, _, _ in settled]
+    stats.update((path, (size, mtime_ns)) for path, _, size, mtime_ns in to_record)
     get_run_logger().info("found %d input files, %d unchanged", len(items) + len(settled), len(settled))
     progress.report("ingest", 0, len(items) + len(settled))
-    return Listing(items, unchanged, stats)
+    return Listing(items, len(settled), [FileOutcome(path, UNCHANGED, sha256) for path, sha256, _, _ in to_record],
+                   stats)
 
 
 @task(name="ingest-batch", **NO_RESULTS)

@@ -13,8 +13,8 @@ import time
 import pyarrow as pa
 
 from medmeta.ingest.image_parts import ROW_HASH, STAGING_SCHEMA, multiset_digest, row_hashes
-from medmeta.ingest.ledger import Ledger
-from medmeta.ingest.outcome import INGESTED, UNCHANGED, FileOutcome
+from medmeta.ingest.ledger import _LOADED, Ledger
+from medmeta.ingest.outcome import INGESTED, QUARANTINED, UNCHANGED, FileOutcome
 from medmeta.pseudonyms import Pseudonymizer
 from tests.conftest import TEST_KEY
 
@@ -59,7 +59,7 @@ def test_row_hashes_follow_content_not_where_the_pixels_sit():
     assert row_hashes(nulls)[0] != row_hashes(with_null)[0]  # null is not the text "None"
 
 
-def test_settled_files_recorded_as_before_are_skipped_and_a_changed_one_is_recorded(tmp_path):
+def test_settled_files_recorded_as_before_are_not_to_record_and_a_changed_one_is_recorded(tmp_path):
     pseudo = Pseudonymizer(TEST_KEY)
     landing = tmp_path / "landing"
     landing.mkdir()
@@ -74,13 +74,14 @@ def test_settled_files_recorded_as_before_are_skipped_and_a_changed_one_is_recor
     ledger = Ledger(tmp_path / "ledger.json", pseudo)
     ledger.record(landing, [FileOutcome("a.dcm", INGESTED, "1" * 64), FileOutcome("b.dcm", INGESTED, "2" * 64)], stats)
     ledger.save()
-    for _ in range(2):  # ingested -> unchanged (recorded), then unchanged as recorded (skipped, file untouched)
+    for to_record in (["a.dcm", "b.dcm"], []):  # ingested -> unchanged (recorded), then as recorded (nothing)
         ledger = Ledger.load(tmp_path / "ledger.json", pseudo)
         matcher = ledger.settled_matcher(landing, staged)
-        assert [matcher(name, *stats[name]) for name in stats] == ["1" * 64, "2" * 64]
+        assert matcher.match(list(stats), [s for s, _ in stats.values()], [m for _, m in stats.values()]) == \
+            ["1" * 64, "2" * 64]
+        assert [path for path, _, _, _ in matcher.to_record] == to_record
         before = (tmp_path / "ledger.json").stat().st_mtime_ns
-        ledger.record(landing, [FileOutcome(name, UNCHANGED, sha) for name, sha in zip(stats, ("1" * 64, "2" * 64))],
-                      stats)
+        ledger.record(landing, [FileOutcome(path, UNCHANGED, sha) for path, sha, _, _ in matcher.to_record], stats)
         ledger.save()
     assert (tmp_path / "ledger.json").stat().st_mtime_ns == before, "a no-op rerun rewrites nothing"
     ledger = Ledger.load(tmp_path / "ledger.json", pseudo)
@@ -90,3 +91,46 @@ def test_settled_files_recorded_as_before_are_skipped_and_a_changed_one_is_recor
     ledger.record(landing, [FileOutcome("a.dcm", INGESTED, "3" * 64)], {"a.dcm": stats["a.dcm"]})
     ledger.save()
     assert Ledger.load(tmp_path / "ledger.json", pseudo).active_hashes() == ["2" * 64, "3" * 64]
+
+
+def test_a_few_changes_to_a_large_ledger_go_to_its_journal_and_read_back_the_same(tmp_path):
+    from medmeta.ingest.ledger import JOURNAL_MIN_ENTRIES, journal_path
+
+    pseudo = Pseudonymizer(TEST_KEY)
+    landing, path = tmp_path / "landing", tmp_path / "ledger.json"
+    landing.mkdir()
+    old = time.time_ns() - 60 * 10**9
+    count = JOURNAL_MIN_ENTRIES + 10
+    names = [f"f{n:05d}.dcm" for n in range(count)]
+    ledger = Ledger(path, pseudo)
+    ledger.record(landing, [FileOutcome(name, INGESTED, f"{n:064x}") for n, name in enumerate(names)],
+                  {name: (n, old) for n, name in enumerate(names)})
+    ledger.save()
+    assert not journal_path(path).exists(), "a new ledger is written whole"
+    whole = path.read_bytes()
+    ledger = Ledger.load(path, pseudo)
+    ledger.record(landing, [FileOutcome("new.dcm", INGESTED, "f" * 64),
+                            FileOutcome(names[0], QUARANTINED, None, reason="not_dicom: x")], {"new.dcm": (1, old)})
+    ledger.save()
+    assert path.read_bytes() == whole, "two changed entries of 4,106 are appended, the file is not rewritten"
+    assert journal_path(path).read_bytes().count(b"\n") == 1
+    expected = ledger.sources
+    _LOADED.clear()
+    again = Ledger.load(path, pseudo)
+    assert again.sources == expected and len(again.active_hashes()) == count
+    # a torn last line (a run killed while appending) is ignored; the lines before it still count
+    with open(journal_path(path), "ab") as handle:
+        handle.write(b'{"generation": "')
+    _LOADED.clear()
+    assert Ledger.load(path, pseudo).sources == expected
+    # many changes: the whole file again, the journal gone; a stale journal of another generation is ignored
+    stale = journal_path(path).read_bytes()
+    ledger = Ledger.load(path, pseudo)
+    ledger.record(landing, [FileOutcome(name, UNCHANGED, f"{n:064x}") for n, name in enumerate(names)],
+                  {name: (n, old) for n, name in enumerate(names)})
+    ledger.save()
+    assert not journal_path(path).exists() and path.read_bytes() != whole
+    expected = ledger.sources
+    journal_path(path).write_bytes(stale)
+    _LOADED.clear()
+    assert Ledger.load(path, pseudo).sources == expected

@@ -149,11 +149,20 @@ def _activity_counts(parts: list[Part]) -> dict[str, dict]:
 
 def consolidation_inputs(hashes: list[str], pseudo: Pseudonymizer, image_size: int, display_min_patients: int) -> str:
     """A digest of everything consolidation's output depends on besides the staged files of ``hashes``
-    (written once per content hash, never changed): the same digest, the same tables."""
-    inputs = {"hashes": sorted(set(hashes)), "image_size": image_size, "display_min_patients": display_min_patients,
+    (written once per content hash, never changed): the same digest, the same tables. The hashes
+    (hex, so a newline never occurs in one) are hashed as one newline-joined string: 50,000 of them in
+    milliseconds, not a JSON list."""
+    unique = hashes if _sorted_unique(hashes) else sorted(set(hashes))
+    inputs = {"hashes_sha256": hashlib.sha256("\n".join(unique).encode()).hexdigest(), "hashes": len(unique),
+              "image_size": image_size, "display_min_patients": display_min_patients,
               "key": pseudo.fingerprint, "schema_version": schema.SCHEMA_VERSION, "medmeta": medmeta.__version__,
               "format": CONSOLIDATION_FORMAT}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def _sorted_unique(values: list[str]) -> bool:
+    """True when ``values`` is strictly increasing (``Ledger.active_hashes`` gives them so)."""
+    return all(a < b for a, b in zip(values, values[1:]))
 
 
 CONSOLIDATION_FORMAT = 3  # 2: images point at pixel shards; 3: images digest a multiset hash; raise when output changes

@@ -182,9 +182,11 @@ def _indexed_rows(parts_root: Path, size: int, columns: list[str] | None = None)
             index = pq.read_table(folder / INDEX_FILE, columns=wanted.names)
     except (OSError, pa.ArrowInvalid):
         pass  # absent or damaged: rebuilt from the batch files
-    names = pa.array([f.name for f in files], pa.string())
-    index = index.filter(pc.is_in(index["batch"], names))
+    names = {f.name for f in files}
     held = set(pc.unique(index["batch"]).to_pylist())
+    if not held <= names:  # batch files gone since the index was written: their rows go too
+        index = index.filter(pc.is_in(index["batch"], pa.array(sorted(names), pa.string())))
+        held &= names
     return index, [f for f in files if f.name not in held]
 
 
@@ -203,7 +205,7 @@ def staged_image_rows(parts_root: Path, size: int) -> pa.Table:
         rows = pq.read_table(path, schema=STAGING_SCHEMA)
         rows = rows.append_column(INDEX_SCHEMA.field("batch"), pa.array([path.name] * rows.num_rows, pa.string()))
         added.append(rows.append_column(ROW_HASH, row_hashes(rows)))
-    rows = pa.concat_tables([index, *added]).combine_chunks()
+    rows = pa.concat_tables([index, *added])  # chunked: no copy of the 50,000 indexed rows
     if len(missing) > INDEX_SLACK_FILES or (rows.num_rows - index.num_rows) * INDEX_SLACK_SHARE > index.num_rows:
         with atomic_path(images_dir(parts_root, size) / INDEX_FILE, fsync=False) as tmp:
             write_parquet(rows, tmp, compression="none")

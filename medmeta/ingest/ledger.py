@@ -1,7 +1,7 @@
 """The ledger: for every input path ever seen, the content hash and outcome of its last run.
 
-    {"version": 2, "sources": {"<SOURCE token>": {"<path token>": {"sha256": ..., "status": ..., "reason": ...,
-                                                                  "size": ..., "mtime_ns": ...}}}}
+    {"version": 2, "generation": ..., "sources": {"<SOURCE token>": {"<path token>": {"sha256": ..., "status": ...,
+                                                                  "reason": ..., "size": ..., "mtime_ns": ...}}}}
 
 Paths are held as keyed tokens, never as names (file and folder names can carry PHI): a SOURCE by
 its landing token (``medmeta.ingest.landings.landing_token``, the watcher's and Prefect's too), a
@@ -22,14 +22,20 @@ is read again next time. Archive entries, quarantined files and files without a 
 always read (a quarantined file's stat is recorded for the landing watcher: ``seen_matcher``); the ``reread_unchanged`` setting reads and hashes every file, as before.
 
 What a rerun over 50,000 settled files costs per file is kept small: discovery hands the matcher the
-whole listing (``SettledMatcher.many``: the path tokens made in one tight loop), and ``record`` skips a
-file the matcher found recorded as ``unchanged`` with the hash and stat it would record again, so a
-no-op rerun builds no entry and writes nothing.
+whole listing as three aligned lists (``SettledMatcher.match``: the path tokens made in one tight loop,
+one lookup per file), and the matcher lists only the matched files whose entry an ``unchanged``
+outcome would change (``to_record``), so a rerun builds no outcome nor entry for the others. A save
+that changed a few entries of a large ledger appends them to ``ledger.json.journal`` (one line,
+``{"generation": ..., "sources": {...}}``, the generation being the whole file's, written with it) rather
+than rewriting 50,000 entries; ``load`` applies the journal's lines, and a save that changes many entries
+(or once the journal is long) writes the whole file again and removes the journal.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import time
 
 import orjson
@@ -46,7 +52,12 @@ VERSION = 2
 STAT_SETTLE_NS = 2_000_000_000  # a stat younger than this at record time is not trusted next run
 _TOKENS: dict[str, dict[str, str]] = {}  # key fingerprint -> {path: path token}
 _TOKENS_KEEP = 1_000_000
-_LOADED: list[tuple[tuple, "Ledger"]] = []  # the last ledger loaded, by its file's stat
+_LOADED: list[tuple[tuple, "Ledger"]] = []  # the last ledger loaded, by its files' stat
+# The journal (``ledger.json.journal``): a save that changed few entries of a large ledger appends them
+# as one line instead of rewriting every entry; the next full save folds them in and removes it.
+JOURNAL_MIN_ENTRIES = 4096  # below this a full rewrite costs milliseconds: always one file
+JOURNAL_SHARE = 8  # appended while the journal holds at most 1/JOURNAL_SHARE of the ledger's entries
+JOURNAL_MAX_LINES = 64
 
 
 class Ledger:
@@ -56,20 +67,27 @@ class Ledger:
         self.sources = sources or {}
         self._fingerprint = pseudonymizer.fingerprint
         self._changed = not path.exists()
-        # per SOURCE token: the logical paths ``settled_matcher`` found recorded exactly as an ``unchanged``
-        # outcome with that stat would record them again, so ``record`` skips them (a rerun over 50,000
-        # settled files builds no entry for them)
-        self._recorded_as_settled: dict[str, dict[str, tuple[str, tuple[int, int]]]] = {}
+        self._rewrite = True  # the next save writes the whole file (a new or migrated ledger)
+        self._generation: str | None = None  # the whole file's, which journal lines must carry
+        self._journal_lines = self._journal_entries = 0
+        self._dirty: dict[str, dict[str, dict]] = {}  # entries changed since the last save, by SOURCE token
 
     @classmethod
     def load(cls, path: Path, pseudonymizer: Pseudonymizer) -> "Ledger":
-        """The ledger at ``path``. The last one loaded in this process is kept while its file is
-        unchanged (size, mtime, inode) and it was not modified (``record``): one run reads it once."""
+        """The ledger at ``path``, with the entries its journal appended since it was last written whole.
+        The last one loaded in this process is kept while its files are unchanged (size, mtime, inode)
+        and it was not modified (``record``): one run reads it once."""
         try:
             info = path.stat()
         except FileNotFoundError:
             return cls(path, pseudonymizer)
-        key = (str(path), info.st_size, info.st_mtime_ns, info.st_ino, pseudonymizer.fingerprint)
+        journal = journal_path(path)
+        try:
+            journal_info = journal.stat()
+            journal_key = (journal_info.st_size, journal_info.st_mtime_ns, journal_info.st_ino)
+        except FileNotFoundError:
+            journal_key = None
+        key = (str(path), info.st_size, info.st_mtime_ns, info.st_ino, journal_key, pseudonymizer.fingerprint)
         if _LOADED and _LOADED[0][0] == key:
             return _LOADED[0][1]
         doc = _parsed(path.read_bytes())
@@ -77,8 +95,31 @@ class Ledger:
         ledger = cls(path, pseudonymizer, sources)
         if doc.get("version", 1) < VERSION:
             ledger.sources, ledger._changed = tokenised_v1(sources, pseudonymizer), True
+        else:
+            ledger._generation, ledger._rewrite = doc.get("generation"), False
+            if journal_key is not None and ledger._generation:
+                ledger._replay(journal.read_bytes())
         _LOADED[:] = [(key, ledger)]
         return ledger
+
+    def _replay(self, journal: bytes) -> None:
+        """Apply the journal's lines written on top of this very file (its ``generation``); a line of
+        another generation (a journal left beside a ledger written whole since) is ignored, and so is
+        a torn last line (a run killed while appending: its files are read again, their content found
+        staged)."""
+        for line in journal.split(b"\n"):
+            if not line:
+                continue
+            try:
+                record = _parsed(line)
+            except ValueError:
+                break
+            if record.get("generation") != self._generation:
+                continue
+            for source_token, entries in record.get("sources", {}).items():
+                self.sources.setdefault(source_token, {}).update(entries)
+                self._journal_entries += len(entries)
+            self._journal_lines += 1
 
     def record(self, source: Path, outcomes: list[FileOutcome],
                stats: Mapping[str, tuple[int, int]] | None = None) -> None:
@@ -90,13 +131,8 @@ class Ledger:
         entries = self.sources.setdefault(source_token, {})
         settled = time.time_ns() - STAT_SETTLE_NS
         tokens = self._tokens()
-        as_recorded = self._recorded_as_settled.pop(source_token, {})
         stats = stats or {}
         for outcome in outcomes:
-            known = as_recorded.get(outcome.path)
-            if (known is not None and outcome.status == UNCHANGED and not outcome.reason
-                    and known == (outcome.sha256, stats.get(outcome.path))):
-                continue  # recorded as it would be again (the matcher saw it: unchanged, this hash, size, mtime)
             entry = {"sha256": outcome.sha256, "status": outcome.status,
                      **({"reason": outcome.reason} if outcome.reason else {})}
             stat = stats.get(outcome.path)
@@ -105,6 +141,7 @@ class Ledger:
             token = tokens.get(outcome.path) or self._token(outcome.path)
             if entries.get(token) != entry:
                 entries[token] = entry
+                self._dirty.setdefault(source_token, {})[token] = entry
                 self._changed = True
 
     def active_hashes(self) -> list[str]:
@@ -115,21 +152,44 @@ class Ledger:
         })
 
     def save(self) -> None:
-        """Compact JSON (one line): a home of 50,000 files has 50,000 entries."""
+        """Compact JSON (one line): a home of 50,000 files has 50,000 entries. A save that changed few
+        entries of a large ledger (``JOURNAL_MIN_ENTRIES``, ``JOURNAL_SHARE``) appends them to the
+        journal as one line (fsynced) instead, so a run adding 20 files to 50,000 writes 20 entries."""
         if not self._changed:
             return  # a run that changed nothing (a no-op rerun) leaves the file as it was
-        write_bytes(self.path, _serialised({"version": VERSION, "sources": self.sources}))
+        dirty = sum(len(entries) for entries in self._dirty.values())
+        total = sum(len(entries) for entries in self.sources.values())
+        if (not self._rewrite and self._generation and total >= JOURNAL_MIN_ENTRIES
+                and self._journal_lines < JOURNAL_MAX_LINES
+                and (self._journal_entries + dirty) * JOURNAL_SHARE <= total):
+            line = _serialised({"generation": self._generation, "sources": self._dirty})
+            with open(journal_path(self.path), "ab") as handle:
+                handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+            self._journal_lines += 1
+            self._journal_entries += dirty
+        else:
+            self._generation = secrets.token_hex(8)
+            write_bytes(self.path, _serialised({"version": VERSION, "generation": self._generation,
+                                                "sources": self.sources}))
+            journal_path(self.path).unlink(missing_ok=True)  # its lines carry the old generation: ignored
+            self._journal_lines = self._journal_entries = 0
+            self._rewrite = False
+        self._dirty = {}
         self._changed = False
 
-    def settled_matcher(self, source: Path, staged: Callable[[str], bool]) -> "SettledMatcher":
+    def settled_matcher(self, source: Path, staged: Callable[[str], bool],
+                        known: frozenset[str] | set[str] = frozenset()) -> "SettledMatcher":
         """For ``discover(..., settled=)``: ``(logical_path, size, mtime_ns)`` -> the content hash when the
         ledger holds that file as ingested or unchanged with that size and mtime and its content is still
-        ``staged`` (the file is then ``unchanged`` without being opened); else None. Its ``many`` answers
-        for a whole listing at once (what ``discover`` calls: the path tokens made in one tight loop)."""
-        source_token = landing_token(source, self.pseudonymizer)
-        as_recorded = self._recorded_as_settled[source_token] = {}
-        return SettledMatcher(self.sources.get(source_token, {}), self._tokens(), self.pseudonymizer, staged,
-                              as_recorded)
+        staged (in ``known``, else ``staged(sha256)``; the file is then ``unchanged`` without being
+        opened); else None. Its ``many`` answers for a whole listing at once (what ``discover`` calls:
+        the path tokens made in one tight loop), and its ``to_record`` lists the matched files whose
+        entry an ``unchanged`` outcome would change (after a first ingest: every file; after that:
+        none), so a rerun over 50,000 settled files builds no outcome nor entry for them."""
+        return SettledMatcher(self.sources.get(landing_token(source, self.pseudonymizer), {}), self._tokens(),
+                              self.pseudonymizer, staged, known)
 
     def seen_matcher(self, source: Path) -> Callable[[str, int, int], bool]:
         """``(logical_path, size, mtime_ns)`` -> whether the last run over ``source`` accounted for this
@@ -161,37 +221,62 @@ class Ledger:
 
 
 class SettledMatcher:
-    """``Ledger.settled_matcher``'s answer for one SOURCE: called per file, or ``many`` for a listing."""
+    """``Ledger.settled_matcher``'s answer for one SOURCE: called per file, or ``many`` for a listing.
+
+    ``to_record``: ``(logical_path, sha256, size, mtime_ns)`` of each matched file whose ledger entry
+    is not already what an ``unchanged`` outcome with that stat records (status ``ingested``, or a
+    reason): the caller records those as ``unchanged``; every other matched file is left as it is."""
 
     def __init__(self, entries: dict[str, dict], tokens: dict[str, str], pseudonymizer: Pseudonymizer,
-                 staged: Callable[[str], bool], as_recorded: dict[str, tuple[str, tuple[int, int]]]):
+                 staged: Callable[[str], bool], known: frozenset[str] | set[str] = frozenset()):
         self._entries, self._tokens, self._pseudonymizer = entries, tokens, pseudonymizer
-        self._staged, self._as_recorded = staged, as_recorded
+        self._staged, self._known = staged, known
+        self.to_record: list[tuple[str, str, int, int]] = []
 
     def __call__(self, logical_path: str, size: int, mtime_ns: int) -> str | None:
         return self.many([(logical_path, size, mtime_ns)])[0]
 
     def many(self, listed: list[tuple[str, int, int]]) -> list[str | None]:
         """For each ``(logical_path, size, mtime_ns)``, what a call would answer."""
-        tokens, entries, staged, as_recorded = self._tokens, self._entries, self._staged, self._as_recorded
-        missing = [path for path, _, _ in listed if path not in tokens]
-        if missing:
-            if len(tokens) + len(missing) > _TOKENS_KEEP:
+        return self.match([path for path, _, _ in listed], [size for _, size, _ in listed],
+                          [mtime_ns for _, _, mtime_ns in listed])
+
+    def match(self, paths: list[str], sizes: list[int], mtimes_ns: list[int]) -> list[str | None]:
+        """``many`` for a listing given as three aligned lists (what ``discover`` hands over: no tuple
+        per file). One tight loop: a token per path (``Pseudonymizer.path_tokens``, remembered for
+        ``Ledger.record``), one dict lookup per file and the entry's fields compared."""
+        tokens = self._tokens
+        try:
+            path_tokens = [tokens[path] for path in paths]
+        except KeyError:
+            path_tokens = self._pseudonymizer.path_tokens(paths)
+            if len(tokens) + len(paths) > _TOKENS_KEEP:
                 tokens.clear()
-                missing = [path for path, _, _ in listed]
-            tokens.update(zip(missing, self._pseudonymizer.path_tokens(missing)))
+            tokens.update(zip(paths, path_tokens))
+        get, known, staged, to_record = self._entries.get, self._known, self._staged, self.to_record
         answers: list[str | None] = []
-        for path, size, mtime_ns in listed:
-            entry = entries.get(tokens[path])
-            if (entry is None or entry.get("mtime_ns") != mtime_ns or entry.get("size") != size
-                    or entry["status"] not in (INGESTED, UNCHANGED) or not (sha256 := entry.get("sha256"))
-                    or not staged(sha256)):
-                answers.append(None)
+        append = answers.append
+        for path, token, size, mtime_ns in zip(paths, path_tokens, sizes, mtimes_ns):
+            entry = get(token)
+            if entry is None or entry.get("mtime_ns") != mtime_ns or entry.get("size") != size:
+                append(None)
                 continue
-            if entry["status"] == UNCHANGED and len(entry) == 4:  # sha256, status, size, mtime_ns: no reason
-                as_recorded[path] = (sha256, (size, mtime_ns))
-            answers.append(sha256)
+            status, sha256 = entry["status"], entry.get("sha256")
+            if status not in _SETTLED_STATUSES or not sha256 or not (sha256 in known or staged(sha256)):
+                append(None)
+                continue
+            if status != UNCHANGED or len(entry) != 4:  # sha256, status, size, mtime_ns: as unchanged records it
+                to_record.append((path, sha256, size, mtime_ns))
+            append(sha256)
         return answers
+
+
+_SETTLED_STATUSES = frozenset((INGESTED, UNCHANGED))
+
+
+def journal_path(path: Path) -> Path:
+    """The journal beside the ledger file ``path``: ``ledger.json.journal``."""
+    return path.with_name(path.name + ".journal")
 
 
 def _parsed(data: bytes) -> dict:

@@ -16,8 +16,12 @@ from medmeta.pseudonyms import Pseudonymizer
 _names_seen: dict[str, str] = {}  # path token -> name, of the files this process quarantined
 
 
-def summarize(outcomes: list[FileOutcome], manifest: dict, pseudonymizer: Pseudonymizer) -> dict:
-    """Counts of the run and the new snapshot; each quarantined file as its path token and reason."""
+def summarize(outcomes: list[FileOutcome], manifest: dict, pseudonymizer: Pseudonymizer, unchanged: int = 0) -> dict:
+    """Counts of the run and the new snapshot; each quarantined file as its path token and reason.
+
+    ``outcomes``: the files this run read (and any others it has an outcome for); ``unchanged``: how
+    many more it found unchanged by their size and mtime without reading them (discovery counts them,
+    no outcome each). Every file seen is in ``files_seen``, as exactly one of the three counts."""
     status = Counter(o.status for o in outcomes)
     quarantined = []
     for outcome in outcomes:
@@ -27,9 +31,9 @@ def summarize(outcomes: list[FileOutcome], manifest: dict, pseudonymizer: Pseudo
             quarantined.append({"token": token, "reason": outcome.reason})
     counts = manifest["counts"]
     summary = {
-        "files_seen": len(outcomes),
+        "files_seen": len(outcomes) + unchanged,
         "files_ingested": status[INGESTED],
-        "files_unchanged": status[UNCHANGED],
+        "files_unchanged": status[UNCHANGED] + unchanged,
         "files_quarantined": status[QUARANTINED],
         "quarantined": quarantined,
         "rows_quarantined": counts["record_quarantine"],  # in the snapshot, whichever run rejected them
@@ -42,7 +46,7 @@ def summarize(outcomes: list[FileOutcome], manifest: dict, pseudonymizer: Pseudo
         "resources_read": manifest.get("resources_read", {}),
         "snapshot": manifest["snapshot"],
     }
-    assert summary["files_seen"] == sum(status[s] for s in (INGESTED, UNCHANGED, QUARANTINED))
+    assert summary["files_seen"] == sum(summary[f"files_{s}"] for s in (INGESTED, UNCHANGED, QUARANTINED))
     return summary
 
 

@@ -91,7 +91,7 @@ def discover(source: Path, config: IngestConfig,
     """Every input under ``source`` (a folder or a zip file), sorted by logical path.
 
     With ``unchanged`` and ``settled`` (given together): ``unchanged(logical_path, size, mtime_ns)``
-    (``Ledger.settled_matcher``; asked once for the whole listing through its ``many`` when it has one)
+    (``Ledger.settled_matcher``; asked once for the whole listing through its ``match`` when it has one)
     is truthy for a plain file the ledger holds as ingested with that
     size and mtime and whose content is still staged; such a file, known from its ``lstat`` alone,
     is not an item at all: ``(logical_path, what unchanged returned, size, mtime_ns)`` is appended to
@@ -160,8 +160,13 @@ def _folder_items(root: Path, config: IngestConfig,
                   unchanged: Callable[[str, int, int], object] | None = None,
                   settled: list[tuple[str, object, int, int]] | None = None) -> list[InputItem]:
     items: list[InputItem] = []
-    candidates: list[tuple[str, int, int]] = []  # plain files the ledger may know: (logical path, size, mtime_ns)
+    # plain files the ledger may know, as three aligned lists (no tuple nor object per file)
+    candidate_logicals: list[str] = []
+    candidate_sizes: list[int] = []
+    candidate_mtimes: list[int] = []
     candidate_paths: list[str] = []
+    max_bytes = config.max_file_bytes
+    lstat, is_regular = os.lstat, stat.S_ISREG
 
     def unlistable(error: OSError) -> None:
         folder = Path(error.filename or root)
@@ -192,32 +197,32 @@ def _folder_items(root: Path, config: IngestConfig,
                     folders.append(entry.path)
                 continue
             logical = prefix + entry.name
-            if unchanged is not None and (stat_ := _plain_stat(entry.path, config)) is not None:
-                candidates.append((logical, *stat_))
-                candidate_paths.append(entry.path)
-                continue
+            if unchanged is not None:  # a candidate when lstat says: a regular file within max_file_bytes
+                path = entry.path
+                try:
+                    info = lstat(path)
+                except OSError:
+                    info = None
+                if info is not None and is_regular(info.st_mode) and info.st_size <= max_bytes:
+                    candidate_logicals.append(logical)
+                    candidate_sizes.append(info.st_size)
+                    candidate_mtimes.append(info.st_mtime_ns)
+                    candidate_paths.append(path)
+                    continue
             items.extend(_file_items(Path(entry.path), logical, root, config))
-    if candidates:  # the ledger asked once for the whole listing (``many``) when it can answer so
-        many = getattr(unchanged, "many", None)
-        answers = many(candidates) if many is not None else [unchanged(*c) for c in candidates]
-        for (logical, size, mtime_ns), path, known in zip(candidates, candidate_paths, answers):
+    if candidate_logicals:  # the ledger asked once for the whole listing when it can answer so
+        match = getattr(unchanged, "match", None)
+        if match is not None:
+            answers = match(candidate_logicals, candidate_sizes, candidate_mtimes)
+        else:
+            answers = [unchanged(*c) for c in zip(candidate_logicals, candidate_sizes, candidate_mtimes)]
+        for logical, size, mtime_ns, path, known in zip(candidate_logicals, candidate_sizes, candidate_mtimes,
+                                                        candidate_paths, answers):
             if known:
                 settled.append((logical, known, size, mtime_ns))
             else:
                 items.extend(_file_items(Path(path), logical, root, config))
     return items
-
-
-def _plain_stat(path: str, config: IngestConfig) -> tuple[int, int] | None:
-    """``(size, mtime_ns)`` of a regular file (not a symlink) within ``max_file_bytes``, from ``lstat``
-    alone (a candidate for the ledger's unchanged files); else None."""
-    try:
-        info = os.lstat(path)
-    except OSError:
-        return None
-    if not stat.S_ISREG(info.st_mode) or info.st_size > config.max_file_bytes:
-        return None
-    return info.st_size, info.st_mtime_ns
 
 
 def _relative(root: Path, path: Path) -> str:
