@@ -66,6 +66,7 @@ UNRESOLVED_REFERENCE = "unresolved_patient_reference"
 UNRESOLVED_MEDICATION = "unresolved_medication_reference"
 OLD_STORE = "old_store_schema"
 INVALID_CODE = "invalid_code"  # a code (or code system) outside its vocabulary's format: never stored as text
+INVALID_SMILES = "invalid_smiles"  # a compound structure RDKit cannot parse; named by its index, never quoted
 INTERNAL_ERROR = "internal_error"  # a bug in medmeta, never the input's fault
 
 
