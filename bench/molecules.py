@@ -34,7 +34,6 @@ rerun does not recompute them.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import dataclass
