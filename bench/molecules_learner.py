@@ -47,6 +47,29 @@ def _featurise(smiles: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return bits, counts
 
 
+EXTRA_KINDS = ("ap", "tt", "fcfp", "maccs")
+
+
+def _featurise_extra(smiles: list[str]) -> dict[str, np.ndarray]:
+    """Atom-pair, topological-torsion and FCFP4 bits (2048 each) and MACCS keys (167), uint8."""
+    from rdkit import Chem, RDLogger
+    from rdkit.Chem import MACCSkeys, rdFingerprintGenerator
+
+    RDLogger.DisableLog("rdApp.*")
+    gens = {"ap": rdFingerprintGenerator.GetAtomPairGenerator(fpSize=N_BITS),
+            "tt": rdFingerprintGenerator.GetTopologicalTorsionGenerator(fpSize=N_BITS),
+            "fcfp": rdFingerprintGenerator.GetMorganGenerator(
+                radius=2, fpSize=N_BITS, atomInvariantsGenerator=rdFingerprintGenerator.GetMorganFeatureAtomInvGen())}
+    out = {k: np.zeros((len(smiles), N_BITS), np.uint8) for k in gens}
+    out["maccs"] = np.zeros((len(smiles), 167), np.uint8)
+    for i, smi in enumerate(smiles):
+        mol = Chem.MolFromSmiles(smi)
+        for k, g in gens.items():
+            out[k][i] = g.GetFingerprintAsNumPy(mol)
+        out["maccs"][i] = np.array(list(MACCSkeys.GenMACCSKeys(mol)), np.uint8)
+    return out
+
+
 def load_tasks() -> dict[str, dict[str, np.ndarray]]:
     """Every table as {"bits", "counts", "p"} (pActivity = y + 9), fingerprints cached as .npy in CACHE."""
     import csv
@@ -65,6 +88,12 @@ def load_tasks() -> dict[str, dict[str, np.ndarray]]:
             np.save(bits_f, bits)
             np.save(counts_f, counts)
         out[name] = {"bits": np.load(bits_f), "counts": np.load(counts_f), "p": p}
+        if os.environ.get("BENCH_EXTRA", "1") == "1":
+            if not all((CACHE / f"{name}.{k}.npy").exists() for k in EXTRA_KINDS):
+                for k, v in _featurise_extra([r["smiles"] for r in rows]).items():
+                    np.save(CACHE / f"{name}.{k}.npy", v)
+            for k in EXTRA_KINDS:
+                out[name][k] = np.load(CACHE / f"{name}.{k}.npy")
     return out
 
 
@@ -139,10 +168,15 @@ LEARNERS = {
     "gp_bits_weighted": ("bits", {"bit_weights": True}, 300),
     "gp_bits_sharpen": ("bits", {"sharpen": True}, 150),
     "gp_bits_probit": ("bits", {"probit": True}, 150),
+    "gp_multi_fixed": ("bits+ap+tt+fcfp+maccs", {}, 0),
+    "gp_multi_meta": ("bits+ap+tt+fcfp+maccs", {}, 150),
+    "gp_bits_ap_meta": ("bits+ap", {}, 150),
+    "gp_bits_fcfp_meta": ("bits+fcfp", {}, 150),
     "gp_bits_sharpen_probit": ("bits", {"sharpen": True, "probit": True}, 150),
 }
 # ensembles: name -> (learner name, weight of RF's rank)
-ENSEMBLES = {"rf+gp_bits_meta": ("gp_bits_meta", 0.5), "rf+gp_bits_mean": ("gp_bits_mean", 0.5)}
+ENSEMBLES = {"rf+gp_bits_meta": ("gp_bits_meta", 0.5), "rf+gp_bits_mean": ("gp_bits_mean", 0.5),
+             "rf+gp_multi_meta": ("gp_multi_meta", 0.5)}
 
 
 def run(methods: list[str], seeds: list[int], sizes: list[int], draws: int, log=print) -> dict:
@@ -152,8 +186,10 @@ def run(methods: list[str], seeds: list[int], sizes: list[int], draws: int, log=
     from metalearn.activity import ActivityGP
 
     data = load_tasks()
-    tensors = {(t, kind): torch.as_tensor(d[kind], dtype=torch.float32) for t, d in data.items()
-               for kind in ("bits", "counts")}
+    kinds = {LEARNERS[m][0] for m in methods if m in LEARNERS} | {LEARNERS[e[0]][0] for m, e in ENSEMBLES.items()
+                                                                   if m in methods}
+    tensors = {(t, kind): torch.as_tensor(np.concatenate([d[k] for k in kind.split("+")], 1), dtype=torch.float32)
+               for t, d in data.items() for kind in kinds}
     needed = set(methods) | {ENSEMBLES[m][0] for m in methods if m in ENSEMBLES}
     units: dict[tuple[str, int], dict[tuple[str, int], list[float]]] = {}
     times = {m: {"train": 0.0, "score": 0.0, "n": 0} for m in needed | {"rf"}}
@@ -165,7 +201,8 @@ def run(methods: list[str], seeds: list[int], sizes: list[int], draws: int, log=
                 continue
             kind, kwargs, steps = LEARNERS[name]
             start = time.perf_counter()
-            learner = ActivityGP(N_BITS, seed=seed, **kwargs)
+            blocks = [data[split["train"][0]][k].shape[1] for k in kind.split("+")]
+            learner = ActivityGP(sum(blocks), blocks=blocks, seed=seed, **kwargs)
             if steps:
                 losses = learner.meta_train([(tensors[(t, kind)], torch.as_tensor(data[t]["p"])) for t in split["train"]],
                                             steps)

@@ -63,7 +63,7 @@ class ActivityGP(nn.Module):
     """The learner (see the module docstring for the model and what is meta-learned)."""
 
     def __init__(self, in_features: int, mean: str = "none", features: int = 0, bit_weights: bool = False,
-                 sharpen: bool = False, probit: bool = False, lr: float = 0.03, weights_l2: float = 1e-3,
+                 blocks: Sequence[int] | None = None, sharpen: bool = False, probit: bool = False, lr: float = 0.03, weights_l2: float = 1e-3,
                  mean_l2: float = 1e-2, episodes_per_step: int = 8, query_size: int = 256,
                  support_sizes: Sequence[int] = SUPPORT_SIZES, seed: int = 0, device: str | torch.device = "cpu"):
         super().__init__()
@@ -72,13 +72,17 @@ class ActivityGP(nn.Module):
         if in_features < 1 or features < 0:
             raise ValueError("in_features must be positive and features non-negative")
         self._config = {"in_features": in_features, "mean": mean, "features": features, "lr": lr,
-                        "bit_weights": bit_weights, "weights_l2": weights_l2, "sharpen": sharpen, "probit": probit,
+                        "blocks": list(blocks or [in_features]), "bit_weights": bit_weights, "weights_l2": weights_l2, "sharpen": sharpen, "probit": probit,
                         "mean_l2": mean_l2, "episodes_per_step": episodes_per_step, "query_size": query_size,
                         "support_sizes": list(support_sizes), "seed": seed}
         self.seed = seed
         gen = torch.Generator().manual_seed(seed)
         self.log_noise = nn.Parameter(torch.tensor(math.log(0.5)))
-        self.log_w_tanimoto = nn.Parameter(torch.tensor(0.0))
+        if sum(self._config["blocks"]) != in_features or min(self._config["blocks"]) < 1:
+            raise ValueError("blocks must be positive sizes that add up to in_features")
+        # one Tanimoto kernel per block of columns (e.g. ECFP4 | atom pairs | torsions), each with its own weight
+        n_blocks = len(self._config["blocks"])
+        self.log_w_tanimoto = nn.Parameter(torch.full((n_blocks,), -math.log(n_blocks)))
         self.log_scale = nn.Parameter(torch.tensor(math.log(2.0)))
         self.bias = nn.Parameter(torch.tensor(0.0))
         self.mean_w = nn.Parameter(torch.zeros(in_features)) if mean == "linear" else None
@@ -121,10 +125,15 @@ class ActivityGP(nn.Module):
         if self.bit_logits is not None:
             w = nn.functional.softplus(self.bit_logits).to(a.dtype)
             a, b = a * w, b * w
-        t = tanimoto(a, b)
-        if self.log_gamma is not None:
-            t = t.clamp_min(1e-12).pow(self.log_gamma.exp().to(a.dtype))
-        k = self.log_w_tanimoto.exp().to(a.dtype) * t
+        w_t = self.log_w_tanimoto.exp().to(a.dtype)
+        k = torch.zeros(a.shape[0], b.shape[0], dtype=a.dtype, device=a.device)
+        start = 0
+        for i, size in enumerate(self._config["blocks"]):
+            t = tanimoto(a[:, start:start + size], b[:, start:start + size])
+            start += size
+            if self.log_gamma is not None:
+                t = t.clamp_min(1e-12).pow(self.log_gamma.exp().to(a.dtype))
+            k = k + w_t[i] * t
         if self.extractor is not None:
             k = k + self.log_w_features.exp().to(a.dtype) * torch.exp(-torch.cdist(fa, fb).pow(2))
         return k
@@ -152,8 +161,9 @@ class ActivityGP(nn.Module):
 
     def scores(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
         """Higher = more likely active, one score per query row (on the learner's device, float32 inputs ok)."""
-        if support_x.ndim != 2 or query_x.ndim != 2 or support_x.shape[1] != query_x.shape[1]:
-            raise ValueError("support_x and query_x must be (n, d) with the same d")
+        d = self._config["in_features"]
+        if support_x.ndim != 2 or query_x.ndim != 2 or support_x.shape[1] != d or query_x.shape[1] != d:
+            raise ValueError(f"support_x and query_x must be (n, {d}) float tensors")
         if support_y.shape != (support_x.shape[0],):
             raise ValueError("support_y must hold one label per support row")
         dev = self.device
