@@ -268,6 +268,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--sizes", default="16,32,64")
     parser.add_argument("--draws", type=int, default=10)
+    parser.add_argument("--save", help="write the per-unit values as JSON here (for further paired differences)")
     args = parser.parse_args(argv)
     methods = args.methods.split(",")
     seeds, sizes = [int(v) for v in args.seeds.split(",")], [int(v) for v in args.sizes.split(",")]
@@ -279,6 +280,11 @@ def main(argv=None) -> None:
           f"{load0[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end, torch threads "
           f"{os.environ.get('BENCH_THREADS', '1')}")
     print(table(result, methods, sizes))
+    if args.save:
+        import json
+
+        Path(args.save).write_text(json.dumps({f"{t}|{seed}": {f"{m}|{s}": v for (m, s), v in u.items()}
+                                               for (t, seed), u in result["units"].items()}, indent=1))
 
 
 if __name__ == "__main__":
