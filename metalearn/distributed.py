@@ -68,24 +68,30 @@ def collective_timeout() -> timedelta:
 
 
 def rank_device(device: str) -> torch.device:
-    """The device of this rank: ``cuda:<LOCAL_RANK>`` for "cuda"/"auto" with CUDA present, else CPU."""
+    """The device of this rank: ``cuda:<LOCAL_RANK>`` for "cuda"/"auto" with CUDA present, else CPU
+    (more local ranks than GPUs share them round-robin: only gloo allows that, NCCL refuses two ranks on one GPU)."""
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
-        return torch.device("cuda", local)
+        return torch.device("cuda", local % max(1, torch.cuda.device_count()))
     return torch.device(device)
 
 
 def init_process_group(device: torch.device) -> World:
     """Join the torchrun world (env:// rendezvous): NCCL on CUDA, gloo on CPU; timeout: ``collective_timeout``.
 
-    The CUDA branch (NCCL, one GPU per local rank) is written to the PyTorch documentation
-    but untested here (no GPU on the development machine).
+    ``$MEDMETA_TRAIN_BACKEND=gloo`` keeps gloo on CUDA too (gloo all-reduces CUDA tensors through the host):
+    for checks of several ranks on one GPU, which NCCL refuses. The CUDA branch ran on an H200
+    (bench/gpu_checks.py, BENCHMARKS.md).
     """
     if not dist.is_initialized():
+        backend = os.environ.get("MEDMETA_TRAIN_BACKEND") or ("nccl" if device.type == "cuda" else "gloo")
+        if backend not in ("nccl", "gloo"):
+            raise ValueError(f"MEDMETA_TRAIN_BACKEND must be nccl or gloo, got {backend!r}")
         if device.type == "cuda":
             torch.cuda.set_device(device)
+        if backend == "nccl":
             dist.init_process_group("nccl", timeout=collective_timeout(), device_id=device)
         else:
             dist.init_process_group("gloo", timeout=collective_timeout())

@@ -284,3 +284,21 @@ def test_metrics_must_be_numbers_or_estimates_and_evaluation_ids_are_stable(tmp_
     first = registry.evaluation_id("ts-1", seed=0, episodes=600, n_way=5)
     assert first == registry.evaluation_id("ts-1", seed=0, episodes=600, n_way=5)
     assert first != registry.evaluation_id("ts-1", seed=1, episodes=600, n_way=5)
+
+
+def test_a_baseline_is_published_without_weights_and_its_card_says_so(tmp_path):
+    """Issue 15: where a baseline (a random forest fitted on each support set) beats the meta-learners,
+    the task set's model is the baseline itself: an empty safetensors file, a card that says it."""
+    with pytest.raises(registry.InvalidCard, match="non-empty dict"):
+        registry.publish(tmp_path, "actives", {}, card(algorithm="random_forest"))
+    with pytest.raises(registry.InvalidCard, match="baseline must be"):
+        registry.publish(tmp_path, "actives", {}, card(algorithm="random_forest", baseline={"features": "ecfp4"}))
+    assert not (tmp_path / "registry" / "actives").exists() or not list((tmp_path / "registry" / "actives").glob("versions/*"))
+    why = "It beat the meta-learner (dAUPRC .27 against .24 at 16 compounds)."
+    published = registry.publish(tmp_path, "actives", {}, card(
+        algorithm="random_forest", baseline={"method": "random_forest", "features": "ecfp4_bits", "why": why}))
+    found, tensors = registry.load(tmp_path, "actives@champion")
+    assert tensors == {} and found.card["weights"]["tensors"] == 0 and found.card["device"] == "cpu"
+    markdown = found.card_md_path.read_text()
+    assert "A baseline, not a meta-learned model:** random_forest on ecfp4_bits" in markdown and why in markdown
+    assert "(none: fitted on the support set)" in markdown and published.version == 1

@@ -2,7 +2,8 @@
 
 The caller gives ``algorithm``, ``metrics`` and ``evaluation_id`` (required) and any of
 ``purpose``, ``config``, ``deltas``, ``task_set``, ``snapshot``, ``validation_digest``, ``device``,
-``parent``, ``usage`` and further JSON keys. The registry adds the ``RESERVED`` keys (``retired``
+``parent``, ``usage``, ``baseline`` (a method fitted on each support set at prediction time, published
+with no weights: ``{"method", "features", "why"}``) and further JSON keys. The registry adds the ``RESERVED`` keys (``retired``
 only as read, from ``aliases.json``, once the model is retired).
 """
 
@@ -37,6 +38,10 @@ def check_content(content: dict) -> dict:
         raise InvalidCard(f"the card must be plain JSON (str, numbers, lists, dicts; no NaN): {error}") from None
     for metric, entry in content["metrics"].items():
         _check_estimate(entry, f"metrics.{metric}")
+    baseline = content.get("baseline")
+    if baseline is not None and not (isinstance(baseline, dict) and isinstance(baseline.get("method"), str)
+                                     and baseline["method"]):
+        raise InvalidCard("the card's baseline must be {'method': name, ...} (a method fitted on the support set)")
     deltas = content.get("deltas", {})
     if not isinstance(deltas, dict) or not all(isinstance(m, dict) for m in deltas.values()):
         raise InvalidCard("the card's deltas must be {baseline: {metric: number or estimate}}")
@@ -104,6 +109,12 @@ def render_markdown(card: dict) -> str:
     name, version = card["name"], card["version"]
     lines = [f"# {name} v{version}", ""]
     lines += [card.get("purpose") or f"A few-shot model trained with {card['algorithm']}.", ""]
+    baseline = card.get("baseline")
+    if baseline:
+        lines += [f"**A baseline, not a meta-learned model:** {baseline['method']}"
+                  + (f" on {baseline['features']}" if baseline.get("features") else "")
+                  + ", fitted on each support set when it predicts (no learned weights). "
+                  + (baseline.get("why") or ""), ""]
     gate = card["gate"]
     lines += [f"**Gate at publish:** {gate['decision']}. {gate['reason']}", ""]
     lines += ["## Metrics", "", f"Evaluation `{card['evaluation_id']}`.", "",
@@ -131,7 +142,8 @@ def render_markdown(card: dict) -> str:
                  package=card["code_version"]["package"],
                  commit=f", commit {card['code_version']['git_commit']}" + (" (with local changes)" if card["code_version"].get("git_dirty") else "")
                  if card["code_version"].get("git_commit") else "")),
-             ("weights", f"`{card['weights']['file']}`, {card['weights']['parameters']} parameters, sha256 `{card['weights']['sha256']}`")]
+             ("weights", f"`{card['weights']['file']}`, {card['weights']['parameters']} parameters, sha256 `{card['weights']['sha256']}`"
+              + (" (none: fitted on the support set)" if baseline else ""))]
     lines += [f"- {label}: {value}" for label, value in facts if value not in (None, "")]
     lines.append("")
     if card.get("config"):

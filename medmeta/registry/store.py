@@ -91,16 +91,20 @@ def publish(home: Home | str | os.PathLike | None, name: str, weights: Mapping[s
     """Write ``weights`` and ``card`` as the next version of ``name`` and apply the champion gate.
 
     The returned version's ``card["gate"]`` holds the decision (``champion`` or ``challenger``), the
-    numbers compared and the reason. Bad input raises before anything is written.
+    numbers compared and the reason. Bad input raises before anything is written. A card with a
+    ``baseline`` entry (``{"method": ..., "features": ..., "why": ...}``: a method such as a random forest
+    fitted on each support set when it predicts, published because it beat the meta-learners) may have
+    empty ``weights``: its safetensors file holds no tensor.
     """
     check_name(name)
     content = cards.check_content(card)
     check_inputs(gate, content, champion_score)
-    weights = check_weights(weights)
+    baseline = "baseline" in content  # fitted on each support set when it predicts: no weights
+    weights = check_weights(weights, allow_empty=baseline)
     if "parent" in content:
         content["parent"] = _parent(home, content["parent"])
     if "device" not in content:
-        content["device"] = str(next(iter(weights.values())).device)
+        content["device"] = str(next(iter(weights.values())).device) if weights else "cpu"
     model_dir = registry_root(home) / name
     staging = model_dir / ".staging"
     staging.mkdir(parents=True, exist_ok=True)
@@ -111,7 +115,7 @@ def publish(home: Home | str | os.PathLike | None, name: str, weights: Mapping[s
         fcntl.flock(lock_fd, fcntl.LOCK_EX)  # held while building; the kernel drops it if we die
     try:
         build.mkdir()
-        weights_entry = write_weights(weights, build / WEIGHTS_FILE)
+        weights_entry = write_weights(weights, build / WEIGHTS_FILE, allow_empty=baseline)
         with exclusive(model_dir / ".lock"):
             _clean_staging(staging)
             aliases = _reconcile(model_dir)

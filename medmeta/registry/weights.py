@@ -22,19 +22,22 @@ MAX_HEADER_BYTES = 16 * 1024**2
 MAX_WEIGHTS_BYTES = 64 * 1024**3  # when no card gives the size
 
 
-def check_weights(tensors: Mapping[str, Any]) -> dict:
-    """``tensors`` as a plain dict of name -> torch.Tensor, or ``InvalidCard`` naming the bad entry."""
+def check_weights(tensors: Mapping[str, Any], allow_empty: bool = False) -> dict:
+    """``tensors`` as a plain dict of name -> torch.Tensor, or ``InvalidCard`` naming the bad entry.
+    ``allow_empty``: a baseline fitted on each support set at prediction time has no weights (an
+    empty safetensors file, checked like any other)."""
     import torch
 
-    if not isinstance(tensors, Mapping) or not tensors:
-        raise InvalidCard("weights must be a non-empty dict of name -> torch.Tensor (e.g. a state_dict)")
+    if not isinstance(tensors, Mapping) or not (tensors or allow_empty):
+        raise InvalidCard("weights must be a non-empty dict of name -> torch.Tensor (e.g. a state_dict); only a "
+                          "card with a 'baseline' entry (a method fitted on the support set when it predicts) has none")
     for key, value in tensors.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             raise InvalidCard(f"weights entry {key!r} is not a str -> torch.Tensor pair")
     return dict(tensors)
 
 
-def write_weights(tensors: Mapping[str, Any], path: Path) -> dict:
+def write_weights(tensors: Mapping[str, Any], path: Path, allow_empty: bool = False) -> dict:
     """Write ``tensors`` (name -> torch.Tensor) to ``path`` with safetensors, fsynced.
 
     Returns the card's ``weights`` entry: file, sha256, bytes, tensors, parameters.
@@ -42,7 +45,8 @@ def write_weights(tensors: Mapping[str, Any], path: Path) -> dict:
     from safetensors.torch import save
 
     # copies on the CPU: tied (shared-storage) weights save too, and the caller's tensors stay as they are
-    plain = {key: value.detach().to("cpu", copy=True).contiguous() for key, value in check_weights(tensors).items()}
+    plain = {key: value.detach().to("cpu", copy=True).contiguous()
+             for key, value in check_weights(tensors, allow_empty).items()}
     data = save(plain)
     with open(path, "wb") as fh:
         fh.write(data)
