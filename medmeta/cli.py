@@ -608,16 +608,25 @@ def predict(
     max_input_bytes: int = typer.Option(DEFAULT_MAX_INPUT_BYTES, "--max-input-bytes", min=1, envvar=MAX_INPUT_BYTES_ENV,
                                         help="The largest file predict reads (a support or query CSV, a DICOM "
                                              "file); a larger one is refused before it is read."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Compound-activity models: also write the ranking to "
+                                                           "this file (.parquet/.pq: Parquet, else CSV)."),
     home: Optional[Path] = HomeOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Class probabilities for each query case from a published model, adapted on --support (README: Predict)."""
+    """Class probabilities for each query case from a published model, adapted on --support; for a
+    compound-activity model, the query compounds ranked by activity on the support's target (README: Predict)."""
     from medmeta.errors import MedmetaError
     from medmeta.home import Home
     from medmeta.registry import resolve
 
     try:
-        resolve(Home.at(home), model)  # a model that is not there: one line before torch is imported
+        found = resolve(Home.at(home), model)  # a model that is not there: one line before torch is imported
+        from medmeta.predict.compounds import is_compound_model
+
+        if is_compound_model(found.card):
+            return _predict_compounds(found, support, query, out, max_input_bytes, as_json)
+        if out is not None:
+            raise MedmetaError(f"--out writes a compound ranking; model {found.ref} is not a compound-activity model")
         from medmeta.predict import predict as run_predict
 
         result = run_predict(Home.at(home), model, query, support, max_input_bytes)
@@ -628,6 +637,30 @@ def predict(
     lines += [f"{case}: " + ", ".join(f"{c} {p:.3f}" for c, p in probs.items())
               for case, probs in result["predictions"].items()]
     _emit(result, as_json, "\n".join(lines))
+
+
+def _predict_compounds(found, support: Optional[Path], query: Path, out: Optional[Path], max_input_bytes: int,
+                       as_json: bool) -> None:
+    """``medmeta predict`` for a compound-activity model (medmeta/predict/compounds.py): a header line on
+    stderr, the ranking as CSV on stdout (nothing there with --out), or the JSON object with --json."""
+    from medmeta.errors import MedmetaError
+    from medmeta.predict import compounds
+
+    try:
+        result = compounds.predict_compounds(found, support, query, max_input_bytes)
+        if out is not None:
+            try:
+                compounds.write_output(result, out)
+            except OSError as error:
+                raise MedmetaError(f"--out {out}: can not be written ({error.strerror or type(error).__name__})") from None
+            result["out"] = str(out)
+    except MedmetaError as error:
+        _fail(str(error))
+    typer.echo(compounds.header_line(result) + (f"; written to {out}" if out is not None else ""), err=True)
+    if as_json:
+        _emit(result, True, "")
+    elif out is None:
+        sys.stdout.write(compounds.csv_text(result))
 
 
 @app.command()
