@@ -181,9 +181,8 @@ def read_support(path: Path, threshold: float | None, max_bytes: int) -> Support
     support = Support([e["smiles"] for e in compounds], labels, total, skipped, merged, cut, rule)
     counts = support.counts
     if counts["actives"] == 0 or counts["inactives"] == 0:
-        where = {"card": f" at the card's threshold pActivity {cut:g}",
-                 "support median": f" at the support's median pActivity {cut:g}" if cut is not None else ""
-                 }.get(rule, "")
+        where = "" if cut is None else (f" at the card's threshold pActivity {cut:g}" if rule == "card"
+                                        else f" at the support's median pActivity {cut:g}")
         raise MedmetaError(f"support {path}: {counts['actives']} actives and {counts['inactives']} inactives"
                            f"{where}; a support set needs both classes"
                            + (f" ({sum(skipped.values())} rows skipped: {_reasons(skipped)})" if skipped else ""))
@@ -363,9 +362,10 @@ def header_line(result: dict) -> str:
     s, q = result["support"], result["query"]
     method = (f"{result['method']} (a baseline, not a meta-learned model)" if result["baseline"]
               else f"{result['method']} (meta-learner)")
-    threshold = {"card": f"active at pActivity >= {s['threshold']:g} (the card's threshold)",
-                 "support median": f"active at pActivity >= {s['threshold']:g} (the support's median)"
-                 if s["threshold"] is not None else "", "labels": "labelled"}[s["threshold_rule"]]
+    threshold = "as labelled"
+    if s["threshold"] is not None:
+        whose = "the card's threshold" if s["threshold_rule"] == "card" else "the support's median"
+        threshold = f"active at pActivity >= {s['threshold']:g}, {whose}"
     parts = [f"{result['model']}: {method} on {result['featuriser']}",
              f"support {s['actives']} actives / {s['inactives']} inactives ({threshold})"]
     if s["skipped"]:
