@@ -215,7 +215,7 @@ def test_bad_rows_are_skipped_counted_and_listed_never_quoted(chem):
     assert next(e for e in out["not_scored"] if e["id"] == "dup1")["same_as"] == 2  # q<first> is on line 2
     assert out["query"]["ranked"] == 40 and out["query"]["rows"] == 43
     assert "support rows skipped 2 (unparseable_smiles 2)" in result.stderr
-    assert "2 not scored (unparseable_smiles 2), 1 duplicate compounds kept once" in result.stderr
+    assert "2 not scored (unparseable_smiles 2), 1 repeat of a compound kept once" in result.stderr
     for text in UNPARSEABLE + [salt]:
         assert text not in result.stderr
 

@@ -378,7 +378,7 @@ def header_line(result: dict) -> str:
     if lost:
         query += f", {sum(lost.values())} not scored ({_reasons(Counter(lost))})"
     if duplicates:
-        query += f", {duplicates} duplicate compounds kept once"
+        query += f", {duplicates} repeat{'s' if duplicates != 1 else ''} of a compound kept once"
     parts.append(query)
     return "; ".join(parts)
 
