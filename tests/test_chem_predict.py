@@ -25,6 +25,7 @@ TRAIN_TABLES = ["CHEMBL1862_Ki", "CHEMBL1871_Ki", "CHEMBL2034_Ki"]
 HELD_OUT = "CHEMBL4203_Ki"
 HELD_OUT_ROWS, HALF_SUPPORT = 360, 16
 GP_MODEL, RF_MODEL, RECORDS_MODEL = "compounds-gp", "compounds-rf", "records-like"
+RF_AT_7, RF_AT_12 = "compounds-rf-p7", "compounds-rf-p12"  # baselines whose task sets fix the threshold
 UNPARSEABLE = ["C1CC(N", "this-is-no-smiles"]  # RDKit can not read either
 
 
@@ -72,6 +73,10 @@ def chem(tmp_path_factory):
         "rf", task_kind="compound_activity",
         baseline={"method": "rf", "features": "ecfp4_bits", "why": "RandomForest beat the meta-learners"},
         config={"featuriser": "ecfp4_bits", "threshold": None}), gate=gate)
+    for name, threshold in ((RF_AT_7, 7.0), (RF_AT_12, 12.0)):
+        registry.publish(home, name, {}, _card(
+            "rf", task_kind="compound_activity", baseline={"method": "rf", "features": "ecfp4_bits", "why": "won"},
+            config={"featuriser": "ecfp4_bits", "threshold": threshold}), gate=gate)
     registry.publish(home, RECORDS_MODEL, {"w": torch.zeros(2)}, _card(
         "protonet", config={"spec": {"inputs": "records", "n_way": 2, "kind": "disease", "algorithm": "protonet"}}), gate=gate)
 
@@ -189,11 +194,24 @@ def test_labels_p_scaled_values_and_parquet_give_the_same_support(chem):
     p_scaled = chem["files"] / "support-pki.parquet"
     pd.DataFrame({"smiles": [smiles[i] for i in support], "pKi": chem["p"][support]}).to_parquet(p_scaled)
     base, _ = ok_json(chem, "--model", RF_MODEL, "--support", chem["support_nm"], "--query", chem["query_csv"])
-    for given in (labelled, p_scaled):
+    micromolar = chem["write"]("support-um.csv", ["SMILES", "Standard Value", "Standard Units"],
+                               [[smiles[i], 10 ** (6 - chem["p"][i]), "uM"] for i in support])
+    rules = []
+    for given in (labelled, p_scaled, micromolar):
         result, _ = ok_json(chem, "--model", RF_MODEL, "--support", given, "--query", chem["query_csv"])
         assert result["ranking"] == base["ranking"], given.name
-    assert ok_json(chem, "--model", RF_MODEL, "--support", labelled, "--query",
-                   chem["query_csv"])[0]["support"]["threshold_rule"] == "labels"
+        rules.append(result["support"]["threshold_rule"])
+    assert rules == ["labels", "support median", "support median"]
+
+
+def test_the_cards_threshold_labels_the_support(chem):
+    """A task set with a fixed pActivity threshold: the support is labelled at it, not at its median."""
+    fixed, header = ok_json(chem, "--model", RF_AT_7, "--support", chem["support_nm"], "--query", chem["query_csv"])
+    actives = int((chem["p"][chem["support"]] >= 7.0).sum())
+    assert fixed["support"]["threshold_rule"] == "card" and fixed["support"]["actives"] == actives
+    assert "active at pActivity >= 7, the card's threshold" in header
+    line = refused(chem, "--model", RF_AT_12, "--support", chem["support_nm"], "--query", chem["query_csv"])
+    assert f"0 actives and {2 * HALF_SUPPORT} inactives at the card's threshold pActivity 12" in line
 
 
 def test_bad_rows_are_skipped_counted_and_listed_never_quoted(chem):
@@ -242,6 +260,9 @@ def test_bad_input_is_one_line_and_exit_2(chem, tmp_path):
         "not a compound-activity model": ("--model", RECORDS_MODEL, "--support", good, "--query", query),
         "a folder; a compound-activity model takes": ("--model", GP_MODEL, "--support", good, "--query", tmp_path),
         "--out writes a compound ranking": ("--model", RECORDS_MODEL, "--query", query, "--out", tmp_path / "o.csv"),
+        "compounds of 2 targets (column target_chembl_id)": ("--model", RF_MODEL, "--support", write(
+            "two-targets.csv", ["smiles", "target_chembl_id", "pki"],
+            [[smiles[i], f"CHEMBL{i % 2 + 1}", 7.0] for i in support]), "--query", query),
         "no activity column": ("--model", RF_MODEL, "--support", write(
             "no-activity.csv", ["smiles", "comment"], [[smiles[i], "x"] for i in support]), "--query", query),
     }
