@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TRAIN_TABLES = ["CHEMBL1862_Ki", "CHEMBL1871_Ki", "CHEMBL2034_Ki"]
 HELD_OUT = "CHEMBL4203_Ki"
-HELD_OUT_ROWS, HALF_SUPPORT = 360, 16
+HELD_OUT_ROWS, HALF_SUPPORT = 240, 16
 GP_MODEL, RF_MODEL, RECORDS_MODEL = "compounds-gp", "compounds-rf", "records-like"
 RF_AT_7, RF_AT_12 = "compounds-rf-p7", "compounds-rf-p12"  # baselines whose task sets fix the threshold
 UNPARSEABLE = ["C1CC(N", "this-is-no-smiles"]  # RDKit can not read either
@@ -98,6 +98,7 @@ def chem(tmp_path_factory):
         "query": query, "write": write,
         "support_nm": write("support.csv", ["smiles", "exp_mean [nM]"], [[smiles[i], nm[i]] for i in support]),
         "query_csv": write("library.csv", ["id", "smiles"], [[f"q{i}", smiles[i]] for i in query]),
+        "small_query": write("library-60.csv", ["id", "smiles"], [[f"q{i}", smiles[i]] for i in query[:60]]),
     }
 
 
@@ -193,12 +194,12 @@ def test_labels_p_scaled_values_and_parquet_give_the_same_support(chem):
                              [[smiles[i], "active" if chem["labels"][i] else "inactive"] for i in support])
     p_scaled = chem["files"] / "support-pki.parquet"
     pd.DataFrame({"smiles": [smiles[i] for i in support], "pKi": chem["p"][support]}).to_parquet(p_scaled)
-    base, _ = ok_json(chem, "--model", RF_MODEL, "--support", chem["support_nm"], "--query", chem["query_csv"])
+    base, _ = ok_json(chem, "--model", RF_MODEL, "--support", chem["support_nm"], "--query", chem["small_query"])
     micromolar = chem["write"]("support-um.csv", ["SMILES", "Standard Value", "Standard Units"],
                                [[smiles[i], 10 ** (6 - chem["p"][i]), "uM"] for i in support])
     rules = []
     for given in (labelled, p_scaled, micromolar):
-        result, _ = ok_json(chem, "--model", RF_MODEL, "--support", given, "--query", chem["query_csv"])
+        result, _ = ok_json(chem, "--model", RF_MODEL, "--support", given, "--query", chem["small_query"])
         assert result["ranking"] == base["ranking"], given.name
         rules.append(result["support"]["threshold_rule"])
     assert rules == ["labels", "support median", "support median"]
@@ -206,11 +207,11 @@ def test_labels_p_scaled_values_and_parquet_give_the_same_support(chem):
 
 def test_the_cards_threshold_labels_the_support(chem):
     """A task set with a fixed pActivity threshold: the support is labelled at it, not at its median."""
-    fixed, header = ok_json(chem, "--model", RF_AT_7, "--support", chem["support_nm"], "--query", chem["query_csv"])
+    fixed, header = ok_json(chem, "--model", RF_AT_7, "--support", chem["support_nm"], "--query", chem["small_query"])
     actives = int((chem["p"][chem["support"]] >= 7.0).sum())
     assert fixed["support"]["threshold_rule"] == "card" and fixed["support"]["actives"] == actives
     assert "active at pActivity >= 7, the card's threshold" in header
-    line = refused(chem, "--model", RF_AT_12, "--support", chem["support_nm"], "--query", chem["query_csv"])
+    line = refused(chem, "--model", RF_AT_12, "--support", chem["support_nm"], "--query", chem["small_query"])
     assert f"0 actives and {2 * HALF_SUPPORT} inactives at the card's threshold pActivity 12" in line
 
 
