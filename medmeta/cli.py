@@ -601,10 +601,14 @@ def models_show(
 def predict(
     model: str = typer.Option(..., "--model", help="NAME (its champion), NAME@champion, NAME@challenger or NAME@VERSION."),
     query: Path = typer.Option(..., "--query", help="The cases to predict: a CSV (file column for DICOM, or record "
-                                                     "columns) or a folder of DICOM files."),
+                                                     "columns) or a folder of DICOM files; for a compound-activity "
+                                                     "model, a CSV or Parquet library with a SMILES column."),
     support: Optional[Path] = typer.Option(None, "--support", help="Labelled cases to adapt on (CSV with a label "
                                                                    "column, or a DICOM folder with labels.csv); "
-                                                                   "optional for an adapted model."),
+                                                                   "optional for an adapted model; for a compound-"
+                                                                   "activity model, the compounds measured on the "
+                                                                   "new target (SMILES and a label or an activity "
+                                                                   "with its unit)."),
     max_input_bytes: int = typer.Option(DEFAULT_MAX_INPUT_BYTES, "--max-input-bytes", min=1, envvar=MAX_INPUT_BYTES_ENV,
                                         help="The largest file predict reads (a support or query CSV, a DICOM "
                                              "file); a larger one is refused before it is read."),
