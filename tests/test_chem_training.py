@@ -137,6 +137,16 @@ def test_fingerprints_are_the_five_blocks_side_by_side_and_cached_once(compounds
     assert (tmp_path / "fingerprints.npz").stat().st_size < got.size / 4
 
 
+def test_the_training_modules_import_neither_rdkit_nor_sklearn_nor_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, medmeta.chem.evaluation, medmeta.chem.training, medmeta.chem.publish; "
+            "print(sorted(m for m in ('rdkit', 'sklearn', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 # -- the protocol loop ------------------------------------------------------------------------------------
 
 
@@ -182,7 +192,7 @@ def test_training_is_found_not_repeated_and_a_killed_run_resumes_to_the_same_wei
     import pandas as pd
 
     table = pd.read_parquet(real_home / "tasksets" / "actives" / "compounds.parquet")
-    assert len(stored["keys"]) == table["smiles"].nunique()  # each compound featurised once
+    assert len(stored["keys_utf8"].tobytes().decode().split("\n")) == table["smiles"].nunique()  # each once
     again = train_activity_model(Home.at(real_home), "actives", config)
     assert again.cached and again.model == first.model and again.steps == 8
     result = json.loads((first.folder / "result.json").read_text())

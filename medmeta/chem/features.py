@@ -17,9 +17,9 @@ Tanimoto similarity of bit vectors, and a cache that computes each compound's fe
   them per call so a caller can report it.
 - ``tanimoto(a_bits, b_bits)``: ``(n, m)`` similarity matrix, numpy or torch in, the same kind out.
 - ``FeatureCache(folder).get(featuriser, keys)``: features by compound, computed once; one file per
-  featuriser (``<folder>/<featuriser>.npz``: ``keys`` unicode array + ``values``, loaded with
-  ``allow_pickle=False``; a bit featuriser's values stored with ``np.packbits`` and ``width``) beside a
-  snapshot or task set; a rerun reads it.
+  featuriser (``<folder>/<featuriser>.npz``: ``keys_utf8``, the keys as UTF-8 lines, + ``values``, loaded
+  with ``allow_pickle=False``; a bit featuriser's values stored with ``np.packbits`` and ``width``; a file
+  of the first format, a ``keys`` unicode array, is still read) beside a snapshot or task set; a rerun reads it.
 
 Input SMILES are expected canonical (medmeta's store holds canonical, standardised SMILES); the cache
 keys by the string given. A SMILES RDKit cannot parse raises ``Rejected("unparseable_smiles", ...)`` naming
@@ -242,7 +242,12 @@ class FeatureCache:
             path = self.path(featuriser)
             if path.exists():
                 with np.load(path, allow_pickle=False) as stored:
-                    keys, values = stored["keys"], stored["values"]
+                    if "keys_utf8" in stored:  # the keys as UTF-8 lines (a fixed-width unicode array is 4 bytes a
+                        text = stored["keys_utf8"].tobytes().decode()  # character of the longest SMILES, each)
+                        keys = text.split("\n") if text else []
+                    else:
+                        keys = stored["keys"]
+                    values = stored["values"]
                     if "width" in stored:  # bit-packed (BIT_FEATURISERS)
                         values = np.unpackbits(values, axis=1, count=int(stored["width"]))
                 self._loaded[featuriser] = ({str(k): i for i, k in enumerate(keys)}, values)
@@ -271,14 +276,14 @@ class FeatureCache:
 
     def _write(self, featuriser: str, index: dict[str, int], values: np.ndarray) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        keys = np.array(sorted(index, key=index.__getitem__), dtype=str)
+        keys = np.frombuffer("\n".join(sorted(index, key=index.__getitem__)).encode(), dtype=np.uint8)
         fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{featuriser}.", suffix=".npz")
         try:
             with os.fdopen(fd, "wb") as f:
                 if featuriser in BIT_FEATURISERS:
-                    np.savez(f, keys=keys, values=np.packbits(values, axis=1), width=np.int64(values.shape[1]))
+                    np.savez(f, keys_utf8=keys, values=np.packbits(values, axis=1), width=np.int64(values.shape[1]))
                 else:
-                    np.savez(f, keys=keys, values=values)
+                    np.savez(f, keys_utf8=keys, values=values)
             os.replace(tmp, self.path(featuriser))
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -165,7 +165,7 @@ def train_activity_model(home: Home, taskset: str, settings, on_checkpoint: Call
         losses = _load_state(learner, folder / CHECKPOINT)
     resumed_at = int(learner.step)
     data = [(torch.as_tensor(features[t.task], dtype=torch.float32, device=device),
-             torch.as_tensor(t.labels, dtype=torch.int64, device=device)) for t in train]
+             torch.as_tensor(np.array(t.labels), dtype=torch.int64, device=device)) for t in train]
     steps, every = int(compounds["steps"]), int(compounds["checkpoint_every"])
     started = time.perf_counter()
     while int(learner.step) < steps:
@@ -184,7 +184,8 @@ def train_activity_model(home: Home, taskset: str, settings, on_checkpoint: Call
               "featuriser": featuriser, "steps": int(learner.step), "resumed_at": resumed_at, "device": device,
               "seconds": round(seconds, 3), "loss_first10": _mean(losses[:10]), "loss_last10": _mean(losses[-10:]),
               "losses": [round(v, 6) for v in losses], "train_tasks": [t.task for t in train],
-              "noise": float(learner.log_noise.exp()), "block_weights": learner.log_w_tanimoto.exp().tolist(),
+              "noise": float(learner.log_noise.detach().exp()),
+              "block_weights": learner.log_w_tanimoto.detach().exp().tolist(),
               "validation": validation}
     write_json(folder / "result.json", result)
     return TrainedActivity(name, folder, False, int(learner.step), round(seconds, 3), device)
