@@ -188,7 +188,7 @@ def test_training_is_found_not_repeated_and_a_killed_run_resumes_to_the_same_wei
     first = train_activity_model(Home.at(real_home), "actives", config)
     assert not first.cached and first.steps == 8 and first.device == "cpu"
     assert first.folder == real_home / "training" / first.model and first.model.startswith("actives-activity_gp-")
-    stored = np.load(real_home / "tasksets" / "actives" / "features" / "fingerprints.npz")
+    stored = np.load(real_home / "features" / "snapshot-for-tests" / "fingerprints.npz")
     import pandas as pd
 
     table = pd.read_parquet(real_home / "tasksets" / "actives" / "compounds.parquet")
@@ -202,6 +202,7 @@ def test_training_is_found_not_repeated_and_a_killed_run_resumes_to_the_same_wei
 
     killed = tmp_path / "h"
     shutil.copytree(real_home / "tasksets", killed / "tasksets")
+    shutil.copytree(real_home / "features", killed / "features")
 
     def kill_after_four(step):
         if step == 4:

@@ -3,8 +3,9 @@
     train_activity_model(home, taskset, settings, on_checkpoint=None) -> TrainedActivity
 
 - Features: ``settings.compounds["featuriser"]`` (``fingerprints``: ECFP4 | atom pairs | torsions | FCFP4 | MACCS)
-  of every compound of the task set, from a ``FeatureCache`` kept with the task set (``H/tasksets/<name>/features/``,
-  keyed by the standardised SMILES), so a fingerprint is computed once per compound (``task_features``).
+  of every compound of the task set, from a ``FeatureCache`` kept with the snapshot the task set was built from
+  (``H/features/<snapshot>/``, keyed by the standardised SMILES), so a fingerprint is computed once per compound,
+  whichever task sets (split seeds) of that snapshot hold it (``task_features``).
 - Meta-training: ``ActivityGP(in_features, blocks=<the featuriser's blocks>, seed, **compounds.learner)`` on the
   task set's ``train`` tasks for ``compounds.steps`` steps, on ``compounds.device`` (``auto``: cuda when present).
 - Checkpoints: every ``checkpoint_every`` steps the learner's whole state (weights, Adam's moments, the step) is
@@ -60,13 +61,18 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def features_dir(home: Home, manifest: dict) -> Path:
+    """``H/features/<snapshot>/``: the feature cache of a snapshot's compounds, shared by every task set built
+    from it (the three split seeds of one snapshot featurise each compound once)."""
+    return home.root / "features" / str(manifest["snapshot"])
+
+
 def task_features(home: Home, tasks, featuriser: str) -> dict[str, np.ndarray]:
     """Task -> its compounds' ``featuriser`` rows (in the task's compound order), from the task set's feature
     cache; every compound featurised once, however many tasks hold it. ``tasks``: a ``TargetTaskSet``."""
     from medmeta.chem.features import FeatureCache
-    from medmeta.tasksets.store import taskset_dir
 
-    cache = FeatureCache(taskset_dir(home, tasks.manifest["name"]) / "features")
+    cache = FeatureCache(features_dir(home, tasks.manifest))
     smiles = sorted({s for task in tasks.tasks.values() for s in task.smiles})
     rows = cache.get(featuriser, smiles)
     index = {s: i for i, s in enumerate(smiles)}
@@ -222,5 +228,5 @@ def _drawable(labels: np.ndarray, size: int) -> bool:
     return min(positives, len(labels) - positives) >= size // 2 + 1 and len(labels) > size
 
 
-__all__ = ["TrainedActivity", "activity_identity", "activity_model_name", "build_learner", "load_learner",
+__all__ = ["TrainedActivity", "activity_identity", "activity_model_name", "build_learner", "features_dir", "load_learner",
            "resolve_device", "task_features", "train_activity_model"]
