@@ -94,7 +94,8 @@ def settings(**compounds):
     from medmeta.settings import Settings
 
     base = {"featuriser": "fingerprints", "steps": 8, "checkpoint_every": 4, "support_sizes": [16], "draws": 3,
-            "validation_draws": 2, "gate_support_size": 16, "baselines": ["rf", "tanimoto_knn"], "device": "cpu"}
+            "validation_draws": 2, "gate_support_size": 16, "baselines": ["rf", "tanimoto_knn"], "device": "cpu",
+            "learner": {"episodes_per_step": 4, "query_size": 64}}  # small episodes: the fast suite's budget
     return Settings.model_validate({"compounds": {**base, **compounds}})
 
 
@@ -197,8 +198,13 @@ def test_training_is_found_not_repeated_and_a_killed_run_resumes_to_the_same_wei
     assert again.cached and again.model == first.model and again.steps == 8
     result = json.loads((first.folder / "result.json").read_text())
     assert result["validation"]["tasks"] == ["CHEMBL214_Ki"] and "meta_trained" in result["validation"]
-    other = train_activity_model(Home.at(real_home), "actives", settings(steps=4))
-    assert other.model != first.model  # other settings: another model
+    from medmeta.chem.target_tasks import load_target_taskset
+    from medmeta.chem.training import activity_identity, activity_model_name
+
+    manifest = load_target_taskset(Home.at(real_home), "actives").manifest
+    assert activity_model_name(activity_identity(manifest, config.compounds)) == first.model
+    for other in (settings(steps=4), settings(featuriser="ecfp4_bits"), settings(learner={"lr": 0.01})):
+        assert activity_model_name(activity_identity(manifest, other.compounds)) != first.model  # another model
 
     killed = tmp_path / "h"
     shutil.copytree(real_home / "tasksets", killed / "tasksets")
@@ -226,17 +232,17 @@ def test_the_evaluation_scores_every_method_on_the_test_tasks_and_is_reused(real
     from medmeta.chem.training import train_activity_model
     from medmeta.home import Home
 
-    config = settings()
-    model = train_activity_model(Home.at(real_home), "actives", config).model
+    model = train_activity_model(Home.at(real_home), "actives", settings()).model  # found: trained above
+    config = settings(baselines=["logistic_regression", "tanimoto_knn"])  # not the model's settings: the same model
     evaluation = evaluate_activity_model(Home.at(real_home), model, config)
     result = evaluation.result
-    assert result.methods == ["activity_gp", "rf", "tanimoto_knn"]
+    assert result.methods == ["activity_gp", "logistic_regression", "tanimoto_knn"]
     assert result.units == [(t, 0) for t in ("CHEMBL233_Ki", "CHEMBL234_Ki", "CHEMBL236_Ki")]
     saved = real_home / "training" / model / "evaluation.json"
     before = saved.stat().st_mtime_ns
     again = evaluate_activity_model(Home.at(real_home), model, config)
     assert saved.stat().st_mtime_ns == before and again.to_dict() == evaluation.to_dict()
-    assert json.loads(saved.read_text())["result"]["values"]["rf"]["16"] == result.values[("rf", 16)]
+    assert json.loads(saved.read_text())["result"]["values"]["tanimoto_knn"]["16"] == result.values[("tanimoto_knn", 16)]
 
 
 def _generated(compounds, rule) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
@@ -290,7 +296,7 @@ def test_the_gate_publishes_the_best_method_and_says_so(compounds, tmp_path, rul
 
     home = tmp_path / "h"
     write_taskset(home, "generated", _generated(compounds, rule), TABLES)
-    config = settings(steps=10, featuriser=featuriser, baselines=baselines)
+    config = settings(steps=10, featuriser=featuriser, baselines=baselines, validation_draws=0, draws=2)
     model = train_activity_model(Home.at(home), "generated", config).model
     published = publish_activity_model(Home.at(home), model, config)
     assert published["published"] == winner and published["decision"] == "champion"
