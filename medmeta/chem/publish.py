@@ -150,13 +150,21 @@ def _card_metrics(result, winner: str, gate_size: int) -> tuple[dict, dict]:
     return metrics, deltas
 
 
+def _verdict(diff) -> str:
+    """Whether a paired difference's 95% interval clears zero, in words."""
+    if diff.low > 0:
+        return "the interval is above zero"
+    return f"the interval includes zero: not a significant lead on {diff.n} test tasks"
+
+
 def _why(result, winner: str, gate_size: int) -> str:
     """One line: by how much the winning baseline beat the meta-learner at the gate's size, with the interval."""
     won, lost = result.estimate(winner, gate_size), result.estimate("activity_gp", gate_size)
     diff = result.difference(winner, "activity_gp", gate_size)
     return (f"{_label(winner)} has the highest dAUPRC at S={gate_size} on the {won.n} test tasks: {won.text()} "
             f"against {_label('activity_gp')}'s {lost.text()}; paired difference {diff.mean:+.3f} "
-            f"(95% CI [{diff.low:+.3f}, {diff.high:+.3f}]), so the baseline, not the meta-learned model, is published")
+            f"(95% CI [{diff.low:+.3f}, {diff.high:+.3f}]; {_verdict(diff)}), so the baseline, not the meta-learned "
+            "model, is published")
 
 
 def activity_card(identity: dict, training: dict, evaluation: ActivityEvaluation, gate_size: int, manifest: dict,
@@ -196,8 +204,9 @@ def activity_card(identity: dict, training: dict, evaluation: ActivityEvaluation
             "algorithm": "activity_gp",
             "purpose": (f"ranks a compound library for a new target from a few measured compounds: a Tanimoto-kernel "
                         f"Gaussian process per support set with meta-learned kernel weights, trained on task set "
-                        f"{manifest['name']}; at S={gate_size} it beats the best baseline ({_label(best_baseline)}) by "
-                        f"{lead.mean:+.3f} dAUPRC (95% CI [{lead.low:+.3f}, {lead.high:+.3f}])"),
+                        f"{manifest['name']}; at S={gate_size} its dAUPRC is above the best baseline's "
+                        f"({_label(best_baseline)}) by {lead.mean:+.3f} (paired 95% CI [{lead.low:+.3f}, "
+                        f"{lead.high:+.3f}]; {_verdict(lead)})"),
             "config": {"learner": "activity_gp", "learner_config": identity["learner_config"],
                        "featuriser": identity["featuriser"], "threshold": threshold, "support_sizes": result.sizes},
             "device": training["device"],
