@@ -672,6 +672,7 @@ def tasks_build(
     conditions: str = typer.Option("disorders", "--conditions", help="Disease tasks: disorders (SNOMED CT findings and situations are no classes) or all."),
     feature_min_patients: float = typer.Option(0.2, "--feature-min-patients", help="Record features: analytes (and drug tasks' conditions) of at least this fraction of the meta-train patients."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Target tasks: a compound is active at or above this pActivity (-log10 molar) [default: each task's median]."),
+    test_tasks: Optional[int] = typer.Option(None, "--test-tasks", help="Target tasks: exactly this many meta-test tasks (whole targets) and no meta-validation, drawn by --seed as the FS-Mol protocol does [default: the stable split by a hash of each target]."),
     home: Optional[Path] = HomeOption,
     config: Optional[Path] = ConfigOption,
     as_json: bool = JsonOption,
@@ -685,7 +686,7 @@ def tasks_build(
     the_home = Home.at(home)
     options = dict(system=system, concept_maps=[str(p) for p in concept_map or []],
                    outcomes=str(outcomes) if outcomes else None, label_policy=label_policy, conditions=conditions,
-                   feature_min_patients_fraction=feature_min_patients, threshold=threshold)
+                   feature_min_patients_fraction=feature_min_patients, threshold=threshold, test_tasks=test_tasks)
     requests = [((by, inputs, ways, shots, queries, seed, name), options)]
     try:  # the gate, the map and rule files, the cases and the split, before the embedded Prefect server starts
         settings = _settings(config)

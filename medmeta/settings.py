@@ -100,6 +100,7 @@ class TaskSetEntry(TypedDict, total=False):
     conditions: NotRequired[Literal["disorders", "all"]]
     feature_min_patients_fraction: NotRequired[Annotated[Number, Field(ge=0, le=1)]]
     threshold: NotRequired[Optional[Annotated[Number, Field(ge=0, le=14)]]]  # target tasks: a fixed pActivity cut
+    test_tasks: NotRequired[Optional[PositiveInt]]  # target tasks: exactly N meta-test tasks, no meta-val (FS-Mol)
 
 
 class TrainSection(TypedDict):

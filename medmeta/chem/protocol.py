@@ -46,8 +46,11 @@ def labels_of(p_activity: np.ndarray) -> np.ndarray:
     return (p >= np.median(p)).astype(np.int64)
 
 
-def split_tasks(tasks: Sequence[str], seed: int, n_test: int = N_TEST, n_val: int = 0) -> dict[str, list[str]]:
+def split_tasks(tasks: Sequence[str], seed: int, n_test: int = N_TEST, n_val: int = 0,
+                groups_of: dict[str, str] | None = None) -> dict[str, list[str]]:
     """Split task names into ``{"train", "val", "test"}`` (each sorted) by group, deterministically.
+
+    A task's group is ``groups_of[task]`` when given (a task set's target column), else ``group_of(task)``.
 
     The groups (sorted, so the input order does not matter) are shuffled by ``default_rng(seed)``; in
     that order a group goes to test while its tasks fit in the ``n_test`` still open, then to val
@@ -58,7 +61,7 @@ def split_tasks(tasks: Sequence[str], seed: int, n_test: int = N_TEST, n_val: in
     tasks = sorted(set(tasks))
     groups: dict[str, list[str]] = {}
     for task in tasks:
-        groups.setdefault(group_of(task), []).append(task)
+        groups.setdefault(groups_of[task] if groups_of is not None else group_of(task), []).append(task)
     order = sorted(groups)
     rng = np.random.default_rng(seed)
     out: dict[str, list[str]] = {"train": [], "val": [], "test": []}
