@@ -174,6 +174,11 @@ def test_every_method_sees_the_same_draws(compounds):
     assert seen["a"] == expected
     assert result.units == [(t, s) for s in (7, 8) for t in test]
     assert len(result.values[("a", 16)]) == 4 and result.difference("a", "a", 16).mean == 0
+    one = run_protocol(labels, {"rows": x}, [Split(7, (), test)], {"a": recording("a"), "b": recording("b")}, [16, 32], 2)
+    two = run_protocol(labels, {"rows": x}, [Split(8, (), test)], {"a": recording("a"), "b": recording("b")}, [16, 32], 2)
+    joined = type(result).combine([one, two])  # the splits evaluated apart, joined: the same units and draws
+    assert joined.units == result.units and joined.sizes == result.sizes
+    assert type(result).from_dict(json.loads(json.dumps(joined.to_dict()))).units == result.units
 
 
 # -- training -------------------------------------------------------------------------------------------

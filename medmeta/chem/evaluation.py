@@ -14,7 +14,8 @@ pipeline (medmeta.chem.publish): every method on the same draws, typed results.
 - A unit = (test task, split seed); its value is the mean dAUPRC over its draws. ``ProtocolResult`` holds every
   unit value per (method, S), and gives ``estimate(method, S)`` (mean, 95% t-interval over units) and
   ``difference(a, b, S)`` (the paired difference a - b per unit, mean and 95% interval); ``to_dict`` /
-  ``from_dict`` round-trip it through JSON.
+  ``from_dict`` round-trip it through JSON; ``ProtocolResult.combine(results)`` joins the units of several (the
+  three split seeds' task sets, each evaluated on its own, into the protocol's 30 units).
 
 ``baseline_method(name)`` makes a ``medmeta.chem.baselines`` function a method; ``learner_method(build)`` a torch
 learner with ``meta_train(list[(x, y)])`` and ``scores(sx, sy, qx)``; ``scorer_method(scores, featuriser)`` an
@@ -117,6 +118,22 @@ class ProtocolResult:
         first method."""
         order = [m for m in prefer if m in self.methods] + [m for m in self.methods if m not in prefer]
         return max(order, key=lambda m: (self.estimate(m, size).mean, -order.index(m)))
+
+    @classmethod
+    def combine(cls, results: Sequence["ProtocolResult"]) -> "ProtocolResult":
+        """One result over the units of several (e.g. the three split seeds' task sets, each evaluated alone):
+        the same methods, sizes and draws; units and values concatenated in the given order, seconds added."""
+        first = results[0]
+        for other in results[1:]:
+            if (other.methods, other.sizes, other.n_draws) != (first.methods, first.sizes, first.n_draws):
+                raise ValueError("results to combine need the same methods, support sizes and draws")
+        units = [u for r in results for u in r.units]
+        if len(set(units)) != len(units):
+            raise ValueError("results to combine must not share a unit (test task, split seed)")
+        seconds = {m: {k: round(sum(r.seconds.get(m, {}).get(k, 0.0) for r in results), 3) for k in ("train", "score")}
+                   for m in first.methods}
+        return cls(list(first.methods), list(first.sizes), first.n_draws, units,
+                   {key: [v for r in results for v in r.values[key]] for key in first.values}, seconds)
 
     def to_dict(self) -> dict:
         return {"methods": list(self.methods), "sizes": list(self.sizes), "n_draws": self.n_draws,
