@@ -1,5 +1,6 @@
 """Few-shot compound activity on the 30 MoleculeACE ChEMBL tables (issue 15): the field's baselines and
-ProtoNet on the FS-Mol protocol (medmeta.chem.protocol), every method on the same draws.
+ProtoNet on the FS-Mol protocol (medmeta.chem.protocol), every method on the same draws (the loop is
+medmeta.chem.evaluation.run_protocol, which the pipeline's evaluation shares).
 
     python bench/molecules.py [--draws 10] [--seeds 0 1 2] [--sizes 16 32 64] [--methods rf ...]
                               [--protonet-steps 1000] [--out BENCHMARKS.md]
@@ -38,7 +39,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import numpy as np
 
@@ -47,9 +48,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))  # first: bench/metalearn.py must not shadow the metalearn package
 from _report import load_average, machine, revision, write_section  # noqa: E402  (bench/_report.py)
 
-from medmeta.chem.baselines import BASELINES, KNN_K, LR_C, RF_TREES  # noqa: E402
-from medmeta.chem.protocol import (SPLIT_SEEDS, SUPPORT_SIZES, N_DRAWS, delta_auprc, draw, draw_rng,  # noqa: E402
-                                   labels_of, mean_ci, paired, split_tasks)
+from medmeta.chem.baselines import KNN_K, LR_C, RF_TREES  # noqa: E402
+from medmeta.chem.evaluation import (Method, Scorer, Split, TrainTask, baseline_method,  # noqa: E402,F401
+                                     learner_method, run_protocol)
+from medmeta.chem.protocol import (SPLIT_SEEDS, SUPPORT_SIZES, N_DRAWS, draw, labels_of, mean_ci,  # noqa: E402
+                                   paired, split_tasks)
 
 SECTION = "molecules"
 
@@ -60,22 +63,6 @@ ISSUE_FIGURES = {
     "protonet_trained": ((.119, .036), (.124, .037), (.144, .037)),
     "protonet_untrained": ((.164, None), (.195, None), (.221, None)),
 }
-
-
-class TrainTask(NamedTuple):
-    name: str
-    x: np.ndarray
-    y: np.ndarray
-
-
-Scorer = Callable[[np.ndarray, np.ndarray, np.ndarray, int], np.ndarray]
-
-
-@dataclass(frozen=True)
-class Method:
-    featuriser: str
-    prepare: Callable[[list[TrainTask], int], Scorer]
-    note: str
 
 
 # ---------------------------------------------------------------- data
@@ -101,36 +88,6 @@ def load_tables(names: list[str] | None = None) -> dict[str, tuple[list[str], np
 
 
 # ---------------------------------------------------------------- methods
-
-
-def baseline_method(name: str, note: str) -> Method:
-    """A ``medmeta.chem.baselines`` function as a method: fitted on each draw's support set only."""
-    fn, featuriser = BASELINES[name]
-    return Method(featuriser, lambda train, seed: fn, note)
-
-
-def learner_method(build: Callable[[int], object], featuriser: str = "ecfp4_bits", note: str = "",
-                   device: str = "cpu") -> Method:
-    """A torch learner with ``meta_train(list[(x, y)])`` and ``scores(support_x, support_y, query_x)``
-    as a bench method: ``build(split_seed)`` makes it, ``meta_train`` sees the split's training tasks
-    as float32 / int64 tensors, each draw calls ``scores``."""
-    import torch
-
-    def prepare(train: list[TrainTask], seed: int) -> Scorer:
-        learner = build(seed)
-        learner.meta_train([(torch.as_tensor(t.x, dtype=torch.float32, device=device),
-                             torch.as_tensor(t.y, dtype=torch.int64, device=device)) for t in train])
-
-        def score(support_x, support_y, query_x, draw_seed):
-            with torch.no_grad():
-                out = learner.scores(torch.as_tensor(support_x, dtype=torch.float32, device=device),
-                                     torch.as_tensor(support_y, dtype=torch.int64, device=device),
-                                     torch.as_tensor(query_x, dtype=torch.float32, device=device))
-            return out.detach().cpu().double().numpy()
-
-        return score
-
-    return Method(featuriser, prepare, note)
 
 
 @dataclass
@@ -208,32 +165,15 @@ METHODS: dict[str, Method] = {
 def run(tables, features: dict[str, dict[str, np.ndarray]], methods: dict[str, Method], seeds, sizes,
         n_draws: int, log=print):
     """dAUPRC per (method, S) -> list of unit values (in unit order), the units, and the seconds spent
-    per method in ``prepare`` (training) and in scoring."""
+    per method in ``prepare`` (training) and in scoring: ``medmeta.chem.evaluation.run_protocol`` on the
+    tables split by ``split_tasks`` for each seed."""
     labels = {name: labels_of(p) for name, (_, p) in tables.items()}
-    units: list[tuple[str, int]] = []
-    values: dict[tuple[str, int], list[float]] = {(m, s): [] for m in methods for s in sizes}
-    seconds = {m: {"train": 0.0, "score": 0.0} for m in methods}
+    splits = []
     for seed in seeds:
         split = split_tasks(list(tables), seed)
-        units += [(task, seed) for task in split["test"]]
-        for name, method in methods.items():
-            x = features[method.featuriser]
-            start = time.perf_counter()
-            scorer = method.prepare([TrainTask(t, x[t], labels[t]) for t in split["train"]], seed)
-            seconds[name]["train"] += time.perf_counter() - start
-            start = time.perf_counter()
-            for size in sizes:
-                for task in split["test"]:
-                    per_draw = []
-                    for k in range(n_draws):
-                        support, query = draw(labels[task], size, draw_rng(seed, task, size, k))
-                        scores = scorer(x[task][support], labels[task][support], x[task][query], k)
-                        per_draw.append(delta_auprc(labels[task][query], scores))
-                    values[(name, size)].append(float(np.mean(per_draw)))
-            seconds[name]["score"] += time.perf_counter() - start
-            log(f"split {seed}: {name} done ({seconds[name]['train']:.0f} s training, "
-                f"{seconds[name]['score']:.0f} s scoring so far)")
-    return values, units, seconds
+        splits.append(Split(seed, tuple(split["train"]), tuple(split["test"])))
+    result = run_protocol(labels, features, splits, methods, sizes, n_draws, log=log)
+    return result.values, result.units, result.seconds
 
 
 def report(values, units, seconds, methods, sizes, n_draws, seeds, feature_seconds, feature_note, total, command,

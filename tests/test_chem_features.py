@@ -96,7 +96,7 @@ def test_cache_computes_once_and_a_rerun_reads_it_back(smiles, tmp_path):
     again = rerun.get("ecfp4_bits", list(reversed(smiles[:20])))
     assert rerun.computed == {} and np.array_equal(again, bits[::-1])
     with np.load(rerun.path("ecfp4_bits"), allow_pickle=False) as stored:  # plain arrays, no pickle
-        assert stored["values"].shape == (20, 2048)
+        assert stored["values"].shape == (20, 2048 // 8) and int(stored["width"]) == 2048  # bit-packed
 
     more = rerun.get("ecfp4_bits", smiles[15:25] + smiles[15:25])
     assert rerun.computed == {"ecfp4_bits": 5} and np.array_equal(more, ecfp4_bits(smiles[15:25] * 2))
@@ -118,4 +118,5 @@ def test_importing_the_chem_modules_imports_neither_rdkit_nor_sklearn():
             "print(sorted(m for m in ('rdkit', 'sklearn', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
-    assert features.FEATURISERS.keys() == {"ecfp4_bits", "ecfp4_counts", "descriptors"}
+    assert features.FEATURISERS.keys() == {"ecfp4_bits", "ecfp4_counts", "descriptors", "atom_pair_bits",
+                                           "torsion_bits", "fcfp4_bits", "maccs_keys", "fingerprints"}

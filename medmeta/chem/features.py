@@ -5,14 +5,21 @@ Tanimoto similarity of bit vectors, and a cache that computes each compound's fe
   ``rdFingerprintGenerator`` (not the deprecated ``AllChem.GetMorganFingerprintAsBitVect``);
   ``uint8`` 0/1, shape ``(n, n_bits)``.
 - ``ecfp4_counts(smiles, n_bits=2048)``: the same environments counted, ``uint8`` saturating at 255.
+- ``atom_pair_bits``, ``torsion_bits``, ``fcfp4_bits`` (2048 bits each, RDKit ``rdFingerprintGenerator``'s
+  atom-pair, topological-torsion and feature-invariant Morgan radius 2 generators with their defaults, as
+  bench/molecules_learner.py measured them) and ``maccs_keys`` (the 167 MACCS keys, bit 0 always 0), ``uint8`` 0/1.
+- ``fingerprints(smiles)``: ECFP4 | atom pairs | torsions | FCFP4 | MACCS side by side (``uint8``, 8,359 columns),
+  each molecule parsed once; ``FEATURISER_BLOCKS["fingerprints"]`` gives the blocks' widths in that order (the
+  ``blocks`` of ``metalearn.activity.ActivityGP``).
 - ``descriptors(smiles)``: ``DESCRIPTOR_NAMES`` in that order, ``float32`` ``(n, len(DESCRIPTOR_NAMES))``.
   A descriptor RDKit cannot compute for a molecule (NaN, e.g. Gasteiger charges of some metals) or that
   overflows float32 (inf, e.g. a huge ``BertzCT``) is stored as 0.0; ``descriptors_replaced()`` counts
   them per call so a caller can report it.
 - ``tanimoto(a_bits, b_bits)``: ``(n, m)`` similarity matrix, numpy or torch in, the same kind out.
 - ``FeatureCache(folder).get(featuriser, keys)``: features by compound, computed once; one file per
-  featuriser (``<folder>/<featuriser>.npz``: ``keys`` unicode array + ``values``, loaded with
-  ``allow_pickle=False``) beside a snapshot or task set; a rerun reads it.
+  featuriser (``<folder>/<featuriser>.npz``: ``keys_utf8``, the keys as UTF-8 lines, + ``values``, loaded
+  with ``allow_pickle=False``; a bit featuriser's values stored with ``np.packbits`` and ``width``; a file
+  of the first format, a ``keys`` unicode array, is still read) beside a snapshot or task set; a rerun reads it.
 
 Input SMILES are expected canonical (medmeta's store holds canonical, standardised SMILES); the cache
 keys by the string given. A SMILES RDKit cannot parse raises ``Rejected("unparseable_smiles", ...)`` naming
@@ -32,6 +39,7 @@ from medmeta.errors import UNPARSEABLE_SMILES, Rejected
 
 ECFP4_RADIUS = 2
 N_BITS = 2048
+MACCS_BITS = 167
 
 # The descriptors, by RDKit name (rdkit.Chem.Descriptors); fixed so a feature vector means the same
 # thing whatever RDKit's full list grows to.
@@ -90,6 +98,67 @@ def ecfp4_counts(smiles: Sequence[str], n_bits: int = N_BITS, positions: Sequenc
     return out
 
 
+def _bit_generators(n_bits: int) -> dict:
+    """The fingerprint generators of ``fingerprints`` (bench/molecules_learner.py's settings), by name."""
+    from rdkit.Chem import rdFingerprintGenerator as fp
+
+    return {"ecfp4": fp.GetMorganGenerator(radius=ECFP4_RADIUS, fpSize=n_bits),
+            "atom_pairs": fp.GetAtomPairGenerator(fpSize=n_bits),
+            "torsions": fp.GetTopologicalTorsionGenerator(fpSize=n_bits),
+            "fcfp4": fp.GetMorganGenerator(radius=ECFP4_RADIUS, fpSize=n_bits,
+                                           atomInvariantsGenerator=fp.GetMorganFeatureAtomInvGen())}
+
+
+def _maccs(mol) -> np.ndarray:
+    from rdkit import DataStructs
+    from rdkit.Chem import MACCSkeys
+
+    out = np.zeros(MACCS_BITS, dtype=np.uint8)
+    DataStructs.ConvertToNumpyArray(MACCSkeys.GenMACCSKeys(mol), out)
+    return out
+
+
+def _one_generator(name: str):
+    def featurise(smiles: Sequence[str], n_bits: int = N_BITS, positions: Sequence[int] | None = None) -> np.ndarray:
+        gen = _bit_generators(n_bits)[name]
+        out = np.zeros((len(smiles), n_bits), dtype=np.uint8)
+        for i, mol in enumerate(_mols(smiles, positions)):
+            out[i] = gen.GetFingerprintAsNumPy(mol)
+        return out
+
+    return featurise
+
+
+atom_pair_bits = _one_generator("atom_pairs")
+atom_pair_bits.__name__ = "atom_pair_bits"
+atom_pair_bits.__doc__ = "Atom-pair fingerprint bits (RDKit defaults), ``uint8`` 0/1 ``(n, n_bits)``."
+torsion_bits = _one_generator("torsions")
+torsion_bits.__name__ = "torsion_bits"
+torsion_bits.__doc__ = "Topological-torsion fingerprint bits (RDKit defaults), ``uint8`` 0/1 ``(n, n_bits)``."
+fcfp4_bits = _one_generator("fcfp4")
+fcfp4_bits.__name__ = "fcfp4_bits"
+fcfp4_bits.__doc__ = "FCFP4 bits: Morgan radius 2 on pharmacophoric atom features, ``uint8`` 0/1 ``(n, n_bits)``."
+
+
+def maccs_keys(smiles: Sequence[str], positions: Sequence[int] | None = None) -> np.ndarray:
+    """The 167 MACCS structural keys (RDKit's ``MACCSkeys``; key 0 is unused, always 0), ``uint8`` 0/1."""
+    mols = _mols(smiles, positions)
+    out = np.zeros((len(smiles), MACCS_BITS), dtype=np.uint8)
+    for i, mol in enumerate(mols):
+        out[i] = _maccs(mol)
+    return out
+
+
+def fingerprints(smiles: Sequence[str], positions: Sequence[int] | None = None) -> np.ndarray:
+    """ECFP4 | atom pairs | torsions | FCFP4 (2048 bits each) | MACCS (167): ``uint8`` 0/1 ``(n, 8359)``, the
+    blocks in ``FEATURISER_BLOCKS["fingerprints"]``'s order; each molecule parsed once."""
+    gens = list(_bit_generators(N_BITS).values())
+    out = np.zeros((len(smiles), sum(FEATURISER_BLOCKS["fingerprints"])), dtype=np.uint8)
+    for i, mol in enumerate(_mols(smiles, positions)):
+        out[i] = np.concatenate([g.GetFingerprintAsNumPy(mol).astype(np.uint8) for g in gens] + [_maccs(mol)])
+    return out
+
+
 def descriptors(smiles: Sequence[str], positions: Sequence[int] | None = None) -> np.ndarray:
     """``DESCRIPTOR_NAMES`` per compound, ``float32`` ``(n, len(DESCRIPTOR_NAMES))``; NaN and values
     beyond float32 (inf) become 0.0, counted in ``descriptors_replaced()``."""
@@ -117,7 +186,22 @@ FEATURISERS: dict[str, Callable[..., np.ndarray]] = {
     "ecfp4_bits": ecfp4_bits,
     "ecfp4_counts": ecfp4_counts,
     "descriptors": descriptors,
+    "atom_pair_bits": atom_pair_bits,
+    "torsion_bits": torsion_bits,
+    "fcfp4_bits": fcfp4_bits,
+    "maccs_keys": maccs_keys,
+    "fingerprints": fingerprints,
 }
+
+# name -> the widths of its blocks of columns, in order (one block: the whole vector)
+FEATURISER_BLOCKS: dict[str, tuple[int, ...]] = {
+    "ecfp4_bits": (N_BITS,), "ecfp4_counts": (N_BITS,), "descriptors": (len(DESCRIPTOR_NAMES),),
+    "atom_pair_bits": (N_BITS,), "torsion_bits": (N_BITS,), "fcfp4_bits": (N_BITS,), "maccs_keys": (MACCS_BITS,),
+    "fingerprints": (N_BITS, N_BITS, N_BITS, N_BITS, MACCS_BITS),
+}
+
+# 0/1 featurisers: the cache stores them bit-packed (8 compounds' bits per byte: fingerprints take 1 kB a compound)
+BIT_FEATURISERS = frozenset({"ecfp4_bits", "atom_pair_bits", "torsion_bits", "fcfp4_bits", "maccs_keys", "fingerprints"})
 
 
 def tanimoto(a_bits, b_bits):
@@ -158,7 +242,14 @@ class FeatureCache:
             path = self.path(featuriser)
             if path.exists():
                 with np.load(path, allow_pickle=False) as stored:
-                    keys, values = stored["keys"], stored["values"]
+                    if "keys_utf8" in stored:  # the keys as UTF-8 lines (a fixed-width unicode array is 4 bytes a
+                        text = stored["keys_utf8"].tobytes().decode()  # character of the longest SMILES, each)
+                        keys = text.split("\n") if text else []
+                    else:
+                        keys = stored["keys"]
+                    values = stored["values"]
+                    if "width" in stored:  # bit-packed (BIT_FEATURISERS)
+                        values = np.unpackbits(values, axis=1, count=int(stored["width"]))
                 self._loaded[featuriser] = ({str(k): i for i, k in enumerate(keys)}, values)
             else:
                 self._loaded[featuriser] = ({}, None)
@@ -185,11 +276,14 @@ class FeatureCache:
 
     def _write(self, featuriser: str, index: dict[str, int], values: np.ndarray) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        keys = np.array(sorted(index, key=index.__getitem__), dtype=str)
+        keys = np.frombuffer("\n".join(sorted(index, key=index.__getitem__)).encode(), dtype=np.uint8)
         fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{featuriser}.", suffix=".npz")
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, keys=keys, values=values)
+                if featuriser in BIT_FEATURISERS:
+                    np.savez(f, keys_utf8=keys, values=np.packbits(values, axis=1), width=np.int64(values.shape[1]))
+                else:
+                    np.savez(f, keys_utf8=keys, values=values)
             os.replace(tmp, self.path(featuriser))
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
