@@ -20,14 +20,7 @@ from metalearn.activity import ActivityGP, gp_posterior_mean, tanimoto
 
 INFORMATIVE, NOISE = 64, 256
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny matrices: one thread is faster than two fighting a loaded machine (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _task(rng: np.random.Generator, n: int = 120) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,24 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("rdkit") is None
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.skipif(importlib.util.find_spec("rdkit") is None
                                 or importlib.util.find_spec("MoleculeACE") is None,
-                                reason="the chem extra (rdkit) and the moleculeace wheel are needed")
+                                reason="the chem extra (rdkit) and the moleculeace wheel are needed")]
 
 # one table per target: train 4, val 1, test 3
 TABLES = {"CHEMBL2835_Ki": "train", "CHEMBL1862_Ki": "train", "CHEMBL237_Ki": "train", "CHEMBL204_Ki": "train",
           "CHEMBL214_Ki": "val", "CHEMBL233_Ki": "test", "CHEMBL234_Ki": "test", "CHEMBL236_Ki": "test"}
 SLICE = 70  # compounds per table
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
