@@ -195,8 +195,8 @@ as long as each GPU gets enough tasks (meta-batch >= N, better 4-8 per GPU) to f
 the gradient through host memory (two PCIe copies per step) and use TCP: it is the CPU backend, which is why
 medmeta picks NCCL on CUDA. For a ResNet-12-sized backbone (~12M parameters, 48 MB) the all-reduce grows to
 ~0.25 ms on NVLink or ~3.4 ms on PCIe per step against tens of ms of compute: still small. The CUDA/NCCL branch
-(`metalearn.distributed.init_process_group`, one GPU per local rank) is written to PyTorch's documentation but
-has not run here (no GPU).
+(`metalearn.distributed.init_process_group`, one GPU per local rank) ran on an H200: one NCCL rank and two gloo
+ranks sharing it train the weights one CUDA process does (section gpu-checks); several GPUs were not available.
 """
     if args.out:
         write_section(args.out, SECTION, text)

@@ -118,8 +118,9 @@ def fit_stacked(forward: Callable[[Stacked, Inputs], Tensor], params: Stacked, x
     beta1, beta2 = betas
     total = y.shape[0]
     fitted = {k: v.detach().clone() for k, v in params.items()}
-    taken = torch.full((total,), steps, dtype=torch.long)
-    alive = torch.arange(total)  # episodes still fitting, as indices into the full stack
+    taken = torch.full((total,), steps, dtype=torch.long, device=y.device)
+    alive = torch.arange(total, device=y.device)  # episodes still fitting, as indices into the full stack (on y's device:
+    # a CUDA mask cannot index a CPU tensor; found on an H200, bench/gpu_checks.py)
     work = {k: v.clone() for k, v in fitted.items()}
     avg = {k: torch.zeros_like(v) for k, v in work.items()}
     avg_sq = {k: torch.zeros_like(v) for k, v in work.items()}

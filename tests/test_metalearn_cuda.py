@@ -40,3 +40,17 @@ def test_a_few_bf16_steps_on_cuda(name, tmp_path):
     assert load_checkpoint(tmp_path / CHECKPOINT_NAME, cpu_copy).step == 30  # written from CUDA, read on CPU
     test = score(learner, clusters(0, tasks=20, split="test", seed=2, shots=5), device="cuda")
     assert test.episodes == 20 and test.mean > 0.3
+
+
+def test_stacked_baselines_fit_on_cuda_as_on_the_cpu():
+    """The stacked from-scratch fit keeps its episode bookkeeping on the data's device (a CUDA stop mask
+    indexed a CPU index tensor: found on an H200 by bench/gpu_checks.py); float64, CPU loop against CUDA stack."""
+    from metalearn.baselines import FromScratch
+    from metalearn.evaluation import episode_scores
+
+    episodes = clusters(0, tasks=6, shots=5, split="test").to("cpu", torch.float64)
+    factory = lambda: build_backbone("mlp", in_features=FEATURES, hidden=(16,)).double()  # noqa: E731
+    method = lambda stacked: FromScratch(factory, 5, steps=30, lr=0.05, stop_loss=0.3, stacked=stacked)  # noqa: E731
+    on_cpu = episode_scores(method(False), episodes, device="cpu", seed=0)
+    on_cuda = episode_scores(method(True), episodes.to("cuda"), device="cuda", seed=0)
+    assert on_cuda == on_cpu
