@@ -206,7 +206,7 @@ def run_phases(landing: Path, extra: Path, home: Path, rounds: int) -> None:
         sync_all()
         stats = item_stats(todo)
         stats.update((path, (size, mtime_ns)) for path, _, size, mtime_ns in matcher.to_record)
-        ledger.record(setup.source, outcomes, stats)
+        ledger.record(setup.source, outcomes, stats, matcher.signatures)
         ledger.save()
         lap("ledger record + save")
         manifest = consolidate(setup.home, ledger.active_hashes(), setup.pseudonymizer, setup.config.image_size)
