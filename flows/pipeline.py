@@ -19,6 +19,7 @@ from prefect.states import Completed, Failed
 
 from flows import run_names
 from flows.adapt import adapt_flow
+from flows.compounds import compounds_flow
 from flows.evaluate import evaluate_flow
 from flows.ingest import ingest_flow
 from flows.landing_flow import landing_flow
@@ -52,7 +53,8 @@ def pipeline_flow(landing: str | None = None, home: str | None = None, settings:
     ingest = ingest_flow(landing, root, settings, rules=rules)
     summary: dict = {"started": started, "ingest": {k: ingest[k] for k in (
         "snapshot", "files_seen", "files_ingested", "files_unchanged", "files_quarantined", "quarantined",
-        "rows_quarantined", "patients", "records", "images")}, "validation": ingest["validation"], "tasksets": [], "models": [], "adapted": []}
+        "rows_quarantined", "patients", "records", "images")}, "validation": ingest["validation"], "tasksets": [], "models": [], "adapted": [],
+        "compound_models": []}
     if not ingest["validation"]["success"]:
         failed = ", ".join(ingest["validation"]["critical_failures"])
         summary["status"] = "validation_failed"
@@ -66,6 +68,10 @@ def pipeline_flow(landing: str | None = None, home: str | None = None, settings:
                                     seed=int(entry.get("seed", 0)), name=entry.get("name"), home=root,
                                     **{k: entry[k] for k in TASKSET_OPTIONS if k in entry})
         summary["tasksets"].append(built)
+        if entry["by"] == "target":  # compounds: ActivityGP against the field's baselines, the best published
+            with training_slot():
+                summary["compound_models"].append(compounds_flow(built["name"], root, settings))
+            continue
         for algorithm in settings.train["algorithms"]:
             with training_slot():
                 trained = train_flow(built["name"], algorithm, root, settings)

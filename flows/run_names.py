@@ -47,7 +47,8 @@ def taskset_run_name(parameters: dict) -> str:
     p = parameters
     try:
         name = make_spec(p.get("by"), p.get("inputs"), p.get("ways"), p.get("shots"), p.get("queries"),
-                         int(p.get("seed") or 0), p.get("name"), threshold=p.get("threshold")).name
+                         int(p.get("seed") or 0), p.get("name"), threshold=p.get("threshold"),
+                         test_tasks=p.get("test_tasks")).name
     except (MedmetaError, TypeError, ValueError):  # the flow itself says what is wrong
         name = f"{p.get('by')}-invalid"
     return f"tasksets-{name}"

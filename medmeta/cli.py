@@ -601,23 +601,36 @@ def models_show(
 def predict(
     model: str = typer.Option(..., "--model", help="NAME (its champion), NAME@champion, NAME@challenger or NAME@VERSION."),
     query: Path = typer.Option(..., "--query", help="The cases to predict: a CSV (file column for DICOM, or record "
-                                                     "columns) or a folder of DICOM files."),
+                                                     "columns) or a folder of DICOM files; for a compound-activity "
+                                                     "model, a CSV or Parquet library with a SMILES column."),
     support: Optional[Path] = typer.Option(None, "--support", help="Labelled cases to adapt on (CSV with a label "
                                                                    "column, or a DICOM folder with labels.csv); "
-                                                                   "optional for an adapted model."),
+                                                                   "optional for an adapted model; for a compound-"
+                                                                   "activity model, the compounds measured on the "
+                                                                   "new target (SMILES and a label or an activity "
+                                                                   "with its unit)."),
     max_input_bytes: int = typer.Option(DEFAULT_MAX_INPUT_BYTES, "--max-input-bytes", min=1, envvar=MAX_INPUT_BYTES_ENV,
                                         help="The largest file predict reads (a support or query CSV, a DICOM "
                                              "file); a larger one is refused before it is read."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Compound-activity models: also write the ranking to "
+                                                           "this file (.parquet/.pq: Parquet, else CSV)."),
     home: Optional[Path] = HomeOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Class probabilities for each query case from a published model, adapted on --support (README: Predict)."""
+    """Class probabilities for each query case from a published model, adapted on --support; for a
+    compound-activity model, the query compounds ranked by activity on the support's target (README: Predict)."""
     from medmeta.errors import MedmetaError
     from medmeta.home import Home
     from medmeta.registry import resolve
 
     try:
-        resolve(Home.at(home), model)  # a model that is not there: one line before torch is imported
+        found = resolve(Home.at(home), model)  # a model that is not there: one line before torch is imported
+        from medmeta.predict.compounds import is_compound_model
+
+        if is_compound_model(found.card):
+            return _predict_compounds(found, support, query, out, max_input_bytes, as_json)
+        if out is not None:
+            raise MedmetaError(f"--out writes a compound ranking; model {found.ref} is not a compound-activity model")
         from medmeta.predict import predict as run_predict
 
         result = run_predict(Home.at(home), model, query, support, max_input_bytes)
@@ -628,6 +641,30 @@ def predict(
     lines += [f"{case}: " + ", ".join(f"{c} {p:.3f}" for c, p in probs.items())
               for case, probs in result["predictions"].items()]
     _emit(result, as_json, "\n".join(lines))
+
+
+def _predict_compounds(found, support: Optional[Path], query: Path, out: Optional[Path], max_input_bytes: int,
+                       as_json: bool) -> None:
+    """``medmeta predict`` for a compound-activity model (medmeta/predict/compounds.py): a header line on
+    stderr, the ranking as CSV on stdout (nothing there with --out), or the JSON object with --json."""
+    from medmeta.errors import MedmetaError
+    from medmeta.predict import compounds
+
+    try:
+        result = compounds.predict_compounds(found, support, query, max_input_bytes)
+        if out is not None:
+            try:
+                compounds.write_output(result, out)
+            except OSError as error:
+                raise MedmetaError(f"--out {out}: can not be written ({error.strerror or type(error).__name__})") from None
+            result["out"] = str(out)
+    except MedmetaError as error:
+        _fail(str(error))
+    typer.echo(compounds.header_line(result) + (f"; written to {out}" if out is not None else ""), err=True)
+    if as_json:
+        _emit(result, True, "")
+    elif out is None:
+        sys.stdout.write(compounds.csv_text(result))
 
 
 @app.command()
@@ -672,6 +709,7 @@ def tasks_build(
     conditions: str = typer.Option("disorders", "--conditions", help="Disease tasks: disorders (SNOMED CT findings and situations are no classes) or all."),
     feature_min_patients: float = typer.Option(0.2, "--feature-min-patients", help="Record features: analytes (and drug tasks' conditions) of at least this fraction of the meta-train patients."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Target tasks: a compound is active at or above this pActivity (-log10 molar) [default: each task's median]."),
+    test_tasks: Optional[int] = typer.Option(None, "--test-tasks", help="Target tasks: exactly this many meta-test tasks (whole targets) and no meta-validation, drawn by --seed as the FS-Mol protocol does [default: the stable split by a hash of each target]."),
     home: Optional[Path] = HomeOption,
     config: Optional[Path] = ConfigOption,
     as_json: bool = JsonOption,
@@ -685,7 +723,7 @@ def tasks_build(
     the_home = Home.at(home)
     options = dict(system=system, concept_maps=[str(p) for p in concept_map or []],
                    outcomes=str(outcomes) if outcomes else None, label_policy=label_policy, conditions=conditions,
-                   feature_min_patients_fraction=feature_min_patients, threshold=threshold)
+                   feature_min_patients_fraction=feature_min_patients, threshold=threshold, test_tasks=test_tasks)
     requests = [((by, inputs, ways, shots, queries, seed, name), options)]
     try:  # the gate, the map and rule files, the cases and the split, before the embedded Prefect server starts
         settings = _settings(config)

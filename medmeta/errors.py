@@ -81,6 +81,7 @@ INVALID_LABEL = "invalid_label"  # a binary label that is not 0/1, true/false, a
 MISSING_TASK = "missing_task"  # the row's target/assay cell is blank
 CENSORED_ACTIVITY = "censored_activity"  # a relation other than "=" (">10000 nM"): a bound, not a measurement
 CONFLICTING_LABELS = "conflicting_labels"  # one compound labelled active and inactive in one task
+DUPLICATE_COMPOUND = "duplicate_compound"  # predict: a query compound (after standardising) met before; kept once
 INTERNAL_ERROR = "internal_error"  # a bug in medmeta, never the input's fault
 
 

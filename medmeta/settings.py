@@ -43,9 +43,9 @@ DEFAULT_FILE = "pipeline.yaml"
 DEFAULT_SOURCE = f"medmeta/config/{DEFAULT_FILE}"
 ALGORITHMS = ("maml", "fomaml", "reptile", "protonet", "matchingnet")
 NPROC_ENV = "MEDMETA_TRAIN_NPROC"  # overrides train.nproc (a Kubernetes job sets the world size with it)
-SECTIONS = ("ingest", "validation", "tasksets", "train", "evaluate", "publish", "serve", "arrival")
+SECTIONS = ("ingest", "validation", "tasksets", "train", "evaluate", "publish", "serve", "arrival", "compounds")
 # mappings whose keys are the user's (merged one level: a user's `learner: {maml: {...}}` replaces maml's)
-_FREE = {("train", "backbone"), ("train", "learner"), ("ingest", "issuer_aliases")}
+_FREE = {("train", "backbone"), ("train", "learner"), ("ingest", "issuer_aliases"), ("compounds", "learner")}
 
 Algorithm = Literal["maml", "fomaml", "reptile", "protonet", "matchingnet"]
 PositiveInt = Annotated[StrictInt, Field(ge=1)]
@@ -100,6 +100,7 @@ class TaskSetEntry(TypedDict, total=False):
     conditions: NotRequired[Literal["disorders", "all"]]
     feature_min_patients_fraction: NotRequired[Annotated[Number, Field(ge=0, le=1)]]
     threshold: NotRequired[Optional[Annotated[Number, Field(ge=0, le=14)]]]  # target tasks: a fixed pActivity cut
+    test_tasks: NotRequired[Optional[PositiveInt]]  # target tasks: exactly N meta-test tasks, no meta-val (FS-Mol)
 
 
 class TrainSection(TypedDict):
@@ -149,6 +150,27 @@ class ArrivalSection(TypedDict):
     warm_steps: PositiveInt
 
 
+SupportSize = Annotated[StrictInt, Field(ge=2, multiple_of=2)]
+
+
+class CompoundsSection(TypedDict):
+    """Compound-activity models of target task sets (medmeta.chem.training / publish, issue 15)."""
+
+    __pydantic_config__ = _OPEN
+    featuriser: str  # a name in medmeta.chem.features.FEATURISERS (checked where it is used)
+    learner: dict[str, Any]  # metalearn.activity.ActivityGP keyword arguments (in_features and blocks: the featuriser's)
+    steps: PositiveInt  # meta-training steps
+    checkpoint_every: PositiveInt
+    seed: StrictInt
+    device: str  # auto: cuda when present, else cpu
+    support_sizes: Annotated[list[SupportSize], Field(min_length=1)]
+    draws: PositiveInt  # draws per test task and support size
+    validation_draws: Count  # draws per validation task (0: no validation report)
+    gate_support_size: SupportSize
+    baselines: Annotated[list[Literal["rf", "logistic_regression", "tanimoto_knn"]], Field(min_length=1)]
+    margin: Annotated[Number, Field(ge=0)]
+
+
 class Settings(BaseModel):
     """The whole pipeline's settings. Built by ``load_settings`` (a file over the defaults); a dict
     (a deployment's parameter, the custom-run form) is laid over the defaults the same way, and a
@@ -164,6 +186,7 @@ class Settings(BaseModel):
     publish: PublishSection
     serve: ServeSection
     arrival: ArrivalSection
+    compounds: CompoundsSection
     source: str = Field(DEFAULT_SOURCE, description="Where the settings came from (messages, model cards).")
 
     @model_validator(mode="before")
@@ -192,6 +215,9 @@ class Settings(BaseModel):
         if self.publish["shots"] not in self.evaluate["shots"]:
             raise ValueError(f"publish.shots ({self.publish['shots']}) must be one of evaluate.shots "
                              f"{self.evaluate['shots']}")
+        if self.compounds["gate_support_size"] not in self.compounds["support_sizes"]:
+            raise ValueError(f"compounds.gate_support_size ({self.compounds['gate_support_size']}) must be one of "
+                             f"compounds.support_sizes {self.compounds['support_sizes']}")
         return self
 
     def as_dict(self) -> dict:

@@ -65,6 +65,7 @@ def registry_aliases(home: Home, summary: dict) -> dict[str, dict]:
     trained = summary.get("models", []) + [w for w in summary.get("warm_starts", []) if "published" in w]
     names = [m["published"]["name"] for m in trained if m.get("published", {}).get("name")]
     names += [a["ref"].rsplit("@", 1)[0] for a in summary.get("adapted", []) if a.get("ref")]
+    names += [m["published"]["name"] for m in summary.get("compound_models", [])]
     out = {}
     for name in dict.fromkeys(names):
         aliases = read_aliases(home, name)

@@ -378,3 +378,29 @@ def test_a_parquet_activity_table_is_read_like_a_csv_one():
     assert [(e.location, e.code) for e in staged.rejects] == [(f"row {len(rows) + 1}", "missing_activity")]
     assert set(staged.table["task"].to_pylist()) == {"CHEMBL237_EC50"}  # the type a p-scaled column names
     assert staged.table["p_activity"].to_pylist() == pytest.approx([9 + float(r["y"]) for r in rows], abs=1e-6)
+
+
+def test_the_protocol_split_is_the_benchmarks_exactly(ingested):
+    """``--test-tasks N``: the FS-Mol split (exactly N meta-test tasks by whole targets, no meta-validation),
+    the very split medmeta.chem.protocol.split_tasks gives bench/molecules.py for the same seed."""
+    from medmeta.chem.protocol import split_tasks
+    from medmeta.chem.target_tasks import load_target_taskset
+    from medmeta.errors import MedmetaError
+    from medmeta.home import Home
+    from medmeta.tasksets.build import build_taskset
+    from medmeta.tasksets.spec import make_spec
+
+    root, counts, home, _ = ingested
+    for seed in (0, 1, 2):
+        spec = make_spec("target", seed=seed, test_tasks=2)
+        manifest = build_taskset(Home.at(home), spec)
+        assert spec.name.endswith(f"seed{seed}-test2") and manifest["split_rule"]["test_tasks"] == 2
+        loaded = load_target_taskset(Home.at(home), spec.name)
+        expected = split_tasks(sorted(loaded.tasks), seed, n_test=2)
+        assert {s: sorted(t.task for t in loaded.split(s)) for s in ("train", "test")} == \
+            {s: expected[s] for s in ("train", "test")}
+        assert loaded.split("val") == [] and loaded.tasks["CHEMBL237_Ki"].split == loaded.tasks["CHEMBL237_EC50"].split
+    with pytest.raises(MedmetaError, match="--test-tasks 40"):
+        build_taskset(Home.at(home), make_spec("target", test_tasks=40))
+    with pytest.raises(MedmetaError, match="applies to target tasks"):
+        make_spec("disease", test_tasks=3)

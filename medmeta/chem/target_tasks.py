@@ -98,7 +98,11 @@ def plan_target_taskset(home: Home, spec) -> TargetPlan:
         raise MedmetaError(f"only {len({t['target'] for t in tasks.values()})} target(s) have a task with both classes; "
                            "meta-train, meta-validation and meta-test need one target each at least (refused: "
                            f"{', '.join(r['task'] for r in refused) or 'none'})")
-    split_of, split_rule = split_by_target({task: e["target"] for task, e in tasks.items()}, spec.seed)
+    targets = {task: e["target"] for task, e in tasks.items()}
+    if spec.test_tasks is not None:
+        split_of, split_rule = split_by_protocol(targets, spec.seed, spec.test_tasks)
+    else:
+        split_of, split_rule = split_by_target(targets, spec.seed)
     for task, entry in tasks.items():
         entry["split"] = split_of[task]
     rows = frame[frame["task"].isin(tasks)].copy()
@@ -115,6 +119,23 @@ def split_by_target(targets: dict[str, str], seed: int) -> tuple[dict[str, str],
     rule = {"rule": RULE, "grouping": "target (the ChEMBL target id: all tasks of one target in one split)",
             "borrowed": explained["borrowed"], "stable": explained["stable"]}
     return {task: split_of[target] for task, target in targets.items()}, rule
+
+
+def split_by_protocol(targets: dict[str, str], seed: int, test_tasks: int) -> tuple[dict[str, str], dict]:
+    """The FS-Mol protocol's split (``medmeta.chem.protocol.split_tasks``, the one bench/molecules.py uses):
+    exactly ``test_tasks`` meta-test tasks by whole targets, the rest meta-train, no meta-validation; drawn
+    by ``seed`` from the sorted targets, so it is deterministic but not stable as targets arrive (a new
+    target reshuffles the draw). A ``MedmetaError`` when the tasks cannot make it."""
+    from medmeta.chem.protocol import split_tasks
+
+    try:
+        splits = split_tasks(sorted(targets), seed, n_test=test_tasks, n_val=0, groups_of=targets)
+    except ValueError as error:
+        raise MedmetaError(f"--test-tasks {test_tasks}: {error}") from None
+    rule = {"rule": "protocol: exactly N meta-test tasks by whole targets, drawn by the seed, no meta-validation "
+                    "(FS-Mol; medmeta.chem.protocol.split_tasks)", "test_tasks": test_tasks,
+            "grouping": "target (the ChEMBL target id: all tasks of one target in one split)", "stable": False}
+    return {task: split for split, members in splits.items() for task in members}, rule
 
 
 def build_target_taskset(home: Home, spec) -> dict:
@@ -207,5 +228,5 @@ def load_target_taskset(home: Home, name: str) -> TargetTaskSet:
     return TargetTaskSet(manifest, tasks)
 
 
-__all__ = ["build_target_taskset", "plan_target_taskset", "split_by_target", "load_target_taskset", "label_tasks", "TargetTask",
+__all__ = ["build_target_taskset", "plan_target_taskset", "split_by_target", "split_by_protocol", "load_target_taskset", "label_tasks", "TargetTask",
            "TargetTaskSet", "TargetPlan"]

@@ -86,6 +86,17 @@ def _resolve(home: Home, ref: str):
     return found, spec
 
 
+def _not_compounds(found, cases: Cases) -> None:
+    """Compounds (a SMILES column) given to a records or images model: one line saying which model takes them."""
+    from medmeta.predict.compounds import has_smiles_column
+
+    if has_smiles_column(cases.records):
+        takes = found.card["config"]["spec"].get("inputs", "records or images")
+        raise MedmetaError(f"model {found.ref} is not a compound-activity model (it takes {takes}), but the "
+                           f"{cases.source} cases have a SMILES column; rank compounds with a model whose card has "
+                           "task_kind compound_activity")
+
+
 def _learner(found, spec: dict):
     """The learner rebuilt from a card's spec, or one line saying the card's spec does not fit."""
     from medmeta.training.models import build_learner
@@ -136,6 +147,7 @@ def predict(home: Home, ref: str, query: Path, support: Path | None = None,
     adaptation = card.get("adaptation")
     modalities = card.get("dicom_modalities")
     query_cases = read_cases(query, "query", max_input_bytes)
+    _not_compounds(found, query_cases)
     query_x = model_inputs(query_cases, spec, modalities, "query", max_input_bytes)
     torch.manual_seed(0)
     learner = _learner(found, spec)

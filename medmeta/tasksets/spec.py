@@ -36,6 +36,7 @@ class TaskSetSpec:
     conditions: str = "disorders"  # disease tasks: disorders | all (medmeta.tasksets.classes)
     feature_min_patients_fraction: float = FEATURE_MIN_PATIENTS_FRACTION
     threshold: float | None = None  # target tasks: a fixed pActivity cut (None: each task's median)
+    test_tasks: int | None = None  # target tasks: exactly this many meta-test tasks, none meta-val (FS-Mol protocol)
 
     @property
     def cases_needed(self) -> int:
@@ -49,7 +50,7 @@ class TaskSetSpec:
 # The keys of a pipeline settings' task-set entry (medmeta/config/pipeline.yaml ``tasksets``): ``by`` and
 # make_spec's other arguments, under the names the CLI's options have.
 TASKSET_OPTIONS = ("system", "concept_maps", "outcomes", "label_policy", "conditions", "feature_min_patients_fraction",
-                   "threshold")
+                   "threshold", "test_tasks")
 TASKSET_KEYS = ("by", "inputs", "ways", "shots", "queries", "seed", "name", *TASKSET_OPTIONS)
 
 
@@ -57,7 +58,7 @@ def make_spec(kind: str, inputs: str | None = None, ways: int | None = None, sho
               queries: int | None = None, seed: int = 0, name: str | None = None, system: str | None = None,
               concept_maps=(), outcomes: str | None = None, label_policy: str | None = None,
               conditions: str | None = None, feature_min_patients_fraction: float | None = None,
-              threshold: float | None = None) -> TaskSetSpec:
+              threshold: float | None = None, test_tasks: int | None = None) -> TaskSetSpec:
     """A checked spec, defaults filled in; a ``MedmetaError`` naming any bad argument.
 
     Concept map and outcome rule files must exist here; their content is checked when the task set
@@ -75,6 +76,10 @@ def make_spec(kind: str, inputs: str | None = None, ways: int | None = None, sho
         raise MedmetaError("--threshold applies to target tasks (--by target)")
     if threshold is not None and not 0 <= float(threshold) <= 14:
         raise MedmetaError(f"--threshold is a pActivity (-log10 molar) in [0, 14], got {threshold!r}")
+    if test_tasks is not None and kind != "target":
+        raise MedmetaError("--test-tasks applies to target tasks (--by target)")
+    if test_tasks is not None and int(test_tasks) < 1:
+        raise MedmetaError(f"--test-tasks must be 1 or more, got {test_tasks!r}")
     d = DEFAULTS[kind]
     ways, shots, queries = (d["ways"] if ways is None else ways, d["shots"] if shots is None else shots,
                             d["queries"] if queries is None else queries)
@@ -85,7 +90,8 @@ def make_spec(kind: str, inputs: str | None = None, ways: int | None = None, sho
     if ways < 2 or shots < 1 or queries < 1:
         raise MedmetaError(f"need --ways >= 2, --shots >= 1, --queries >= 1; got {ways}, {shots}, {queries}")
     name = name or f"{kind}-{inputs}-{ways}w{shots}s{queries}q-seed{seed}" + (
-        f"-p{float(threshold):g}" if threshold is not None else "")
+        f"-p{float(threshold):g}" if threshold is not None else "") + (
+        f"-test{int(test_tasks)}" if test_tasks is not None else "")
     if not NAME.match(name):
         raise MedmetaError(f"task set name {name!r}: letters, digits, '.', '_' and '-' only (at most 100)")
     system = (system or "auto").strip()
@@ -106,4 +112,4 @@ def make_spec(kind: str, inputs: str | None = None, ways: int | None = None, sho
         raise MedmetaError("--outcomes applies to drug tasks (--by drug)")
     return TaskSetSpec(kind, inputs, int(ways), int(shots), int(queries), int(seed), name, system, maps,
                        str(Path(outcomes).resolve()) if outcomes else None, label_policy, conditions, float(fraction),
-                       None if threshold is None else float(threshold))
+                       None if threshold is None else float(threshold), None if test_tasks is None else int(test_tasks))

@@ -12,9 +12,10 @@ takes a summary without them too (older runs, a failed read).
 
 from __future__ import annotations
 
+from medmeta.chem.report import compound_lines, compound_markdown  # plain Python: no RDKit, no torch
+
 METHODS = (("meta", "meta-learner"), ("from_scratch", "from scratch"), ("pretrain_finetune", "pretrain + fine-tune"))
 BASELINES = ("from_scratch", "pretrain_finetune")
-
 
 def headline(evaluation: dict) -> list[dict]:
     """Per shot count: each method's accuracy with its 95% interval (``ci95`` its half-width, ``low``,
@@ -174,7 +175,8 @@ def summary_text(summary: dict) -> str:
     for t in summary["tasksets"]:
         lines.append(f"task set {t['name']}: " + ", ".join(f"{s} {len(c['classes'])} classes"
                                                            for s, c in t["splits"].items()))
-    lines += model_lines(summary) + adapted_lines(summary) + registry_lines(summary)
+    lines += model_lines(summary) + compound_lines(summary.get("compound_models", [])) + adapted_lines(summary)
+    lines += registry_lines(summary)
     if "stages" in summary or "stages_error" in summary:
         lines.append(stages_text(summary))
     return "\n".join(lines)
@@ -183,7 +185,8 @@ def summary_text(summary: dict) -> str:
 def log_lines(summary: dict) -> list[str]:
     """What the pipeline logs at its end, one answer a line: validation, each model against the
     baselines, champion and challenger per model, stage durations."""
-    lines = [validation_text(summary)] + arrival_lines(summary) + model_lines(summary) + adapted_lines(summary)
+    lines = [validation_text(summary)] + arrival_lines(summary) + model_lines(summary)
+    lines += compound_lines(summary.get("compound_models", [])) + adapted_lines(summary)
     return lines + registry_lines(summary) + [stages_text(summary)]
 
 
@@ -220,6 +223,7 @@ def pipeline_markdown(summary: dict, images: dict[str, str] | None = None) -> st
                            f"{difference(e, 'from_scratch')} | {difference(e, 'pretrain_finetune')} | "
                            f"`{published['ref']}`{f' ({role})' if role else ''} | {published['decision']} | "
                            f"{aliases_text(summary, published.get('name'))} |")
+    out += compound_markdown(summary.get("compound_models", []))
     if summary.get("registry"):
         out += ["", "## Registry after the run", "", "| model | champion | challenger |", "|---|---|---|"]
         for name, aliases in summary["registry"].items():

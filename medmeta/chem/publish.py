@@ -1,0 +1,286 @@
+"""Evaluate a trained compound-activity model against the field's baselines, and publish the honest winner.
+
+    evaluate_activity_model(home, model, settings) -> ActivityEvaluation
+    publish_activity_model(home, model, settings) -> dict
+
+Evaluation (``medmeta.chem.evaluation.run_protocol``): the meta-learner (``activity_gp``, the model's weights) and
+every baseline of ``compounds.baselines`` (``medmeta.chem.baselines``) on the task set's ``test`` tasks, at each
+support size of ``compounds.support_sizes``, ``compounds.draws`` draws per task, the draws seeded by (the task set's
+split seed, task, S, draw): every method on the same support and query sets. A test task too small for the largest
+support (fewer than S/2 + 1 compounds of a class) is left out and named in ``excluded``. Saved as
+``evaluation.json`` beside the model; a rerun with the same model, task set and settings reads it.
+
+Publishing (the honest gate): the registry model named after the task set gets the best method at
+``compounds.gate_support_size`` (highest mean dAUPRC over the test tasks; a tie goes to the baseline):
+
+- the meta-learner: its weights (the ``ActivityGP`` state dict without the optimiser's moments) and a card with
+  ``task_kind: compound_activity`` and ``config: {learner, learner_config, featuriser, threshold, support_sizes}``;
+- else the winning baseline itself: no weights, ``baseline: {method, features, why}`` where ``why`` says by how
+  much it beat the meta-learner, with the paired interval, ``config: {featuriser, threshold}``.
+
+Either card's ``metrics``: ``dauprc`` (the published method at the gate's size; the gate's metric) and
+``dauprc_S<S>`` per support size, each a mean with its 95% interval, and ``<method>_dauprc_S<S>`` for every other
+method; ``deltas``: the published method minus each other method, per S (card.md: "Compared with the baselines").
+The champion gate against an earlier version compares ``dauprc`` on the same ``evaluation_id`` only
+(``medmeta.registry.gate``); otherwise the new version stays challenger, "not comparable".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from medmeta.errors import MedmetaError
+from medmeta.home import Home
+from medmeta.training.runs import manifest_digest, model_dir, read_json, write_json
+
+EVALUATION = "evaluation.json"
+METRIC = "dauprc"
+NAMES = {"activity_gp": "the meta-learner (ActivityGP)", "rf": "RandomForest",
+         "logistic_regression": "logistic regression", "tanimoto_knn": "Tanimoto nearest neighbours"}
+
+
+@dataclass
+class ActivityEvaluation:
+    """One evaluation of a model and the baselines on its task set's test tasks (``result``: per-unit values)."""
+
+    evaluation_id: str  # what the champion gate compares on: the test tasks, split seed, support sizes, draws
+    model: str
+    taskset: str
+    taskset_digest: str
+    split_seed: int
+    result: "object"  # medmeta.chem.evaluation.ProtocolResult
+    excluded: list[dict] = field(default_factory=list)  # test tasks too small to draw from: task, reason
+    notes: dict[str, str] = field(default_factory=dict)  # method -> what it is
+
+    def to_dict(self) -> dict:
+        return {"evaluation_id": self.evaluation_id, "model": self.model, "taskset": self.taskset,
+                "taskset_digest": self.taskset_digest, "split_seed": self.split_seed, "excluded": self.excluded,
+                "notes": self.notes, "result": self.result.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ActivityEvaluation":
+        from medmeta.chem.evaluation import ProtocolResult
+
+        return cls(data["evaluation_id"], data["model"], data["taskset"], data["taskset_digest"], int(data["split_seed"]),
+                   ProtocolResult.from_dict(data["result"]), list(data.get("excluded", [])), dict(data.get("notes", {})))
+
+
+def require_activity_model(home: Home, model: str) -> Path:
+    folder = model_dir(home, model)
+    if not (folder / "result.json").is_file():
+        raise MedmetaError(f"no trained compound-activity model {model!r} in {home.training}: train it first")
+    return folder
+
+
+def _taskset(home: Home, identity: dict):
+    from medmeta.chem.target_tasks import load_target_taskset
+
+    tasks = load_target_taskset(home, identity["taskset"]["name"])
+    if manifest_digest(tasks.manifest) != identity["taskset"]["digest"]:
+        raise MedmetaError(f"task set {identity['taskset']['name']} was rebuilt since this model was trained: "
+                           "train the model again on it")
+    return tasks
+
+
+def evaluate_activity_model(home: Home, model: str, settings) -> ActivityEvaluation:
+    """The meta-learner and the baselines on the task set's test tasks, on the same draws (reused when saved)."""
+    from medmeta import registry
+    from medmeta.chem.evaluation import Split, baseline_method, run_protocol, scorer_method
+    from medmeta.chem.training import _drawable, load_learner, resolve_device, task_features
+
+    compounds = settings.compounds
+    folder = require_activity_model(home, model)
+    identity = read_json(folder / "spec.json", "model spec")
+    tasks = _taskset(home, identity)
+    sizes, draws = [int(s) for s in compounds["support_sizes"]], int(compounds["draws"])
+    baselines = list(compounds["baselines"])
+    split_seed = int(tasks.manifest.get("seed", 0))
+    test = tasks.split("test")
+    usable = [t for t in test if _drawable(t.labels, max(sizes))]
+    excluded = [{"task": t.task, "reason": f"too_small: fewer than {max(sizes) // 2 + 1} compounds of a class "
+                                           f"({int(t.labels.sum())} actives, {len(t) - int(t.labels.sum())} inactives) "
+                                           f"for a support of {max(sizes)} and a query"} for t in test if t not in usable]
+    if len(usable) < 2:
+        raise MedmetaError(f"task set {tasks.manifest['name']} has {len(usable)} test task(s) large enough for a support "
+                           f"of {max(sizes)}: an interval needs two at least")
+    evaluation_id = registry.evaluation_id(identity["taskset"]["digest"], split_seed, draws, support_sizes=sizes,
+                                           protocol="fs-mol", tasks=[t.task for t in usable])
+    methods_named = ["activity_gp", *baselines]
+    saved = folder / EVALUATION
+    if saved.is_file():
+        known = ActivityEvaluation.from_dict(read_json(saved, "evaluation"))
+        if known.evaluation_id == evaluation_id and known.result.methods == methods_named:
+            return known
+    from medmeta.chem.baselines import BASELINES
+
+    device = resolve_device(str(compounds["device"]))
+    learner = load_learner(folder, device)
+    featuriser = identity["featuriser"]
+    methods = {"activity_gp": scorer_method(learner.scores, featuriser, f"ActivityGP meta-trained ({model}) on "
+                                            f"{featuriser}", device)}
+    methods.update({b: baseline_method(b) for b in baselines})
+    needed = {m.featuriser for m in methods.values()}
+    only = type(tasks)(tasks.manifest, {t.task: t for t in usable})
+    features = {f: task_features(home, only, f) for f in sorted(needed)}
+    result = run_protocol({t.task: t.labels for t in usable}, features,
+                          [Split(split_seed, (), tuple(t.task for t in usable))],  # trained already: no train tasks
+                          methods, sizes, draws)
+    evaluation = ActivityEvaluation(evaluation_id, model, tasks.manifest["name"], identity["taskset"]["digest"],
+                                    split_seed, result, excluded, {m: methods[m].note for m in methods})
+    write_json(saved, evaluation.to_dict())
+    return evaluation
+
+
+def _label(method: str) -> str:
+    return NAMES.get(method, method)
+
+
+def _card_metrics(result, winner: str, gate_size: int) -> tuple[dict, dict]:
+    metrics = {METRIC: result.estimate(winner, gate_size).card()}
+    for s in result.sizes:
+        metrics[f"{METRIC}_S{s}"] = result.estimate(winner, s).card()
+    for m in result.methods:
+        if m != winner:
+            for s in result.sizes:
+                metrics[f"{m}_{METRIC}_S{s}"] = result.estimate(m, s).card()
+    deltas = {m: {f"{METRIC}_S{s}": result.difference(winner, m, s).card() for s in result.sizes}
+              for m in result.methods if m != winner}
+    return metrics, deltas
+
+
+def _verdict(diff) -> str:
+    """Whether a paired difference's 95% interval clears zero, in words."""
+    if diff.low > 0:
+        return "the interval is above zero"
+    return f"the interval includes zero: not a significant lead on {diff.n} test tasks"
+
+
+def _why(result, winner: str, gate_size: int) -> str:
+    """One line: by how much the winning baseline beat the meta-learner at the gate's size, with the interval."""
+    won, lost = result.estimate(winner, gate_size), result.estimate("activity_gp", gate_size)
+    diff = result.difference(winner, "activity_gp", gate_size)
+    return (f"{_label(winner)} has the highest dAUPRC at S={gate_size} on the {won.n} test tasks: {won.text()} "
+            f"against {_label('activity_gp')}'s {lost.text()}; paired difference {diff.mean:+.3f} "
+            f"(95% CI [{diff.low:+.3f}, {diff.high:+.3f}]; {_verdict(diff)}), so the baseline, not the meta-learned "
+            "model, is published")
+
+
+def activity_card(identity: dict, training: dict, evaluation: ActivityEvaluation, gate_size: int, manifest: dict,
+                  validation: dict | None) -> tuple[dict, str]:
+    """The card of the best method at ``gate_size`` and that method's name."""
+    from medmeta.chem.baselines import BASELINES
+
+    result = evaluation.result
+    baselines = [m for m in result.methods if m != "activity_gp"]
+    winner = result.best(gate_size, prefer=baselines)  # a tie: the baseline
+    metrics, deltas = _card_metrics(result, winner, gate_size)
+    threshold = (manifest.get("threshold") or {}).get("value")
+    best_baseline = max(baselines, key=lambda m: result.estimate(m, gate_size).mean)
+    card = {
+        "task_kind": "compound_activity",
+        "metrics": metrics,
+        "deltas": deltas,
+        "evaluation_id": evaluation.evaluation_id,
+        "evaluation": {"protocol": "FS-Mol (medmeta.chem.protocol)", "support_sizes": result.sizes,
+                       "draws": result.n_draws, "gate_support_size": gate_size, "split_seed": evaluation.split_seed,
+                       "test_tasks": [t for t, _ in result.units], "excluded": evaluation.excluded,
+                       "methods": evaluation.notes},
+        "task_set": {"name": manifest["name"], "digest": identity["taskset"]["digest"],
+                     "splits": {s: [t for t, e in manifest["tasks"].items() if e["split"] == s]
+                                for s in ("train", "val", "test")},
+                     "excluded": manifest.get("excluded", [])},
+        "snapshot": identity["taskset"]["snapshot"],
+        "validation_digest": validation,
+        "training": {"model": training["model"], "steps": training["steps"], "seconds": training["seconds"],
+                     "device": training["device"], "validation": training.get("validation")},
+        "trained": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "usage": "medmeta predict --model NAME@champion --support ACTIVES.csv --query LIBRARY.csv",
+    }
+    if winner == "activity_gp":
+        lead = result.difference("activity_gp", best_baseline, gate_size)
+        card.update({
+            "algorithm": "activity_gp",
+            "purpose": (f"ranks a compound library for a new target from a few measured compounds: a Tanimoto-kernel "
+                        f"Gaussian process per support set with meta-learned kernel weights, trained on task set "
+                        f"{manifest['name']}; at S={gate_size} its dAUPRC is above the best baseline's "
+                        f"({_label(best_baseline)}) by {lead.mean:+.3f} (paired 95% CI [{lead.low:+.3f}, "
+                        f"{lead.high:+.3f}]; {_verdict(lead)})"),
+            "config": {"learner": "activity_gp", "learner_config": identity["learner_config"],
+                       "featuriser": identity["featuriser"], "threshold": threshold, "support_sizes": result.sizes},
+            "device": training["device"],
+        })
+    else:
+        features = BASELINES[winner][1]
+        card.update({
+            "algorithm": winner,
+            "purpose": (f"ranks a compound library for a new target from a few measured compounds: {_label(winner)} "
+                        f"fitted on the support set; it beat the meta-learner trained on task set {manifest['name']}"),
+            "baseline": {"method": winner, "features": features, "why": _why(result, winner, gate_size)},
+            "config": {"featuriser": features, "threshold": threshold},
+            "device": "cpu",
+        })
+    return card, winner
+
+
+def publish_activity_model(home: Home, model: str, settings) -> dict:
+    """Evaluate (or read the evaluation of) ``model`` and publish the best method as the task set's registry model."""
+    from safetensors.torch import load_file
+
+    from medmeta import registry
+    from medmeta.training.publish import registry_name
+    from validation.gate import read_result
+
+    compounds = settings.compounds
+    gate_size = int(compounds["gate_support_size"])
+    folder = require_activity_model(home, model)
+    identity = read_json(folder / "spec.json", "model spec")
+    training = read_json(folder / "result.json", "training result")
+    evaluation = evaluate_activity_model(home, model, settings)
+    if gate_size not in evaluation.result.sizes:
+        raise MedmetaError(f"model {model} was evaluated at S {evaluation.result.sizes}, not at the gate's "
+                           f"compounds.gate_support_size {gate_size}")
+    tasks = _taskset(home, identity)
+    validation = read_result(home, identity["taskset"]["snapshot"])
+    if validation is not None and not validation.get("success"):
+        raise MedmetaError(f"snapshot {identity['taskset']['snapshot']} failed validation: nothing trained on it is published")
+    if validation is not None:
+        from validation.report import digest
+
+        validation = digest(validation)
+    card, winner = activity_card(identity, training, evaluation, gate_size, tasks.manifest, validation)
+    name = registry_name(identity["taskset"]["name"])
+    earlier = _published(home, name, model, card["evaluation_id"], card["algorithm"])
+    if earlier is not None:
+        return {**_summary(model, earlier, winner), "cached": True}
+    weights = {} if winner != "activity_gp" else {
+        k: v for k, v in load_file(str(folder / "weights.safetensors")).items() if not k.startswith("optim.")}
+    gate = registry.Gate(metric=METRIC, higher_is_better=True, margin=float(compounds["margin"]))
+    version = registry.publish(home, name, weights, card, gate=gate)
+    return {**_summary(model, version, winner), "cached": False}
+
+
+def _published(home: Home, name: str, model: str, evaluation_id: str, algorithm: str):
+    from medmeta import registry
+
+    if name not in registry.model_names(home):
+        return None
+    for number in reversed(registry.versions(home, name)):
+        version = registry.resolve(home, f"{name}@{number}")
+        card = version.card
+        if (card.get("training", {}).get("model") == model and card.get("evaluation_id") == evaluation_id
+                and card.get("algorithm") == algorithm):
+            return version
+    return None
+
+
+def _summary(model: str, version, winner: str) -> dict:
+    return {"model": model, "name": version.name, "version": version.version, "ref": version.ref,
+            "published": winner, "baseline": "baseline" in version.card,
+            "decision": version.card["gate"]["decision"], "reason": version.card["gate"]["reason"],
+            METRIC: version.card["metrics"][METRIC], "card": str(version.card_md_path)}
+
+
+__all__ = ["ActivityEvaluation", "activity_card", "evaluate_activity_model", "publish_activity_model",
+           "require_activity_model"]
