@@ -6,6 +6,7 @@
       store/                       the canonical, de-identified store
         parts/<sha256>.arrow       what one input file contributed (written once, atomically)
         <table>.parquet            the consolidated tables of the current snapshot
+        images/                    the images table as parts (table.json; read_images reads it)
         record_quarantine.parquet  rows rejected inside otherwise good files
         manifest.json              the current snapshot: id, counts, table hashes
       cache/pixels/shards/<sha256>.npy  one ingest batch's new images (float16, content-addressed)

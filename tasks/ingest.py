@@ -28,15 +28,17 @@ class Listing:
     """What discovery found: the files to read (``items``), how many plain files the ledger knows by
     size and mtime with their content still staged (``unchanged``: never opened, no object each),
     the ``unchanged`` outcomes the ledger must record for some of those (``to_record``: after a first
-    ingest, every file; after that, none) and the (size, mtime_ns) of the files the ledger records
-    (``stats``). A plain class, so Prefect does not walk its entries as it walks a task's list or
-    dataclass result."""
+    ingest, every file; after that, none), the (size, mtime_ns) of the files the ledger records
+    (``stats``) and the listing signatures of the folders found settled whole (``folders``:
+    ``SettledMatcher.signatures``; None when every file is read again). A plain class, so Prefect
+    does not walk its entries as it walks a task's list or dataclass result."""
 
-    __slots__ = ("items", "unchanged", "to_record", "stats")
+    __slots__ = ("items", "unchanged", "to_record", "stats", "folders")
 
     def __init__(self, items: list[InputItem], unchanged: int, to_record: list[FileOutcome],
-                 stats: dict[str, tuple[int, int]]):
+                 stats: dict[str, tuple[int, int]], folders: dict[str, str] | None = None):
         self.items, self.unchanged, self.to_record, self.stats = items, unchanged, to_record, stats
+        self.folders = folders
 
 
 @task(name="discover-inputs", **NO_RESULTS)
@@ -44,6 +46,7 @@ def discover_inputs(setup: IngestSetup) -> Listing:
     """Every input of the landing; with ``reread_unchanged`` every file is read again."""
     settled: list[tuple[str, str, int, int]] = []
     to_record: list[tuple[str, str, int, int]] = []
+    unchanged, folders = 0, None
     if setup.config.reread_unchanged:
         items = discover(setup.source, setup.config)
     else:
@@ -51,13 +54,14 @@ def discover_inputs(setup: IngestSetup) -> Listing:
         matcher = Ledger.load(setup.home.ledger, setup.pseudonymizer).settled_matcher(
             setup.source, lambda sha256: part_exists(parts, sha256), setup.worker_context.known_images)
         items = discover(setup.source, setup.config, matcher, settled)
-        to_record = matcher.to_record
+        to_record, unchanged, folders = matcher.to_record, matcher.settled_in_folders, matcher.signatures
+    unchanged += len(settled)
     stats = item_stats(items)
     stats.update((path, (size, mtime_ns)) for path, _, size, mtime_ns in to_record)
-    get_run_logger().info("found %d input files, %d unchanged", len(items) + len(settled), len(settled))
-    progress.report("ingest", 0, len(items) + len(settled))
-    return Listing(items, len(settled), [FileOutcome(path, UNCHANGED, sha256) for path, sha256, _, _ in to_record],
-                   stats)
+    get_run_logger().info("found %d input files, %d unchanged", len(items) + unchanged, unchanged)
+    progress.report("ingest", 0, len(items) + unchanged)
+    return Listing(items, unchanged, [FileOutcome(path, UNCHANGED, sha256) for path, sha256, _, _ in to_record],
+                   stats, folders)
 
 
 @task(name="ingest-batch", **NO_RESULTS)
@@ -69,10 +73,11 @@ def ingest_batch(items: list[InputItem], pool: WorkerPool, setup: IngestSetup) -
 
 
 @task(name="build-snapshot", **NO_RESULTS)
-def build_snapshot(setup: IngestSetup, outcomes: list[FileOutcome], stats: dict | None = None) -> dict:
+def build_snapshot(setup: IngestSetup, outcomes: list[FileOutcome], stats: dict | None = None,
+                   folders: dict[str, str] | None = None) -> dict:
     sync_all()  # every staged part on disk before the ledger points at it
     ledger = Ledger.load(setup.home.ledger, setup.pseudonymizer)
-    ledger.record(setup.source, outcomes, stats)
+    ledger.record(setup.source, outcomes, stats, folders)
     ledger.save()
     manifest = consolidate(setup.home, ledger.active_hashes(), setup.pseudonymizer, setup.config.image_size,
                            setup.config.display_min_patients)

@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
+from medmeta.home import Home
+from medmeta.ingest.images_table import read_images
 from tests.conftest import TEST_KEY, pydicom_test_files
 from tests.phi_search import leaks
 from tests.test_ingest_flow import tree_files
@@ -39,7 +40,7 @@ def _store(home: Path) -> dict[str, bytes]:
 
 def _pixels(home: Path) -> dict[str, np.ndarray]:
     """Each image's pixels read back through the images table (image_id -> array)."""
-    images = pq.read_table(home / "store" / "images.parquet").to_pylist()
+    images = read_images(Home(home)).to_pylist()
     caches = {path: np.load(home / path, mmap_mode="r") for path in {row["pixel_path"] for row in images}}
     return {row["image_id"]: np.asarray(caches[row["pixel_path"]][row["pixel_index"]]) for row in images}
 

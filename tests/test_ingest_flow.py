@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 
 from medmeta.errors import MedmetaError
+from medmeta.home import Home
+from medmeta.ingest.images_table import read_images
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -94,7 +96,7 @@ def test_store_is_canonical_and_linked(ingested):
     _, synth, home, summary, _ = ingested
     store = home / "store"
     patients = pd.read_parquet(store / "patients.parquet")
-    images = pd.read_parquet(store / "images.parquet")
+    images = read_images(Home(home)).to_pandas()
     assert patients["patient_id"].is_unique
     assert summary["patients"] == len(patients) > 0
     assert set(images["patient_id"]) <= set(patients["patient_id"]), "every image links to a patient"

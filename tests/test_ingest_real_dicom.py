@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from medmeta.home import Home
+from medmeta.ingest.images_table import read_images
 from medmeta.errors import (
     CORRUPT_DICOM, EMPTY_FILE, IMAGE_TOO_LARGE, INVALID_RECORD, MALFORMED_JSON, NO_PIXEL_DATA, NOT_DICOM, NOT_FHIR,
     TRUNCATED_DICOM, UNDECODABLE_PIXELS, UNKNOWN_SITE_LAYOUT, UNSUPPORTED_FILE_TYPE,
@@ -36,7 +38,7 @@ def test_every_real_test_file_is_ingested_or_quarantined_with_a_reason(tmp_path)
     codes = {q["reason"].split(":", 1)[0] for q in summary["quarantined"]}
     assert codes <= EXPECTED_CODES, codes - EXPECTED_CODES
     home = tmp_path / "home"
-    images = pd.read_parquet(home / "store" / "images.parquet")
+    images = read_images(Home(home)).to_pandas()
     assert summary["images"] == len(images) == images["image_id"].nunique()
     # One SOP instance shipped in several transfer syntaxes is one image in the store; every
     # file's own contribution is in its part.

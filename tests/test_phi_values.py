@@ -16,6 +16,8 @@ import pydicom
 import pyarrow.parquet as pq
 import pytest
 
+from medmeta.home import Home
+from medmeta.ingest.images_table import read_images
 from tests.phi_search import leaks
 
 # One marker per attack, so a failure names the place that leaked.
@@ -145,7 +147,7 @@ def test_names_typed_into_values_never_reach_the_store(prefect_api, tmp_path, ca
     displays = {(c["code"], c["display"]) for c in conditions}
     assert ("38341003", "Hypertension (disorder)") in displays, "a display four patients share is kept"
     assert ("73211009", None) in displays, "a display one patient's record alone carries is not"
-    images = pq.read_table(store / "images.parquet").to_pylist()
+    images = read_images(Home(home)).to_pylist()
     assert [(i["modality"], i["body_part"]) for i in images] == [(None, None)]
     sites = {row["site"] for table in ("patients", "conditions") for row in pq.read_table(
         store / f"{table}.parquet").to_pylist()}

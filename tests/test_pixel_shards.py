@@ -51,7 +51,9 @@ def _pixels_in_table_order(home: Path) -> tuple[pd.DataFrame, np.ndarray]:
     from medmeta.home import Home
     from medmeta.tasksets.snapshot import ValidatedSnapshot
 
-    images = pd.read_parquet(home / "store" / "images.parquet")
+    from medmeta.ingest.images_table import read_images
+
+    images = read_images(Home(home)).to_pandas()
     return images, ValidatedSnapshot(Home(home), "test", {}, {}).pixels(images)
 
 
@@ -110,6 +112,11 @@ def test_adding_k_images_writes_k_images_of_pixels(homes):
     assert ADDED * IMAGE_BYTES <= grown <= ADDED * IMAGE_BYTES + NPY_HEADER
     # the store rewrites its tables (rows only); it holds no pixels: far less than the home's images
     assert added["store"] - noop["store"] < (BASE + ADDED) * IMAGE_BYTES // 2
+    # the images table grew by one part holding the new rows; the first part is as it was
+    from medmeta.home import Home
+    from medmeta.ingest.images_table import TableState
+
+    assert [part["rows"] for part in TableState.read(Home(homes["home"])).parts] == [BASE, ADDED]
 
 
 def test_shards_are_named_by_the_sha256_of_their_bytes(homes):
@@ -192,6 +199,7 @@ def _old_layout(home: Path) -> None:
     digest = hashlib.sha256(stacked.tobytes()).hexdigest()[:24]
     np.save(home / "cache" / "pixels" / f"{digest}.npy", stacked, allow_pickle=False)
     images = images.assign(pixel_path=f"cache/pixels/{digest}.npy", pixel_index=range(len(images)))
+    shutil.rmtree(home / "store" / "images")  # the images table as one file, as older versions wrote it
     pq.write_table(pa.Table.from_pandas(images, preserve_index=False), home / "store" / "images.parquet")
     manifest = json.loads((home / "store" / "manifest.json").read_text())
     manifest.pop("consolidation_inputs")
@@ -212,6 +220,7 @@ def test_an_old_layout_home_stays_readable_and_a_rerun_works(homes, monkeypatch)
     images, pixels = _pixels_in_table_order(old)
     assert images["pixel_path"].str.startswith("cache/pixels/shards/").all() and np.array_equal(pixels, expected)
     assert len(list(old.glob("cache/pixels/*.npy"))) == 1, "the old snapshot's stacked cache is kept"
+    assert not (old / "store" / "images.parquet").exists(), "the one-file images table became parts"
 
 
 _WRITER = """

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from medmeta.errors import MedmetaError
+from medmeta.home import Home
 from medmeta.schema import TABLES
 from medmeta.terminology.systems import ATC, ICD10CM, LOINC, SNOMED
 from medmeta.pseudonyms import Pseudonymizer
@@ -23,6 +24,7 @@ from tests.conftest import TEST_KEY
 from validation.coverage import coverage_roles, label_coverage
 from validation.rules import DEFAULT_RULES, SUPPORTED, load_rules
 from validation.run import validate_tables
+from validation.snapshot import load_tables
 
 KEY = Pseudonymizer(TEST_KEY)  # keys the masks of text samples
 UNITS = Path(__file__).resolve().parents[1] / "medmeta" / "config" / "units.yaml"
@@ -83,7 +85,7 @@ def store(tmp_path_factory) -> dict[str, pd.DataFrame]:
         ledger.record(setup.source, [o for o, _ in results])
         ledger.save()
         consolidate(setup.home, ledger.active_hashes(), setup.pseudonymizer, setup.config.image_size)
-    return as_v2({name: pd.read_parquet(home / "store" / f"{name}.parquet") for name in TABLES})
+    return as_v2(load_tables(Home(home)))  # the one way the store is read (images: read_images)
 
 
 @pytest.fixture(scope="module")

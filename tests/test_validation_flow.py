@@ -7,10 +7,12 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from medmeta.errors import MedmetaError
 from medmeta.home import Home
+from medmeta.ingest.images_table import images_folder, legacy_images_file, read_images
 from medmeta.schema import TABLES
 from tests.conftest import TEST_KEY, ingested_home
 from tests.test_cli import run_cli
@@ -22,9 +24,9 @@ pytestmark = pytest.mark.usefixtures("prefect_api")
 
 def fill_v2(home: Path) -> None:
     """The store's tables in schema v2 (``as_v2``: a no-op once the ingest writes every column)."""
-    store = {name: pd.read_parquet(home / "store" / f"{name}.parquet") for name in TABLES}
+    store = {name: pd.read_parquet(home / "store" / f"{name}.parquet") for name in TABLES if name != "images"}
     for name, frame in as_v2(store).items():
-        frame.to_parquet(home / "store" / f"{name}.parquet", index=False)
+        frame.to_parquet(home / "store" / f"{name}.parquet", index=False)  # images: written in full by ingest
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +101,9 @@ def test_a_records_only_snapshot_passes_unless_its_delivery_promised_images(home
 
     work = tmp_path / "home"
     shutil.copytree(home, work)
-    images = pd.read_parquet(work / "store" / "images.parquet")
-    images.iloc[:0].to_parquet(work / "store" / "images.parquet", index=False)  # a records-only delivery
+    images = read_images(Home(work))  # a records-only delivery: no image rows (the one-file layout, still read)
+    shutil.rmtree(images_folder(Home(work)))
+    pq.write_table(images.slice(0, 0), legacy_images_file(Home(work)))
     env = {"MEDMETA_PSEUDONYM_KEY": TEST_KEY, "PREFECT_API_URL": PREFECT_API_URL.value()}
 
     passed = run_cli("validate", "--home", str(work), "--json", env=env)

@@ -61,7 +61,7 @@ def clean_home(tmp_path_factory) -> Path:
 def plant_names(home: Path) -> dict[str, str]:
     """A different name in two rows of each attacked column; {attack: name}."""
     names = {attack: f"Smith, John Q{uuid.uuid4().hex[:10]}" for attack in ATTACKS}
-    tables = as_v2({name: pd.read_parquet(home / "store" / f"{name}.parquet") for name in TABLES})
+    tables = as_v2({name: pd.read_parquet(home / "store" / f"{name}.parquet") for name in TABLES if name != "images"})
     for attack, (table, column, rows, _rule) in ATTACKS.items():
         frame = tables[table]
         where = frame.index[rows(frame).fillna(False).to_numpy(dtype=bool)][:2]

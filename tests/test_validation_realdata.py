@@ -9,6 +9,7 @@ import json
 import pandas as pd
 import pytest
 
+from medmeta.home import Home
 from medmeta.schema import TABLES
 from medmeta.terminology.systems import LOINC, RXNORM, SNOMED
 from medmeta.pseudonyms import Pseudonymizer
@@ -17,6 +18,7 @@ from tests.realdata import BUNDLES_100P, copy_export, needs_realdata
 from validation.coverage import label_coverage
 from validation.rules import load_rules
 from validation.run import validate_tables
+from validation.snapshot import load_tables
 
 KEY = Pseudonymizer(TEST_KEY)  # keys the masks of text samples
 
@@ -55,7 +57,7 @@ def synthea(tmp_path_factory):
         ledger.record(setup.source, [o for o, _ in results])
         ledger.save()
         consolidate(setup.home, ledger.active_hashes(), setup.pseudonymizer, setup.config.image_size)
-    tables = {n: pd.read_parquet(home / "store" / f"{n}.parquet") for n in TABLES if (home / "store" / f"{n}.parquet").exists()}
+    tables = load_tables(Home(home))  # the one way the store is read (images: read_images)
     return tables, counts
 
 

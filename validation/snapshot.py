@@ -21,6 +21,7 @@ import pandas as pd
 from medmeta import schema
 from medmeta.atomic import atomic_path
 from medmeta.home import Home
+from medmeta.ingest.images_table import images_present, read_images
 from medmeta.ingest.parts import write_parquet
 from medmeta.pseudonyms import Pseudonymizer, load_key
 from medmeta.records.masking import masked
@@ -31,8 +32,16 @@ from validation.run import ValidationReport, validate_tables
 
 
 def load_tables(home: Home) -> dict[str, pd.DataFrame]:
-    """The snapshot's tables; one that was never written is left out (validated as empty)."""
-    return {name: pd.read_parquet(home.table(name)) for name in schema.TABLES if home.table(name).exists()}
+    """The snapshot's tables; one that was never written is left out (validated as empty). The images
+    table is read with ``read_images`` (kept as parts: ``medmeta.ingest.images_table``)."""
+    tables = {}
+    for name in schema.TABLES:
+        if name == "images":
+            if images_present(home):
+                tables[name] = read_images(home).to_pandas()
+        elif home.table(name).exists():
+            tables[name] = pd.read_parquet(home.table(name))
+    return tables
 
 
 def validate_snapshot(home: Home, rules_path: str | Path | None = None) -> dict:

@@ -12,9 +12,11 @@ is counted in the manifest's ``values_withheld``.
 Images are read as rows only: each row of the images table points at the pixel shard its batch
 wrote (``medmeta.ingest.image_parts``), so no pixel is read or written here. Which shard an image
 sits in follows how files were batched; the images table's digest (and so the snapshot id) is a
-multiset hash of its rows' content hashes (content columns and each image's pixel hash: ``_write_images``)
-instead, so the same data gives the same snapshot id however it arrived, and a run adding k images
-hashes k rows. Consolidating the same inputs again (``consolidation_inputs`` in
+multiset hash of its rows' content hashes (content columns and each image's pixel hash:
+``medmeta.ingest.images_table``) instead, so the same data gives the same snapshot id however it
+arrived, and a run adding k images hashes k rows. The images table is kept as parts
+(``store/images/``: ``images_table``): a run adding k images writes a part of k rows, and
+``images_table.read_images`` reads it. Consolidating the same inputs again (``consolidation_inputs`` in
 the manifest: the active content hashes and every setting that shapes the tables) is a no-op that
 returns the current manifest.
 """
@@ -29,14 +31,14 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from medmeta import schema
 from medmeta.atomic import atomic_path, write_json
 from medmeta.errors import UNRESOLVED_MEDICATION, UNRESOLVED_REFERENCE
 from medmeta.home import Home
 import medmeta
-from medmeta.ingest.image_parts import multiset_digest, read_image_rows, shard_relative_path
+from medmeta.ingest.image_parts import read_image_rows
+from medmeta.ingest.images_table import images_present, update_images_table
 from medmeta.ingest.parts import Part, part_hashes, read_part, rejected_rows, staged_table, write_parquet
 from medmeta.pseudonyms import Pseudonymizer
 from medmeta.ingest.units_step import convert_units
@@ -67,12 +69,12 @@ def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer, image_size
     counts, digests, withheld = {}, {}, {}
     for name, table_schema in schema.TABLES.items():
         if name == "images":  # DICOM always names its patient: no references to resolve
-            table = _images_table(read_image_rows(home.parts, image_size, hashes))
-            for column in ("modality", "body_part"):  # absent, or not a defined term (medmeta.dicom.defined_terms)
-                if missing := table[column].null_count:
+            images = update_images_table(home, read_image_rows(home.parts, image_size, hashes), image_size)
+            for column, missing in images.nulls.items():  # absent, or not a defined term (medmeta.dicom.defined_terms)
+                if missing:
                     withheld[f"images.{column}"] = missing
-            digests[name] = _write_images(home.table(name), table, table_schema)
-            counts[name] = table.num_rows
+            digests[name] = images.digest
+            counts[name] = images.rows
             continue
         if name == "compound_activities":  # compounds, not patients: measurements aggregated per task
             frame, conflicting = aggregate_activities(_read(record_parts, name, STAGED_ACTIVITIES))
@@ -165,7 +167,8 @@ def _sorted_unique(values: list[str]) -> bool:
     return all(a < b for a, b in zip(values, values[1:]))
 
 
-CONSOLIDATION_FORMAT = 3  # 2: images point at pixel shards; 3: images digest a multiset hash; raise when output changes
+CONSOLIDATION_FORMAT = 4  # 2: images point at pixel shards; 3: images digest a multiset hash; 4: the images
+# table kept as parts (store/images/: images_table); raise when output changes
 
 
 def _unchanged_snapshot(home: Home, inputs: str) -> dict | None:
@@ -176,40 +179,9 @@ def _unchanged_snapshot(home: Home, inputs: str) -> dict | None:
         return None
     if manifest.get("consolidation_inputs") != inputs:
         return None
-    tables = [home.table(name) for name in schema.TABLES] + [home.record_quarantine,
-                                                            home.snapshots / f"{manifest.get('snapshot')}.json"]
-    return manifest if all(path.is_file() for path in tables) else None
-
-
-def _images_table(staged: pa.Table) -> pa.Table:
-    """One row per ``image_id`` (the first by source, then shard: ``schema.KEYS``), in ``image_id``
-    order, each pointing at its image in its batch's shard. In Arrow: a rerun adding 20 images to
-    50,000 spends milliseconds here, not a pandas round trip."""
-    order = pc.sort_indices(staged, [("image_id", "ascending"), ("source", "ascending"),
-                                     ("shard", "ascending"), ("shard_index", "ascending")])
-    table = staged.take(order)
-    ids = table["image_id"].combine_chunks()
-    if len(ids) > 1:
-        first = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1)).fill_null(True)
-        table = table.filter(pa.concat_arrays([pa.array([True]), first]))
-    paths = pc.binary_join_element_wise(shard_relative_path(""), table["shard"], "")
-    return (table.append_column("pixel_path", paths)
-            .append_column("pixel_index", table["shard_index"])
-            .drop_columns(["shard", "shard_index"]).combine_chunks())
-
-
-def _write_images(path: Path, table: pa.Table, table_schema: pa.Schema) -> str:
-    """Write the images table; its digest: the sum of its rows' content hashes (``row_sha256``:
-    ``image_parts.row_hashes``, over the content columns and ``pixel_sha256``, never ``pixel_path``
-    / ``pixel_index``, which follow how files were batched) with the row count and column names. A
-    multiset hash: the same rows give the same digest in any order, and each row is hashed once
-    when it is staged, so a run adding 20 images to 50,000 hashes 20 rows, not the table."""
-    with atomic_path(path) as tmp:
-        write_parquet(table.select(table_schema.names).cast(table_schema), tmp)
-    digest = hashlib.sha256(json.dumps({"columns": table_schema.names, "rows": table.num_rows,
-                                        "row_hash": "sha256-json-sum-mod-2^256"}).encode())
-    digest.update(multiset_digest(table["row_sha256"]))
-    return digest.hexdigest()
+    tables = [home.table(name) for name in schema.TABLES if name != "images"]
+    tables += [home.record_quarantine, home.snapshots / f"{manifest.get('snapshot')}.json"]
+    return manifest if images_present(home) and all(path.is_file() for path in tables) else None
 
 
 def _read(parts: list[Part], name: str, table_schema: pa.Schema) -> pd.DataFrame:

@@ -229,6 +229,6 @@ def _migrate_legacy_batch(path: Path, size: int, shards_dir: Path) -> None:
 
 def read_image_rows(parts_root: Path, size: int, active: Iterable[str]) -> pa.Table:
     """The staged rows (no pixels) whose ``source`` is in ``active`` (``staged_image_rows``), each
-    with its ``row_sha256``."""
-    table = staged_image_rows(parts_root, size).drop_columns(["batch"])
+    with its ``batch`` and ``row_sha256``."""
+    table = staged_image_rows(parts_root, size)
     return table.filter(pc.is_in(table["source"], pa.array(list(active), pa.string())))  # in any order

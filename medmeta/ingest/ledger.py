@@ -65,12 +65,14 @@ class Ledger:
         self.path = path
         self.pseudonymizer = pseudonymizer
         self.sources = sources or {}
+        self.folders: dict[str, dict[str, str]] = {}  # SOURCE token -> {folder token: listing signature}
         self._fingerprint = pseudonymizer.fingerprint
         self._changed = not path.exists()
         self._rewrite = True  # the next save writes the whole file (a new or migrated ledger)
         self._generation: str | None = None  # the whole file's, which journal lines must carry
         self._journal_lines = self._journal_entries = 0
         self._dirty: dict[str, dict[str, dict]] = {}  # entries changed since the last save, by SOURCE token
+        self._dirty_folders: dict[str, dict[str, str]] = {}  # SOURCE token -> its new folder signatures
 
     @classmethod
     def load(cls, path: Path, pseudonymizer: Pseudonymizer) -> "Ledger":
@@ -93,8 +95,10 @@ class Ledger:
         doc = _parsed(path.read_bytes())
         sources = doc.get("sources", {})
         ledger = cls(path, pseudonymizer, sources)
+        ledger.folders = doc.get("folders", {})
         if doc.get("version", 1) < VERSION:
             ledger.sources, ledger._changed = tokenised_v1(sources, pseudonymizer), True
+            ledger.folders = {}
         else:
             ledger._generation, ledger._rewrite = doc.get("generation"), False
             if journal_key is not None and ledger._generation:
@@ -119,12 +123,17 @@ class Ledger:
             for source_token, entries in record.get("sources", {}).items():
                 self.sources.setdefault(source_token, {}).update(entries)
                 self._journal_entries += len(entries)
+            self.folders.update(record.get("folders", {}))
             self._journal_lines += 1
 
     def record(self, source: Path, outcomes: list[FileOutcome],
-               stats: Mapping[str, tuple[int, int]] | None = None) -> None:
+               stats: Mapping[str, tuple[int, int]] | None = None,
+               folders: Mapping[str, str] | None = None) -> None:
         """The outcomes of one run over ``source`` (the resolved SOURCE path; held by its token);
-        ``stats``: logical path -> (size, mtime_ns) as discovery listed it (``item_stats``)."""
+        ``stats``: logical path -> (size, mtime_ns) as discovery listed it (``item_stats``);
+        ``folders``: the listing signatures of the folders every file of which this run found settled
+        (``SettledMatcher.signatures``): they replace the source's, so a run that gives none (one that
+        reads every file again) leaves none, and no signature outlives a run that could change an entry."""
         if _LOADED and _LOADED[0][1] is self:
             _LOADED.clear()  # modified: no longer what the file holds
         source_token = landing_token(source, self.pseudonymizer)
@@ -143,6 +152,11 @@ class Ledger:
                 entries[token] = entry
                 self._dirty.setdefault(source_token, {})[token] = entry
                 self._changed = True
+        folders = dict(folders or {})
+        if self.folders.get(source_token, {}) != folders:
+            self.folders[source_token] = folders
+            self._dirty_folders[source_token] = folders
+            self._changed = True
 
     def active_hashes(self) -> list[str]:
         return sorted({
@@ -162,7 +176,7 @@ class Ledger:
         if (not self._rewrite and self._generation and total >= JOURNAL_MIN_ENTRIES
                 and self._journal_lines < JOURNAL_MAX_LINES
                 and (self._journal_entries + dirty) * JOURNAL_SHARE <= total):
-            line = _serialised({"generation": self._generation, "sources": self._dirty})
+            line = _serialised({"generation": self._generation, "sources": self._dirty, "folders": self._dirty_folders})
             with open(journal_path(self.path), "ab") as handle:
                 handle.write(line)
                 handle.flush()
@@ -172,11 +186,11 @@ class Ledger:
         else:
             self._generation = secrets.token_hex(8)
             write_bytes(self.path, _serialised({"version": VERSION, "generation": self._generation,
-                                                "sources": self.sources}))
+                                                "sources": self.sources, "folders": self.folders}))
             journal_path(self.path).unlink(missing_ok=True)  # its lines carry the old generation: ignored
             self._journal_lines = self._journal_entries = 0
             self._rewrite = False
-        self._dirty = {}
+        self._dirty, self._dirty_folders = {}, {}
         self._changed = False
 
     def settled_matcher(self, source: Path, staged: Callable[[str], bool],
@@ -188,8 +202,9 @@ class Ledger:
         the path tokens made in one tight loop), and its ``to_record`` lists the matched files whose
         entry an ``unchanged`` outcome would change (after a first ingest: every file; after that:
         none), so a rerun over 50,000 settled files builds no outcome nor entry for them."""
-        return SettledMatcher(self.sources.get(landing_token(source, self.pseudonymizer), {}), self._tokens(),
-                              self.pseudonymizer, staged, known)
+        source_token = landing_token(source, self.pseudonymizer)
+        return SettledMatcher(self.sources.get(source_token, {}), self._tokens(), self.pseudonymizer, staged, known,
+                              self.folders.get(source_token, {}))
 
     def seen_matcher(self, source: Path) -> Callable[[str, int, int], bool]:
         """``(logical_path, size, mtime_ns)`` -> whether the last run over ``source`` accounted for this
@@ -225,13 +240,60 @@ class SettledMatcher:
 
     ``to_record``: ``(logical_path, sha256, size, mtime_ns)`` of each matched file whose ledger entry
     is not already what an ``unchanged`` outcome with that stat records (status ``ingested``, or a
-    reason): the caller records those as ``unchanged``; every other matched file is left as it is."""
+    reason): the caller records those as ``unchanged``; every other matched file is left as it is.
+
+    Whole folders (``folder_settled``, ``sign_folder``): a folder every file of which a run found
+    settled gets a listing signature, a keyed token (``Pseudonymizer.path_token``, under a prefix no
+    path has) of its path and of its files' names, sizes and mtimes, kept by the ledger under the
+    folder's path token (no name in clear). A later run whose listing of that folder gives the same
+    signature knows each of its files is settled without a token or a lookup per file
+    (``settled_in_folders`` counts them), provided every settled entry of the SOURCE still has its
+    content staged (checked once: ``_all_staged``). ``signatures``: the folders to record as settled
+    after this run (``Ledger.record(folders=)``)."""
 
     def __init__(self, entries: dict[str, dict], tokens: dict[str, str], pseudonymizer: Pseudonymizer,
-                 staged: Callable[[str], bool], known: frozenset[str] | set[str] = frozenset()):
+                 staged: Callable[[str], bool], known: frozenset[str] | set[str] = frozenset(),
+                 folders: Mapping[str, str] | None = None):
         self._entries, self._tokens, self._pseudonymizer = entries, tokens, pseudonymizer
         self._staged, self._known = staged, known
+        self._folders = folders or {}
+        self._staged_all: bool | None = None
         self.to_record: list[tuple[str, str, int, int]] = []
+        self.signatures: dict[str, str] = {}
+        self.settled_in_folders = 0
+
+    def folder_settled(self, prefix: str, names: list[str], sizes: list[int], mtimes_ns: list[int]) -> bool:
+        """Whether every file of the folder ``prefix`` (its logical path and ``/``; ``""`` for SOURCE
+        itself), listed as ``names`` with those sizes and mtimes (all its entries but folders), is
+        settled as a whole: its listing signature is the one recorded. Counted when so."""
+        if not self._folders:
+            return False
+        folder = self._pseudonymizer.path_token(prefix)
+        recorded = self._folders.get(folder)
+        if recorded is None or recorded != _listing_signature(self._pseudonymizer, prefix, names, sizes, mtimes_ns):
+            return False
+        if not self._all_staged():
+            return False
+        self.signatures[folder] = recorded
+        self.settled_in_folders += len(names)
+        return True
+
+    def sign_folder(self, prefix: str, names: list[str], sizes: list[int], mtimes_ns: list[int]) -> None:
+        """Record (in ``signatures``) the folder ``prefix`` whose every file (``names``, all its entries
+        but folders) ``match`` found settled in this run."""
+        self.signatures[self._pseudonymizer.path_token(prefix)] = _listing_signature(
+            self._pseudonymizer, prefix, names, sizes, mtimes_ns)
+
+    def _all_staged(self) -> bool:
+        """Whether every ingested or unchanged entry of the SOURCE has its content staged (images
+        known, else ``staged``): a folder's signature stands for its files' entries, whose content
+        must still be there, as ``match`` checks file by file. Once per run."""
+        if self._staged_all is None:
+            known, staged = self._known, self._staged
+            self._staged_all = all(
+                entry.get("sha256") and (entry["sha256"] in known or staged(entry["sha256"]))
+                for entry in self._entries.values() if entry["status"] in _SETTLED_STATUSES)
+        return self._staged_all
 
     def __call__(self, logical_path: str, size: int, mtime_ns: int) -> str | None:
         return self.many([(logical_path, size, mtime_ns)])[0]
@@ -272,6 +334,16 @@ class SettledMatcher:
 
 
 _SETTLED_STATUSES = frozenset((INGESTED, UNCHANGED))
+_LISTING = "\0listing\0"  # no path holds a NUL: a listing signature is never a path's token
+
+
+def _listing_signature(pseudonymizer: Pseudonymizer, prefix: str, names: list[str], sizes: list[int],
+                       mtimes_ns: list[int]) -> str:
+    """The keyed signature of a folder's listing: its path and each file's name, size and mtime, in
+    name order (a NUL, which no name holds, between fields)."""
+    order = sorted(range(len(names)), key=names.__getitem__)
+    listing = "\0".join(f"{names[i]}\0{sizes[i]}\0{mtimes_ns[i]}" for i in order)
+    return pseudonymizer.path_token(f"{_LISTING}{prefix}\0{listing}")
 
 
 def journal_path(path: Path) -> Path:

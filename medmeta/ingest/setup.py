@@ -19,6 +19,7 @@ from medmeta.errors import MedmetaError
 from medmeta.home import Home
 from medmeta.ingest.config import IngestConfig
 from medmeta.ingest.image_parts import known_image_sources
+from medmeta.ingest.images_table import images_folder
 from medmeta.ingest.landings import landing_token, resolve_landing
 from medmeta.ingest.process import WorkerContext
 from medmeta.store_version import check_store_version
@@ -92,7 +93,7 @@ def home_lock(home: Home) -> Iterator[None]:
 
 def remove_interrupted_writes(home: Home) -> None:
     """Temp files and half-built parts left by a run that was killed (all start with a dot)."""
-    folders = [home.store, home.parts, *home.parts.glob("images-*"), home.pixels, home.pixel_shards]
+    folders = [home.store, images_folder(home), home.parts, *home.parts.glob("images-*"), home.pixels, home.pixel_shards]
     folders += [d for d in home.quarantine.iterdir() if d.is_dir()] if home.quarantine.exists() else []
     for folder in folders:
         for entry in folder.glob(".*") if folder.exists() else ():

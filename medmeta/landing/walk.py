@@ -95,7 +95,11 @@ def discover(source: Path, config: IngestConfig,
     is truthy for a plain file the ledger holds as ingested with that
     size and mtime and whose content is still staged; such a file, known from its ``lstat`` alone,
     is not an item at all: ``(logical_path, what unchanged returned, size, mtime_ns)`` is appended to
-    ``settled`` instead (a rerun over 50,000 known files opens none and builds no item)."""
+    ``settled`` instead (a rerun over 50,000 known files opens none and builds no item). A matcher with
+    ``folder_settled`` and ``sign_folder`` (``SettledMatcher``) is asked first for each folder whose
+    entries (folders aside) are all plain files within ``max_file_bytes``: when it settles the folder
+    whole, its files are neither items nor appended to ``settled`` (the matcher counts them:
+    ``settled_in_folders``); each such folder whose every file it found settled one by one is signed."""
     if (unchanged is None) != (settled is None):
         raise ValueError("discover: unchanged and settled go together")
     source = Path(source)
@@ -166,50 +170,74 @@ def _folder_items(root: Path, config: IngestConfig,
     candidate_mtimes: list[int] = []
     candidate_paths: list[str] = []
     max_bytes = config.max_file_bytes
-    lstat, is_regular = os.lstat, stat.S_ISREG
+    is_regular = stat.S_ISREG
 
-    def unlistable(error: OSError) -> None:
-        folder = Path(error.filename or root)
+    def unlistable(folder: Path) -> None:
         items.append(_refused(_relative(root, folder), folder, root, UNREADABLE, "the folder can not be listed"))
 
     top = str(root)
     folders = [top]
+    folder_settled = getattr(unchanged, "folder_settled", None)
+    sign_folder = getattr(unchanged, "sign_folder", None)
+    whole: list[tuple[str, list[str], list[int], list[int], int]] = []  # folders to sign if all settle
     while folders:  # os.walk's folders and files, by os.scandir directly: one listing, no path joins
         folder = folders.pop()
+        try:  # listed through a descriptor: each lstat is then relative to it (fstatat), no path walked again
+            descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            unlistable(Path(folder))
+            continue
         try:
-            with os.scandir(folder) as listing:
+            with os.scandir(descriptor) as listing:
                 entries = list(listing)
-        except OSError as error:
-            unlistable(error)
+        except OSError:
+            os.close(descriptor)
+            unlistable(Path(folder))
             continue
         folder_path = Path(folder)
         # logical paths by string operations: pathlib costs more than the lstat on a folder of 50,000 files
         prefix = "" if folder == top else os.path.relpath(folder, top).replace(os.sep, "/") + "/"
-        for entry in entries:
-            try:
-                is_folder = entry.is_dir()  # follows a symlink, as os.walk does
-            except OSError:
-                is_folder = False
-            if is_folder:
-                if entry.is_symlink():  # a symlink to a folder is not entered
-                    items.extend(_linked_folder_items(root, folder_path / entry.name))
-                else:
-                    folders.append(entry.path)
-                continue
-            logical = prefix + entry.name
-            if unchanged is not None:  # a candidate when lstat says: a regular file within max_file_bytes
-                path = entry.path
+        names: list[str] = []  # this folder's candidates (plain files within max_file_bytes)
+        sizes: list[int] = []
+        mtimes: list[int] = []
+        others = False  # an entry that is neither a folder nor a candidate
+        try:
+            for entry in entries:
                 try:
-                    info = lstat(path)
+                    is_folder = entry.is_dir()  # follows a symlink, as os.walk does
                 except OSError:
-                    info = None
-                if info is not None and is_regular(info.st_mode) and info.st_size <= max_bytes:
-                    candidate_logicals.append(logical)
-                    candidate_sizes.append(info.st_size)
-                    candidate_mtimes.append(info.st_mtime_ns)
-                    candidate_paths.append(path)
+                    is_folder = False
+                if is_folder:
+                    if entry.is_symlink():  # a symlink to a folder is not entered
+                        others = True
+                        items.extend(_linked_folder_items(root, folder_path / entry.name))
+                    else:
+                        folders.append(os.path.join(folder, entry.name))
                     continue
-            items.extend(_file_items(Path(entry.path), logical, root, config))
+                if unchanged is not None:  # a candidate when lstat says: a regular file within max_file_bytes
+                    try:
+                        info = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        info = None
+                    if info is not None and is_regular(info.st_mode) and info.st_size <= max_bytes:
+                        names.append(entry.name)
+                        sizes.append(info.st_size)
+                        mtimes.append(info.st_mtime_ns)
+                        continue
+                others = True
+                items.extend(_file_items(folder_path / entry.name, prefix + entry.name, root, config))
+        finally:
+            os.close(descriptor)
+        if not names:
+            continue
+        if folder_settled is not None and not others and folder_settled(prefix, names, sizes, mtimes):
+            continue  # every file settled by the folder's listing signature: counted by the matcher
+        if sign_folder is not None and not others:
+            whole.append((prefix, names, sizes, mtimes, len(candidate_logicals)))
+        candidate_logicals.extend([prefix + name for name in names])
+        candidate_sizes.extend(sizes)
+        candidate_mtimes.extend(mtimes)
+        candidate_paths.extend([os.path.join(folder, name) for name in names])
     if candidate_logicals:  # the ledger asked once for the whole listing when it can answer so
         match = getattr(unchanged, "match", None)
         if match is not None:
@@ -222,6 +250,9 @@ def _folder_items(root: Path, config: IngestConfig,
                 settled.append((logical, known, size, mtime_ns))
             else:
                 items.extend(_file_items(Path(path), logical, root, config))
+        for prefix, names, sizes, mtimes, start in whole:
+            if all(answers[start:start + len(names)]):
+                sign_folder(prefix, names, sizes, mtimes)
     return items
 
 
