@@ -701,7 +701,7 @@ def tasks_build(
     shots: Optional[int] = typer.Option(None, "--shots", help="Support cases per class [default: 5]."),
     queries: Optional[int] = typer.Option(None, "--queries", help="Query cases per class [default: 3; drug: 5]."),
     seed: int = typer.Option(0, "--seed", help="Seeds the split of classes into meta-train/val/test."),
-    name: Optional[str] = typer.Option(None, "--name", help="[default: <by>-<inputs>-<W>w<K>s<Q>q-seed<S>]"),
+    name: Optional[str] = typer.Option(None, "--name", help="[default: <by>-<inputs>-<W>w<K>s<Q>q-seed<S>; target: target-compounds-seed<S>, then -p<threshold>, -test<N>]"),
     system: str = typer.Option("auto", "--system", help="The class code system: auto (the one with the most patients), a short name (sct, icd10cm, rxnorm, atc, ...) or a URI."),
     concept_map: Optional[list[Path]] = typer.Option(None, "--concept-map", help="A concept map (FHIR ConceptMap .json or .csv source_system,source_code,target_system,target_code), applied before classes are formed; repeatable, in order."),
     outcomes: Optional[Path] = typer.Option(None, "--outcomes", help="Drug tasks: your outcome rule file [default: medmeta/config/outcomes.yaml]."),

@@ -89,7 +89,8 @@ def make_spec(kind: str, inputs: str | None = None, ways: int | None = None, sho
         raise MedmetaError(f"--seed must be 0 or more, got {seed}")
     if ways < 2 or shots < 1 or queries < 1:
         raise MedmetaError(f"need --ways >= 2, --shots >= 1, --queries >= 1; got {ways}, {shots}, {queries}")
-    name = name or f"{kind}-{inputs}-{ways}w{shots}s{queries}q-seed{seed}" + (
+    shape = "" if kind == "target" else f"-{ways}w{shots}s{queries}q"  # target tasks: support sizes are the evaluation's
+    name = name or f"{kind}-{inputs}{shape}-seed{seed}" + (
         f"-p{float(threshold):g}" if threshold is not None else "") + (
         f"-test{int(test_tasks)}" if test_tasks is not None else "")
     if not NAME.match(name):

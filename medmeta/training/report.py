@@ -173,7 +173,8 @@ def summary_text(summary: dict) -> str:
              f"snapshot {i['snapshot']}",
              validation_text(summary)]
     for t in summary["tasksets"]:
-        lines.append(f"task set {t['name']}: " + ", ".join(f"{s} {len(c['classes'])} classes"
+        unit = "tasks" if t.get("kind") == "target" else "classes"
+        lines.append(f"task set {t['name']}: " + ", ".join(f"{s} {len(c['classes'])} {unit}"
                                                            for s, c in t["splits"].items()))
     lines += model_lines(summary) + compound_lines(summary.get("compound_models", [])) + adapted_lines(summary)
     lines += registry_lines(summary)
