@@ -124,8 +124,10 @@ def load_taskset(home: Home, name: str, dtype=None) -> TaskSet:
     dtype = dtype or torch.float32
     manifest = read_manifest(home, name)
     if manifest.get("kind") == "target":
-        raise MedmetaError(f"task set {name!r} holds compound tasks (kind target): load it with "
-                           "medmeta.chem.target_tasks.load_target_taskset")
+        raise MedmetaError(f"task set {name!r} holds compound tasks (kind target): its models are trained, evaluated "
+                           "and published by the compounds flow (`medmeta run LANDING --config "
+                           "medmeta/config/pipeline-compounds.yaml`, flows/compounds.py), not by train/evaluate/adapt; "
+                           "in Python: medmeta.chem.target_tasks.load_target_taskset")
     folder = taskset_dir(home, name)
     splits = {}
     for split, entry in manifest["splits"].items():
