@@ -220,8 +220,6 @@ def training_on_gpu(results: Results, device: str) -> None:
 
 
 def conv_speed_on_gpu(results: Results, device: str, steps: int = 30) -> None:
-    import torch
-
     from metalearn import build_backbone, build_learner
     from metalearn.trainer import Trainer
     from distributed_training import images

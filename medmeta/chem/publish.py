@@ -113,8 +113,6 @@ def evaluate_activity_model(home: Home, model: str, settings) -> ActivityEvaluat
         known = ActivityEvaluation.from_dict(read_json(saved, "evaluation"))
         if known.evaluation_id == evaluation_id and known.result.methods == methods_named:
             return known
-    from medmeta.chem.baselines import BASELINES
-
     device = resolve_device(str(compounds["device"]))
     learner = load_learner(folder, device)
     featuriser = identity["featuriser"]
