@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from prefect.states import Completed, Failed
 
 from flows.adapt import adapt_flow
+from flows.compounds import compounds_flow
 from flows.evaluate import evaluate_flow
 from flows.ingest import ingest_flow
 from flows.landing_flow import landing_flow
@@ -71,7 +72,8 @@ def arrival_flow(landing: str | None = None, home: str | None = None, settings: 
     root = str(the_home.root)
     clock = _Clock()
     summary: dict = {"kind": "arrival", "started": datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ"),
-                     "tasksets": [], "adapted": [], "warm_starts": [], "models": [], "durations_s": clock.durations}
+                     "tasksets": [], "adapted": [], "warm_starts": [], "models": [], "compound_models": [],
+                     "durations_s": clock.durations}
     entries = [(taskset_name(entry), entry) for entry in settings.tasksets]
     before = {name: manifest_before(the_home, name) for name, _ in entries}
     mark = clock.start
@@ -90,6 +92,12 @@ def arrival_flow(landing: str | None = None, home: str | None = None, settings: 
         build_tasksets_flow(by=entry["by"], inputs=entry.get("inputs"), ways=entry.get("ways"),
                             shots=entry.get("shots"), queries=entry.get("queries"), seed=int(entry.get("seed", 0)),
                             name=entry.get("name"), home=root, **{k: entry[k] for k in TASKSET_OPTIONS if k in entry})
+        if entry["by"] == "target":  # compounds: no classes to adapt to; the compounds flow (found when unchanged)
+            mark = clock.stage("tasksets", mark)
+            with training_slot():
+                summary["compound_models"].append(compounds_flow(name, root, settings))
+            mark = clock.stage("compounds", mark)
+            continue
         changes = compare_arrival(the_home, before[name], name)
         summary["tasksets"].append(changes)
         mark = clock.stage("tasksets", mark)

@@ -95,3 +95,37 @@ def test_a_rerun_trains_and_publishes_nothing_again(ran):
     [again] = second["compound_models"]
     assert not again["trained"] and again["published"]["cached"]
     assert again["published"]["ref"] == first["compound_models"][0]["published"]["ref"]
+
+
+def test_an_arrival_of_activity_tables_retrains_and_gates_the_compound_model(ran, tmp_path):
+    """The on-new-cases path (flows/arrival.py) on a compounds home: the new table is ingested, the target
+    task set rebuilt, and the compounds flow trains on it and publishes through the gate (no classes to adapt)."""
+    import torch
+
+    from flows.arrival import arrival_flow
+    from medmeta import registry
+    from medmeta.chem.moleculeace import copy_tables
+    from tests.conftest import TEST_KEY
+
+    home, (first, _) = ran
+    landing = tmp_path / "landing"
+    for path in copy_tables(landing / "chembl", TABLES + ["CHEMBL234_Ki"]):
+        lines = path.read_text().splitlines(keepends=True)
+        path.write_text("".join(lines[:SLICE + 1]))
+    config = tmp_path / "settings.yaml"
+    config.write_text(yaml.safe_dump(_settings()))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MEDMETA_PSEUDONYM_KEY", TEST_KEY)
+            state = arrival_flow(str(landing), str(home), str(config), return_state=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    [model] = summary["compound_models"]
+    assert model["trained"] and model["model"] != first["compound_models"][0]["model"]  # the task set grew
+    name = model["published"]["name"]
+    assert registry.versions(home, name) == [1, 2] and registry.read_aliases(home, name)["champion"] in (1, 2)
+    assert summary["adapted"] == [] and summary["warm_starts"] == []

@@ -17,6 +17,7 @@ from medmeta.chem.report import compound_lines, compound_markdown  # plain Pytho
 METHODS = (("meta", "meta-learner"), ("from_scratch", "from scratch"), ("pretrain_finetune", "pretrain + fine-tune"))
 BASELINES = ("from_scratch", "pretrain_finetune")
 
+
 def headline(evaluation: dict) -> list[dict]:
     """Per shot count: each method's accuracy with its 95% interval (``ci95`` its half-width, ``low``,
     ``high``), and ``paired``: the meta-learner minus each baseline on the same episodes, with its
