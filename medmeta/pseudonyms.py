@@ -71,6 +71,10 @@ class Pseudonymizer:
 
         return self._path_hmac(name_bytes(str(path)))
 
+    def path_token_of_bytes(self, data: bytes) -> str:
+        """``path_token`` of a name given as its bytes (a folder's listing signature is made so)."""
+        return self._path_hmac(data)
+
     def path_tokens(self, paths: list[str]) -> list[str]:
         """``[path_token(p) for p in paths]``, in one tight loop (a rerun tokenises 50,000 listed names)."""
         from medmeta.landing.names import name_bytes

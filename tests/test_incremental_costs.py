@@ -93,6 +93,38 @@ def test_settled_files_recorded_as_before_are_not_to_record_and_a_changed_one_is
     assert Ledger.load(tmp_path / "ledger.json", pseudo).active_hashes() == ["2" * 64, "3" * 64]
 
 
+def test_the_active_hashes_kept_by_record_equal_the_ones_read_from_the_entries(tmp_path):
+    """The ledger makes a SOURCE's settled hashes once (the matcher's staged check) and ``record`` keeps
+    them current: after additions, a replaced content, a quarantined file whose content another file
+    still holds and one whose content no file holds any more, they equal a fresh reading of the file."""
+    pseudo = Pseudonymizer(TEST_KEY)
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    h = {n: str(n) * 64 for n in range(1, 7)}
+    ledger = Ledger(tmp_path / "ledger.json", pseudo)
+    ledger.record(landing, [FileOutcome("a", INGESTED, h[1]), FileOutcome("b", INGESTED, h[2]),
+                            FileOutcome("c", INGESTED, h[2]), FileOutcome("d", INGESTED, h[3])])
+    ledger.save()
+    rounds = [
+        [FileOutcome("e", INGESTED, h[4])],  # added
+        [FileOutcome("a", INGESTED, h[5])],  # replaced: h1 held by no file now
+        [FileOutcome("b", QUARANTINED, None, reason="x: y")],  # h2 still held by c
+        [FileOutcome("d", QUARANTINED, None, reason="x: y")],  # h3 held by no file now
+        [FileOutcome("f", UNCHANGED, h[6]), FileOutcome("c", UNCHANGED, h[2])],
+    ]
+    expected = [{h[1], h[2], h[3], h[4]}, {h[2], h[3], h[4], h[5]}, {h[2], h[3], h[4], h[5]}, {h[2], h[4], h[5]},
+                {h[2], h[4], h[5], h[6]}]
+    for outcomes, wanted in zip(rounds, expected):
+        _LOADED.clear()
+        ledger = Ledger.load(tmp_path / "ledger.json", pseudo)
+        assert ledger.settled_matcher(landing, lambda sha: True)._all_staged()  # makes the cached set
+        ledger.record(landing, outcomes)
+        assert ledger.active_hashes() == sorted(wanted)
+        ledger.save()
+        _LOADED.clear()
+        assert Ledger.load(tmp_path / "ledger.json", pseudo).active_hashes() == sorted(wanted)
+
+
 def test_a_few_changes_to_a_large_ledger_go_to_its_journal_and_read_back_the_same(tmp_path):
     from medmeta.ingest.ledger import JOURNAL_MIN_ENTRIES, journal_path
 

@@ -231,4 +231,7 @@ def read_image_rows(parts_root: Path, size: int, active: Iterable[str]) -> pa.Ta
     """The staged rows (no pixels) whose ``source`` is in ``active`` (``staged_image_rows``), each
     with its ``batch`` and ``row_sha256``."""
     table = staged_image_rows(parts_root, size)
-    return table.filter(pc.is_in(table["source"], pa.array(list(active), pa.string())))  # in any order
+    keep = pc.is_in(table["source"], pa.array(list(active), pa.string()))  # in any order
+    if keep.null_count == 0 and pc.all(keep).as_py() is not False:  # all active (a rerun adding files): no copy
+        return table
+    return table.filter(keep)
