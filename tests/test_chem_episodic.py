@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_chem_training import (TABLES, _generated, _heavy_atoms, _one_unclustered_ecfp4_bit,  # noqa: F401
-                                      compounds, median_labels, write_taskset)
+import tests.test_chem_training as chem_training
+from tests.test_chem_training import TABLES, _generated, _heavy_atoms, _one_unclustered_ecfp4_bit, median_labels, write_taskset
+
+compounds = chem_training.compounds  # the fixture: task -> (canonical SMILES, pActivity) of the MoleculeACE slices
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.skipif(importlib.util.find_spec("rdkit") is None
                                 or importlib.util.find_spec("MoleculeACE") is None,
@@ -42,7 +44,7 @@ SNAPSHOT_FEATURES = Path("features") / "snapshot-for-tests"  # write_taskset's s
 
 
 @pytest.fixture(scope="module")
-def feature_cache(compounds, tmp_path_factory) -> Path:  # noqa: F811
+def feature_cache(compounds, tmp_path_factory) -> Path:
     """Every compound's descriptors, MACCS keys and ECFP4 bits, computed once for the module's homes (RDKit's
     descriptors take seconds); each home gets a copy as its snapshot's feature cache."""
     from medmeta.chem.features import FeatureCache
@@ -63,7 +65,7 @@ def new_home(root: Path, name: str, tasks: dict, feature_cache: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def real_home(compounds, feature_cache, tmp_path_factory) -> Path:  # noqa: F811
+def real_home(compounds, feature_cache, tmp_path_factory) -> Path:
     return new_home(tmp_path_factory.mktemp("chemepisodic"), "actives",
                     {t: (s, p, median_labels(p)) for t, (s, p) in compounds.items()}, feature_cache)
 
@@ -130,7 +132,7 @@ def test_an_episodic_learner_meta_trains_on_fingerprints_is_found_and_resumes_to
 
 
 def test_descriptors_are_standardised_with_the_meta_train_rows_and_the_scaling_travels_with_the_model(
-        real_home, compounds):  # noqa: F811
+        real_home, compounds):
     import torch
     from rdkit import Chem
     from rdkit.Chem import Descriptors
@@ -184,7 +186,7 @@ PROBLEMS = [(_heavy_atoms, "protonet"), (_one_unclustered_ecfp4_bit, "rf")]
 
 
 @pytest.mark.parametrize("rule, winner", PROBLEMS, ids=["protonet-wins", "rf-wins"])
-def test_the_gate_publishes_the_best_of_activity_gp_protonet_and_the_baselines(compounds, feature_cache, tmp_path,  # noqa: F811
+def test_the_gate_publishes_the_best_of_activity_gp_protonet_and_the_baselines(compounds, feature_cache, tmp_path,
                                                                               rule, winner):
     from medmeta import registry
     from medmeta.chem.episodic import train_episodic_model
@@ -217,7 +219,7 @@ def test_the_gate_publishes_the_best_of_activity_gp_protonet_and_the_baselines(c
     assert again["cached"] and again["version"] == published["version"]
 
 
-def _predict_with_the_published_protonet(home: Path, compounds, proto: str, tmp_path: Path) -> None:  # noqa: F811
+def _predict_with_the_published_protonet(home: Path, compounds, proto: str, tmp_path: Path) -> None:
     """``medmeta predict`` ranks a test target's compounds with the published ProtoNet: the scores are the trained
     model's (its folder's weights and scaling), and the heavy-atom rule is found (average precision above the
     fraction of actives, computed here)."""
