@@ -18,6 +18,11 @@
 - The model folder ``H/training/<task set>-activity_gp-<digest>/`` (the digest covers the task set's manifest, the
   learner's config, the featuriser, the steps and the seed: the same inputs find the trained model, not retrain it):
   ``spec.json`` (the identity), ``checkpoint/``, ``weights.safetensors`` (the state dict), ``result.json``.
+
+Shared with the episodic learners (``medmeta.chem.episodic``): ``taskset_identity`` (the task set part of a model's
+identity), ``compound_model_name`` (``<task set>-<learner>-<digest of the identity>``), ``found_model`` (a finished
+model folder), ``train_tasks``, ``task_features`` and ``validation_report`` (untrained against meta-trained on the
+val tasks, the same draws).
 """
 
 from __future__ import annotations
