@@ -131,6 +131,30 @@ def test_an_episodic_learner_meta_trains_on_fingerprints_is_found_and_resumes_to
     assert again_weights.keys() == trained.keys() and all(torch.equal(trained[k], again_weights[k]) for k in trained)
 
 
+def test_the_benchmark_method_trains_the_model_the_pipeline_trains(real_home):
+    """``learner_method`` (bench/molecules.py's way in, no home) meta-trains on a split's training tasks exactly the
+    network ``train_episodic_model`` trains on the same tasks and seed: the same scores on a draw."""
+    from medmeta.chem.episodic import conditioned, episodic_identity, learner_method, load_episodic, train_episodic_model
+    from medmeta.chem.evaluation import TrainTask
+    from medmeta.chem.target_tasks import load_target_taskset
+    from medmeta.chem.training import task_features
+    from medmeta.home import Home
+
+    config = settings(algorithms=["protonet"])
+    folder = train_episodic_model(Home.at(real_home), "actives", "protonet", config).folder  # found: trained above
+    tasks = load_target_taskset(Home.at(real_home), "actives")
+    x = task_features(Home.at(real_home), tasks, "ecfp4_bits")
+    train = [TrainTask(t.task, x[t.task], t.labels) for t in tasks.split("train")]
+    scorer = learner_method(episodic_identity(tasks.manifest, "protonet", config), "bench").prepare(train, 0)
+    test = tasks.tasks["CHEMBL233_Ki"]
+    support = np.concatenate([np.flatnonzero(test.labels == 1)[:8], np.flatnonzero(test.labels == 0)[:8]])
+    query = np.setdiff1d(np.arange(len(test.labels)), support)
+    xt = x["CHEMBL233_Ki"]
+    learner, scaling = load_episodic(folder)
+    expected = conditioned(learner, scaling, xt[support], test.labels[support])(xt[query])
+    assert np.array_equal(scorer(xt[support], test.labels[support], xt[query], 0), expected)
+
+
 def test_descriptors_are_standardised_with_the_meta_train_rows_and_the_scaling_travels_with_the_model(
         real_home, compounds):
     import torch

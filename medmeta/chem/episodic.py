@@ -4,6 +4,8 @@
     train_episodic_model(home, taskset, algorithm, settings, on_checkpoint=None) -> TrainedActivity
     load_episodic(folder, device="cpu") -> (learner, InputScaling)
     episodic_method(learner, scaling, featuriser, note, device="cpu") -> medmeta.chem.evaluation.Method
+    meta_train(identity, tasks, device, checkpoint_dir=None, ...) -> (learner, InputScaling, TrainResult, replaced)
+    learner_method(identity, note, device="cpu") -> Method (meta-trains per split: for bench/molecules.py)
     conditioned(learner, scaling, support_x, support_y, device="cpu") -> fn(query_x) -> P(active) (numpy)
     learner_from_card(config, weights) -> (learner, InputScaling)
 
@@ -209,14 +211,12 @@ def train_episodic_model(home: Home, taskset: str, algorithm: str, settings,
 
     ``on_checkpoint(step)`` is called at every ``checkpoint_every``-th step (progress; an exception from it
     stops the run after a checkpoint of that step is written, as an interrupt would)."""
-    import torch
     from safetensors.torch import save_file
 
     from medmeta.atomic import atomic_path
     from medmeta.chem.target_tasks import load_target_taskset
     from medmeta.chem.training import (TrainedActivity, compound_model_name, found_model, resolve_device,
                                        task_features, train_tasks, validation_report)
-    from metalearn.trainer import Trainer
 
     compounds = settings.compounds
     tasks = load_target_taskset(home, taskset)
@@ -231,17 +231,6 @@ def train_episodic_model(home: Home, taskset: str, algorithm: str, settings,
     device = resolve_device(str(compounds["device"]))
     featuriser = identity["featuriser"]
     features = task_features(home, tasks, featuriser)
-    scaling = InputScaling.fit(featuriser, np.concatenate([features[t.task] for t in train]))
-    data, replaced = [], 0
-    for t in train:
-        x, bad = scaling.apply(features[t.task])
-        data.append((x, np.asarray(t.labels, dtype=np.int64)))
-        replaced += bad
-    episodes = identity["episodes"]
-    sampler = CompoundEpisodes(data, episodes["support_sizes"], episodes["query_size"], episodes["meta_batch"],
-                               identity["seed"], taskset)
-    torch.manual_seed(identity["seed"])  # the initial weights: the same identity, the same model
-    learner = build_episodic(identity["spec"])
     every = int(compounds["checkpoint_every"])
 
     def progress(report) -> None:
@@ -254,13 +243,11 @@ def train_episodic_model(home: Home, taskset: str, algorithm: str, settings,
         from metalearn.checkpoint import read_checkpoint_meta
 
         resumed_at = int(read_checkpoint_meta(checkpoint / "checkpoint.safetensors").get("step", 0))
-    trainer = Trainer(learner, sampler.sample, max_steps=identity["steps"], lr=identity["optimiser"]["lr"],
-                      checkpoint_dir=checkpoint, checkpoint_every=every, seed=identity["seed"], device=device,
-                      config=identity, on_step=progress)
     started = time.perf_counter()
-    fitted = trainer.fit(resume=True)
+    learner, scaling, fitted, replaced = meta_train(
+        identity, [(features[t.task], t.labels) for t in train], device, checkpoint_dir=checkpoint,
+        checkpoint_every=every, on_step=progress, what=taskset)
     seconds = time.perf_counter() - started
-    learner.eval()
     with atomic_path(folder / WEIGHTS) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in learner.state_dict().items()}
         save_file({**state, **scaling.tensors()}, str(tmp), metadata={"model": name})
@@ -276,6 +263,48 @@ def train_episodic_model(home: Home, taskset: str, algorithm: str, settings,
               "history": fitted.history, "train_tasks": [t.task for t in train], "validation": validation}
     write_json(folder / "result.json", result)
     return TrainedActivity(name, folder, False, int(fitted.steps), round(seconds, 3), str(fitted.device))
+
+
+def meta_train(identity: dict, tasks: list[tuple[np.ndarray, np.ndarray]], device: str = "cpu",
+               checkpoint_dir: Path | None = None, checkpoint_every: int = 100, on_step: Callable | None = None,
+               what: str = "the task set"):
+    """The core of ``train_episodic_model`` without a home: ``identity``'s learner (``spec``, ``featuriser``,
+    ``episodes``, ``optimiser``, ``steps``, ``seed``) meta-trained on ``tasks`` (the featuriser's raw rows and 0/1
+    labels, numpy) by metalearn's ``Trainer``, resuming from ``checkpoint_dir`` when it holds a checkpoint.
+    Returns (learner in eval mode, its ``InputScaling``, the ``TrainResult``, non-finite values replaced)."""
+    import torch
+
+    from metalearn.trainer import Trainer
+
+    scaling = InputScaling.fit(identity["featuriser"], np.concatenate([x for x, _ in tasks]))
+    data, replaced = [], 0
+    for x, y in tasks:
+        scaled, bad = scaling.apply(x)
+        data.append((scaled, np.asarray(y, dtype=np.int64)))
+        replaced += bad
+    episodes = identity["episodes"]
+    sampler = CompoundEpisodes(data, episodes["support_sizes"], episodes["query_size"], episodes["meta_batch"],
+                               identity["seed"], what)
+    torch.manual_seed(identity["seed"])  # the initial weights: the same identity, the same model
+    learner = build_episodic(identity["spec"])
+    trainer = Trainer(learner, sampler.sample, max_steps=identity["steps"], lr=identity["optimiser"]["lr"],
+                      checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, seed=identity["seed"],
+                      device=device, config=identity, on_step=on_step)
+    fitted = trainer.fit(resume=True)
+    return learner.eval(), scaling, fitted, replaced
+
+
+def learner_method(identity: dict, note: str, device: str = "cpu"):
+    """``identity`` (as ``episodic_identity`` makes it; its ``taskset`` is not used) as a method that meta-trains on
+    each split's training tasks, seeded by the split's seed: the pipeline's training for a benchmark
+    (bench/molecules.py, ``run_protocol``) without a home."""
+    from medmeta.chem.evaluation import Method
+
+    def prepare(train, seed: int):
+        learner, scaling, _, _ = meta_train({**identity, "seed": int(seed)}, [(t.x, t.y) for t in train], device)
+        return episodic_method(learner, scaling, identity["featuriser"], note, device).prepare(train, seed)
+
+    return Method(identity["featuriser"], prepare, note)
 
 
 def _untrained(identity: dict, device: str):
@@ -344,4 +373,4 @@ def episodic_method(learner, scaling: InputScaling, featuriser: str, note: str, 
 
 
 __all__ = ["CLIP", "EPISODIC", "CompoundEpisodes", "InputScaling", "conditioned", "episodic_identity", "episodic_method",
-           "episodic_spec", "learner_from_card", "load_episodic", "train_episodic_model"]
+           "episodic_spec", "learner_from_card", "learner_method", "load_episodic", "meta_train", "train_episodic_model"]
