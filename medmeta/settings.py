@@ -151,13 +151,27 @@ class ArrivalSection(TypedDict):
 
 
 SupportSize = Annotated[StrictInt, Field(ge=2, multiple_of=2)]
+CompoundAlgorithm = Literal["activity_gp", "maml", "fomaml", "reptile", "protonet", "matchingnet"]
+COMPOUND_BACKBONE_KEYS = ("name", "featuriser", "hidden")  # train.backbone.compounds
+
+
+class EpisodicSection(TypedDict):
+    """compounds.episodic: meta-training of the episodic learners on a target task set (medmeta.chem.episodic)."""
+
+    __pydantic_config__ = _OPEN
+    steps: PositiveInt
+    meta_batch: PositiveInt
+    lr: Annotated[Number, Field(gt=0)]
+    query_size: PositiveInt
 
 
 class CompoundsSection(TypedDict):
     """Compound-activity models of target task sets (medmeta.chem.training / publish, issue 15)."""
 
     __pydantic_config__ = _OPEN
-    featuriser: str  # a name in medmeta.chem.features.FEATURISERS (checked where it is used)
+    algorithms: Annotated[list[CompoundAlgorithm], Field(min_length=1)]  # each trained and evaluated per task set
+    episodic: EpisodicSection
+    featuriser: str  # ActivityGP's: a name in medmeta.chem.features.FEATURISERS (checked in Settings._consistent)
     learner: dict[str, Any]  # metalearn.activity.ActivityGP keyword arguments (in_features and blocks: the featuriser's)
     steps: PositiveInt  # meta-training steps
     checkpoint_every: PositiveInt
@@ -218,6 +232,7 @@ class Settings(BaseModel):
         if self.compounds["gate_support_size"] not in self.compounds["support_sizes"]:
             raise ValueError(f"compounds.gate_support_size ({self.compounds['gate_support_size']}) must be one of "
                              f"compounds.support_sizes {self.compounds['support_sizes']}")
+        _check_compounds(self.compounds, self.train["backbone"].get("compounds"))
         return self
 
     def as_dict(self) -> dict:
@@ -232,6 +247,37 @@ class Settings(BaseModel):
 
 
 PipelineSettings = Settings  # the name the training code imports
+
+
+def _check_compounds(compounds: dict, backbone: Any) -> None:
+    """The compound models' featurisers and algorithms, and train.backbone.compounds (an MLP over a featuriser's
+    columns): a ``ValueError`` of one line naming the key."""
+    from medmeta.chem.features import FEATURISERS  # numpy only: RDKit is imported when a featuriser runs
+
+    known = ", ".join(FEATURISERS)
+    if compounds["featuriser"] not in FEATURISERS:
+        raise ValueError(f"compounds.featuriser must be one of {known}, got {_shown(compounds['featuriser'])}")
+    algorithms = list(compounds["algorithms"])
+    if len(set(algorithms)) != len(algorithms):
+        raise ValueError(f"compounds.algorithms names an algorithm twice: {algorithms}")
+    if backbone is None:
+        if set(algorithms) - {"activity_gp"}:
+            raise ValueError("train.backbone.compounds is required for the episodic learners in compounds.algorithms")
+        return
+    where = "train.backbone.compounds"
+    if not isinstance(backbone, dict):
+        raise ValueError(f"{where} must be a mapping, got {_shown(backbone)}")
+    unknown = sorted(set(backbone) - set(COMPOUND_BACKBONE_KEYS))
+    if unknown:
+        raise ValueError(f"{where}.{unknown[0]} is not a known key; known: {', '.join(COMPOUND_BACKBONE_KEYS)}")
+    if backbone.get("name", "mlp") != "mlp":
+        raise ValueError(f"{where}.name must be mlp (an MLP over the featuriser's columns), got {_shown(backbone['name'])}")
+    if backbone.get("featuriser") not in FEATURISERS:
+        raise ValueError(f"{where}.featuriser must be one of {known}, got {_shown(backbone.get('featuriser'))}")
+    hidden = backbone.get("hidden")
+    if (not isinstance(hidden, list) or not hidden
+            or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden)):
+        raise ValueError(f"{where}.hidden must be a list of positive integers (the MLP's layer widths), got {_shown(hidden)}")
 
 
 @lru_cache(maxsize=1)

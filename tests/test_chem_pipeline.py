@@ -1,6 +1,6 @@
 """Issue 15 through the real pipeline: MoleculeACE slices dropped in a landing folder, `medmeta run`'s flow
 (ingest, validation with the compounds rules, a target task set on the protocol split, the compounds
-subflow: ActivityGP meta-trained, evaluated against RF, logistic regression and Tanimoto kNN on the same
+subflow: ActivityGP and ProtoNet (on ECFP4, train.backbone.compounds) meta-trained, evaluated against RF, logistic regression and Tanimoto kNN on the same
 draws, the best published) on a real Prefect API; a rerun trains and publishes nothing again."""
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ def _settings() -> dict:
     return {"ingest": {"workers": 1},
             "validation": {"rules": str(ROOT / "validation" / "deliveries" / "compounds.yaml")},
             "tasksets": [{"by": "target", "seed": 0, "test_tasks": 2}],
-            "compounds": {"featuriser": "ecfp4_bits", "steps": 4, "checkpoint_every": 2, "draws": 2,
+            "train": {"backbone": {"compounds": {"featuriser": "ecfp4_bits", "hidden": [32]}}},
+            "compounds": {"algorithms": ["activity_gp", "protonet"], "featuriser": "ecfp4_bits", "steps": 4,
+                          "episodic": {"steps": 4, "meta_batch": 2, "query_size": 16}, "checkpoint_every": 2, "draws": 2,
                           "support_sizes": [16], "gate_support_size": 16, "validation_draws": 1,
                           "learner": {"support_sizes": [16], "query_size": 24, "episodes_per_step": 2}}}
 
@@ -67,14 +69,19 @@ def test_the_pipeline_trains_evaluates_and_publishes_the_best_method(ran):
     [model] = first["compound_models"]
     assert model["trained"] and model["steps"] == 4 and model["taskset"].endswith("seed0-test2")
     [at16] = model["evaluation"]
-    assert at16["support"] == 16 and set(at16["methods"]) == {"activity_gp", "rf", "logistic_regression", "tanimoto_knn"}
-    assert set(at16["paired"]) == {"rf", "logistic_regression", "tanimoto_knn"}
+    assert at16["support"] == 16 and set(at16["methods"]) == {"activity_gp", "protonet", "rf", "logistic_regression",
+                                                              "tanimoto_knn"}
+    assert at16["learners"] == ["activity_gp", "protonet"] and set(at16["paired"]) == {"rf", "logistic_regression",
+                                                                                       "tanimoto_knn"}
+    assert set(at16["paired_by_learner"]["protonet"]) == set(at16["paired"])  # ProtoNet on the same draws
+    assert model["models"]["protonet"]["trained"] and model["models"]["protonet"]["steps"] == 4
     published = model["published"]
     found = registry.resolve(home, f"{published['name']}@champion")
     assert found.ref == published["ref"] and found.card["task_kind"] == "compound_activity"
-    best = max(at16["methods"], key=lambda m: (at16["methods"][m]["dauprc"], m != "activity_gp"))
+    learners = ("activity_gp", "protonet")
+    best = max(at16["methods"], key=lambda m: (at16["methods"][m]["dauprc"], m not in learners))
     assert published["published"] == best  # the winner at the gate's support size, a baseline included
-    assert ("baseline" in found.card) == (best != "activity_gp")
+    assert ("baseline" in found.card) == (best not in learners)
     markdown = found.card_md_path.read_text()
     assert "Compared with the baselines" in markdown
     record = json.loads(sorted((home / "runs").glob("pipeline-*.json"))[0].read_text())
@@ -87,7 +94,8 @@ def test_the_run_summary_and_its_lines_show_the_compound_models(ran):
     home, (first, _) = ran
     markdown = pipeline_markdown(first)
     assert "## Compound activity models against the baselines" in markdown and first["compound_models"][0]["published"]["ref"] in markdown
-    assert any(line.startswith("compounds on target-compounds") and "dAUPRC meta-learner" in line for line in log_lines(first))
+    assert any(line.startswith("compounds on target-compounds") and "dAUPRC activity_gp" in line
+               and "protonet" in line for line in log_lines(first))
 
 
 def test_a_rerun_trains_and_publishes_nothing_again(ran):

@@ -132,7 +132,7 @@ def test_the_training_modules_import_neither_rdkit_nor_sklearn_nor_torch():
     import subprocess
     import sys
 
-    code = ("import sys, medmeta.chem.evaluation, medmeta.chem.training, medmeta.chem.publish; "
+    code = ("import sys, medmeta.chem.evaluation, medmeta.chem.training, medmeta.chem.publish, medmeta.chem.episodic; "
             "print(sorted(m for m in ('rdkit', 'sklearn', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

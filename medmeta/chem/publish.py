@@ -3,7 +3,11 @@
     evaluate_activity_model(home, model, settings) -> ActivityEvaluation
     publish_activity_model(home, model, settings) -> dict
 
-Evaluation (``medmeta.chem.evaluation.run_protocol``): the meta-learner (``activity_gp``, the model's weights) and
+    evaluate_compound_models(home, models, settings) -> ActivityEvaluation
+    publish_compound_models(home, models, settings) -> dict
+
+Evaluation (``medmeta.chem.evaluation.run_protocol``, one call): every trained model of the task set (``activity_gp``,
+the episodic learners of ``medmeta.chem.episodic``; one per learner, named by it) and
 every baseline of ``compounds.baselines`` (``medmeta.chem.baselines``) on the task set's ``test`` tasks, at each
 support size of ``compounds.support_sizes``, ``compounds.draws`` draws per task, the draws seeded by (the task set's
 split seed, task, S, draw): every method on the same support and query sets. A test task too small for the largest
@@ -13,10 +17,12 @@ support (fewer than S/2 + 1 compounds of a class) is left out and named in ``exc
 Publishing (the honest gate): the registry model named after the task set gets the best method at
 ``compounds.gate_support_size`` (highest mean dAUPRC over the test tasks; a tie goes to the baseline):
 
-- the meta-learner: its weights (the ``ActivityGP`` state dict without the optimiser's moments) and a card with
+- ActivityGP: its weights (the ``ActivityGP`` state dict without the optimiser's moments) and a card with
   ``task_kind: compound_activity`` and ``config: {learner, learner_config, featuriser, threshold, support_sizes}``;
+- an episodic learner: its weights (the learner's state dict and its ``input_scaling.*`` tensors) and ``config:
+  {learner, spec, featuriser, scaling, threshold, support_sizes}`` (``medmeta.chem.episodic.learner_from_card``);
 - else the winning baseline itself: no weights, ``baseline: {method, features, why}`` where ``why`` says by how
-  much it beat the meta-learner, with the paired interval, ``config: {featuriser, threshold}``.
+  much it beat the best meta-learner, with the paired interval, ``config: {featuriser, threshold}``.
 
 Either card's ``metrics``: ``dauprc`` (the published method at the gate's size; the gate's metric) and
 ``dauprc_S<S>`` per support size, each a mean with its 95% interval, and ``<method>_dauprc_S<S>`` for every other
@@ -38,7 +44,9 @@ from medmeta.training.runs import manifest_digest, model_dir, read_json, write_j
 EVALUATION = "evaluation.json"
 METRIC = "dauprc"
 NAMES = {"activity_gp": "the meta-learner (ActivityGP)", "rf": "RandomForest",
-         "logistic_regression": "logistic regression", "tanimoto_knn": "Tanimoto nearest neighbours"}
+         "logistic_regression": "logistic regression", "tanimoto_knn": "Tanimoto nearest neighbours",
+         "maml": "MAML", "fomaml": "first-order MAML", "reptile": "Reptile", "protonet": "ProtoNet",
+         "matchingnet": "Matching Networks"}
 
 
 @dataclass
@@ -53,18 +61,25 @@ class ActivityEvaluation:
     result: "object"  # medmeta.chem.evaluation.ProtocolResult
     excluded: list[dict] = field(default_factory=list)  # test tasks too small to draw from: task, reason
     notes: dict[str, str] = field(default_factory=dict)  # method -> what it is
+    models: dict[str, str] = field(default_factory=dict)  # learned method -> its trained model (the rest: baselines)
+
+    @property
+    def learners(self) -> list[str]:
+        """The methods that are trained models (in evaluation order); the others are baselines."""
+        return [m for m in self.result.methods if m in self.models] or ["activity_gp"]
 
     def to_dict(self) -> dict:
         return {"evaluation_id": self.evaluation_id, "model": self.model, "taskset": self.taskset,
                 "taskset_digest": self.taskset_digest, "split_seed": self.split_seed, "excluded": self.excluded,
-                "notes": self.notes, "result": self.result.to_dict()}
+                "notes": self.notes, "models": self.models, "result": self.result.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ActivityEvaluation":
         from medmeta.chem.evaluation import ProtocolResult
 
         return cls(data["evaluation_id"], data["model"], data["taskset"], data["taskset_digest"], int(data["split_seed"]),
-                   ProtocolResult.from_dict(data["result"]), list(data.get("excluded", [])), dict(data.get("notes", {})))
+                   ProtocolResult.from_dict(data["result"]), list(data.get("excluded", [])), dict(data.get("notes", {})),
+                   dict(data.get("models", {})))
 
 
 def require_activity_model(home: Home, model: str) -> Path:
@@ -85,20 +100,56 @@ def _taskset(home: Home, identity: dict):
 
 
 def evaluate_activity_model(home: Home, model: str, settings) -> ActivityEvaluation:
-    """The meta-learner and the baselines on the task set's test tasks, on the same draws (reused when saved)."""
-    from medmeta import registry
-    from medmeta.chem.evaluation import Split, baseline_method, run_protocol, scorer_method
-    from medmeta.chem.training import _drawable, load_learner, resolve_device, task_features
+    """One trained model and the baselines (``evaluate_compound_models(home, [model], settings)``)."""
+    return evaluate_compound_models(home, [model], settings)
 
+
+def _method_of(folder: Path, identity: dict, model: str, device: str):
+    """A trained compound model as a ``Method``: ActivityGP's kernel scores, or an episodic learner's
+    probability of the active class."""
+    from medmeta.chem.evaluation import scorer_method
+
+    featuriser = identity["featuriser"]
+    if identity["learner"] == "activity_gp":
+        from medmeta.chem.training import load_learner
+
+        return scorer_method(load_learner(folder, device).scores, featuriser,
+                             f"ActivityGP meta-trained ({model}) on {featuriser}", device)
+    from medmeta.chem.episodic import episodic_method, load_episodic
+
+    learner, scaling = load_episodic(folder, device)
+    hidden = identity["spec"]["backbone"]["config"]["hidden"]
+    return episodic_method(learner, scaling, featuriser,
+                           f"{_label(identity['learner'])} meta-trained ({model}) on {featuriser}, MLP "
+                           f"{'-'.join(str(h) for h in [identity['spec']['backbone']['config']['in_features'], *hidden])}"
+                           f"{', standardised' if scaling.standardises else ''}; score = P(active)", device)
+
+
+def evaluate_compound_models(home: Home, models: list[str], settings) -> ActivityEvaluation:
+    """Every trained model of ``models`` (one task set; one model per learner) and the baselines on the task set's
+    test tasks, on the same draws: one ``run_protocol`` call. Saved in the first model's folder and reused while
+    the test tasks, draws, methods and models are the same."""
+    from medmeta import registry
+    from medmeta.chem.evaluation import Split, baseline_method, run_protocol
+    from medmeta.chem.training import drawable, resolve_device, task_features
+
+    if not models:
+        raise MedmetaError("no compound model to evaluate")
     compounds = settings.compounds
-    folder = require_activity_model(home, model)
-    identity = read_json(folder / "spec.json", "model spec")
+    folders = [require_activity_model(home, m) for m in models]
+    identities = [read_json(f / "spec.json", "model spec") for f in folders]
+    learners = [i["learner"] for i in identities]
+    if len(set(learners)) != len(learners):
+        raise MedmetaError(f"one model per learner is evaluated at a time; got {', '.join(learners)}")
+    if len({i["taskset"]["digest"] for i in identities}) != 1:
+        raise MedmetaError(f"models {', '.join(models)} were not trained on the same task set")
+    identity = identities[0]
     tasks = _taskset(home, identity)
     sizes, draws = [int(s) for s in compounds["support_sizes"]], int(compounds["draws"])
-    baselines = list(compounds["baselines"])
+    baselines = [b for b in compounds["baselines"] if b not in learners]
     split_seed = int(tasks.manifest.get("seed", 0))
     test = tasks.split("test")
-    usable = [t for t in test if _drawable(t.labels, max(sizes))]
+    usable = [t for t in test if drawable(t.labels, max(sizes))]
     excluded = [{"task": t.task, "reason": f"too_small: fewer than {max(sizes) // 2 + 1} compounds of a class "
                                            f"({int(t.labels.sum())} actives, {len(t) - int(t.labels.sum())} inactives) "
                                            f"for a support of {max(sizes)} and a query"} for t in test if t not in usable]
@@ -107,17 +158,16 @@ def evaluate_activity_model(home: Home, model: str, settings) -> ActivityEvaluat
                            f"of {max(sizes)}: an interval needs two at least")
     evaluation_id = registry.evaluation_id(identity["taskset"]["digest"], split_seed, draws, support_sizes=sizes,
                                            protocol="fs-mol", tasks=[t.task for t in usable])
-    methods_named = ["activity_gp", *baselines]
-    saved = folder / EVALUATION
+    methods_named = [*learners, *baselines]
+    trained = dict(zip(learners, models))
+    saved = folders[0] / EVALUATION
     if saved.is_file():
         known = ActivityEvaluation.from_dict(read_json(saved, "evaluation"))
-        if known.evaluation_id == evaluation_id and known.result.methods == methods_named:
+        if (known.evaluation_id == evaluation_id and known.result.methods == methods_named
+                and (known.models or {"activity_gp": models[0]}) == trained):
             return known
     device = resolve_device(str(compounds["device"]))
-    learner = load_learner(folder, device)
-    featuriser = identity["featuriser"]
-    methods = {"activity_gp": scorer_method(learner.scores, featuriser, f"ActivityGP meta-trained ({model}) on "
-                                            f"{featuriser}", device)}
+    methods = {i["learner"]: _method_of(f, i, m, device) for f, i, m in zip(folders, identities, models)}
     methods.update({b: baseline_method(b) for b in baselines})
     needed = {m.featuriser for m in methods.values()}
     only = type(tasks)(tasks.manifest, {t.task: t for t in usable})
@@ -125,8 +175,8 @@ def evaluate_activity_model(home: Home, model: str, settings) -> ActivityEvaluat
     result = run_protocol({t.task: t.labels for t in usable}, features,
                           [Split(split_seed, (), tuple(t.task for t in usable))],  # trained already: no train tasks
                           methods, sizes, draws)
-    evaluation = ActivityEvaluation(evaluation_id, model, tasks.manifest["name"], identity["taskset"]["digest"],
-                                    split_seed, result, excluded, {m: methods[m].note for m in methods})
+    evaluation = ActivityEvaluation(evaluation_id, models[0], tasks.manifest["name"], identity["taskset"]["digest"],
+                                    split_seed, result, excluded, {m: methods[m].note for m in methods}, trained)
     write_json(saved, evaluation.to_dict())
     return evaluation
 
@@ -155,24 +205,32 @@ def _verdict(diff) -> str:
     return f"the interval includes zero: not a significant lead on {diff.n} test tasks"
 
 
-def _why(result, winner: str, gate_size: int) -> str:
-    """One line: by how much the winning baseline beat the meta-learner at the gate's size, with the interval."""
-    won, lost = result.estimate(winner, gate_size), result.estimate("activity_gp", gate_size)
-    diff = result.difference(winner, "activity_gp", gate_size)
+def _why(result, winner: str, learner: str, gate_size: int) -> str:
+    """One line: by how much the winning baseline beat the best meta-learner at the gate's size, with the interval."""
+    won, lost = result.estimate(winner, gate_size), result.estimate(learner, gate_size)
+    diff = result.difference(winner, learner, gate_size)
     return (f"{_label(winner)} has the highest dAUPRC at S={gate_size} on the {won.n} test tasks: {won.text()} "
-            f"against {_label('activity_gp')}'s {lost.text()}; paired difference {diff.mean:+.3f} "
+            f"against {_label(learner)}'s {lost.text()}; paired difference {diff.mean:+.3f} "
             f"(95% CI [{diff.low:+.3f}, {diff.high:+.3f}]; {_verdict(diff)}), so the baseline, not the meta-learned "
             "model, is published")
 
 
+def gate_winner(evaluation: ActivityEvaluation, gate_size: int) -> str:
+    """The method with the highest mean dAUPRC at ``gate_size``; a tie goes to a baseline."""
+    result = evaluation.result
+    return result.best(gate_size, prefer=[m for m in result.methods if m not in evaluation.learners])
+
+
 def activity_card(identity: dict, training: dict, evaluation: ActivityEvaluation, gate_size: int, manifest: dict,
                   validation: dict | None) -> tuple[dict, str]:
-    """The card of the best method at ``gate_size`` and that method's name."""
+    """The card of the best method at ``gate_size`` and that method's name. ``identity`` and ``training``: the
+    winner's model when a learner wins, else the evaluation's first model."""
     from medmeta.chem.baselines import BASELINES
 
     result = evaluation.result
-    baselines = [m for m in result.methods if m != "activity_gp"]
-    winner = result.best(gate_size, prefer=baselines)  # a tie: the baseline
+    learners = evaluation.learners
+    baselines = [m for m in result.methods if m not in learners]
+    winner = gate_winner(evaluation, gate_size)
     metrics, deltas = _card_metrics(result, winner, gate_size)
     threshold = (manifest.get("threshold") or {}).get("value")
     best_baseline = max(baselines, key=lambda m: result.estimate(m, gate_size).mean)
@@ -184,7 +242,7 @@ def activity_card(identity: dict, training: dict, evaluation: ActivityEvaluation
         "evaluation": {"protocol": "FS-Mol (medmeta.chem.protocol)", "support_sizes": result.sizes,
                        "draws": result.n_draws, "gate_support_size": gate_size, "split_seed": evaluation.split_seed,
                        "test_tasks": [t for t, _ in result.units], "excluded": evaluation.excluded,
-                       "methods": evaluation.notes},
+                       "methods": evaluation.notes, "models": evaluation.models},
         "task_set": {"name": manifest["name"], "digest": identity["taskset"]["digest"],
                      "splits": {s: [t for t, e in manifest["tasks"].items() if e["split"] == s]
                                 for s in ("train", "val", "test")},
@@ -196,7 +254,21 @@ def activity_card(identity: dict, training: dict, evaluation: ActivityEvaluation
         "trained": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "usage": "medmeta predict --model NAME@champion --support ACTIVES.csv --query LIBRARY.csv",
     }
-    if winner == "activity_gp":
+    if winner in learners and winner != "activity_gp":
+        lead = result.difference(winner, best_baseline, gate_size)
+        spec = identity["spec"]
+        card.update({
+            "algorithm": winner,
+            "purpose": (f"ranks a compound library for a new target from a few measured compounds: {_label(winner)} "
+                        f"(metalearn) over an MLP on {identity['featuriser']}, meta-trained on task set "
+                        f"{manifest['name']}, adapted on each support set; at S={gate_size} its dAUPRC is above the best "
+                        f"baseline's ({_label(best_baseline)}) by {lead.mean:+.3f} (paired 95% CI [{lead.low:+.3f}, "
+                        f"{lead.high:+.3f}]; {_verdict(lead)})"),
+            "config": {"learner": winner, "spec": spec, "featuriser": identity["featuriser"],
+                       "scaling": training.get("scaling"), "threshold": threshold, "support_sizes": result.sizes},
+            "device": training["device"],
+        })
+    elif winner == "activity_gp":
         lead = result.difference("activity_gp", best_baseline, gate_size)
         card.update({
             "algorithm": "activity_gp",
@@ -214,8 +286,11 @@ def activity_card(identity: dict, training: dict, evaluation: ActivityEvaluation
         card.update({
             "algorithm": winner,
             "purpose": (f"ranks a compound library for a new target from a few measured compounds: {_label(winner)} "
-                        f"fitted on the support set; it beat the meta-learner trained on task set {manifest['name']}"),
-            "baseline": {"method": winner, "features": features, "why": _why(result, winner, gate_size)},
+                        f"fitted on the support set; it beat the meta-learners trained on task set {manifest['name']} "
+                        f"({', '.join(_label(m) for m in learners)})"),
+            "baseline": {"method": winner, "features": features,
+                         "why": _why(result, winner, max(learners, key=lambda m: result.estimate(m, gate_size).mean),
+                                     gate_size)},
             "config": {"featuriser": features, "threshold": threshold},
             "device": "cpu",
         })
@@ -223,7 +298,14 @@ def activity_card(identity: dict, training: dict, evaluation: ActivityEvaluation
 
 
 def publish_activity_model(home: Home, model: str, settings) -> dict:
-    """Evaluate (or read the evaluation of) ``model`` and publish the best method as the task set's registry model."""
+    """One trained model against the baselines (``publish_compound_models(home, [model], settings)``)."""
+    return publish_compound_models(home, [model], settings)
+
+
+def publish_compound_models(home: Home, models: list[str], settings) -> dict:
+    """Evaluate (or read the evaluation of) ``models`` and the baselines on the same draws, and publish the best
+    method at the gate's size as the task set's registry model: a trained model with its weights (an episodic
+    learner's input scaling among them), or the winning baseline without weights."""
     from safetensors.torch import load_file
 
     from medmeta import registry
@@ -232,13 +314,15 @@ def publish_activity_model(home: Home, model: str, settings) -> dict:
 
     compounds = settings.compounds
     gate_size = int(compounds["gate_support_size"])
+    evaluation = evaluate_compound_models(home, models, settings)
+    if gate_size not in evaluation.result.sizes:
+        raise MedmetaError(f"models {', '.join(models)} were evaluated at S {evaluation.result.sizes}, not at the "
+                           f"gate's compounds.gate_support_size {gate_size}")
+    winner = gate_winner(evaluation, gate_size)
+    model = evaluation.models.get(winner, models[0])
     folder = require_activity_model(home, model)
     identity = read_json(folder / "spec.json", "model spec")
     training = read_json(folder / "result.json", "training result")
-    evaluation = evaluate_activity_model(home, model, settings)
-    if gate_size not in evaluation.result.sizes:
-        raise MedmetaError(f"model {model} was evaluated at S {evaluation.result.sizes}, not at the gate's "
-                           f"compounds.gate_support_size {gate_size}")
     tasks = _taskset(home, identity)
     validation = read_result(home, identity["taskset"]["snapshot"])
     if validation is not None and not validation.get("success"):
@@ -251,12 +335,12 @@ def publish_activity_model(home: Home, model: str, settings) -> dict:
     name = registry_name(identity["taskset"]["name"])
     earlier = _published(home, name, model, card["evaluation_id"], card["algorithm"])
     if earlier is not None:
-        return {**_summary(model, earlier, winner), "cached": True}
-    weights = {} if winner != "activity_gp" else {
+        return {**_summary(models[0], earlier, winner), "cached": True}
+    weights = {} if winner not in evaluation.learners else {
         k: v for k, v in load_file(str(folder / "weights.safetensors")).items() if not k.startswith("optim.")}
     gate = registry.Gate(metric=METRIC, higher_is_better=True, margin=float(compounds["margin"]))
     version = registry.publish(home, name, weights, card, gate=gate)
-    return {**_summary(model, version, winner), "cached": False}
+    return {**_summary(models[0], version, winner), "cached": False}
 
 
 def _published(home: Home, name: str, model: str, evaluation_id: str, algorithm: str):
@@ -280,5 +364,5 @@ def _summary(model: str, version, winner: str) -> dict:
             METRIC: version.card["metrics"][METRIC], "card": str(version.card_md_path)}
 
 
-__all__ = ["ActivityEvaluation", "activity_card", "evaluate_activity_model", "publish_activity_model",
-           "require_activity_model"]
+__all__ = ["ActivityEvaluation", "activity_card", "evaluate_activity_model", "evaluate_compound_models", "gate_winner",
+           "publish_activity_model", "publish_compound_models", "require_activity_model"]

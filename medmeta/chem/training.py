@@ -18,6 +18,11 @@
 - The model folder ``H/training/<task set>-activity_gp-<digest>/`` (the digest covers the task set's manifest, the
   learner's config, the featuriser, the steps and the seed: the same inputs find the trained model, not retrain it):
   ``spec.json`` (the identity), ``checkpoint/``, ``weights.safetensors`` (the state dict), ``result.json``.
+
+Shared with the episodic learners (``medmeta.chem.episodic``): ``taskset_identity`` (the task set part of a model's
+identity), ``compound_model_name`` (``<task set>-<learner>-<digest of the identity>``), ``found_model`` (a finished
+model folder), ``train_tasks``, ``task_features`` and ``validation_report`` (untrained against meta-trained on the
+val tasks, the same draws).
 """
 
 from __future__ import annotations
@@ -92,19 +97,43 @@ def learner_config(featuriser: str, compounds: dict) -> dict:
     return learner.config()  # every argument, defaults included: the digest sees them all
 
 
+def taskset_identity(manifest: dict) -> dict:
+    """The task set part of every compound model's identity: its name, snapshot and contents' digest."""
+    return {"name": manifest["name"], "snapshot": manifest["snapshot"], "digest": manifest_digest(manifest)}
+
+
 def activity_identity(manifest: dict, compounds: dict) -> dict:
     """What makes a trained activity model: the task set, the learner's config, the featuriser, steps and seed."""
     featuriser = str(compounds["featuriser"])
-    return {"taskset": {"name": manifest["name"], "snapshot": manifest["snapshot"], "digest": manifest_digest(manifest)},
-            "learner": LEARNER, "learner_config": learner_config(featuriser, compounds), "featuriser": featuriser,
+    return {"taskset": taskset_identity(manifest), "learner": LEARNER, "learner_config": learner_config(featuriser, compounds), "featuriser": featuriser,
             "threshold": (manifest.get("threshold") or {}).get("value"),
             "steps": int(compounds["steps"]), "seed": int(compounds["seed"])}
 
 
-def activity_model_name(identity: dict) -> str:
+def compound_model_name(identity: dict) -> str:
+    """``<task set>-<learner>-<digest of the whole identity>``: the same inputs, the same name (found, not retrained)."""
     from medmeta.training.models import spec_digest
 
-    return f"{identity['taskset']['name']}-{LEARNER}-{spec_digest(identity)}"
+    return f"{identity['taskset']['name']}-{identity['learner']}-{spec_digest(identity)}"
+
+
+activity_model_name = compound_model_name
+
+
+def found_model(name: str, folder: Path) -> TrainedActivity | None:
+    """The finished model in ``folder`` (its ``result.json`` written last), or None when it is not trained yet."""
+    if not (folder / "result.json").is_file():
+        return None
+    result = read_json(folder / "result.json", "training result")
+    return TrainedActivity(name, folder, True, int(result["steps"]), float(result["seconds"]), str(result["device"]))
+
+
+def train_tasks(tasks, taskset: str) -> list:
+    """The task set's meta-training tasks; a task set without any is refused naming it."""
+    train = tasks.split("train")
+    if not train:
+        raise MedmetaError(f"task set {taskset} has no meta-training (train) tasks")
+    return train
 
 
 def build_learner(identity: dict, device: str = "cpu"):
@@ -148,6 +177,7 @@ def train_activity_model(home: Home, taskset: str, settings, on_checkpoint: Call
     run there, as a kill would)."""
     import torch
 
+    from medmeta.chem.evaluation import scorer_method
     from medmeta.chem.target_tasks import load_target_taskset
 
     compounds = settings.compounds
@@ -155,12 +185,10 @@ def train_activity_model(home: Home, taskset: str, settings, on_checkpoint: Call
     identity = activity_identity(tasks.manifest, compounds)
     name = activity_model_name(identity)
     folder = model_dir(home, name)
-    if (folder / "result.json").is_file():
-        result = read_json(folder / "result.json", "training result")
-        return TrainedActivity(name, folder, True, int(result["steps"]), float(result["seconds"]), str(result["device"]))
-    train = tasks.split("train")
-    if not train:
-        raise MedmetaError(f"task set {taskset} has no meta-training (train) tasks")
+    found = found_model(name, folder)
+    if found is not None:
+        return found
+    train = train_tasks(tasks, taskset)
     write_json(folder / "spec.json", identity)
     device = resolve_device(str(compounds["device"]))
     featuriser = identity["featuriser"]
@@ -185,7 +213,9 @@ def train_activity_model(home: Home, taskset: str, settings, on_checkpoint: Call
         from safetensors.torch import save_file
 
         save_file(learner.state_dict(), str(tmp), metadata={"model": name})
-    validation = _validate(home, tasks, features, identity, learner, compounds)
+    validation = validation_report(tasks, features, {
+        "untrained": scorer_method(build_learner(identity, device).scores, featuriser, "the starting kernel", device),
+        "meta_trained": scorer_method(learner.scores, featuriser, "after meta-training", device)}, compounds)
     result = {"model": name, "taskset": taskset, "snapshot": tasks.manifest["snapshot"], "learner": LEARNER,
               "featuriser": featuriser, "steps": int(learner.step), "resumed_at": resumed_at, "device": device,
               "seconds": round(seconds, 3), "loss_first10": _mean(losses[:10]), "loss_last10": _mean(losses[-10:]),
@@ -201,19 +231,17 @@ def _mean(values: list[float]) -> float | None:
     return round(float(np.mean(values)), 6) if values else None
 
 
-def _validate(home: Home, tasks, features: dict[str, np.ndarray], identity: dict, learner, compounds: dict) -> dict | None:
-    """dAUPRC on the val tasks at the gate's support size, the untrained kernel against the meta-trained one on
-    the same draws (None when there is no val task or ``validation_draws`` is 0)."""
-    from medmeta.chem.evaluation import Split, run_protocol, scorer_method
+def validation_report(tasks, features: dict[str, np.ndarray], methods: dict, compounds: dict) -> dict | None:
+    """dAUPRC on the val tasks at the gate's support size, ``methods["untrained"]`` (the model before
+    meta-training) against ``methods["meta_trained"]`` on the same draws (None when there is no val task or
+    ``validation_draws`` is 0). ``features``: task -> rows of the methods' featuriser."""
+    from medmeta.chem.evaluation import Split, run_protocol
 
-    val = [t for t in tasks.split("val") if _drawable(t.labels, int(compounds["gate_support_size"]))]
+    val = [t for t in tasks.split("val") if drawable(t.labels, int(compounds["gate_support_size"]))]
     draws, size = int(compounds["validation_draws"]), int(compounds["gate_support_size"])
     if not val or not draws:
         return None
-    device = str(learner.device)
-    featuriser = identity["featuriser"]
-    methods = {"untrained": scorer_method(build_learner(identity, device).scores, featuriser, "the starting kernel", device),
-               "meta_trained": scorer_method(learner.scores, featuriser, "after meta-training", device)}
+    featuriser = methods["meta_trained"].featuriser
     result = run_protocol({t.task: t.labels for t in val}, {featuriser: features},
                           [Split(int(tasks.manifest.get("seed", 0)), (), tuple(t.task for t in val))],
                           methods, [size], draws)
@@ -223,10 +251,11 @@ def _validate(home: Home, tasks, features: dict[str, np.ndarray], identity: dict
             "difference": result.difference("meta_trained", "untrained", size).card()}
 
 
-def _drawable(labels: np.ndarray, size: int) -> bool:
+def drawable(labels: np.ndarray, size: int) -> bool:
     positives = int((labels == 1).sum())
     return min(positives, len(labels) - positives) >= size // 2 + 1 and len(labels) > size
 
 
-__all__ = ["TrainedActivity", "activity_identity", "activity_model_name", "build_learner", "features_dir", "load_learner",
-           "resolve_device", "task_features", "train_activity_model"]
+__all__ = ["TrainedActivity", "activity_identity", "activity_model_name", "build_learner", "compound_model_name",
+           "features_dir", "found_model", "load_learner", "resolve_device", "task_features", "taskset_identity",
+           "train_activity_model", "train_tasks", "validation_report"]

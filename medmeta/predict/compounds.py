@@ -5,7 +5,9 @@ compounds measured on it (issue 15 item 5).
 
 - The model is a registry version whose card has ``task_kind == "compound_activity"`` (``is_compound_model``):
   a meta-learner (``config.learner == "activity_gp"``: ``metalearn.activity.ActivityGP(**config.learner_config)``
-  with the version's safetensors weights) or a baseline (``card["baseline"]["method"]``, a key of
+  with the version's safetensors weights; or an episodic learner, ``config.learner`` one of ``EPISODIC``:
+  ``config.spec`` rebuilt by ``medmeta.chem.episodic.learner_from_card`` with the weights and the input scaling
+  saved among them, adapted on the support set, scores = P(active)) or a baseline (``card["baseline"]["method"]``, a key of
   ``medmeta.chem.baselines.BASELINES``: fitted on the support set here, seed ``config.seed`` or 0). Either way
   the compounds are featurised with ``config.featuriser`` (``medmeta.chem.features.FEATURISERS``).
 - The support (CSV or Parquet) is read as ingest reads an activity table (``medmeta.records.tabular.read_table``,
@@ -42,7 +44,8 @@ import numpy as np
 from medmeta.errors import CONFLICTING_LABELS, DUPLICATE_COMPOUND, MedmetaError, Rejected
 
 COMPOUND_ACTIVITY = "compound_activity"  # card["task_kind"] of a compound-activity model
-LEARNERS = ("activity_gp",)  # card["config"]["learner"] values this module can rebuild
+EPISODIC = ("maml", "fomaml", "reptile", "protonet", "matchingnet")  # medmeta.chem.episodic.EPISODIC
+LEARNERS = ("activity_gp", *EPISODIC)  # card["config"]["learner"] values this module can rebuild
 ID_COLUMNS = ("id", "compound_id", "molecule_chembl_id", "chembl_id", "name")
 QUERY_CHUNK = 4096  # query compounds featurised and scored at a time, so memory stays bounded
 # ``recognise`` wants a task (a target column or a CHEMBL<digits>_<type> file name); a support set is one new
@@ -270,8 +273,9 @@ def compound_model(found) -> CompoundModel:
         if method not in LEARNERS:
             raise MedmetaError(f"model {found.ref}: its card's config.learner is not one of {', '.join(LEARNERS)}; "
                                "it can not be rebuilt")
-        if not isinstance(config.get("learner_config"), dict):
-            raise MedmetaError(f"model {found.ref}: its card has no config.learner_config; it can not be rebuilt")
+        needs = "learner_config" if method == "activity_gp" else "spec"
+        if not isinstance(config.get(needs), dict):
+            raise MedmetaError(f"model {found.ref}: its card has no config.{needs}; it can not be rebuilt")
         featuriser = config.get("featuriser")
     if featuriser not in FEATURISERS:
         raise MedmetaError(f"model {found.ref}: its card's featuriser is not one of {', '.join(FEATURISERS)}")
@@ -289,6 +293,8 @@ def _scorer(model: CompoundModel, found, support_x: np.ndarray, support_y: np.nd
 
         fit_and_score = BASELINES[model.method][0]
         return lambda query_x: np.asarray(fit_and_score(support_x, support_y, query_x, model.seed), dtype=np.float64)
+    if model.method in EPISODIC:
+        return _episodic_scorer(model, found, support_x, support_y)
     import torch
 
     from metalearn.activity import ActivityGP
@@ -312,6 +318,23 @@ def _scorer(model: CompoundModel, found, support_x: np.ndarray, support_y: np.nd
     sy = torch.from_numpy(np.asarray(support_y, dtype=np.int64))
     return lambda query_x: learner.scores(sx, sy, torch.from_numpy(np.asarray(query_x, dtype=np.float32))
                                           ).double().cpu().numpy()
+
+
+def _episodic_scorer(model: CompoundModel, found, support_x: np.ndarray, support_y: np.ndarray):
+    """A published episodic learner (``config.spec`` + its weights, the input scaling among them) adapted on the
+    support set once; the query's probability of the active class."""
+    from medmeta.chem.episodic import conditioned, learner_from_card
+
+    width = model.card["config"]["spec"].get("backbone", {}).get("config", {}).get("in_features")
+    if support_x.shape[1] != width:
+        raise MedmetaError(f"model {model.ref}: its featuriser {model.featuriser} gives {support_x.shape[1]} "
+                           f"columns, its learner takes {width}")
+    try:
+        learner, scaling = learner_from_card(model.card["config"], found.load_weights())
+    except (KeyError, TypeError, ValueError, RuntimeError, MedmetaError) as error:
+        raise MedmetaError(f"model {model.ref}: its weights do not fit its card's config.spec "
+                           f"({type(error).__name__}: {str(error).splitlines()[0][:160]})") from None
+    return conditioned(learner, scaling, support_x, support_y)
 
 
 # -- predicting ---------------------------------------------------------------------------------------
