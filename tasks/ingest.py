@@ -14,7 +14,7 @@ from medmeta import progress
 from medmeta.atomic import sync_all, write_json
 from medmeta.ingest.consolidate import consolidate
 from medmeta.ingest.image_parts import stage_batch
-from medmeta.ingest.ledger import Ledger, item_stats
+from medmeta.ingest.ledger import Ledger, archive_stats, item_stats
 from medmeta.ingest.outcome import UNCHANGED, FileOutcome
 from medmeta.ingest.parts import part_exists
 from medmeta.ingest.pool import WorkerPool
@@ -29,16 +29,18 @@ class Listing:
     size and mtime with their content still staged (``unchanged``: never opened, no object each),
     the ``unchanged`` outcomes the ledger must record for some of those (``to_record``: after a first
     ingest, every file; after that, none), the (size, mtime_ns) of the files the ledger records
-    (``stats``) and the listing signatures of the folders found settled whole (``folders``:
-    ``SettledMatcher.signatures``; None when every file is read again). A plain class, so Prefect
+    (``stats``), the listing signatures of the folders found settled whole (``folders``:
+    ``SettledMatcher.signatures``; None when every file is read again) and the (size, mtime_ns) of the
+    zip archives whose entries are read (``archives``: for the watcher's first look). A plain class, so Prefect
     does not walk its entries as it walks a task's list or dataclass result."""
 
-    __slots__ = ("items", "unchanged", "to_record", "stats", "folders")
+    __slots__ = ("items", "unchanged", "to_record", "stats", "folders", "archives")
 
     def __init__(self, items: list[InputItem], unchanged: int, to_record: list[FileOutcome],
-                 stats: dict[str, tuple[int, int]], folders: dict[str, str] | None = None):
+                 stats: dict[str, tuple[int, int]], folders: dict[str, str] | None = None,
+                 archives: dict[str, tuple[int, int]] | None = None):
         self.items, self.unchanged, self.to_record, self.stats = items, unchanged, to_record, stats
-        self.folders = folders
+        self.folders, self.archives = folders, archives or {}
 
 
 @task(name="discover-inputs", **NO_RESULTS)
@@ -61,7 +63,7 @@ def discover_inputs(setup: IngestSetup) -> Listing:
     get_run_logger().info("found %d input files, %d unchanged", len(items) + unchanged, unchanged)
     progress.report("ingest", 0, len(items) + unchanged)
     return Listing(items, unchanged, [FileOutcome(path, UNCHANGED, sha256) for path, sha256, _, _ in to_record],
-                   stats, folders)
+                   stats, folders, archive_stats(items))
 
 
 @task(name="ingest-batch", **NO_RESULTS)
@@ -74,10 +76,10 @@ def ingest_batch(items: list[InputItem], pool: WorkerPool, setup: IngestSetup) -
 
 @task(name="build-snapshot", **NO_RESULTS)
 def build_snapshot(setup: IngestSetup, outcomes: list[FileOutcome], stats: dict | None = None,
-                   folders: dict[str, str] | None = None) -> dict:
+                   folders: dict[str, str] | None = None, archives: dict[str, tuple[int, int]] | None = None) -> dict:
     sync_all()  # every staged part on disk before the ledger points at it
     ledger = Ledger.load(setup.home.ledger, setup.pseudonymizer)
-    ledger.record(setup.source, outcomes, stats, folders)
+    ledger.record(setup.source, outcomes, stats, folders, archives)
     ledger.save()
     manifest = consolidate(setup.home, ledger.active_hashes(), setup.pseudonymizer, setup.config.image_size,
                            setup.config.display_min_patients)

@@ -66,7 +66,17 @@ def test_every_file_is_accounted_for(ingested):
     landing, synth, home, summary, _ = ingested
     assert summary["files_seen"] == summary["files_ingested"] + summary["files_unchanged"] + summary["files_quarantined"]
     assert summary["files_unchanged"] == 0 and summary["files_ingested"] > 0
-    assert len(_ledger_entries(home, landing)) == summary["files_seen"]
+    entries = _ledger_entries(home, landing)
+    files = {token: entry for token, entry in entries.items() if entry["status"] != "archive"}
+    assert len(files) == summary["files_seen"]
+    # each zip archive whose entries were read has its own stat in the ledger (the watcher's first look knows it)
+    quarantined = {q["token"] for q in summary["quarantined"]}
+    zips = {_token(p.relative_to(landing).as_posix()): p for p in landing.rglob("*")
+            if p.is_file() and p.read_bytes()[:4] == b"PK\x03\x04"}
+    read_zips = {token for token in zips if token not in quarantined}
+    assert read_zips, "the synthetic landing holds a zip archive"
+    assert {t for t, e in entries.items() if e["status"] == "archive"} == read_zips
+    assert all(entries[t]["size"] == zips[t].stat().st_size for t in read_zips)
 
 
 def test_every_hostile_file_is_quarantined_with_its_reason(ingested):

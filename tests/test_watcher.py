@@ -131,6 +131,45 @@ def test_the_first_look_compares_with_what_ingest_recorded(tmp_path):
     assert "site_a" not in state and "a.json" not in state
 
 
+def test_the_first_look_knows_an_archive_whose_entries_ingest_read(tmp_path):
+    """A zip archive's entries are the ledger's entries, the archive itself is no outcome: ingest records
+    its stat (``archive_stats``), so serve starting on a home that ingested a zip announces nothing; the
+    same ledger without the archive's stat (as before) counts it as new, and a rewritten archive is changed."""
+    import zipfile
+
+    from medmeta.ingest.config import IngestConfig
+    from medmeta.ingest.ledger import Ledger, archive_stats, item_stats
+    from medmeta.ingest.outcome import INGESTED, FileOutcome
+    from medmeta.landing.walk import discover
+
+    landing = tmp_path / "landing"
+    _batch(landing / "site_a", ["a.json"])
+    with zipfile.ZipFile(landing / "site_a" / "export.zip", "w") as archive:
+        archive.writestr("b.json", "{}")
+        archive.writestr("deep/c.json", "{}")
+    for path in landing.rglob("*.*"):
+        _age(path)
+    items = discover(landing.resolve(), IngestConfig())
+    assert len(items) == 3 and len(archive_stats(items)) == 1
+    looks = {}
+    for with_archives in (True, False):
+        home = tmp_path / f"home-{with_archives}"
+        home.mkdir()
+        ledger = Ledger(home / "ledger.json", Pseudonymizer(TEST_KEY))
+        outcomes = [FileOutcome(item.logical_path, INGESTED, f"{i:064x}") for i, item in enumerate(items)]
+        ledger.record(landing.resolve(), outcomes, item_stats(items), None,
+                      archive_stats(items) if with_archives else None)
+        ledger.save()
+        looks[with_archives] = LandingLook.from_ledger(landing, home / "ledger.json", Pseudonymizer(TEST_KEY))
+        first = looks[with_archives].look(SETTLE_S)
+        assert (first.files, first.new) == ((2, 0) if with_archives else (2, 1))
+    with zipfile.ZipFile(landing / "site_a" / "export.zip", "a") as archive:
+        archive.writestr("d.json", "{}")
+    _age(landing / "site_a" / "export.zip", 60)
+    again = looks[True].look(SETTLE_S)
+    assert (again.new, again.changed) == (0, 1)
+
+
 def test_polling_is_the_fallback_and_finds_the_same_arrival(tmp_path):
     landing, home = tmp_path / "landing", tmp_path / "home"
     landing.mkdir()

@@ -51,6 +51,7 @@ from medmeta.landing.walk import InputItem
 from medmeta.pseudonyms import Pseudonymizer
 
 VERSION = 2
+ARCHIVE = "archive"  # a zip archive's own entry (its stat; its entries are entries of their own)
 STAT_SETTLE_NS = 2_000_000_000  # a stat younger than this at record time is not trusted next run
 _TOKENS: dict[str, dict[str, str]] = {}  # key fingerprint -> {path: path token}
 _TOKENS_KEEP = 1_000_000
@@ -131,12 +132,16 @@ class Ledger:
 
     def record(self, source: Path, outcomes: list[FileOutcome],
                stats: Mapping[str, tuple[int, int]] | None = None,
-               folders: Mapping[str, str] | None = None) -> None:
+               folders: Mapping[str, str] | None = None,
+               archives: Mapping[str, tuple[int, int]] | None = None) -> None:
         """The outcomes of one run over ``source`` (the resolved SOURCE path; held by its token);
         ``stats``: logical path -> (size, mtime_ns) as discovery listed it (``item_stats``);
         ``folders``: the listing signatures of the folders every file of which this run found settled
         (``SettledMatcher.signatures``): they replace the source's, so a run that gives none (one that
-        reads every file again) leaves none, and no signature outlives a run that could change an entry."""
+        reads every file again) leaves none, and no signature outlives a run that could change an entry;
+        ``archives``: logical path -> (size, mtime_ns) of the zip archives whose entries this run read
+        (``archive_stats``), each kept as an entry of status ``archive`` (no content of its own: its entries
+        carry it), so the landing watcher's first look (``seen_matcher``) knows the archive as it was read."""
         if _LOADED and _LOADED[0][1] is self:
             _LOADED.clear()  # modified: no longer what the file holds
         source_token = landing_token(source, self.pseudonymizer)
@@ -151,6 +156,18 @@ class Ledger:
             if stat is not None and stat[1] < settled:  # a quarantined file's too: the watcher knows it
                 entry["size"], entry["mtime_ns"] = stat
             token = tokens.get(outcome.path) or self._token(outcome.path)
+            old = entries.get(token)
+            if old != entry:
+                self._keep_settled(source_token, old, entry)
+                entries[token] = entry
+                self._dirty.setdefault(source_token, {})[token] = entry
+                self._changed = True
+        written = {outcome.path for outcome in outcomes}
+        for path, (size, mtime_ns) in (archives or {}).items():
+            if path in written or mtime_ns >= settled:  # an outcome of its own (refused whole); or too fresh
+                continue
+            entry = {"status": ARCHIVE, "size": size, "mtime_ns": mtime_ns}
+            token = tokens.get(path) or self._token(path)
             old = entries.get(token)
             if old != entry:
                 self._keep_settled(source_token, old, entry)
@@ -231,7 +248,8 @@ class Ledger:
 
     def seen_matcher(self, source: Path) -> Callable[[str, int, int], bool]:
         """``(logical_path, size, mtime_ns)`` -> whether the last run over ``source`` accounted for this
-        file as it is now (ingested, unchanged or quarantined, with that size and mtime): the landing
+        file as it is now (ingested, unchanged, quarantined or a zip archive whose entries it read, with
+        that size and mtime): the landing
         watcher's first look, which must not announce what ingest already saw. Ingest itself still
         reads a quarantined file again (``settled_matcher`` takes only ingested or unchanged ones)."""
         entries = self.sources.get(landing_token(source, self.pseudonymizer), {})
@@ -401,6 +419,12 @@ def _serialised(doc: dict) -> bytes:
     if data.isascii():
         return data
     return (json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n").encode("ascii")
+
+
+def archive_stats(items: list[InputItem]) -> dict[str, tuple[int, int]]:
+    """Logical path -> (size, mtime_ns) of each zip archive whose entries are among ``items``, for
+    ``Ledger.record(archives=)``."""
+    return {item.archive_stat[0]: item.archive_stat[1:] for item in items if item.archive_stat is not None}
 
 
 def item_stats(items: list[InputItem]) -> dict[str, tuple[int, int]]:

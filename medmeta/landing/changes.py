@@ -9,9 +9,9 @@ since file names can carry PHI; the state lives in memory only.
 The first look compares with what ingest recorded (``LandingLook.from_ledger``): a file the home's
 ledger accounted for (ingested, unchanged or quarantined) with the same size and modification time
 is not new, so ``medmeta serve`` started on a home that already ingested its landing folder
-announces nothing. Files the ledger holds no stat for (new ones, those ingested within the ledger's
-``STAT_SETTLE_NS`` of being written, quarantined files of a ledger written before it kept
-their stat, and archives, whose members the ledger records) are new to the first look.
+announces nothing (a zip archive too: ingest records its stat beside its entries). Files the ledger
+holds no stat for (new ones, those ingested within the ledger's ``STAT_SETTLE_NS`` of being written,
+quarantined files and archives of a ledger written before it kept their stat) are new to the first look.
 """
 
 from __future__ import annotations

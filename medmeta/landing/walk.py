@@ -77,6 +77,7 @@ class InputItem:
     member_index: int | None = None  # the entry's index in the archive's central directory
     source_root: Path | None = None  # the resolved SOURCE the file must stay inside (None: its own folder)
     mtime_ns: int | None = None  # a plain file's modification time when listed (None: an entry, a refused item)
+    archive_stat: tuple[str, int, int] | None = None  # an entry's archive: (its logical path, size, mtime_ns)
 
     @property
     def content_name(self) -> str:
@@ -288,7 +289,7 @@ def _file_items(path: Path, logical: str, root: Path, config: IngestConfig) -> l
         with open_checked(path, root) as handle:
             info = os.fstat(handle.fileno())
             if handle.read(len(ZIP_MAGIC)) == ZIP_MAGIC:
-                return _archive_items(handle, path, logical, info.st_size, root, config)
+                return _archive_items(handle, path, logical, info.st_size, root, config, info.st_mtime_ns)
     except Rejected as problem:
         return [InputItem(logical, path, None, 0, problem, source_root=root)]
     except OSError as error:
@@ -360,7 +361,7 @@ def _read_file(path: Path, root: Path, limit: int) -> bytes:
 
 
 def _archive_items(handle: BinaryIO, path: Path, logical: str, size: int, root: Path,
-                   config: IngestConfig) -> list[InputItem]:
+                   config: IngestConfig, mtime_ns: int | None = None) -> list[InputItem]:
     """The entries of an archive (read from the open ``handle``), or one refused item standing for it."""
     try:
         declared_entries = _declared_entry_count(handle)
@@ -376,8 +377,9 @@ def _archive_items(handle: BinaryIO, path: Path, logical: str, size: int, root: 
                 message = f"the entries declare {total} bytes in all, over the limit of {config.max_zip_total_bytes}"
                 return [_refused(logical, path, root, ZIP_TOO_LARGE, message, size)]
             paths = member_logical_paths(logical, [info.filename for _, info in entries])
+            stat_of_archive = (logical, size, mtime_ns) if mtime_ns is not None else None
             return [InputItem(member_path, path, info.filename, info.file_size, _entry_problem(archive, info, config),
-                              member_index=index, source_root=root)
+                              member_index=index, source_root=root, archive_stat=stat_of_archive)
                     for member_path, (index, info) in zip(paths, entries)]
     except _ARCHIVE_ERRORS as error:
         return [_refused(logical, path, root, BAD_ARCHIVE, f"the archive can not be read ({type(error).__name__})",
