@@ -39,7 +39,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -159,6 +158,32 @@ METHODS: dict[str, Method] = {
     "protonet_untrained": protonet_method(None),
 }
 
+
+def pipeline_method(algorithm: str) -> Method:
+    """The pipeline's episodic compound learner ``algorithm`` (medmeta.chem.episodic, the default settings:
+    ``train.backbone.compounds``, ``compounds.episodic``, ``train.learner``), meta-trained on each split's
+    training tasks by the pipeline's own training code, without a home."""
+    from medmeta.chem.episodic import NAMES, episodic_spec
+    from medmeta.chem.episodic import learner_method as episodic_learner
+    from medmeta.settings import load_settings
+
+    settings = load_settings()
+    compounds, backbone = settings.compounds, settings.train["backbone"]["compounds"]
+    episodic = compounds["episodic"]
+    identity = {"learner": algorithm, "featuriser": backbone["featuriser"],
+                "spec": episodic_spec(algorithm, backbone["featuriser"], backbone, settings.train["learner"].get(algorithm)),
+                "episodes": {"support_sizes": list(compounds["support_sizes"]), "query_size": episodic["query_size"],
+                             "meta_batch": episodic["meta_batch"]},
+                "optimiser": {"name": "adam", "lr": episodic["lr"]}, "steps": episodic["steps"], "seed": 0}
+    hidden = "-".join(str(h) for h in backbone["hidden"])
+    note = (f"the pipeline's {NAMES[algorithm]} (medmeta.chem.episodic, default settings): MLP "
+            f"{backbone['featuriser']}-{hidden}, {episodic['steps']} Adam steps, lr {episodic['lr']}, "
+            f"{episodic['meta_batch']} episodes a step, seeded by the split")
+    return episodic_learner(identity, note)
+
+
+METHODS.update({f"{a}_pipeline": pipeline_method(a) for a in ("protonet", "fomaml", "reptile", "matchingnet", "maml")})
+
 # ---------------------------------------------------------------- the protocol run
 
 
@@ -241,6 +266,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=ROOT / "bench-data" / "molecules-features",
                         help="the feature cache folder (a rerun reads it)")
     parser.add_argument("--out", type=Path, default=None, help="Markdown file to write the results into")
+    parser.add_argument("--section", default=SECTION, help="the BENCHMARKS.md section to write (bench:NAME)")
     args = parser.parse_args()
 
     import torch
@@ -270,7 +296,7 @@ def main() -> None:
                   time.perf_counter() - started, command, load_before)
     print(text)
     if args.out:
-        write_section(args.out, SECTION, text)
+        write_section(args.out, args.section, text)
 
 
 if __name__ == "__main__":
