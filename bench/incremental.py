@@ -331,27 +331,48 @@ validation, the Prefect API started before the clock. "written" counts the bytes
 
 
 NOTE = """
+Read this run with its noise: the two checkouts run the same code path on the 1,000-image home, and their
+medians differ by 0.09 s (0.63 against 0.54, one slow round in five), which is the whole margin of the
+ratio above; with main's 1,000-image median the ratio is 1.72x. The robust reading is the 50,000-image home
+side by side: 0.93 s (CPU 0.74) against main's 0.99 s (CPU 0.78), and the A/B runs before it (one process
+per size, alternating checkouts): 0.87 s (CPU 0.69) against 0.95 s (CPU 0.79) at 50,000, 0.50 against 0.49 s
+at 1,000. **The 1.5x target is not met reliably: about 1.7x.**
+
+Why it stops near 1.7x on this machine: a +20 rerun must know that none of the 50,000 files changed, and
+the only way that catches a file rewritten in place (an export job rewriting `patients.csv` keeps its
+folder's mtime) is one `lstat` per file. Measured alone (`os.scandir` + `DirEntry.stat`, one thread,
+quiet): 0.15-0.19 s for 50,000 files here, 3 us each, mostly kernel time; listing the folders from 8
+threads was slower (0.52 against 0.34 s wall: each `lstat` hands the GIL over). With the 1,000-image rerun
+at about 0.5 s, 1.5x leaves 0.25 s for everything that grows with the home, and the `lstat`s take 0.16 of
+it. What else still grows, CPU seconds at 50,000 (cProfile, quiet): the ledger's JSON parse 0.05, the
+staged-rows index read twice (setup's known sources 0.02, consolidation 0.05), the settled hashes made and
+sorted 0.04, the folder signatures 0.03. Reaching 1.5x needs all of these gone, not trimmed: a ledger split
+per folder (a signed folder's entries never parsed) and the known sources and active hashes kept as
+per-run summaries; or a change journal (inotify, as `medmeta serve`'s watcher already has) so that
+unchanged folders are not stat'ed at all.
+
+This session's changes (side by side above): folder signatures made from bytes, the settled hashes made
+once per run and kept current by `record` (shared by the staged check and `active_hashes`), the staged
+image rows not copied when every one is active.
+
 Earlier numbers of this section, median of 5 rounds: on a quiet machine (load about 1), before the
 ledger journal and unchanged files counted: +20 files 0.50 / 0.56 / 1.82 s at 1,000 / 8,000 / 50,000
 images (3.65x; CPU 6.30x); then at load 5.5, before the images table as parts and the folder
-signatures: 0.81 / 1.25 / 2.05 s (2.53x; CPU 0.22 / 0.36 / 0.98 s, 4.52x).
+signatures: 0.81 / 1.25 / 2.05 s (2.53x; CPU 0.22 / 0.36 / 0.98 s, 4.52x); then (quiet) 0.51 / 0.53 /
+0.98 s (1.93x; CPU 0.25 / 0.30 / 0.78 s).
 
-What a +20 rerun does now: lists the landing with `os.scandir` through a descriptor per folder (each
+What a +20 rerun does: lists the landing with `os.scandir` through a descriptor per folder (each
 `lstat` an `fstatat` relative to it); a folder every file of which the last run found settled carries a
 listing signature in the ledger (a keyed token of its names, sizes and mtimes, under its folder's path
 token: no name in clear), and a folder whose listing gives the same signature has its files counted
 unchanged with no path token and no ledger lookup per file (when every settled entry's content is still
-staged: checked once per run); the files of other folders are matched one by one as before
+staged: checked once per run); the files of other folders are matched one by one
 (`SettledMatcher.match`: one keyed HMAC and one dict lookup each). A save changing a few entries of a
 large ledger appends them to `ledger.json.journal`. The images table is kept as parts (`store/images/`,
 `table.json`): consolidation checks that the staged rows it considered last time are still exactly
 there (their count and multiset hash, over the batch files it covered) and that the new rows bring no
 image the table holds, then writes one part of the new rows (20 rows) and adds their hashes to the
-table's digest; the 50,000 earlier rows are neither sorted nor written (a change inside the table, or
-more than 64 parts, writes it whole once). What still grows with the home: one `lstat` per file and the
-listing loop (about 0.17 CPU s at 50,000), the ledger (one JSON document, about 0.05 s) parsed whole and
-its active hashes collected and sorted (0.03 s), the staged-rows index read and filtered by the active
-hashes (about 0.07 s), and the known image sources read at setup (0.03 s).
+table's digest; the 50,000 earlier rows are neither sorted nor written.
 """
 
 
