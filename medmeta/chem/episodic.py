@@ -43,7 +43,7 @@ import numpy as np
 
 from medmeta.errors import MedmetaError
 from medmeta.home import Home
-from medmeta.training.runs import model_dir, read_json, write_json
+from medmeta.training.runs import read_json, write_json
 
 EPISODIC = ("maml", "fomaml", "reptile", "protonet", "matchingnet")  # metalearn.LEARNERS, as compound learners
 NAMES = {"maml": "MAML", "fomaml": "first-order MAML", "reptile": "Reptile", "protonet": "ProtoNet",
@@ -214,23 +214,14 @@ def train_episodic_model(home: Home, taskset: str, algorithm: str, settings,
     from safetensors.torch import save_file
 
     from medmeta.atomic import atomic_path
-    from medmeta.chem.target_tasks import load_target_taskset
-    from medmeta.chem.training import (TrainedActivity, compound_model_name, found_model, resolve_device,
-                                       task_features, train_tasks, validation_report)
+    from medmeta.chem.training import TrainedActivity, start_training, validation_report
 
     compounds = settings.compounds
-    tasks = load_target_taskset(home, taskset)
-    identity = episodic_identity(tasks.manifest, algorithm, settings)
-    name = compound_model_name(identity)
-    folder = model_dir(home, name)
-    found = found_model(name, folder)
-    if found is not None:
-        return found
-    train = train_tasks(tasks, taskset)
-    write_json(folder / "spec.json", identity)
-    device = resolve_device(str(compounds["device"]))
+    start = start_training(home, taskset, settings, lambda manifest: episodic_identity(manifest, algorithm, settings))
+    if isinstance(start, TrainedActivity):
+        return start
+    tasks, identity, name, folder, train, device, features = start
     featuriser = identity["featuriser"]
-    features = task_features(home, tasks, featuriser)
     every = int(compounds["checkpoint_every"])
 
     def progress(report) -> None:

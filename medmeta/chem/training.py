@@ -31,7 +31,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -169,6 +169,39 @@ def _load_state(learner, path: Path) -> list[float]:
     return losses
 
 
+class TrainingStart(NamedTuple):
+    """What a compound learner's training starts from (``start_training``)."""
+
+    tasks: object  # medmeta.chem.target_tasks.TargetTaskSet
+    identity: dict
+    name: str
+    folder: Path
+    train: list
+    device: str
+    features: dict[str, np.ndarray]
+
+
+def start_training(home: Home, taskset: str, settings, identity_of: Callable[[dict], dict]
+                   ) -> TrainedActivity | TrainingStart:
+    """The model of target task set ``taskset`` with the identity ``identity_of(manifest)`` when it is already
+    trained (nothing else done); else the start of its training: the task set, identity, name, folder (its
+    ``spec.json`` written), train tasks, device (``compounds.device``) and features (the identity's
+    ``featuriser``, from the snapshot's cache). Shared by ActivityGP and the episodic learners."""
+    from medmeta.chem.target_tasks import load_target_taskset
+
+    tasks = load_target_taskset(home, taskset)
+    identity = identity_of(tasks.manifest)
+    name = compound_model_name(identity)
+    folder = model_dir(home, name)
+    found = found_model(name, folder)
+    if found is not None:
+        return found
+    train = train_tasks(tasks, taskset)
+    write_json(folder / "spec.json", identity)
+    return TrainingStart(tasks, identity, name, folder, train, resolve_device(str(settings.compounds["device"])),
+                         task_features(home, tasks, identity["featuriser"]))
+
+
 def train_activity_model(home: Home, taskset: str, settings, on_checkpoint: Callable[[int], None] | None = None
                          ) -> TrainedActivity:
     """Meta-train (or resume, or find) the activity model of target task set ``taskset``.
@@ -178,21 +211,13 @@ def train_activity_model(home: Home, taskset: str, settings, on_checkpoint: Call
     import torch
 
     from medmeta.chem.evaluation import scorer_method
-    from medmeta.chem.target_tasks import load_target_taskset
 
     compounds = settings.compounds
-    tasks = load_target_taskset(home, taskset)
-    identity = activity_identity(tasks.manifest, compounds)
-    name = activity_model_name(identity)
-    folder = model_dir(home, name)
-    found = found_model(name, folder)
-    if found is not None:
-        return found
-    train = train_tasks(tasks, taskset)
-    write_json(folder / "spec.json", identity)
-    device = resolve_device(str(compounds["device"]))
+    start = start_training(home, taskset, settings, lambda manifest: activity_identity(manifest, compounds))
+    if isinstance(start, TrainedActivity):
+        return start
+    tasks, identity, name, folder, train, device, features = start
     featuriser = identity["featuriser"]
-    features = task_features(home, tasks, featuriser)
     learner = build_learner(identity, device)
     losses: list[float] = []
     if (folder / CHECKPOINT).is_file():

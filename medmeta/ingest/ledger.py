@@ -155,29 +155,26 @@ class Ledger:
             stat = stats.get(outcome.path)
             if stat is not None and stat[1] < settled:  # a quarantined file's too: the watcher knows it
                 entry["size"], entry["mtime_ns"] = stat
-            token = tokens.get(outcome.path) or self._token(outcome.path)
-            old = entries.get(token)
-            if old != entry:
-                self._keep_settled(source_token, old, entry)
-                entries[token] = entry
-                self._dirty.setdefault(source_token, {})[token] = entry
-                self._changed = True
+            self._put(source_token, entries, tokens.get(outcome.path) or self._token(outcome.path), entry)
         written = {outcome.path for outcome in outcomes}
         for path, (size, mtime_ns) in (archives or {}).items():
             if path in written or mtime_ns >= settled:  # an outcome of its own (refused whole); or too fresh
                 continue
-            entry = {"status": ARCHIVE, "size": size, "mtime_ns": mtime_ns}
-            token = tokens.get(path) or self._token(path)
-            old = entries.get(token)
-            if old != entry:
-                self._keep_settled(source_token, old, entry)
-                entries[token] = entry
-                self._dirty.setdefault(source_token, {})[token] = entry
-                self._changed = True
+            self._put(source_token, entries, tokens.get(path) or self._token(path),
+                      {"status": ARCHIVE, "size": size, "mtime_ns": mtime_ns})
         folders = dict(folders or {})
         if self.folders.get(source_token, {}) != folders:
             self.folders[source_token] = folders
             self._dirty_folders[source_token] = folders
+            self._changed = True
+
+    def _put(self, source_token: str, entries: dict[str, dict], token: str, entry: dict) -> None:
+        """The SOURCE's entry ``token`` becomes ``entry`` (kept for the next save when it changed)."""
+        old = entries.get(token)
+        if old != entry:
+            self._keep_settled(source_token, old, entry)
+            entries[token] = entry
+            self._dirty.setdefault(source_token, {})[token] = entry
             self._changed = True
 
     def active_hashes(self) -> list[str]:
