@@ -139,7 +139,7 @@ def test_the_first_look_knows_an_archive_whose_entries_ingest_read(tmp_path):
 
     from medmeta.ingest.config import IngestConfig
     from medmeta.ingest.ledger import Ledger, archive_stats, item_stats
-    from medmeta.ingest.outcome import INGESTED, FileOutcome
+    from medmeta.ingest.outcome import INGESTED, QUARANTINED, FileOutcome
     from medmeta.landing.walk import discover
 
     landing = tmp_path / "landing"
@@ -147,22 +147,27 @@ def test_the_first_look_knows_an_archive_whose_entries_ingest_read(tmp_path):
     with zipfile.ZipFile(landing / "site_a" / "export.zip", "w") as archive:
         archive.writestr("b.json", "{}")
         archive.writestr("deep/c.json", "{}")
+    with zipfile.ZipFile(landing / "many.zip", "w") as archive:  # refused whole: more entries than allowed
+        for n in range(4):
+            archive.writestr(f"{n}.json", "{}")
     for path in landing.rglob("*.*"):
         _age(path)
-    items = discover(landing.resolve(), IngestConfig())
-    assert len(items) == 3 and len(archive_stats(items)) == 1
+    items = discover(landing.resolve(), IngestConfig(max_zip_entries=3))
+    assert len(items) == 4 and len(archive_stats(items)) == 2
     looks = {}
     for with_archives in (True, False):
         home = tmp_path / f"home-{with_archives}"
         home.mkdir()
         ledger = Ledger(home / "ledger.json", Pseudonymizer(TEST_KEY))
-        outcomes = [FileOutcome(item.logical_path, INGESTED, f"{i:064x}") for i, item in enumerate(items)]
+        outcomes = [FileOutcome(item.logical_path, INGESTED, f"{i:064x}") if item.problem is None else
+                    FileOutcome(item.logical_path, QUARANTINED, f"{i:064x}", reason=str(item.problem))
+                    for i, item in enumerate(items)]
         ledger.record(landing.resolve(), outcomes, item_stats(items), None,
                       archive_stats(items) if with_archives else None)
         ledger.save()
         looks[with_archives] = LandingLook.from_ledger(landing, home / "ledger.json", Pseudonymizer(TEST_KEY))
         first = looks[with_archives].look(SETTLE_S)
-        assert (first.files, first.new) == ((2, 0) if with_archives else (2, 1))
+        assert (first.files, first.new) == ((3, 0) if with_archives else (3, 2))
     with zipfile.ZipFile(landing / "site_a" / "export.zip", "a") as archive:
         archive.writestr("d.json", "{}")
     _age(landing / "site_a" / "export.zip", 60)

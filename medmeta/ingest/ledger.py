@@ -139,25 +139,26 @@ class Ledger:
         ``folders``: the listing signatures of the folders every file of which this run found settled
         (``SettledMatcher.signatures``): they replace the source's, so a run that gives none (one that
         reads every file again) leaves none, and no signature outlives a run that could change an entry;
-        ``archives``: logical path -> (size, mtime_ns) of the zip archives whose entries this run read
-        (``archive_stats``), each kept as an entry of status ``archive`` (no content of its own: its entries
-        carry it), so the landing watcher's first look (``seen_matcher``) knows the archive as it was read."""
+        ``archives``: logical path -> (size, mtime_ns) of the zip archives this run opened (``archive_stats``),
+        each kept as an entry of status ``archive`` (no content of its own: its entries carry it), or, for one
+        refused whole, as the stat of its quarantined entry, so the landing watcher's first look
+        (``seen_matcher``) knows the archive as it was read."""
         if _LOADED and _LOADED[0][1] is self:
             _LOADED.clear()  # modified: no longer what the file holds
         source_token = landing_token(source, self.pseudonymizer)
         entries = self.sources.setdefault(source_token, {})
         settled = time.time_ns() - STAT_SETTLE_NS
         tokens = self._tokens()
-        stats = stats or {}
+        stats, archives = stats or {}, archives or {}
         for outcome in outcomes:
             entry = {"sha256": outcome.sha256, "status": outcome.status,
                      **({"reason": outcome.reason} if outcome.reason else {})}
-            stat = stats.get(outcome.path)
+            stat = stats.get(outcome.path) or archives.get(outcome.path)  # an archive refused whole: its own
             if stat is not None and stat[1] < settled:  # a quarantined file's too: the watcher knows it
                 entry["size"], entry["mtime_ns"] = stat
             self._put(source_token, entries, tokens.get(outcome.path) or self._token(outcome.path), entry)
         written = {outcome.path for outcome in outcomes}
-        for path, (size, mtime_ns) in (archives or {}).items():
+        for path, (size, mtime_ns) in archives.items():
             if path in written or mtime_ns >= settled:  # an outcome of its own (refused whole); or too fresh
                 continue
             self._put(source_token, entries, tokens.get(path) or self._token(path),
@@ -419,8 +420,8 @@ def _serialised(doc: dict) -> bytes:
 
 
 def archive_stats(items: list[InputItem]) -> dict[str, tuple[int, int]]:
-    """Logical path -> (size, mtime_ns) of each zip archive whose entries are among ``items``, for
-    ``Ledger.record(archives=)``."""
+    """Logical path -> (size, mtime_ns) of each zip archive whose entries are among ``items``, or that is
+    among them refused whole, for ``Ledger.record(archives=)``."""
     return {item.archive_stat[0]: item.archive_stat[1:] for item in items if item.archive_stat is not None}
 
 

@@ -36,7 +36,7 @@ import zipfile
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -362,7 +362,17 @@ def _read_file(path: Path, root: Path, limit: int) -> bytes:
 
 def _archive_items(handle: BinaryIO, path: Path, logical: str, size: int, root: Path,
                    config: IngestConfig, mtime_ns: int | None = None) -> list[InputItem]:
-    """The entries of an archive (read from the open ``handle``), or one refused item standing for it."""
+    """The entries of an archive (read from the open ``handle``), or one refused item standing for it; each
+    with the archive's ``archive_stat`` when its ``mtime_ns`` is given."""
+    items = _archive_entries(handle, path, logical, size, root, config, mtime_ns)
+    if mtime_ns is None:
+        return items
+    return [item if item.archive_stat is not None else replace(item, archive_stat=(logical, size, mtime_ns))
+            for item in items]
+
+
+def _archive_entries(handle: BinaryIO, path: Path, logical: str, size: int, root: Path,
+                     config: IngestConfig, mtime_ns: int | None) -> list[InputItem]:
     try:
         declared_entries = _declared_entry_count(handle)
         if declared_entries is not None and declared_entries > config.max_zip_entries:
