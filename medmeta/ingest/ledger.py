@@ -246,10 +246,10 @@ class Ledger:
 
     def seen_matcher(self, source: Path) -> Callable[[str, int, int], bool]:
         """``(logical_path, size, mtime_ns)`` -> whether the last run over ``source`` accounted for this
-        file as it is now (ingested, unchanged, quarantined or a zip archive whose entries it read, with
-        that size and mtime): the landing
-        watcher's first look, which must not announce what ingest already saw. Ingest itself still
-        reads a quarantined file again (``settled_matcher`` takes only ingested or unchanged ones)."""
+        file as it is now (ingested, unchanged, quarantined, or a zip archive it opened, with that size
+        and mtime): the landing watcher's first look, which must not announce what ingest already saw.
+        Ingest itself still reads a quarantined file again (``settled_matcher`` takes only ingested or
+        unchanged ones)."""
         entries = self.sources.get(landing_token(source, self.pseudonymizer), {})
 
         def seen(logical_path: str, size: int, mtime_ns: int) -> bool:
