@@ -364,15 +364,14 @@ def _archive_items(handle: BinaryIO, path: Path, logical: str, size: int, root: 
                    config: IngestConfig, mtime_ns: int | None = None) -> list[InputItem]:
     """The entries of an archive (read from the open ``handle``), or one refused item standing for it; each
     with the archive's ``archive_stat`` when its ``mtime_ns`` is given."""
-    items = _archive_entries(handle, path, logical, size, root, config, mtime_ns)
+    items = _archive_entries(handle, path, logical, size, root, config)
     if mtime_ns is None:
         return items
-    return [item if item.archive_stat is not None else replace(item, archive_stat=(logical, size, mtime_ns))
-            for item in items]
+    return [replace(item, archive_stat=(logical, size, mtime_ns)) for item in items]
 
 
 def _archive_entries(handle: BinaryIO, path: Path, logical: str, size: int, root: Path,
-                     config: IngestConfig, mtime_ns: int | None) -> list[InputItem]:
+                     config: IngestConfig) -> list[InputItem]:
     try:
         declared_entries = _declared_entry_count(handle)
         if declared_entries is not None and declared_entries > config.max_zip_entries:
@@ -387,9 +386,8 @@ def _archive_entries(handle: BinaryIO, path: Path, logical: str, size: int, root
                 message = f"the entries declare {total} bytes in all, over the limit of {config.max_zip_total_bytes}"
                 return [_refused(logical, path, root, ZIP_TOO_LARGE, message, size)]
             paths = member_logical_paths(logical, [info.filename for _, info in entries])
-            stat_of_archive = (logical, size, mtime_ns) if mtime_ns is not None else None
             return [InputItem(member_path, path, info.filename, info.file_size, _entry_problem(archive, info, config),
-                              member_index=index, source_root=root, archive_stat=stat_of_archive)
+                              member_index=index, source_root=root)
                     for member_path, (index, info) in zip(paths, entries)]
     except _ARCHIVE_ERRORS as error:
         return [_refused(logical, path, root, BAD_ARCHIVE, f"the archive can not be read ({type(error).__name__})",
