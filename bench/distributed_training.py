@@ -207,3 +207,7 @@ ranks sharing it train the weights one CUDA process does (section gpu-checks); s
 
 if __name__ == "__main__":
     main()
+    if "RANK" in os.environ:  # a torchrun rank: ends without interpreter finalisation, like medmeta's own
+        from medmeta.training.ranked import exit_now
+
+        exit_now(0)

@@ -355,3 +355,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    if "RANK" in os.environ:  # a torchrun rank: ends without interpreter finalisation, like medmeta's own
+        from medmeta.training.ranked import exit_now
+
+        exit_now(0)

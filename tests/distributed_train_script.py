@@ -134,4 +134,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # end like medmeta's own ranks: no interpreter finalisation once done, so a native exit-time
+    # destructor (gloo's, a thread pool's: "terminate called without an active exception") cannot turn
+    # a finished rank into a SIGABRT that fails its peers (seen once in CI)
+    from medmeta.training.ranked import exit_now
+
+    exit_now(main())

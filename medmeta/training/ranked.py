@@ -288,7 +288,7 @@ def _as_rank(device, body: Callable) -> int:
     return 0
 
 
-def _exit_now(code: int) -> None:
+def exit_now(code: int) -> None:
     """End a rank without interpreter finalisation once its work is done and its files are closed:
     a native library's exit-time destructor (gloo's, a thread pool's) must not turn a finished rank
     into a failed one that takes its peers down with it."""
@@ -313,4 +313,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    _exit_now(main())
+    exit_now(main())
