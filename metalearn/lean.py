@@ -3,8 +3,9 @@
 ``set_norm_block(x, conv_w, conv_b, norm_w, norm_b)`` is the block of backbones.Conv4 -- 3x3
 convolution (padding 1), batch norm with the statistics of the whole set being embedded (biased
 variance, eps 1e-5), ReLU, 2x2 max-pool -- as one ``torch.autograd.Function`` whose backward is
-written out. The forward is bitwise Conv4's (the same native batch norm; the pool picks the same
-elements), so a meta-step's loss and accuracy do not change; the gradients are autograd's up to
+written out. The forward is bitwise Conv4's NCHW forward (the same native batch norm; the pool picks
+the same elements), so a meta-step's loss and accuracy do not change (in float32 on CPU Conv4 runs
+NHWC, whose convolutions round differently: equal to rounding there); the gradients are autograd's up to
 rounding (tests hold MAML through it to the plain reference in reference.py at 1e-10 in float64).
 Only what is kept between forward and backward, and the order of some sums, differ.
 

@@ -132,3 +132,27 @@ def test_vmap_uses_plain_batch_norm_and_batched_refuses_conv():
     with pytest.raises(ValueError, match="batched strategy needs an MLP"):
         choose_plan(conv(), torch.device("cpu"), "batched")
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in conv().modules())
+
+
+@pytest.mark.parametrize("name,config", [c for c in CONFIGS if c[0] != "protonet" or not c[1]],
+                         ids=lambda c: c if isinstance(c, str) else None)
+def test_conv_in_float32_runs_channels_last_and_matches_the_float64_reference(name, config):
+    """On CPU in float32 Conv4 runs NHWC (backbones._nhwc_pays), its pool before its ReLU: its
+    meta-gradient on the loop strategy equals the plain float64 loop to float32 rounding."""
+    import copy
+
+    from metalearn import backbones
+
+    learner64 = _learner(name, conv(), config, "loop")
+    learner32 = copy.deepcopy(learner64).float()
+    batch64 = classification(image=True)
+    batch32 = Episodes(batch64.support_x.float(), batch64.support_y, batch64.query_x.float(), batch64.query_y, N_WAY)
+    assert backbones._nhwc_pays(batch32.support_x) and not backbones._nhwc_pays(batch64.support_x)
+    one_channel = backbones._channels_last(batch32.support_x[0])
+    assert one_channel.stride(1) == 1 and torch.equal(one_channel, batch32.support_x[0])  # NHWC, same values
+    fast = learner32.meta_gradient(batch32)
+    ref = reference_gradient(learner64, batch64)
+    scale = max(float(g.abs().max()) for g in ref.values())
+    assert scale > 1e-4
+    worst = max(float((fast[k].double() - ref[k]).abs().max()) for k in ref)
+    assert worst < 1e-4 * scale, f"float32 NHWC meta-gradient off by {worst:.2e} (scale {scale:.2e})"

@@ -142,12 +142,17 @@ def test_lean_blocks_leave_the_reference_meta_gradient(name, config, size, flat)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_lean_blocks_leave_the_step_metrics_bit_for_bit(name, dtype):
     """The forward is the same native batch norm and picks the same pool elements, so the loss and
-    accuracy a step reports are identical, in float32 too; gradients agree to rounding."""
+    accuracy a step reports are identical; gradients agree to rounding. In float32 on CPU Conv4's
+    plain path runs NHWC (backbones._nhwc_pays) and the lean block NCHW: the convolutions round
+    differently, so there the loss agrees to rounding and the accuracy is the same."""
     batch = episodes((1, 16, 16), tasks=3, seed=5, dtype=dtype, flat_regions=True)
     lean = make(name, conv(), {"inner_steps": 2, "inner_lr": 0.3}, dtype=dtype)
     plain = without(make(name, conv(), {"inner_steps": 2, "inner_lr": 0.3}, dtype=dtype), lean, lean_query=False)
     a, b = lean.meta_step(batch), plain.meta_step(batch)
-    assert a == b
+    if dtype == torch.float64:
+        assert a == b
+    else:
+        assert a.accuracy == b.accuracy and a.loss == pytest.approx(b.loss, rel=1e-5)
     tol = TOL if dtype == torch.float64 else 1e-5
     for (k, p), q in zip(lean.named_parameters(), plain.parameters()):
         assert float((p.grad - q.grad).abs().max()) <= tol * max(1.0, float(q.grad.abs().max())), k
