@@ -83,7 +83,7 @@ def arrival_flow(landing: str | None = None, home: str | None = None, settings: 
     summary["validation"] = ingest["validation"]
     if not ingest["validation"]["success"]:
         summary["status"] = "validation_failed"
-        _finish(the_home, summary, clock)
+        summary = _finish(the_home, summary, clock)
         return Failed(message=f"snapshot {ingest['snapshot']} failed validation (critical: "
                               f"{', '.join(ingest['validation']['critical_failures'])}); nothing was adapted or trained",
                       data=summary)
@@ -115,7 +115,7 @@ def arrival_flow(landing: str | None = None, home: str | None = None, settings: 
     for name in warm_due:
         summary["warm_starts"].append(_warm_start(the_home, name, settings, clock))
     summary["status"] = "completed"
-    _finish(the_home, summary, clock)
+    summary = _finish(the_home, summary, clock)
     published = sum(1 for a in summary["adapted"] if "ref" in a and not a["cached"])
     return Completed(message=f"{published} adapted model(s) published, {len(summary['warm_starts'])} warm start(s)",
                      data=summary)
@@ -156,8 +156,11 @@ def _warm_start(home: Home, taskset: str, settings: Settings, clock: _Clock) -> 
             "published": published, "published_after_s": clock.elapsed()}
 
 
-def _finish(home: Home, summary: dict, clock: _Clock) -> None:
+def _finish(home: Home, summary: dict, clock: _Clock) -> dict:
     """The run summary, as the pipeline's (tasks/pipeline.py: registry aliases and stage durations
-    read back, ``H/runs/arrival-STARTED.json``, the summary artifact and log lines)."""
+    read back, ``H/runs/arrival-STARTED.json``, the summary artifact and log lines); returned as
+    recorded, so the flow's result holds the aliases too."""
     summary["durations_s"]["total"] = clock.elapsed()
-    report_pipeline(record_pipeline_run(home, summary), home)
+    recorded = record_pipeline_run(home, summary)
+    report_pipeline(recorded, home)
+    return recorded

@@ -59,6 +59,7 @@ def _arrive(world, cases: dict[str, int] | None, batch: int = 1) -> dict:
     summary = state.result()
     recorded = json.loads((world["home"].runs / f"arrival-{summary['started']}.json").read_text())
     assert recorded["status"] == "completed" and recorded["durations_s"]["total"] > 0
+    assert summary["registry"] == recorded["registry"]  # the flow's result holds the aliases too
     return summary
 
 
@@ -89,6 +90,7 @@ def test_new_rare_disease_cases_get_an_adapted_model_published_first_and_nothing
     adapted = registry.resolve(home, entry["ref"])
     assert adapted.card["parent"]["name"] == champion.name and adapted.card["parent"]["version"] == champion.version
     assert adapted.card["adaptation"]["target"] == RARE
+    assert summary["registry"][adapted.name]["champion"] == adapted.version
     gate_metric = adapted.card["gate"]["metric"]
     assert gate_metric in adapted.card["metrics"] and gate_metric in entry["metrics"]  # its estimate, in the summary
     [warm] = summary["warm_starts"]
