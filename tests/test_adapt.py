@@ -13,8 +13,10 @@ from medmeta.errors import MedmetaError
 from medmeta.registry.card import RESERVED
 from medmeta.home import Home
 from medmeta.tasksets.store import load_taskset
-from medmeta.training.adapt import (_gather, adapt_taskset, adapted_name, champion_class_coverage, check_no_inputs,
-                                    plan_adaptations, retire_stale)
+from medmeta.tasksets.store import read_manifest
+from medmeta.training.adapt import (_gather, adapt_taskset, adapted_name, check_no_inputs, plan_adaptations,
+                                    retire_stale)
+from medmeta.training.arrivals import arrival_changes, champion_card
 from medmeta.training.models import build_learner
 from medmeta.training.publish import registry_name
 from tests.pipeline_home import DRUGS, IMAGES, build_home
@@ -114,10 +116,17 @@ def test_each_adapted_model_states_its_leave_one_out_estimate_and_on_how_many_ca
 
 
 def test_the_champion_saw_every_class_of_its_own_build(built):
-    coverage = champion_class_coverage(Home(built["home"]), IMAGES_SET)
-    assert coverage["champion"] and coverage["unseen"] == coverage["adapt_now"] == []
-    tasks = load_taskset(Home(built["home"]), IMAGES_SET)
-    assert coverage["meta_trained"] == tasks.splits["train"].codes
+    home = Home(built["home"])
+    champion = champion_card(home, IMAGES_SET)
+    tasks = load_taskset(home, IMAGES_SET)
+    splits = champion.card["task_set"]["splits"]
+    assert {c for codes in splits.values() for c in codes} == {c for s in tasks.splits.values() for c in s.codes}
+    assert splits["train"] == tasks.splits["train"].codes
+    # its own build again: the arrival would adapt it to the adaptation classes (never meta-trained on), nothing grew
+    manifest = read_manifest(home, IMAGES_SET)
+    changes = arrival_changes(home, manifest, manifest)
+    assert changes.champion == champion.ref and not changes.rebuilt and changes.grown_classes == {}
+    assert changes.new_classes == sorted(tasks.splits["adaptation"].codes)
 
 
 def test_published_weights_hold_no_patient_inputs(built):
@@ -222,8 +231,9 @@ def test_the_fast_path_adapts_a_champion_of_an_earlier_build_but_not_to_a_class_
     try:
         same = adapt_taskset(home, IMAGES_SET)
         assert [a["skipped"] for a in same if "skipped" in a] and "another build" in same[-1]["skipped"]
-        coverage = champion_class_coverage(home, IMAGES_SET)
-        assert rare[0] in coverage["meta_trained"] and coverage["unseen"] == []
+        assert rare[0] in champion_card(home, IMAGES_SET).card["task_set"]["splits"]["train"]
+        manifest = read_manifest(home, IMAGES_SET)  # the arrival's decision: the classes the champion never trained on
+        assert arrival_changes(home, manifest, manifest).new_classes == sorted(rare[1:])
         fast = {a["target"]: a for a in adapt_taskset(home, IMAGES_SET, targets=rare, parent_build="compatible")}
         assert sorted(fast) == sorted(rare)
         assert "meta-trained on" in fast[rare[0]]["skipped"]

@@ -356,30 +356,6 @@ def retire_stale(home: Home, taskset: str, manifest: dict | None = None) -> list
     return out
 
 
-def champion_class_coverage(home: Home, taskset: str) -> dict:
-    """What the current build of ``taskset`` holds that its champion has not seen (for the arrival
-    fast path): ``meta_trained`` (the champion's meta-train classes), ``unseen`` (classes of this
-    build in no split of the champion's build), ``adapt_now`` (unseen classes in this build's
-    adaptation split: adapt the champion to them at once), ``unseen_eligible`` (unseen classes with
-    enough cases for episodes: they wait for meta-training), ``champion`` (its ref, None if none)."""
-    from medmeta import registry
-    from medmeta.tasksets.store import read_manifest
-
-    manifest = read_manifest(home, taskset)
-    where = {c["code"]: split for split, entry in manifest["splits"].items() for c in entry["classes"]}
-    try:
-        parent = registry.resolve(home, f"{registry_name(taskset)}@champion")
-    except registry.ModelNotFound:
-        return {"champion": None, "meta_trained": [], "unseen": sorted(where), "adapt_now": [],
-                "unseen_eligible": sorted(c for c, s in where.items() if s != ADAPTATION)}
-    before = parent.card.get("task_set", {}).get("splits", {})
-    known = {c for codes in before.values() for c in codes}
-    unseen = sorted(set(where) - known)
-    return {"champion": parent.ref, "meta_trained": sorted(before.get("train", [])), "unseen": unseen,
-            "adapt_now": [c for c in unseen if where[c] == ADAPTATION],
-            "unseen_eligible": [c for c in unseen if where[c] != ADAPTATION]}
-
-
 def _card(tasks, parent, spec: dict, plan: AdaptationPlan, name: str, digest: str, metrics: dict) -> dict:
     from medmeta import registry
     from medmeta.training.runs import manifest_digest
