@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metalearn.episodes import Inputs
+from metalearn import nhwc as nhwc_path
 from metalearn.lean import set_norm_block
 
 Params = dict[str, Tensor]
@@ -87,7 +88,7 @@ class _Block(nn.Module):
 
 class Conv4(Backbone):
     """The standard 4-block conv net: [3x3 conv, batch norm, ReLU, 2x2 max-pool] x 4, flattened
-    (the pool runs before the ReLU: the same function; NHWC on CPU in float32, ``_nhwc_pays``).
+    (the pool runs before the ReLU: the same function; NHWC on CPU in float32, metalearn/nhwc.py).
 
     ``image_size`` 28 gives a 64-wide embedding (28-14-7-3-1), 64 gives 1024 (64-32-16-8-4).
     """
@@ -119,9 +120,10 @@ class Conv4(Backbone):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"conv4 expects images [N, {self.in_channels}, H, W], got {tuple(x.shape)}")
         lean = lean and not plain_norm and not torch.is_autocast_enabled(x.device.type)
-        nhwc = not lean and not plain_norm and _nhwc_pays(x)
+        nhwc = (not lean and not plain_norm and nhwc_path.pays(x)  # CPU float32: metalearn/nhwc.py
+                and not torch.is_autocast_enabled(x.device.type))
         if nhwc:
-            x = _channels_last(x)
+            x = nhwc_path.channels_last(x)
         for i, block in enumerate(self.blocks):
             p = f"{prefix}blocks.{i}."
             if lean and block.norm is not None:
@@ -129,29 +131,15 @@ class Conv4(Backbone):
                                    params[p + "norm.weight"], params[p + "norm.bias"])
                 continue
             weight = params[p + "conv.weight"]
-            x = F.conv2d(x, _channels_last(weight) if nhwc else weight, params[p + "conv.bias"], padding=1)
-            if block.norm is not None:
+            x = F.conv2d(x, nhwc_path.channels_last(weight) if nhwc else weight, params[p + "conv.bias"], padding=1)
+            if block.norm is not None and nhwc:
+                x = nhwc_path.batch_norm(x, params[p + "norm.weight"], params[p + "norm.bias"])
+            elif block.norm is not None:
                 x = batch_norm(x, params[p + "norm.weight"], params[p + "norm.bias"], plain_norm)
             # the pool before the ReLU: max commutes with it, so values and gradients are the same, and
             # the ReLU and its backward run at a quarter of the size
             x = F.relu(F.max_pool2d(x, 2))
         return x.flatten(1)
-
-
-def _nhwc_pays(x: Tensor) -> bool:
-    """Conv4 runs channels-last (NHWC) on CPU in float32: oneDNN's convolutions and, above all, the
-    max-pool are faster there (torch 2.13, 1 thread, conv4 hidden 32 on 15 64x64 images, a full Adam
-    step: 22 ms against 43 ms, the pool alone 10x). Not in float64 (no oneDNN kernels: the references
-    run there) and not under vmap (``plain_norm``)."""
-    return x.device.type == "cpu" and x.dtype == torch.float32
-
-
-def _channels_last(t: Tensor) -> Tensor:
-    """``t`` laid out NHWC. One channel is ambiguous: ``contiguous(memory_format=channels_last)``
-    keeps NCHW strides for it, and oneDNN then runs the whole first block NCHW."""
-    if t.shape[1] == 1:
-        return torch.empty_like(t, memory_format=torch.channels_last).copy_(t)
-    return t.contiguous(memory_format=torch.channels_last)
 
 
 class MLP(Backbone):

@@ -143,7 +143,7 @@ def test_lean_blocks_leave_the_reference_meta_gradient(name, config, size, flat)
 def test_lean_blocks_leave_the_step_metrics_bit_for_bit(name, dtype):
     """The forward is the same native batch norm and picks the same pool elements, so the loss and
     accuracy a step reports are identical; gradients agree to rounding. In float32 on CPU Conv4's
-    plain path runs NHWC (backbones._nhwc_pays) and the lean block NCHW: the convolutions round
+    plain path runs NHWC (metalearn/nhwc.py) and the lean block NCHW: the convolutions round
     differently, so there the loss agrees to rounding and the accuracy is the same."""
     batch = episodes((1, 16, 16), tasks=3, seed=5, dtype=dtype, flat_regions=True)
     lean = make(name, conv(), {"inner_steps": 2, "inner_lr": 0.3}, dtype=dtype)
