@@ -2,7 +2,8 @@
 
 oneDNN's convolutions and, above all, its max-pool are faster on NHWC tensors than on NCHW ones
 (torch 2.13, 1 thread, conv4 hidden 32 on 15 64x64 images, one Adam step of the from-scratch
-baseline: 22 ms against 41 ms; the pool alone 1.4 ms against 12.9 ms): ``bench/conv_layout.py``.
+baseline: 26 ms against 42 ms, 22 ms with the native batch norm's statistics; the pool alone 1.4 ms
+against 12.9 ms): ``bench/conv_layout.py``, BENCHMARKS.md ``conv-layout``.
 
 Two things make the path exact enough to be the default:
 
@@ -12,12 +13,15 @@ Two things make the path exact enough to be the default:
 - **Batch norm's statistics.** The native CPU batch norm on an NHWC tensor sums each channel in
   float32 in one pass on one thread: a forward error of about 1e-5 relative over 15 64x64 images
   (about 1e-6 in NCHW), enough to flip a max-pool winner where two values of a window nearly tie,
-  which moved gradients by 1e-3 to 1e-2 of the largest. ``batch_norm`` takes the statistics with
-  float64 sums (two passes: the mean, then the squared deviations from it) and normalises with the
-  native kernel; its backward is the native one from those statistics, as ``F.batch_norm``'s own
-  (``native_batch_norm_backward``, whose derivative autograd knows: second-order MAML
-  differentiates through it). Gradients then agree with the float64 NCHW reference as NCHW float32
-  does (about 1e-5), at 1.4x the speed of NCHW instead of 1.8x.
+  which moved gradients by 1e-3 to 1e-2 of the largest. ``batch_norm`` takes the statistics in two
+  passes (the mean, then the squared deviations from it), each case's map summed in float32 and the
+  cases' sums added in float64, and normalises with the native kernel; its backward is the native
+  one from those statistics, as ``F.batch_norm``'s own (``native_batch_norm_backward``, whose
+  derivative autograd knows: second-order MAML differentiates through it). Gradients then agree
+  with the float64 NCHW reference as NCHW float32 does (about 1e-5), at about 1.6x the speed of NCHW
+  on one thread (1.8x with the native statistics); with two threads in one process the gain mostly
+  goes (the evaluation's from-scratch fits, 32 episodes: 42 s against NCHW's 41 s), ranks of one
+  thread each (``--nproc``) keep it.
 
 Not used in float64 (no oneDNN kernels; the references run there), under vmap (``plain_norm``),
 on CUDA, or for the lean MAML query block (lean.py keeps NCHW); ``ENABLED = False`` turns it off
@@ -49,11 +53,12 @@ def channels_last(t: Tensor) -> Tensor:
 class _BatchNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        flat = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])  # NHWC memory: a view, a channel per column
-        count = flat.shape[0]
-        mean = flat.sum(0, dtype=torch.float64).div_(count)
+        n, c = x.shape[0], x.shape[1]
+        maps = x.permute(0, 2, 3, 1).reshape(n, -1, c)  # NHWC memory: a view, [case, pixel, channel]
+        count = maps.shape[0] * maps.shape[1]
+        mean = _sum(maps).div_(count)
         mean32 = mean.to(x.dtype)
-        var = (flat - mean32).square_().sum(0, dtype=torch.float64).div_(count)
+        var = _sum((maps - mean32).square_()).div_(count)
         invstd = var.add(EPS).rsqrt_().to(x.dtype)
         out = F.batch_norm(x, mean32, var.to(x.dtype), weight, bias, training=False, eps=EPS)  # elementwise
         ctx.save_for_backward(x, weight, mean32, invstd)
@@ -66,6 +71,12 @@ class _BatchNorm(torch.autograd.Function):
             grad_out.contiguous(memory_format=torch.channels_last), x, weight, None, None, mean, invstd, True, EPS,
             list(ctx.needs_input_grad))
         return grad_x, grad_weight, grad_bias
+
+
+def _sum(maps: Tensor) -> Tensor:
+    """Per channel: each case's map summed in float32, the cases' sums added in float64 (a float64
+    copy of the whole tensor first costs more than the batch norm itself)."""
+    return maps.sum(1).sum(0, dtype=torch.float64)
 
 
 def batch_norm(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
