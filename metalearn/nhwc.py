@@ -19,9 +19,9 @@ Two things make the path exact enough to be the default:
   one from those statistics, as ``F.batch_norm``'s own (``native_batch_norm_backward``, whose
   derivative autograd knows: second-order MAML differentiates through it). Gradients then agree
   with the float64 NCHW reference as NCHW float32 does (about 1e-5), at about 1.6x the speed of NCHW
-  on one thread (1.8x with the native statistics); with two threads in one process the gain mostly
-  goes (the evaluation's from-scratch fits, 32 episodes: 42 s against NCHW's 41 s), ranks of one
-  thread each (``--nproc``) keep it.
+  on one thread in one step (1.8x with the native statistics). The evaluation's from-scratch fits
+  gain less (32 episodes each on two 1-thread processes, as ``--nproc 2``'s ranks: 60 s against
+  NCHW's 73 s; on one 2-thread process 42 s against 41 s: nothing).
 
 Not used in float64 (no oneDNN kernels; the references run there), under vmap (``plain_norm``),
 on CUDA, or for the lean MAML query block (lean.py keeps NCHW); ``ENABLED = False`` turns it off
