@@ -49,7 +49,7 @@ def _batch(name: str, rows: list[tuple[str, str]]) -> pa.Table:
 
 
 def _active(batches: list[pa.Table], inactive: set[str]) -> pa.Table:
-    """What ``read_image_rows`` hands consolidation: the staged rows of the active sources."""
+    """What ``StagedImages.rows`` hands consolidation: the staged rows of the active sources."""
     rows = pa.concat_tables(batches) if batches else INDEX_SCHEMA.empty_table()
     return rows.filter(pa.array([s not in inactive for s in rows["source"].to_pylist()], pa.bool_()))
 

@@ -37,7 +37,7 @@ from medmeta.atomic import atomic_path, write_json
 from medmeta.errors import UNRESOLVED_MEDICATION, UNRESOLVED_REFERENCE
 from medmeta.home import Home
 import medmeta
-from medmeta.ingest.image_parts import read_image_rows
+from medmeta.ingest.image_parts import StagedImages
 from medmeta.ingest.images_table import images_present, update_images_table
 from medmeta.ingest.parts import Part, part_hashes, read_part, rejected_rows, staged_table, write_parquet
 from medmeta.pseudonyms import Pseudonymizer
@@ -69,7 +69,7 @@ def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer, image_size
     counts, digests, withheld = {}, {}, {}
     for name, table_schema in schema.TABLES.items():
         if name == "images":  # DICOM always names its patient: no references to resolve
-            images = update_images_table(home, read_image_rows(home.parts, image_size, hashes), image_size)
+            images = update_images_table(home, StagedImages(home.parts, image_size, hashes), image_size)
             for column, missing in images.nulls.items():  # absent, or not a defined term (medmeta.dicom.defined_terms)
                 if missing:
                     withheld[f"images.{column}"] = missing

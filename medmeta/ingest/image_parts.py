@@ -18,14 +18,16 @@ An ingest that adds k images writes k images' pixels once. Consolidation reads t
 a pixel): each row of the images table points at its shard (``pixel_path``, ``pixel_index``). A
 shard no snapshot refers to any more is kept (older snapshots may); nothing deletes shards.
 
-Consolidation keeps every staged row in one index, ``store/parts/images-<size>/staged-rows.index`` (an
+Consolidation keeps every staged row in an index, ``store/parts/images-<size>/staged-rows.index`` (an
 uncompressed Parquet file: the rows, the name of the batch file each came from and each row's content
 hash ``row_sha256``, which the images table's digest sums: ``row_hashes``, ``multiset_digest``; Parquet, so the
-same rows give the same bytes whichever engine staged them), and reads only
-the batch files the index does not hold yet, so a rerun does not open every batch file again; it
-rewrites the index only once those are many, so a run adding a few images does not rewrite it. The
-index is staging (rebuilt from the batch files when absent or damaged), written by the single writer
-only; ``known_image_sources`` reads it and the batch files it lacks, writing nothing.
+same rows give the same bytes whichever engine staged them), and the rows staged since it was written in a
+small delta index beside it (``staged-rows.delta.index``), and reads only the batch files neither holds, so
+a rerun does not open every batch file again. A run adding a few images writes the delta again, not the
+index; once the delta holds more than an eighth of the index's rows, the index is written again with them.
+The indexes are staging (rebuilt from the batch files when absent or damaged), written by the single
+writer only; ``known_image_sources`` reads them and the batch files they lack, writing nothing.
+Consolidation extending the images table reads only the index's ``CHECK_COLUMNS`` (``StagedImages``).
 
 Batch files written by older versions hold the pixels themselves (a ``pixels`` column): consolidation
 migrates each once (``migrate_legacy_batches``: its pixels become a shard, the file is rewritten with
@@ -117,10 +119,12 @@ def write_shard(shards_dir: Path, stack: np.ndarray) -> str:
 
 
 INDEX_FILE = "staged-rows.index"
-# The index is rewritten once the batch files it lacks are more than INDEX_SLACK_FILES or hold more than
-# 1/INDEX_SLACK_SHARE of its rows: a run adding 20 images to 50,000 reads their one batch file and leaves
-# the index as it is, rather than rewriting 50,000 rows each time (the cost stays O(new images), amortised).
-INDEX_SLACK_FILES = 64
+DELTA_FILE = "staged-rows.delta.index"
+# The rows of batch files staged since the index was last written are kept in the delta index (small: each
+# run that stages images writes it again) until they are more than 1/INDEX_SLACK_SHARE of the index's rows;
+# then the index is written again with them and the delta removed. A run adding 20 images to 50,000 reads
+# their batch file and the delta, writes the delta, and leaves the index as it is (the cost stays O(new
+# images), amortised).
 INDEX_SLACK_SHARE = 8
 ROW_HASH = pa.field("row_sha256", pa.binary(32))
 # The index also keeps each row's content hash (``row_hashes``), computed once per staged row: the images
@@ -163,53 +167,87 @@ def _batch_files(parts_root: Path, size: int) -> list[Path]:
 
 def known_image_sources(parts_root: Path, size: int) -> frozenset[str]:
     """The content hashes staged as images of ``size`` (either staging format); writes nothing."""
-    index, missing = _indexed_rows(parts_root, size, columns=["source", "batch"])
-    sources = index["source"].to_pylist()
-    for path in missing:
+    held = _indexed_rows(parts_root, size, columns=["source", "batch"])
+    sources = held.index["source"].to_pylist() + held.delta["source"].to_pylist()
+    for path in held.missing:
         sources += pq.read_table(path, columns=["source"])["source"].to_pylist()
     return frozenset(sources)
 
 
-def _indexed_rows(parts_root: Path, size: int, columns: list[str] | None = None) -> tuple[pa.Table, list[Path]]:
-    """The index's rows of batch files still there (``columns`` of them, all by default), and the batch
-    files it does not hold."""
+@dataclass(frozen=True)
+class _Held:
+    """What the indexes hold of the batch files still there: the index's rows (the columns asked), the
+    delta index's rows (whole; none of a batch file the index holds), and the batch files neither holds."""
+
+    index: pa.Table
+    delta: pa.Table
+    missing: list[Path]
+
+
+def _indexed_rows(parts_root: Path, size: int, columns: list[str] | None = None) -> _Held:
     folder = images_dir(parts_root, size)
     files = _batch_files(parts_root, size)
-    wanted = INDEX_SCHEMA if columns is None else pa.schema([INDEX_SCHEMA.field(c) for c in columns])
-    index = wanted.empty_table()
-    try:
-        if pq.read_schema(folder / INDEX_FILE) == INDEX_SCHEMA:
-            index = pq.read_table(folder / INDEX_FILE, columns=wanted.names)
-    except (OSError, pa.ArrowInvalid):
-        pass  # absent or damaged: rebuilt from the batch files
     names = {f.name for f in files}
+    wanted = INDEX_SCHEMA if columns is None else pa.schema([INDEX_SCHEMA.field(c) for c in columns])
+    index = _rows_of(_read_index(folder / INDEX_FILE, wanted), names)
     held = set(pc.unique(index["batch"]).to_pylist())
-    if not held <= names:  # batch files gone since the index was written: their rows go too
-        index = index.filter(pc.is_in(index["batch"], pa.array(sorted(names), pa.string())))
-        held &= names
-    return index, [f for f in files if f.name not in held]
+    # a batch file in both (a run killed between writing the index and removing the delta): the index's rows
+    delta = _rows_of(_read_index(folder / DELTA_FILE, INDEX_SCHEMA), names - held)
+    held |= set(pc.unique(delta["batch"]).to_pylist())
+    return _Held(index, delta, [f for f in files if f.name not in held])
+
+
+def _read_index(path: Path, wanted: pa.Schema) -> pa.Table:
+    """An index file's rows (``wanted``'s columns); none when it is absent, damaged or of another format
+    (the batch files are then read again)."""
+    try:
+        if pq.read_schema(path) == INDEX_SCHEMA:
+            return pq.read_table(path, columns=wanted.names)
+    except (OSError, pa.ArrowInvalid):
+        pass
+    return wanted.empty_table()
+
+
+def _rows_of(table: pa.Table, batches: set[str]) -> pa.Table:
+    """The rows of ``table`` from the batch files named in ``batches`` (the others are gone, or held elsewhere)."""
+    if not table.num_rows:
+        return table
+    keep = pc.is_in(table["batch"], pa.array(sorted(batches), pa.string()))
+    return table if pc.all(keep).as_py() else table.filter(keep)
 
 
 def staged_image_rows(parts_root: Path, size: int) -> pa.Table:
-    """Every staged row (no pixels) of images of ``size``, with its ``batch``; batch files the index
-    lacks are read (older ones migrated first) and the index rewritten when they are many
-    (``INDEX_SLACK_FILES``, ``INDEX_SLACK_SHARE``). Single writer only."""
-    index, missing = _indexed_rows(parts_root, size)
-    if not missing:
-        return index
+    """Every staged row (no pixels) of images of ``size``, with its ``batch``; batch files the indexes
+    lack are read (older ones migrated first) and the indexes kept up (``_keep_indexes``). Single writer only."""
+    held = _indexed_rows(parts_root, size)
+    recent = _recent_rows(parts_root, size, held)
+    if recent.num_rows * INDEX_SLACK_SHARE > held.index.num_rows:
+        _write_index(parts_root, size, INDEX_FILE, pa.concat_tables([held.index, recent]))
+        (images_dir(parts_root, size) / DELTA_FILE).unlink(missing_ok=True)
+    elif held.missing:
+        _write_index(parts_root, size, DELTA_FILE, recent)
+    return pa.concat_tables([held.index, recent])  # chunked: no copy of the 50,000 indexed rows
+
+
+def _recent_rows(parts_root: Path, size: int, held: _Held) -> pa.Table:
+    """The delta index's rows and those of the batch files neither index holds, read."""
     shards_dir = Home.of_parts(parts_root).pixel_shards
-    added = []
-    for path in missing:
-        if LEGACY_PIXELS in pq.read_schema(path).names:
-            _migrate_legacy_batch(path, size, shards_dir)
-        rows = pq.read_table(path, schema=STAGING_SCHEMA)
-        rows = rows.append_column(INDEX_SCHEMA.field("batch"), pa.array([path.name] * rows.num_rows, pa.string()))
-        added.append(rows.append_column(ROW_HASH, row_hashes(rows)))
-    rows = pa.concat_tables([index, *added])  # chunked: no copy of the 50,000 indexed rows
-    if len(missing) > INDEX_SLACK_FILES or (rows.num_rows - index.num_rows) * INDEX_SLACK_SHARE > index.num_rows:
-        with atomic_path(images_dir(parts_root, size) / INDEX_FILE, fsync=False) as tmp:
-            write_parquet(rows, tmp, compression="none")
-    return rows
+    added = [_batch_rows(path, size, shards_dir) for path in held.missing]
+    return pa.concat_tables([held.delta, *added]).combine_chunks() if added else held.delta
+
+
+def _write_index(parts_root: Path, size: int, name: str, rows: pa.Table) -> None:
+    with atomic_path(images_dir(parts_root, size) / name, fsync=False) as tmp:
+        write_parquet(rows, tmp, compression="none")
+
+
+def _batch_rows(path: Path, size: int, shards_dir: Path) -> pa.Table:
+    """A batch file's rows with their ``batch`` and ``row_sha256`` (an older version's file migrated first)."""
+    if LEGACY_PIXELS in pq.read_schema(path).names:
+        _migrate_legacy_batch(path, size, shards_dir)
+    rows = pq.read_table(path, schema=STAGING_SCHEMA)
+    rows = rows.append_column(INDEX_SCHEMA.field("batch"), pa.array([path.name] * rows.num_rows, pa.string()))
+    return rows.append_column(ROW_HASH, row_hashes(rows))
 
 
 def _migrate_legacy_batch(path: Path, size: int, shards_dir: Path) -> None:
@@ -227,11 +265,43 @@ def _migrate_legacy_batch(path: Path, size: int, shards_dir: Path) -> None:
         write_parquet(rows.cast(STAGING_SCHEMA), tmp)
 
 
-def read_image_rows(parts_root: Path, size: int, active: Iterable[str]) -> pa.Table:
-    """The staged rows (no pixels) whose ``source`` is in ``active`` (``staged_image_rows``), each
-    with its ``batch`` and ``row_sha256``."""
-    table = staged_image_rows(parts_root, size)
-    keep = pc.is_in(table["source"], pa.array(list(active), pa.string()))  # in any order
+def _active_rows(table: pa.Table, active: pa.Array) -> pa.Table:
+    keep = pc.is_in(table["source"], value_set=active)  # in any order
     if keep.null_count == 0 and pc.all(keep).as_py() is not False:  # all active (a rerun adding files): no copy
         return table
     return table.filter(keep)
+
+
+# What the images table's extension check needs of the rows it covered (``images_table``): not their content.
+CHECK_COLUMNS = ["source", "batch", "image_id", "row_sha256"]
+
+
+class StagedImages:
+    """The staged rows (no pixels) of images of ``size`` whose ``source`` is in ``active``, each with its
+    ``batch`` and ``row_sha256``, read as little as consolidation
+    needs: ``split`` reads the index's ``CHECK_COLUMNS`` only (a table extended by 20 rows does not read
+    the content of the 50,000 rows it holds), ``rows`` reads them whole (the table written again)."""
+
+    def __init__(self, parts_root: Path, size: int, active: Iterable[str]):
+        self.parts_root, self.size = parts_root, size
+        self._active = pa.array(list(active), pa.string())
+        self._rows: pa.Table | None = None
+
+    def split(self) -> tuple[pa.Table, pa.Table]:
+        """``(indexed, unindexed)``: the active rows the index holds (``CHECK_COLUMNS`` only) and the others
+        (the delta index's and those of the batch files neither index holds), whole. When the others are
+        due to join the index (``INDEX_SLACK_SHARE``), every row is read whole (``rows``, which writes the
+        index again) and ``indexed`` is empty."""
+        held = _indexed_rows(self.parts_root, self.size, columns=CHECK_COLUMNS)
+        recent = _recent_rows(self.parts_root, self.size, held)
+        if recent.num_rows * INDEX_SLACK_SHARE > held.index.num_rows:
+            return held.index.schema.empty_table(), self.rows()
+        if held.missing:
+            _write_index(self.parts_root, self.size, DELTA_FILE, recent)
+        return _active_rows(held.index, self._active), _active_rows(recent, self._active)
+
+    def rows(self) -> pa.Table:
+        """Every active staged row, whole (``staged_image_rows``; read once)."""
+        if self._rows is None:
+            self._rows = _active_rows(staged_image_rows(self.parts_root, self.size), self._active)
+        return self._rows

@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 from medmeta import schema
 from medmeta.atomic import atomic_path, write_json
 from medmeta.home import Home
-from medmeta.ingest.image_parts import multiset_digest, shard_relative_path
+from medmeta.ingest.image_parts import CHECK_COLUMNS, StagedImages, multiset_digest, shard_relative_path
 from medmeta.ingest.parts import write_parquet
 
 FOLDER = "images"
@@ -168,14 +168,17 @@ def deduplicated(staged: pa.Table) -> pa.Table:
             .drop_columns(["shard", "shard_index"]).combine_chunks())
 
 
-def update_images_table(home: Home, staged: pa.Table, image_size: int) -> ImagesResult:
+def update_images_table(home: Home, staged: "pa.Table | StagedImages", image_size: int) -> ImagesResult:
     """Make the images table the deduplicated ``staged`` rows (the active staged rows, each with its
-    ``batch`` and ``row_sha256``: ``image_parts.read_image_rows``): one new part holding the new
-    rows when the table can be extended, else the whole table as one part (module docstring)."""
+    ``batch`` and ``row_sha256``; or ``image_parts.StagedImages``, which reads them as needed): one new part holding the new rows when the table can be extended, else the whole table
+    as one part (module docstring)."""
     state = TableState.read(home)
-    added = _extension(home, state, staged, image_size) if state is not None else None
+    lazy = isinstance(staged, StagedImages)
+    added = None
+    if state is not None and _parts_present(home, state, image_size):
+        added = _extension(state, *(staged.split() if lazy else (staged.schema.empty_table(), staged)))
     if added is None:
-        state = _rebuilt(home, staged, image_size)
+        state = _rebuilt(home, staged.rows() if lazy else staged, image_size)
     elif added.num_rows:
         state = _extended(home, state, added)
     if len(state.parts) > MAX_PARTS:
@@ -183,17 +186,23 @@ def update_images_table(home: Home, staged: pa.Table, image_size: int) -> Images
     return ImagesResult(_digest(state), state.rows, dict(state.nulls))
 
 
-def _extension(home: Home, state: TableState, staged: pa.Table, image_size: int) -> pa.Table | None:
-    """The staged rows the table lacks (those of batch files it did not cover), when the table can be
-    extended by them; None when it must be written again."""
+def _parts_present(home: Home, state: TableState, image_size: int) -> bool:
     folder = images_folder(home)
-    if state.image_size != image_size or not all((folder / p["file"]).is_file() for p in state.parts):
-        return None
-    covered = pc.is_in(staged["batch"], value_set=pa.array(state.batches, pa.string()))
-    old = staged.filter(covered)
+    return state.image_size == image_size and all((folder / p["file"]).is_file() for p in state.parts)
+
+
+def _extension(state: TableState, indexed: pa.Table, unindexed: pa.Table) -> pa.Table | None:
+    """The staged rows the table lacks (those of batch files it did not cover), when the table can be
+    extended by them; None when it must be written again. ``indexed``: active staged rows of which only
+    ``image_parts.CHECK_COLUMNS`` are read (the staged-rows index's: all of a covered batch file);
+    ``unindexed``: the other active staged rows, whole."""
+    if indexed.num_rows and not pc.all(pc.is_in(indexed["batch"], value_set=pa.array(state.batches, pa.string()))).as_py():
+        return None  # the index holds rows the table never covered (a run killed before table.json): rebuild
+    covered = pc.is_in(unindexed["batch"], value_set=pa.array(state.batches, pa.string()))
+    old = pa.concat_tables([indexed.select(CHECK_COLUMNS), unindexed.filter(covered).select(CHECK_COLUMNS)])
     if old.num_rows != state.considered_rows or multiset_digest(old["row_sha256"]).hex() != state.considered_sum:
         return None  # rows left (a file replaced, quarantined) or came back: the table changes inside
-    new = staged.filter(pc.invert(covered))
+    new = unindexed.filter(pc.invert(covered))
     if new.num_rows and old.num_rows:
         clash = pc.is_in(old["image_id"], value_set=pc.unique(new["image_id"]))
         if pc.any(clash).as_py():
