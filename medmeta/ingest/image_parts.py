@@ -152,9 +152,8 @@ def multiset_digest(hashes: pa.Array | pa.ChunkedArray) -> bytes:
     count = len(hashes)
     if count == 0:
         return bytes(32)
-    data = np.frombuffer(hashes.buffers()[1], dtype=np.uint8, count=32 * (hashes.offset + count))[32 * hashes.offset:]
-    limbs = data.reshape(count, 16, 2).astype(np.uint64)
-    sums = (limbs[:, :, 0] * 256 + limbs[:, :, 1]).sum(axis=0)  # 16 big-endian 16-bit limbs, summed without overflow
+    limbs = np.frombuffer(hashes.buffers()[1], dtype=">u2", count=16 * (hashes.offset + count))[16 * hashes.offset:]
+    sums = limbs.reshape(count, 16).sum(axis=0, dtype=np.uint64)  # 16 big-endian 16-bit limbs, summed without overflow
     total = 0
     for limb in sums.tolist():
         total = (total << 16) + int(limb)
