@@ -169,7 +169,7 @@ def run_phases(landing: Path, extra: Path, home: Path, rounds: int) -> None:
     from medmeta.atomic import sync_all
     from medmeta.ingest.consolidate import consolidate
     from medmeta.ingest.batches import staging_batches
-    from medmeta.ingest.image_parts import stage_batch
+    from medmeta.ingest.image_parts import known_image_sources, stage_batch, staging_listing
     from medmeta.ingest.ledger import Ledger, item_stats
     from medmeta.ingest.outcome import UNCHANGED, FileOutcome
     from medmeta.ingest.parts import part_exists
@@ -190,12 +190,14 @@ def run_phases(landing: Path, extra: Path, home: Path, rounds: int) -> None:
             clock = now
 
         setup = IngestSetup.create(str(landing), str(home))
-        lap("setup (known_image_sources)")
+        lap("setup")
         ledger = Ledger.load(setup.home.ledger, setup.pseudonymizer)
         lap("ledger load")
         settled = []
-        matcher = ledger.settled_matcher(setup.source, lambda h: part_exists(setup.home.parts, h),
-                                         setup.worker_context.known_images)
+        parts, size = setup.home.parts, setup.config.image_size
+        matcher = ledger.settled_matcher(setup.source, lambda h: part_exists(parts, h),
+                                         lambda: known_image_sources(parts, size, setup.worker_context.staged_batches),
+                                         staging=staging_listing(parts, size))
         todo = discover(setup.source, setup.config, matcher, settled)
         lap("discover (unchanged files from the ledger)")
         outcomes = [FileOutcome(path, UNCHANGED, sha256) for path, sha256, _, _ in matcher.to_record]
@@ -206,7 +208,8 @@ def run_phases(landing: Path, extra: Path, home: Path, rounds: int) -> None:
         sync_all()
         stats = item_stats(todo)
         stats.update((path, (size, mtime_ns)) for path, _, size, mtime_ns in matcher.to_record)
-        ledger.record(setup.source, outcomes, stats, matcher.signatures)
+        ledger.record(setup.source, outcomes, stats, matcher.signatures,
+                      staged_after=staging_listing(parts, size) if matcher.all_staged() else None)
         ledger.save()
         lap("ledger record + save")
         manifest = consolidate(setup.home, ledger.active_hashes(), setup.pseudonymizer, setup.config.image_size)

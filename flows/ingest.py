@@ -60,7 +60,8 @@ def ingest_flow(source: str | None = None, home: str | None = None, settings: Se
                     outcomes = [outcome for future in futures for outcome in future.result()]
             outcomes = sorted(outcomes, key=lambda outcome: outcome.path)  # the files read; the rest: a count
             manifest = build_snapshot(setup, quote(outcomes + listing.to_record),  # quote: not walked item by item
-                                      quote(listing.stats), quote(listing.folders), quote(listing.archives))
+                                      quote(listing.stats), quote(listing.folders), quote(listing.archives),
+                                      listing.all_staged)
     summary = summarize(outcomes, manifest, setup.pseudonymizer, unchanged=listing.unchanged)
     report_ingest(setup, summary, datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ"))
     if run_validation:

@@ -13,7 +13,7 @@ from prefect.logging import get_run_logger
 from medmeta import progress
 from medmeta.atomic import sync_all, write_json
 from medmeta.ingest.consolidate import consolidate
-from medmeta.ingest.image_parts import stage_batch
+from medmeta.ingest.image_parts import known_image_sources, stage_batch, staging_listing
 from medmeta.ingest.ledger import Ledger, archive_stats, item_stats
 from medmeta.ingest.outcome import UNCHANGED, FileOutcome
 from medmeta.ingest.parts import part_exists
@@ -31,16 +31,18 @@ class Listing:
     ingest, every file; after that, none), the (size, mtime_ns) of the files the ledger records
     (``stats``), the listing signatures of the folders found settled whole (``folders``:
     ``SettledMatcher.signatures``; None when every file is read again) and the (size, mtime_ns) of the
-    zip archives whose entries are read (``archives``: for the watcher's first look). A plain class, so Prefect
+    zip archives whose entries are read (``archives``: for the watcher's first look) and whether every file the
+    ledger held as settled had its content staged when the run started (``all_staged``: then the ledger may claim
+    it for what this run records, ``Ledger.record(staged_after=)``). A plain class, so Prefect
     does not walk its entries as it walks a task's list or dataclass result."""
 
-    __slots__ = ("items", "unchanged", "to_record", "stats", "folders", "archives")
+    __slots__ = ("items", "unchanged", "to_record", "stats", "folders", "archives", "all_staged")
 
     def __init__(self, items: list[InputItem], unchanged: int, to_record: list[FileOutcome],
                  stats: dict[str, tuple[int, int]], folders: dict[str, str] | None = None,
-                 archives: dict[str, tuple[int, int]] | None = None):
+                 archives: dict[str, tuple[int, int]] | None = None, all_staged: bool = False):
         self.items, self.unchanged, self.to_record, self.stats = items, unchanged, to_record, stats
-        self.folders, self.archives = folders, archives or {}
+        self.folders, self.archives, self.all_staged = folders, archives or {}, all_staged
 
 
 @task(name="discover-inputs", **NO_RESULTS)
@@ -48,22 +50,25 @@ def discover_inputs(setup: IngestSetup) -> Listing:
     """Every input of the landing; with ``reread_unchanged`` every file is read again."""
     settled: list[tuple[str, str, int, int]] = []
     to_record: list[tuple[str, str, int, int]] = []
-    unchanged, folders = 0, None
+    unchanged, folders, all_staged = 0, None, False
     if setup.config.reread_unchanged:
         items = discover(setup.source, setup.config)
     else:
-        parts = setup.home.parts
+        parts, size = setup.home.parts, setup.config.image_size
         matcher = Ledger.load(setup.home.ledger, setup.pseudonymizer).settled_matcher(
-            setup.source, lambda sha256: part_exists(parts, sha256), setup.worker_context.known_images)
+            setup.source, lambda sha256: part_exists(parts, sha256),
+            lambda: known_image_sources(parts, size, setup.worker_context.staged_batches),
+            staging=staging_listing(parts, size))
         items = discover(setup.source, setup.config, matcher, settled)
         to_record, unchanged, folders = matcher.to_record, matcher.settled_in_folders, matcher.signatures
+        all_staged = matcher.all_staged()
     unchanged += len(settled)
     stats = item_stats(items)
     stats.update((path, (size, mtime_ns)) for path, _, size, mtime_ns in to_record)
     get_run_logger().info("found %d input files, %d unchanged", len(items) + unchanged, unchanged)
     progress.report("ingest", 0, len(items) + unchanged)
     return Listing(items, unchanged, [FileOutcome(path, UNCHANGED, sha256) for path, sha256, _, _ in to_record],
-                   stats, folders, archive_stats(items))
+                   stats, folders, archive_stats(items), all_staged)
 
 
 @task(name="ingest-batch", **NO_RESULTS)
@@ -76,10 +81,12 @@ def ingest_batch(items: list[InputItem], pool: WorkerPool, setup: IngestSetup) -
 
 @task(name="build-snapshot", **NO_RESULTS)
 def build_snapshot(setup: IngestSetup, outcomes: list[FileOutcome], stats: dict | None = None,
-                   folders: dict[str, str] | None = None, archives: dict[str, tuple[int, int]] | None = None) -> dict:
+                   folders: dict[str, str] | None = None, archives: dict[str, tuple[int, int]] | None = None,
+                   all_staged: bool = False) -> dict:
     sync_all()  # every staged part on disk before the ledger points at it
     ledger = Ledger.load(setup.home.ledger, setup.pseudonymizer)
-    ledger.record(setup.source, outcomes, stats, folders, archives)
+    staged_after = staging_listing(setup.home.parts, setup.config.image_size) if all_staged else None
+    ledger.record(setup.source, outcomes, stats, folders, archives, staged_after)
     ledger.save()
     manifest = consolidate(setup.home, ledger.active_hashes(), setup.pseudonymizer, setup.config.image_size,
                            setup.config.display_min_patients)

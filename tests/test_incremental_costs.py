@@ -117,7 +117,7 @@ def test_the_active_hashes_kept_by_record_equal_the_ones_read_from_the_entries(t
     for outcomes, wanted in zip(rounds, expected):
         _LOADED.clear()
         ledger = Ledger.load(tmp_path / "ledger.json", pseudo)
-        assert ledger.settled_matcher(landing, lambda sha: True)._all_staged()  # makes the cached set
+        assert ledger.settled_matcher(landing, lambda sha: True).all_staged()  # makes the cached set
         ledger.record(landing, outcomes)
         assert ledger.active_hashes() == sorted(wanted)
         ledger.save()

@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterable
+import os
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,9 +165,26 @@ def _batch_files(parts_root: Path, size: int) -> list[Path]:
     return sorted(images_dir(parts_root, size).glob("*.parquet"))
 
 
-def known_image_sources(parts_root: Path, size: int) -> frozenset[str]:
-    """The content hashes staged as images of ``size`` (either staging format); writes nothing."""
-    held = _indexed_rows(parts_root, size, columns=["source", "batch"])
+def staged_batches(parts_root: Path, size: int) -> tuple[str, ...]:
+    """The names of the image batch files of ``size`` staged now, sorted (a listing: no file read)."""
+    return tuple(path.name for path in _batch_files(parts_root, size))
+
+
+def staging_listing(parts_root: Path, size: int) -> str:
+    """A digest of the names of what a settled ledger entry's content is staged in: the parts in ``parts_root``
+    (``store/parts``) and the image batch files of ``size`` (the indexes aside: consolidation rewrites them).
+    Staged files are named by their content and never changed in place, so the same digest means nothing
+    staged was removed (``Ledger.settled_matcher(staging=)``). A listing: no file read."""
+    names = sorted(entry.name for entry in os.scandir(parts_root) if not entry.name.startswith(".")) \
+        if parts_root.is_dir() else []
+    listed = "\0".join([str(size), *names, "", *staged_batches(parts_root, size)])
+    return hashlib.sha256(listed.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def known_image_sources(parts_root: Path, size: int, batches: Collection[str] | None = None) -> frozenset[str]:
+    """The content hashes staged as images of ``size`` (either staging format), in the batch files named
+    in ``batches`` (None: every one there now); writes nothing."""
+    held = _indexed_rows(parts_root, size, columns=["source", "batch"], batches=batches)
     sources = held.index["source"].to_pylist() + held.delta["source"].to_pylist()
     for path in held.missing:
         sources += pq.read_table(path, columns=["source"])["source"].to_pylist()
@@ -183,9 +201,13 @@ class _Held:
     missing: list[Path]
 
 
-def _indexed_rows(parts_root: Path, size: int, columns: list[str] | None = None) -> _Held:
+def _indexed_rows(parts_root: Path, size: int, columns: list[str] | None = None,
+                  batches: Collection[str] | None = None) -> _Held:
     folder = images_dir(parts_root, size)
     files = _batch_files(parts_root, size)
+    if batches is not None:
+        wanted_files = set(batches)
+        files = [f for f in files if f.name in wanted_files]
     names = {f.name for f in files}
     wanted = INDEX_SCHEMA if columns is None else pa.schema([INDEX_SCHEMA.field(c) for c in columns])
     index = _rows_of(_read_index(folder / INDEX_FILE, wanted), names)

@@ -78,6 +78,13 @@ class Ledger:
         self._dirty: dict[str, dict[str, dict]] = {}  # entries changed since the last save, by SOURCE token
         self._dirty_folders: dict[str, dict[str, str]] = {}  # SOURCE token -> its new folder signatures
         self._settled: dict[str, set[str]] = {}  # SOURCE token -> its ingested/unchanged content hashes (made once)
+        # Staged claims (``settled_matcher``): SOURCE token -> a version token that changes whenever its entries
+        # change; and the claim a run left that every settled entry of that version had its content staged
+        # when the staging held the files of a listing digest (``image_parts.staging_listing``).
+        self.versions: dict[str, str] = {}
+        self.claims: dict[str, dict[str, str]] = {}
+        self._changed_sources: set[str] = set()  # SOURCE tokens whose entries changed since the last save
+        self._claiming: dict[str, str] = {}  # SOURCE token -> the staging digest to claim at the next save
 
     @classmethod
     def load(cls, path: Path, pseudonymizer: Pseudonymizer) -> "Ledger":
@@ -101,9 +108,10 @@ class Ledger:
         sources = doc.get("sources", {})
         ledger = cls(path, pseudonymizer, sources)
         ledger.folders = doc.get("folders", {})
+        ledger.versions, ledger.claims = doc.get("versions", {}), doc.get("staged", {})
         if doc.get("version", 1) < VERSION:
             ledger.sources, ledger._changed = tokenised_v1(sources, pseudonymizer), True
-            ledger.folders = {}
+            ledger.folders, ledger.versions, ledger.claims = {}, {}, {}
         else:
             ledger._generation, ledger._rewrite = doc.get("generation"), False
             if journal_key is not None and ledger._generation:
@@ -129,12 +137,15 @@ class Ledger:
                 self.sources.setdefault(source_token, {}).update(entries)
                 self._journal_entries += len(entries)
             self.folders.update(record.get("folders", {}))
+            self.versions.update(record.get("versions", {}))
+            self.claims.update(record.get("staged", {}))
             self._journal_lines += 1
 
     def record(self, source: Path, outcomes: list[FileOutcome],
                stats: Mapping[str, tuple[int, int]] | None = None,
                folders: Mapping[str, str] | None = None,
-               archives: Mapping[str, tuple[int, int]] | None = None) -> None:
+               archives: Mapping[str, tuple[int, int]] | None = None,
+               staged_after: str | None = None) -> None:
         """The outcomes of one run over ``source`` (the resolved SOURCE path; held by its token);
         ``stats``: logical path -> (size, mtime_ns) as discovery listed it (``item_stats``);
         ``folders``: the listing signatures of the folders every file of which this run found settled
@@ -143,7 +154,10 @@ class Ledger:
         ``archives``: logical path -> (size, mtime_ns) of the zip archives this run opened (``archive_stats``),
         each kept as an entry of status ``archive`` (no content of its own: its entries carry it), or, for one
         refused whole, as the stat of its quarantined entry, so the landing watcher's first look
-        (``seen_matcher``) knows the archive as it was read."""
+        (``seen_matcher``) knows the archive as it was read; ``staged_after``: the staging's listing digest
+        now (``image_parts.staging_listing``), given when this run found every settled entry of the SOURCE
+        staged (``SettledMatcher.all_staged``): every entry it records as settled has its content staged
+        too, so the next save claims it for the SOURCE's entries as they will be then."""
         if _LOADED and _LOADED[0][1] is self:
             _LOADED.clear()  # modified: no longer what the file holds
         source_token = landing_token(source, self.pseudonymizer)
@@ -164,6 +178,10 @@ class Ledger:
                 continue
             self._put(source_token, entries, tokens.get(path) or self._token(path),
                       {"status": ARCHIVE, "size": size, "mtime_ns": mtime_ns})
+        if staged_after is not None:
+            self._claiming[source_token] = staged_after
+        else:
+            self._claiming.pop(source_token, None)
         folders = dict(folders or {})
         if self.folders.get(source_token, {}) != folders:
             self.folders[source_token] = folders
@@ -177,6 +195,7 @@ class Ledger:
             self._keep_settled(source_token, old, entry)
             entries[token] = entry
             self._dirty.setdefault(source_token, {})[token] = entry
+            self._changed_sources.add(source_token)
             self._changed = True
 
     def active_hashes(self) -> list[str]:
@@ -208,14 +227,22 @@ class Ledger:
         """Compact JSON (one line): a home of 50,000 files has 50,000 entries. A save that changed few
         entries of a large ledger (``JOURNAL_MIN_ENTRIES``, ``JOURNAL_SHARE``) appends them to the
         journal as one line (fsynced) instead, so a run adding 20 files to 50,000 writes 20 entries."""
-        if not self._changed:
+        versions = {token: secrets.token_hex(8) for token in self._changed_sources}
+        versions.update({token: secrets.token_hex(8) for token in self._claiming if token not in self.versions})
+        claims = {token: {"version": versions.get(token) or self.versions[token], "staging": staging}
+                  for token, staging in self._claiming.items()}
+        claims = {token: claim for token, claim in claims.items() if self.claims.get(token) != claim}
+        if not (self._changed or versions or claims):
             return  # a run that changed nothing (a no-op rerun) leaves the file as it was
+        self.versions.update(versions)
+        self.claims.update(claims)
         dirty = sum(len(entries) for entries in self._dirty.values())
         total = sum(len(entries) for entries in self.sources.values())
         if (not self._rewrite and self._generation and total >= JOURNAL_MIN_ENTRIES
                 and self._journal_lines < JOURNAL_MAX_LINES
                 and (self._journal_entries + dirty) * JOURNAL_SHARE <= total):
-            line = _serialised({"generation": self._generation, "sources": self._dirty, "folders": self._dirty_folders})
+            line = _serialised({"generation": self._generation, "sources": self._dirty, "folders": self._dirty_folders,
+                                "versions": versions, "staged": claims})
             with open(journal_path(self.path), "ab") as handle:
                 handle.write(line)
                 handle.flush()
@@ -225,25 +252,36 @@ class Ledger:
         else:
             self._generation = secrets.token_hex(8)
             write_bytes(self.path, _serialised({"version": VERSION, "generation": self._generation,
-                                                "sources": self.sources, "folders": self.folders}))
+                                                "sources": self.sources, "folders": self.folders,
+                                                "versions": self.versions, "staged": self.claims}))
             journal_path(self.path).unlink(missing_ok=True)  # its lines carry the old generation: ignored
             self._journal_lines = self._journal_entries = 0
             self._rewrite = False
         self._dirty, self._dirty_folders = {}, {}
+        self._changed_sources, self._claiming = set(), {}
         self._changed = False
 
     def settled_matcher(self, source: Path, staged: Callable[[str], bool],
-                        known: frozenset[str] | set[str] = frozenset()) -> "SettledMatcher":
+                        known: frozenset[str] | set[str] | Callable[[], frozenset[str]] = frozenset(),
+                        staging: str | None = None) -> "SettledMatcher":
         """For ``discover(..., settled=)``: ``(logical_path, size, mtime_ns)`` -> the content hash when the
         ledger holds that file as ingested or unchanged with that size and mtime and its content is still
         staged (in ``known``, else ``staged(sha256)``; the file is then ``unchanged`` without being
         opened); else None. Its ``many`` answers for a whole listing at once (what ``discover`` calls:
         the path tokens made in one tight loop), and its ``to_record`` lists the matched files whose
         entry an ``unchanged`` outcome would change (after a first ingest: every file; after that:
-        none), so a rerun over 50,000 settled files builds no outcome nor entry for them."""
+        none), so a rerun over 50,000 settled files builds no outcome nor entry for them. ``known`` may be
+        a function giving them, called when first needed. ``staging``: the staging's listing digest now
+        (``image_parts.staging_listing``): when the last run claimed that every settled entry of the SOURCE,
+        as they are, had its content staged in that very staging (``record(staged_after=)``), the matcher's
+        ``all_staged`` is true without a look at each content hash."""
         source_token = landing_token(source, self.pseudonymizer)
+        claimed = (staging is not None and source_token not in self._changed_sources
+                   and source_token in self.versions
+                   and self.claims.get(source_token) == {"version": self.versions[source_token], "staging": staging})
         return SettledMatcher(self.sources.get(source_token, {}), self._tokens(), self.pseudonymizer, staged, known,
-                              self.folders.get(source_token, {}), lambda: self.settled_hashes(source_token))
+                              self.folders.get(source_token, {}), lambda: self.settled_hashes(source_token),
+                              claimed=claimed)
 
     def seen_matcher(self, source: Path) -> Callable[[str, int, int], bool]:
         """``(logical_path, size, mtime_ns)`` -> whether the last run over ``source`` accounted for this
@@ -288,17 +326,20 @@ class SettledMatcher:
     folder's path token (no name in clear). A later run whose listing of that folder gives the same
     signature knows each of its files is settled without a token or a lookup per file
     (``settled_in_folders`` counts them), provided every settled entry of the SOURCE still has its
-    content staged (checked once: ``_all_staged``). ``signatures``: the folders to record as settled
+    content staged (checked once: ``all_staged``). ``signatures``: the folders to record as settled
     after this run (``Ledger.record(folders=)``)."""
 
     def __init__(self, entries: dict[str, dict], tokens: dict[str, str], pseudonymizer: Pseudonymizer,
-                 staged: Callable[[str], bool], known: frozenset[str] | set[str] = frozenset(),
-                 folders: Mapping[str, str] | None = None, settled_hashes: Callable[[], set[str]] | None = None):
+                 staged: Callable[[str], bool],
+                 known: frozenset[str] | set[str] | Callable[[], frozenset[str]] = frozenset(),
+                 folders: Mapping[str, str] | None = None, settled_hashes: Callable[[], set[str]] | None = None,
+                 claimed: bool = False):
         self._entries, self._tokens, self._pseudonymizer = entries, tokens, pseudonymizer
         self._settled_hashes = settled_hashes
-        self._staged, self._known = staged, known
+        self._staged, self._known_given = staged, known
+        self._known_set: frozenset[str] | set[str] | None = None
         self._folders = folders or {}
-        self._staged_all: bool | None = None
+        self._staged_all: bool | None = True if claimed else None
         self.to_record: list[tuple[str, str, int, int]] = []
         self.signatures: dict[str, str] = {}
         self.settled_in_folders = 0
@@ -313,7 +354,7 @@ class SettledMatcher:
         recorded = self._folders.get(folder)
         if recorded is None or recorded != _listing_signature(self._pseudonymizer, prefix, names, sizes, mtimes_ns):
             return False
-        if not self._all_staged():
+        if not self.all_staged():
             return False
         self.signatures[folder] = recorded
         self.settled_in_folders += len(names)
@@ -325,16 +366,26 @@ class SettledMatcher:
         self.signatures[self._pseudonymizer.path_token(prefix)] = _listing_signature(
             self._pseudonymizer, prefix, names, sizes, mtimes_ns)
 
-    def _all_staged(self) -> bool:
+    @property
+    def _known(self) -> frozenset[str] | set[str]:
+        """The content hashes staged as images (given, or made by the function given: once, when first needed)."""
+        if self._known_set is None:
+            given = self._known_given
+            self._known_set = given() if callable(given) else given
+        return self._known_set
+
+    def all_staged(self) -> bool:
         """Whether every ingested or unchanged entry of the SOURCE has its content staged (images
         known, else ``staged``): a folder's signature stands for its files' entries, whose content
-        must still be there, as ``match`` checks file by file. Once per run."""
+        must still be there, as ``match`` checks file by file. Once per run; true at once when the last
+        run claimed it for these very entries and this very staging (``Ledger.settled_matcher(staging=)``)."""
         if self._staged_all is None:
             hashes = (self._settled_hashes() if self._settled_hashes is not None  # the ledger's: active_hashes' too
                       else _settled_set(self._entries))
-            self._staged_all = "" not in hashes and all(
-                [self._staged(sha256) for sha256 in hashes.difference(self._known)])
+            self._staged_all = "" not in hashes and (not hashes or all(
+                [self._staged(sha256) for sha256 in hashes.difference(self._known)]))
         return self._staged_all
+
 
     def __call__(self, logical_path: str, size: int, mtime_ns: int) -> str | None:
         return self.many([(logical_path, size, mtime_ns)])[0]
@@ -356,7 +407,8 @@ class SettledMatcher:
             if len(tokens) + len(paths) > _TOKENS_KEEP:
                 tokens.clear()
             tokens.update(zip(paths, path_tokens))
-        get, known, staged, to_record = self._entries.get, self._known, self._staged, self.to_record
+        get, staged, to_record = self._entries.get, self._staged, self.to_record
+        known: frozenset[str] | set[str] | None = None  # made when a file first needs it
         answers: list[str | None] = []
         append = answers.append
         for path, token, size, mtime_ns in zip(paths, path_tokens, sizes, mtimes_ns):
@@ -365,7 +417,12 @@ class SettledMatcher:
                 append(None)
                 continue
             status, sha256 = entry["status"], entry.get("sha256")
-            if status not in _SETTLED_STATUSES or not sha256 or not (sha256 in known or staged(sha256)):
+            if status not in _SETTLED_STATUSES or not sha256:
+                append(None)
+                continue
+            if known is None:
+                known = self._known
+            if not (sha256 in known or staged(sha256)):
                 append(None)
                 continue
             if status != UNCHANGED or len(entry) != 4:  # sha256, status, size, mtime_ns: as unchanged records it

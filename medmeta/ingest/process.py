@@ -21,7 +21,7 @@ from medmeta.atomic import atomic_path, write_json
 from medmeta.errors import EMPTY_TABLE, INTERNAL_ERROR, NO_VALID_RECORDS, Rejected, os_fault
 from medmeta.home import PRIVATE_FILE_MODE, Home
 from medmeta.ingest.config import IngestConfig
-from medmeta.ingest.image_parts import ImagePayload
+from medmeta.ingest.image_parts import ImagePayload, known_image_sources
 from medmeta.ingest.outcome import INGESTED, QUARANTINED, UNCHANGED, FileOutcome
 from medmeta.ingest.parts import part_exists, record_quarantine_table, write_part
 from medmeta.landing.sniff import ACTIVITY, activity_layout, sniff
@@ -41,7 +41,10 @@ class WorkerContext:
     key: bytes
     mappings: tuple[TableMapping, ...]
     today: date
-    known_images: frozenset[str] = frozenset()  # content hashes already staged as images
+    # the image batch files staged when the run started (``image_parts.staged_batches``): each worker reads
+    # the content hashes they hold (``known_images``) itself, so none is sent to it, and none staged by
+    # this run's own batches counts (a file's outcome never depends on which worker ran first)
+    staged_batches: tuple[str, ...] = ()
 
     def __repr__(self) -> str:  # keep the key out of any repr or log line
         return f"WorkerContext(home={self.home})"
@@ -52,6 +55,7 @@ class Worker:
         self.ctx = ctx
         self.home = Home(ctx.home)
         self.pseudo = Pseudonymizer(ctx.key)
+        self.known_images = known_image_sources(self.home.parts, ctx.config.image_size, ctx.staged_batches)
         self.canonicalize = Canonicalizer(self.pseudo, ctx.config.age_reference_date, ctx.today)
         self.operator_sites = frozenset({DEFAULT_FOLDER_SITE, *([ctx.config.site] if ctx.config.site else []),
                                          *(mapping.site for mapping in ctx.mappings)})
@@ -66,7 +70,7 @@ class Worker:
         except Rejected as error:
             return self._quarantine(item, error, sha256=None, data=None), None
         sha256 = hashlib.sha256(data).hexdigest()
-        if sha256 in self.ctx.known_images or part_exists(self.home.parts, sha256):
+        if sha256 in self.known_images or part_exists(self.home.parts, sha256):
             return FileOutcome(item.logical_path, UNCHANGED, sha256), None
         try:
             with warnings.catch_warnings():

@@ -18,7 +18,7 @@ from typing import Iterator
 from medmeta.errors import MedmetaError
 from medmeta.home import Home
 from medmeta.ingest.config import IngestConfig
-from medmeta.ingest.image_parts import known_image_sources
+from medmeta.ingest.image_parts import staged_batches
 from medmeta.ingest.images_table import images_folder
 from medmeta.ingest.landings import landing_token, resolve_landing
 from medmeta.ingest.process import WorkerContext
@@ -60,8 +60,8 @@ class IngestSetup:
         _check_key_matches_store(the_home, Pseudonymizer(key))
         install_default_sites(the_home.sites_dir)
         mappings = tuple(load_site_mappings(the_home.sites_dir))
-        known = known_image_sources(the_home.parts, settings.image_size)
-        ctx = WorkerContext(the_home.root, settings, key, mappings, date.today(), known)
+        batches = staged_batches(the_home.parts, settings.image_size)
+        ctx = WorkerContext(the_home.root, settings, key, mappings, date.today(), batches)
         return cls(source_path, the_home, settings, ctx)
 
 
