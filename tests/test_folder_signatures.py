@@ -37,9 +37,12 @@ def _landing(tmp_path: Path) -> Path:
     return landing
 
 
-def _run(landing: Path, ledger_path: Path, staged=lambda sha256: True, reread: bool = False):
+def _run(landing: Path, ledger_path: Path, staged=lambda sha256: True, reread: bool = False,
+         staging: str | None = None):
     """One ingest's ledger work, as tasks/ingest.py does it: discovery with the matcher, each item
-    ingested (content hash of its bytes), the outcomes and signatures recorded and saved."""
+    ingested (content hash of its bytes), the outcomes and signatures recorded and saved. ``staging``:
+    the staging's listing digest (``image_parts.staging_listing``; none staged here), claimed after the
+    run when every settled entry was found staged."""
     _LOADED.clear()
     config, pseudo = IngestConfig(), Pseudonymizer(TEST_KEY)
     ledger = Ledger.load(ledger_path, pseudo)
@@ -47,7 +50,7 @@ def _run(landing: Path, ledger_path: Path, staged=lambda sha256: True, reread: b
     if reread:
         items = discover(landing, config)
     else:
-        matcher = ledger.settled_matcher(Path(os.path.realpath(landing)), staged)
+        matcher = ledger.settled_matcher(Path(os.path.realpath(landing)), staged, staging=staging)
         items = discover(landing, config, matcher, settled)
     outcomes = [FileOutcome(item.logical_path, INGESTED, hashlib.sha256(item.fs_path.read_bytes()).hexdigest())
                 for item in items]
@@ -55,7 +58,9 @@ def _run(landing: Path, ledger_path: Path, staged=lambda sha256: True, reread: b
     if matcher is not None:
         outcomes += [FileOutcome(path, UNCHANGED, sha) for path, sha, _, _ in matcher.to_record]
         stats.update((path, (size, mtime)) for path, _, size, mtime in matcher.to_record)
-    ledger.record(Path(os.path.realpath(landing)), outcomes, stats, matcher.signatures if matcher else None)
+    claim = staging if matcher is not None and staging is not None and matcher.all_staged() else None
+    ledger.record(Path(os.path.realpath(landing)), outcomes, stats, matcher.signatures if matcher else None,
+                  staged_after=claim)
     ledger.save()
     in_folders = matcher.settled_in_folders if matcher else 0
     return {"items": sorted(item.logical_path for item in items), "per_file": len(settled), "in_folders": in_folders,
@@ -111,6 +116,41 @@ def test_content_no_longer_staged_or_a_run_that_rereads_every_file_drops_the_fol
     _run(landing, ledger_path, reread=True)
     assert list(Ledger.load(ledger_path, Pseudonymizer(TEST_KEY)).folders.values()) == [{}]
     assert _run(landing, ledger_path)["in_folders"] == 0, "after a run that read every file, file by file again"
+
+
+def test_a_claim_that_the_content_is_staged_holds_for_the_same_entries_and_staging_only(tmp_path):
+    """A run that found every settled entry's content staged claims it in the ledger for the entries it
+    leaves and the staging's listing: the next run over the same listing asks no content hash; a listing
+    that changed (a staged file gone), or entries changed by a run that made no claim, are checked again."""
+    landing, ledger_path = _landing(tmp_path), tmp_path / "ledger.json"
+    source, pseudo = Path(os.path.realpath(landing)), Pseudonymizer(TEST_KEY)
+    for _ in range(3):
+        _run(landing, ledger_path, staging="listing-1")
+    asked: list[str] = []
+
+    def staged(sha256: str) -> bool:
+        asked.append(sha256)
+        return True
+
+    def check(staging: str) -> bool:
+        _LOADED.clear()
+        return Ledger.load(ledger_path, pseudo).settled_matcher(source, staged, staging=staging).all_staged()
+
+    assert check("listing-1") and asked == [], "claimed: no content hash asked"
+    assert check("listing-2") and len(set(asked)) == sum(FOLDERS.values()) + 1, "another staging: each one asked"
+    gone = hashlib.sha256(b"Quenneville_Orsolya-3").hexdigest()
+    run = _run(landing, ledger_path, staged=lambda sha256: sha256 != gone, staging="listing-2")
+    assert run["items"] == ["Quenneville_Orsolya/Fairweather_3.dcm"] and run["in_folders"] == 0, \
+        "the content lost under a claim is found and read again"
+    for _ in range(2):
+        _run(landing, ledger_path, staging="listing-2")
+    asked.clear()
+    assert check("listing-2") and asked == []
+    changed = landing / "Marrowgate_Ysolde" / "Fairweather_0.dcm"
+    changed.write_bytes(b"changed")
+    os.utime(changed, (time.time() - 30, time.time() - 30))
+    _run(landing, ledger_path)  # entries changed, no claim made
+    assert check("listing-2") and asked, "entries changed since the claim: checked again"
 
 
 def test_the_ledger_holds_keyed_tokens_only(tmp_path):

@@ -177,6 +177,37 @@ def test_incremental_ingest_adds_only_the_new_file(ingested, tmp_path):
     assert first_in_work["tables"]["conditions"] == first["tables"]["conditions"] + 1
 
 
+def test_a_staged_file_lost_after_a_claimed_rerun_is_found_and_staged_again(ingested, tmp_path):
+    """A rerun claims that every settled file's content is staged (the ledger's ``staged``), so the next
+    one does not look at each content hash; an image batch file removed behind its back changes the
+    staging's listing, so the next run checks, reads the files whose images were lost, stages them again
+    and builds the same snapshot."""
+    import pyarrow.parquet as pq
+
+    from flows.ingest import ingest_flow
+    from medmeta.ingest.ledger import _LOADED
+    from tests.conftest import TEST_KEY
+
+    landing, _, home, first, _ = ingested
+    work_home = tmp_path / "home"
+    shutil.copytree(home, work_home)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDMETA_PSEUDONYM_KEY", TEST_KEY)
+        for _ in range(2):
+            again = ingest_flow(str(landing), str(work_home), run_validation=False)
+        assert again["files_ingested"] == 0 and again["snapshot"] == first["snapshot"]
+        assert json.loads((work_home / "ledger.json").read_text()).get("staged") or \
+            b'"staged":{"' in (work_home / "ledger.json.journal").read_bytes()
+        staging = work_home / "store" / "parts" / "images-64"
+        batch = max(staging.glob("*.parquet"), key=lambda path: pq.read_metadata(path).num_rows)
+        lost = pq.read_metadata(batch).num_rows
+        batch.unlink()
+        _LOADED.clear()
+        after = ingest_flow(str(landing), str(work_home), run_validation=False)
+    assert after["files_ingested"] == lost > 0, "the files whose images were lost are read and staged again"
+    assert after["snapshot"] == first["snapshot"]
+
+
 def test_a_different_key_is_refused(ingested, monkeypatch):
     from flows.ingest import ingest_flow
 
