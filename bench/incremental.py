@@ -212,7 +212,7 @@ def run_phases(landing: Path, extra: Path, home: Path, rounds: int) -> None:
                       staged_after=staging_listing(parts, size) if matcher.all_staged() else None)
         ledger.save()
         lap("ledger record + save")
-        manifest = consolidate(setup.home, ledger.active_hashes(), setup.pseudonymizer, setup.config.image_size)
+        manifest = consolidate(setup.home, ledger.active(), setup.pseudonymizer, setup.config.image_size)
         lap("consolidate")
         print(json.dumps({"step": step, "snapshot": manifest["snapshot"], "phases": phases}), flush=True)
 

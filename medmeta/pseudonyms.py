@@ -45,6 +45,11 @@ class Pseudonymizer:
     def _digest(self, purpose: str, value: str) -> bytes:
         return hmac.digest(self._key, f"{purpose}\x1f{value}".encode("utf-8"), "sha256")
 
+    def set_term(self, sha256: str) -> int:
+        """A 256-bit number for the content hash ``sha256``, keyed: the term a set of content hashes is
+        summed from (``medmeta.ingest.active``), so no one without the key can make two sets sum alike."""
+        return int.from_bytes(self._digest("set-term", sha256), "big")
+
     @property
     def fingerprint(self) -> str:
         return self._digest("fingerprint", "medmeta").hex()[:16]

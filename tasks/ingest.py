@@ -88,7 +88,7 @@ def build_snapshot(setup: IngestSetup, outcomes: list[FileOutcome], stats: dict 
     staged_after = staging_listing(setup.home.parts, setup.config.image_size) if all_staged else None
     ledger.record(setup.source, outcomes, stats, folders, archives, staged_after)
     ledger.save()
-    manifest = consolidate(setup.home, ledger.active_hashes(), setup.pseudonymizer, setup.config.image_size,
+    manifest = consolidate(setup.home, ledger.active(), setup.pseudonymizer, setup.config.image_size,
                            setup.config.display_min_patients)
     get_run_logger().info("snapshot %s", manifest["snapshot"])
     return manifest

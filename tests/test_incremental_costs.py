@@ -11,6 +11,8 @@ import random
 import time
 
 import pyarrow as pa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from medmeta.ingest.image_parts import ROW_HASH, STAGING_SCHEMA, multiset_digest, row_hashes
 from medmeta.ingest.ledger import _LOADED, Ledger
@@ -166,3 +168,43 @@ def test_a_few_changes_to_a_large_ledger_go_to_its_journal_and_read_back_the_sam
     journal_path(path).write_bytes(stale)
     _LOADED.clear()
     assert Ledger.load(path, pseudo).sources == expected
+
+
+_SOURCES = ("landing-a", "landing-b")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(_SOURCES), st.integers(0, 5),
+                          st.sampled_from([INGESTED, UNCHANGED, QUARANTINED]), st.integers(0, 4),
+                          st.sampled_from(["none", "save", "reload"])), min_size=1, max_size=25),
+       st.booleans())
+def test_the_ledgers_active_digest_is_that_of_its_active_hashes(tmp_path, monkeypatch, steps, journal):
+    """The ledger keeps the active set's digest by adding the terms of the hashes that join it (and makes it
+    again from every hash when one may have left): after any run of outcomes over two SOURCEs, saved into
+    the journal or whole and loaded again, it is the digest of ``active_hashes``; ``before`` is the digest
+    when loaded, while the set only grew, and ``added`` what joined it since."""
+    from medmeta.ingest import ledger as ledger_module
+    from medmeta.ingest.active import ActiveSet
+
+    monkeypatch.setattr(ledger_module, "JOURNAL_MIN_ENTRIES", 0 if journal else 10**9)
+    monkeypatch.setattr(ledger_module, "JOURNAL_SHARE", 1)
+    path = tmp_path / f"ledger-{random.random()}.json"
+    pseudo = Pseudonymizer(TEST_KEY)
+    _LOADED.clear()
+    ledger = Ledger.load(path, pseudo)
+    loaded = ActiveSet.of(ledger.active_hashes(), pseudo)
+    for source, file, status, content, then in steps:
+        sha256 = hashlib.sha256(str(content).encode()).hexdigest()
+        ledger.record(tmp_path / source, [FileOutcome(f"f{file}", status, sha256)])
+        active = ledger.active()
+        expected = ActiveSet.of(ledger.active_hashes(), pseudo)
+        assert (active.digest, active.count) == (expected.digest, expected.count)
+        if active.before is not None:
+            assert active.before == loaded.digest and set(expected.hashes()) == set(loaded.hashes()) | active.added
+        if then != "none":
+            ledger.save()
+        if then == "reload":
+            _LOADED.clear()
+            ledger = Ledger.load(path, pseudo)
+            loaded = ActiveSet.of(ledger.active_hashes(), pseudo)
+            assert ledger.active().digest == loaded.digest and ledger.active().before == loaded.digest

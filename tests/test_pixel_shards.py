@@ -261,3 +261,36 @@ def test_a_writer_killed_mid_batch_leaves_no_half_shard(tmp_path):
     assert len(known_image_sources(home.parts, 256)) % 64 == 0
     remove_interrupted_writes(home)
     assert not [p for p in home.pixel_shards.iterdir() if p.name.startswith(".")]
+
+
+def test_images_staged_by_a_killed_run_whose_files_then_left_enter_no_table(homes, tmp_path, monkeypatch):
+    """A run killed after staging a batch, before the ledger recorded it, leaves staged rows no file holds
+    as settled; when those files are gone by the next run, which adds others, the images table extended by
+    the active set's growth takes the new files' rows only: the snapshot is the from-scratch one."""
+    from medmeta.home import Home
+    from medmeta.ingest import image_parts
+    from medmeta.ingest.image_parts import stage_batch
+    from medmeta.ingest.images_table import read_images
+    from medmeta.ingest.pool import WorkerPool
+    from medmeta.ingest.setup import IngestSetup
+    from medmeta.landing.walk import discover
+    from medmeta.synth.generate import generate_images
+
+    landing, home, killed = tmp_path / "landing", tmp_path / "home", tmp_path / "killed"
+    shutil.copytree(homes["landing"] / "first", landing / "first", copy_function=shutil.copy2)
+    shutil.copytree(homes["landing"] / "second", killed / "second", copy_function=shutil.copy2)
+    monkeypatch.setenv("MEDMETA_PSEUDONYM_KEY", TEST_KEY)
+    for _ in range(2):
+        _ingest(landing, home, homes["config"])
+    setup = IngestSetup.create(str(killed), str(home), str(homes["config"]), workers=1)
+    with WorkerPool(setup.worker_context, 1) as pool:  # staged, then killed: the ledger never records it
+        stage_batch(setup.home.parts, SIZE, pool.map(discover(setup.source, setup.config)))
+    generate_images(landing / "third", count=2, size=96, seed=13)
+    _age(landing / "third")
+    monkeypatch.setattr(image_parts, "INDEX_SLACK_SHARE", 1)  # 6 new rows against 24: "a few" (no index rewrite)
+    after = _ingest(landing, home, homes["config"])
+    scratch = _ingest(landing, tmp_path / "scratch", homes["config"])
+    assert after["files_ingested"] == 2 and after["images"] == BASE + 2
+    assert after["snapshot"] == scratch["snapshot"]
+    assert sorted(read_images(Home(home))["image_id"].to_pylist()) == \
+        sorted(read_images(Home(tmp_path / "scratch"))["image_id"].to_pylist())

@@ -37,6 +37,7 @@ from medmeta.atomic import atomic_path, write_json
 from medmeta.errors import UNRESOLVED_MEDICATION, UNRESOLVED_REFERENCE
 from medmeta.home import Home
 import medmeta
+from medmeta.ingest.active import ActiveSet
 from medmeta.ingest.image_parts import StagedImages
 from medmeta.ingest.images_table import images_present, update_images_table
 from medmeta.ingest.parts import Part, part_hashes, read_part, rejected_rows, staged_table, write_parquet
@@ -55,13 +56,17 @@ from medmeta.records.units import default_units
 DISPLAY_MIN_PATIENTS = 3  # IngestConfig.display_min_patients
 
 
-def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer, image_size: int,
+def consolidate(home: Home, active: ActiveSet | list[str], pseudo: Pseudonymizer, image_size: int,
                 display_min_patients: int = DISPLAY_MIN_PATIENTS) -> dict:
-    inputs = consolidation_inputs(hashes, pseudo, image_size, display_min_patients)
+    """The snapshot of the staged files of the active content hashes (``Ledger.active``; or a list of them)."""
+    if not isinstance(active, ActiveSet):
+        active = ActiveSet.of(active, pseudo)
+    inputs = consolidation_inputs(active, pseudo, image_size, display_min_patients)
     if (current := _unchanged_snapshot(home, inputs)) is not None:
         return current
     sealer = Sealer(pseudo)
-    record_parts = [read_part(home.parts, h) for h in sorted(set(hashes) & part_hashes(home.parts))]
+    with_parts = part_hashes(home.parts)  # the active hashes are asked for only when there are record parts
+    record_parts = [read_part(home.parts, h) for h in sorted(set(active.hashes()) & with_parts)] if with_parts else []
     refs = _patient_refs(record_parts)
     medications = _medication_refs(record_parts, sealer)
     concepts = _read(record_parts, "concepts", CONCEPT_SCHEMA)
@@ -69,7 +74,7 @@ def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer, image_size
     counts, digests, withheld = {}, {}, {}
     for name, table_schema in schema.TABLES.items():
         if name == "images":  # DICOM always names its patient: no references to resolve
-            images = update_images_table(home, StagedImages(home.parts, image_size, hashes), image_size)
+            images = update_images_table(home, StagedImages(home.parts, image_size, active), image_size)
             for column, missing in images.nulls.items():  # absent, or not a defined term (medmeta.dicom.defined_terms)
                 if missing:
                     withheld[f"images.{column}"] = missing
@@ -109,7 +114,7 @@ def consolidate(home: Home, hashes: list[str], pseudo: Pseudonymizer, image_size
     snapshot = hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]
     manifest = {
         "snapshot": snapshot, "schema_version": schema.SCHEMA_VERSION, "counts": counts, "table_sha256": digests,
-        "sources": len(hashes), "key_fingerprint": pseudo.fingerprint,
+        "sources": active.count, "key_fingerprint": pseudo.fingerprint,
         **_resource_counts(record_parts), **_activity_counts(record_parts),
         "values_withheld": dict(sorted(withheld.items())),
         "consolidation_inputs": inputs,
@@ -149,26 +154,21 @@ def _activity_counts(parts: list[Part]) -> dict[str, dict]:
                                   "rejected": dict(sorted(rejected.items()))}}
 
 
-def consolidation_inputs(hashes: list[str], pseudo: Pseudonymizer, image_size: int, display_min_patients: int) -> str:
-    """A digest of everything consolidation's output depends on besides the staged files of ``hashes``
-    (written once per content hash, never changed): the same digest, the same tables. The hashes
-    (hex, so a newline never occurs in one) are hashed as one newline-joined string: 50,000 of them in
-    milliseconds, not a JSON list."""
-    unique = hashes if _sorted_unique(hashes) else sorted(set(hashes))
-    inputs = {"hashes_sha256": hashlib.sha256("\n".join(unique).encode()).hexdigest(), "hashes": len(unique),
+def consolidation_inputs(active: ActiveSet, pseudo: Pseudonymizer, image_size: int, display_min_patients: int) -> str:
+    """A digest of everything consolidation's output depends on besides the staged files of the active
+    hashes (written once per content hash, never changed): the same digest, the same tables. The hashes
+    enter by their set's digest (``ActiveSet.digest``: kept up by the ledger, so 50,000 of them are not
+    sorted and hashed each run)."""
+    inputs = {"active": active.digest, "hashes": active.count,
               "image_size": image_size, "display_min_patients": display_min_patients,
               "key": pseudo.fingerprint, "schema_version": schema.SCHEMA_VERSION, "medmeta": medmeta.__version__,
               "format": CONSOLIDATION_FORMAT}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
-def _sorted_unique(values: list[str]) -> bool:
-    """True when ``values`` is strictly increasing (``Ledger.active_hashes`` gives them so)."""
-    return all(a < b for a, b in zip(values, values[1:]))
-
-
-CONSOLIDATION_FORMAT = 4  # 2: images point at pixel shards; 3: images digest a multiset hash; 4: the images
-# table kept as parts (store/images/: images_table); raise when output changes
+CONSOLIDATION_FORMAT = 5  # 2: images point at pixel shards; 3: images digest a multiset hash; 4: the images
+# table kept as parts (store/images/: images_table); 5: the active hashes by their set's digest; raise when
+# output changes
 
 
 def _unchanged_snapshot(home: Home, inputs: str) -> dict | None:

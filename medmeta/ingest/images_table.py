@@ -78,6 +78,7 @@ class TableState:
     batches: list[str] = field(default_factory=list)
     considered_rows: int = 0
     considered_sum: str = "0" * 64
+    active: str = ""  # the digest of the active set the table was made for (``ActiveSet.digest``; "" unknown)
     format: int = STATE_FORMAT
 
     @classmethod
@@ -170,17 +171,24 @@ def deduplicated(staged: pa.Table) -> pa.Table:
 
 def update_images_table(home: Home, staged: "pa.Table | StagedImages", image_size: int) -> ImagesResult:
     """Make the images table the deduplicated ``staged`` rows (the active staged rows, each with its
-    ``batch`` and ``row_sha256``; or ``image_parts.StagedImages``, which reads them as needed): one new part holding the new rows when the table can be extended, else the whole table
-    as one part (module docstring)."""
+    ``batch`` and ``row_sha256``; or ``image_parts.StagedImages``, which reads them as needed): one new part
+    holding the new rows when the table can be extended, else the whole table as one part (module docstring).
+    When the table was made for the active set the ledger held before this run and the set only grew since
+    (``ActiveSet.before``), the rows it lacks are those the growth brought (``StagedImages.grown``) and the
+    50,000 it holds are not looked at."""
     state = TableState.read(home)
     lazy = isinstance(staged, StagedImages)
+    active = staged.active.digest if lazy and staged.active is not None else ""
     added = None
     if state is not None and _parts_present(home, state, image_size):
-        added = _extension(state, *(staged.split() if lazy else (staged.schema.empty_table(), staged)))
+        if active and state.active and state.active == staged.active.before:
+            added = staged.grown(state.batches, staged.active.added)
+        if added is None:
+            added = _extension(state, *(staged.split() if lazy else (staged.schema.empty_table(), staged)))
     if added is None:
-        state = _rebuilt(home, staged.rows() if lazy else staged, image_size)
-    elif added.num_rows:
-        state = _extended(home, state, added)
+        state = _rebuilt(home, staged.rows() if lazy else staged, image_size, active)
+    elif added.num_rows or state.active != active:
+        state = _extended(home, state, added, active)
     if len(state.parts) > MAX_PARTS:
         state = _compacted(home, state)
     return ImagesResult(_digest(state), state.rows, dict(state.nulls))
@@ -210,8 +218,9 @@ def _extension(state: TableState, indexed: pa.Table, unindexed: pa.Table) -> pa.
     return new
 
 
-def _extended(home: Home, state: TableState, new: pa.Table) -> TableState:
-    """``state`` plus a part of ``new``'s winners, written, then recorded."""
+def _extended(home: Home, state: TableState, new: pa.Table, active: str) -> TableState:
+    """``state`` plus a part of ``new``'s winners (none when it is empty), written, then recorded with the
+    digest of the active set it is now made for."""
     winners = deduplicated(new)
     parts = list(state.parts)
     if winners.num_rows:
@@ -223,19 +232,20 @@ def _extended(home: Home, state: TableState, new: pa.Table) -> TableState:
         nulls={c: state.nulls.get(c, 0) + nulls[c] for c in NULL_COUNTED},
         batches=sorted(set(state.batches) | set(pc.unique(new["batch"]).to_pylist())),
         considered_rows=state.considered_rows + new.num_rows,
-        considered_sum=_add_sums(state.considered_sum, multiset_digest(new["row_sha256"])))
+        considered_sum=_add_sums(state.considered_sum, multiset_digest(new["row_sha256"])), active=active)
     extended.write(home)
     return extended
 
 
-def _rebuilt(home: Home, staged: pa.Table, image_size: int) -> TableState:
+def _rebuilt(home: Home, staged: pa.Table, image_size: int, active: str = "") -> TableState:
     """The whole table as one part, from every considered staged row; older files removed."""
     table = deduplicated(staged)
     parts = [{"file": _write_part(home, table), "rows": table.num_rows}] if table.num_rows else []
     state = TableState(image_size=image_size, parts=parts, rows=table.num_rows,
                        row_sum=multiset_digest(table["row_sha256"]).hex(), nulls=_nulls(table),
                        batches=sorted(set(pc.unique(staged["batch"]).to_pylist())),
-                       considered_rows=staged.num_rows, considered_sum=multiset_digest(staged["row_sha256"]).hex())
+                       considered_rows=staged.num_rows, considered_sum=multiset_digest(staged["row_sha256"]).hex(),
+                       active=active)
     _replace_state(home, state)
     return state
 

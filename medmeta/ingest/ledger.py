@@ -45,6 +45,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from medmeta.atomic import write_bytes
+from medmeta.ingest.active import MODULUS, ActiveSet, keyed_sum, set_digest
 from medmeta.ingest.landings import landing_token
 from medmeta.ingest.outcome import INGESTED, UNCHANGED, FileOutcome
 from medmeta.landing.names import name_bytes
@@ -85,6 +86,11 @@ class Ledger:
         self.claims: dict[str, dict[str, str]] = {}
         self._changed_sources: set[str] = set()  # SOURCE tokens whose entries changed since the last save
         self._claiming: dict[str, str] = {}  # SOURCE token -> the staging digest to claim at the next save
+        # The active set's size and keyed sum (``medmeta.ingest.active``) as the file held them when loaded (None:
+        # not held, or not to be trusted); the hashes that joined the set since, and whether one may have left it.
+        self._active_loaded: tuple[int, int] | None = None
+        self._active_added: set[str] = set()
+        self._active_left = False
 
     @classmethod
     def load(cls, path: Path, pseudonymizer: Pseudonymizer) -> "Ledger":
@@ -109,9 +115,10 @@ class Ledger:
         ledger = cls(path, pseudonymizer, sources)
         ledger.folders = doc.get("folders", {})
         ledger.versions, ledger.claims = doc.get("versions", {}), doc.get("staged", {})
+        ledger._active_loaded = _active_sum(doc.get("active"))
         if doc.get("version", 1) < VERSION:
             ledger.sources, ledger._changed = tokenised_v1(sources, pseudonymizer), True
-            ledger.folders, ledger.versions, ledger.claims = {}, {}, {}
+            ledger.folders, ledger.versions, ledger.claims, ledger._active_loaded = {}, {}, {}, None
         else:
             ledger._generation, ledger._rewrite = doc.get("generation"), False
             if journal_key is not None and ledger._generation:
@@ -136,9 +143,12 @@ class Ledger:
             for source_token, entries in record.get("sources", {}).items():
                 self.sources.setdefault(source_token, {}).update(entries)
                 self._journal_entries += len(entries)
+                if entries and source_token not in record.get("versions", {}):  # a line an older version wrote
+                    self.versions.pop(source_token, None)
             self.folders.update(record.get("folders", {}))
             self.versions.update(record.get("versions", {}))
             self.claims.update(record.get("staged", {}))
+            self._active_loaded = _active_sum(record.get("active"))  # none in a line an older version wrote
             self._journal_lines += 1
 
     def record(self, source: Path, outcomes: list[FileOutcome],
@@ -200,7 +210,31 @@ class Ledger:
 
     def active_hashes(self) -> list[str]:
         """The content hashes of every file held as ingested or unchanged, sorted."""
-        return sorted(set().union(*[self.settled_hashes(token) for token in self.sources]) - {""})
+        return sorted(self._active_union())
+
+    def _active_union(self) -> set[str]:
+        return set().union(*[self.settled_hashes(token) for token in self.sources]) - {""}
+
+    def active(self) -> ActiveSet:
+        """The active content hashes (``active_hashes``) as consolidation takes them: their digest kept up
+        by each run in O(files it changed) while none leaves the set, and how the set grew since loading."""
+        count, total = self._active_now()
+        before = None
+        if self._active_loaded is not None and not self._active_left:
+            before = set_digest(*self._active_loaded)
+        return ActiveSet(set_digest(count, total), count, self.active_hashes, before, frozenset(self._active_added))
+
+    def _active_now(self) -> tuple[int, int]:
+        """The active set's size and keyed sum: the loaded ones and the terms of the hashes that joined it; made
+        from every active hash when the file held none or a hash may have left."""
+        if self._active_loaded is None or self._active_left:
+            union = self._active_union()
+            return len(union), keyed_sum(union, self.pseudonymizer)
+        count, total = self._active_loaded
+        return count + len(self._active_added), (total + keyed_sum(self._active_added, self.pseudonymizer)) % MODULUS
+
+    def _in_active(self, sha256: str) -> bool:
+        return any(sha256 in self.settled_hashes(token) for token in self.sources)
 
     def settled_hashes(self, source_token: str) -> set[str]:
         """The content hashes of the SOURCE's files held as ingested or unchanged: made once from its
@@ -214,14 +248,19 @@ class Ledger:
     def _keep_settled(self, source_token: str, old: dict | None, new: dict) -> None:
         """``settled_hashes`` of the SOURCE after its entry ``old`` becomes ``new``: a hash added as is;
         one that may leave (another entry can hold the same content) makes it again when next asked."""
-        hashes = self._settled.get(source_token)
-        if hashes is None:
+        was = old is not None and old["status"] in _SETTLED_STATUSES
+        if was and (new["status"] not in _SETTLED_STATUSES or new.get("sha256") != old.get("sha256")):
+            self._active_left = True  # may leave the active set: its digest is made again from every hash
+            self._settled.pop(source_token, None)
             return
-        if old is not None and old["status"] in _SETTLED_STATUSES and (
-                new["status"] not in _SETTLED_STATUSES or new.get("sha256") != old.get("sha256")):
-            del self._settled[source_token]
-        elif new["status"] in _SETTLED_STATUSES:
-            hashes.add(new.get("sha256") or "")
+        if was or new["status"] not in _SETTLED_STATUSES:
+            return
+        sha256 = new.get("sha256") or ""
+        if sha256 and not self._active_left and not self._in_active(sha256):
+            self._active_added.add(sha256)
+        hashes = self._settled.get(source_token)
+        if hashes is not None:
+            hashes.add(sha256)
 
     def save(self) -> None:
         """Compact JSON (one line): a home of 50,000 files has 50,000 entries. A save that changed few
@@ -236,13 +275,15 @@ class Ledger:
             return  # a run that changed nothing (a no-op rerun) leaves the file as it was
         self.versions.update(versions)
         self.claims.update(claims)
+        count, total = self._active_now()
+        active = [count, f"{total:064x}"]
         dirty = sum(len(entries) for entries in self._dirty.values())
         total = sum(len(entries) for entries in self.sources.values())
         if (not self._rewrite and self._generation and total >= JOURNAL_MIN_ENTRIES
                 and self._journal_lines < JOURNAL_MAX_LINES
                 and (self._journal_entries + dirty) * JOURNAL_SHARE <= total):
             line = _serialised({"generation": self._generation, "sources": self._dirty, "folders": self._dirty_folders,
-                                "versions": versions, "staged": claims})
+                                "versions": versions, "staged": claims, "active": active})
             with open(journal_path(self.path), "ab") as handle:
                 handle.write(line)
                 handle.flush()
@@ -253,7 +294,8 @@ class Ledger:
             self._generation = secrets.token_hex(8)
             write_bytes(self.path, _serialised({"version": VERSION, "generation": self._generation,
                                                 "sources": self.sources, "folders": self.folders,
-                                                "versions": self.versions, "staged": self.claims}))
+                                                "versions": self.versions, "staged": self.claims,
+                                                "active": active}))
             journal_path(self.path).unlink(missing_ok=True)  # its lines carry the old generation: ignored
             self._journal_lines = self._journal_entries = 0
             self._rewrite = False
@@ -452,6 +494,15 @@ def _listing_signature(pseudonymizer: Pseudonymizer, prefix: str, names: list[st
     numbers = array("q", [sizes[i] for i in order] + [mtimes_ns[i] for i in order]).tobytes()
     return pseudonymizer.path_token_of_bytes(b"".join([
         _LISTING.encode(), name_bytes(prefix), b"\0\x02", len(order).to_bytes(8, "little"), listed, b"\0", numbers]))
+
+
+def _active_sum(held: object) -> tuple[int, int] | None:
+    """``[count, "<keyed sum, hex>"]`` as the file holds it, read; None when absent or malformed."""
+    try:
+        count, total = held
+        return int(count), int(total, 16)
+    except (TypeError, ValueError):
+        return None
 
 
 def journal_path(path: Path) -> Path:
