@@ -205,6 +205,8 @@ class _Held:
 
 def _indexed_rows(parts_root: Path, size: int, columns: list[str] | None = None,
                   batches: Collection[str] | None = None) -> _Held:
+    """``_Held`` for the batch files of ``size`` there now (those named in ``batches``, when given); the
+    index's ``columns`` (all by default)."""
     folder = images_dir(parts_root, size)
     files = _batch_files(parts_root, size)
     if batches is not None:
@@ -241,7 +243,8 @@ def _rows_of(table: pa.Table, batches: set[str]) -> pa.Table:
 
 def staged_image_rows(parts_root: Path, size: int) -> pa.Table:
     """Every staged row (no pixels) of images of ``size``, with its ``batch``; batch files the indexes
-    lack are read (older ones migrated first) and the indexes kept up (``_keep_indexes``). Single writer only."""
+    lack are read (older ones migrated first) and written into the delta index, or the index written again
+    with the delta's rows once they are more than 1/``INDEX_SLACK_SHARE`` of its own. Single writer only."""
     held = _indexed_rows(parts_root, size)
     recent = _recent_rows(parts_root, size, held)
     if recent.num_rows * INDEX_SLACK_SHARE > held.index.num_rows:

@@ -275,8 +275,8 @@ class Ledger:
             return  # a run that changed nothing (a no-op rerun) leaves the file as it was
         self.versions.update(versions)
         self.claims.update(claims)
-        count, total = self._active_now()
-        active = [count, f"{total:064x}"]
+        active_count, active_sum = self._active_now()
+        active = [active_count, f"{active_sum:064x}"]
         dirty = sum(len(entries) for entries in self._dirty.values())
         total = sum(len(entries) for entries in self.sources.values())
         if (not self._rewrite and self._generation and total >= JOURNAL_MIN_ENTRIES
