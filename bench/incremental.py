@@ -334,48 +334,52 @@ validation, the Prefect API started before the clock. "written" counts the bytes
 
 
 NOTE = """
-Read this run with its noise: the two checkouts run the same code path on the 1,000-image home, and their
-medians differ by 0.09 s (0.63 against 0.54, one slow round in five), which is the whole margin of the
-ratio above; with main's 1,000-image median the ratio is 1.72x. The robust reading is the 50,000-image home
-side by side: 0.93 s (CPU 0.74) against main's 0.99 s (CPU 0.78), and the A/B runs before it (one process
-per size, alternating checkouts): 0.87 s (CPU 0.69) against 0.95 s (CPU 0.79) at 50,000, 0.50 against 0.49 s
-at 1,000. **The 1.5x target is not met reliably: about 1.7x.**
+Read this run with its noise: one slow round in five moves a median by up to 0.1 s here (the min-max
+column), so the side-by-side rows at 50,000 images are the robust reading of what this session changed.
 
-Why it stops near 1.7x on this machine: a +20 rerun must know that none of the 50,000 files changed, and
-the only way that catches a file rewritten in place (an export job rewriting `patients.csv` keeps its
-folder's mtime) is one `lstat` per file. Measured alone (`os.scandir` + `DirEntry.stat`, one thread,
-quiet): 0.15-0.19 s for 50,000 files here, 3 us each, mostly kernel time; listing the folders from 8
-threads was slower (0.52 against 0.34 s wall: each `lstat` hands the GIL over). With the 1,000-image rerun
-at about 0.5 s, 1.5x leaves 0.25 s for everything that grows with the home, and the `lstat`s take 0.16 of
-it. What else still grows, CPU seconds at 50,000 (cProfile, quiet): the ledger's JSON parse 0.05, the
-staged-rows index read twice (setup's known sources 0.02, consolidation 0.05), the settled hashes made and
-sorted 0.04, the folder signatures 0.03. Reaching 1.5x needs all of these gone, not trimmed: a ledger split
-per folder (a signed folder's entries never parsed) and the known sources and active hashes kept as
-per-run summaries; or a change journal (inotify, as `medmeta serve`'s watcher already has) so that
-unchanged folders are not stat'ed at all.
+This session (2026-12-04) took the O(N) work out of a +20 run except discovery's `lstat`s and the ledger's
+parse, each change checked side by side on the same saved homes (`cp -al` of a home, the same 20 files
+added, 7 rounds each, quiet machine; 50,000 and 1,000 images): before, +20 took 0.82 and 0.36 s (2.3x);
+after, 0.60-0.75 and 0.37-0.39 s (1.55-1.9x: two sessions of the same code, 20 minutes apart). What went:
+- **consolidation** no longer reads every active hash: the ledger keeps the active set's size and a keyed
+  sum of its hashes (`ledger.json`'s `active`, updated by the terms of the hashes that join it;
+  `medmeta/ingest/active.py`), the images table records the digest of the set it was made for, and when
+  the ledger held that very set before the run and the set only grew, the table is extended by the rows
+  of the new batch files whose images joined it (`StagedImages.grown`: the staged-rows index's `batch` and
+  `image_id` read, no sort, no set of 50,000 hashes made); otherwise the long check runs, reading four
+  columns of the index instead of every row whole;
+- **a delta index** holds the rows staged since the staged-rows index was written, so small batch files
+  are not read again run after run (a home after 50 rounds read 44 of them each run);
+- **the staged check**: a run that found every settled file's content staged claims it in the ledger for
+  the entries it leaves and the staging's listing (`versions`, `staged`); the next run over the same
+  listing skips looking up 50,000 hashes (a lost batch file changes the listing: tests);
+- **decode workers read the staged image hashes themselves** (no 50,000-hash set built by the flow and
+  pickled to each), through `ParquetFile` and without `Schema.empty_table` (each imported pandas: 0.15 s per
+  worker);
+- **the garbage collector is paused while the ledger is parsed** (its 50,000 dicts set off a full collection
+  as long as the parse: 90 ms to 55 ms).
 
-This session's changes (side by side above): folder signatures made from bytes, the settled hashes made
-once per run and kept current by `record` (shared by the staged check and `active_hashes`), the staged
-image rows not copied when every one is active.
+What still grows, wall milliseconds per +20 run at 50,000 images (py-spy, warm process): discovery 205
+(50,000 `lstat`s alone take 120-170 ms here: a file rewritten in place keeps its folder's mtime, so only a
+per-file `lstat` catches it), the ledger's parse 55, the images table's extension 10-40, the settled hashes
+made once for the added ones' membership 10-15. With the 1,000-image rerun near 0.38 s, 1.5x leaves 0.19 s
+for all of it, and the `lstat`s take most of that. Tried and not kept: signing the folders on the decode
+pool's workers while the flow parses the ledger (`git`'s preloaded index, in processes: the GIL made threads
+useless) gave 0.66 against 0.60 s: on 2 cores the workers, the flow and the Prefect server share the CPU.
+What would reach 1.5x: no per-file work for unchanged folders (a change journal from `medmeta serve`'s
+inotify watcher, as `git`'s fsmonitor) and a ledger split by folder, so a signed folder's entries are not
+parsed.
 
-Earlier numbers of this section, median of 5 rounds: on a quiet machine (load about 1), before the
-ledger journal and unchanged files counted: +20 files 0.50 / 0.56 / 1.82 s at 1,000 / 8,000 / 50,000
-images (3.65x; CPU 6.30x); then at load 5.5, before the images table as parts and the folder
-signatures: 0.81 / 1.25 / 2.05 s (2.53x; CPU 0.22 / 0.36 / 0.98 s, 4.52x); then (quiet) 0.51 / 0.53 /
-0.98 s (1.93x; CPU 0.25 / 0.30 / 0.78 s).
-
-What a +20 rerun does: lists the landing with `os.scandir` through a descriptor per folder (each
-`lstat` an `fstatat` relative to it); a folder every file of which the last run found settled carries a
-listing signature in the ledger (a keyed token of its names, sizes and mtimes, under its folder's path
-token: no name in clear), and a folder whose listing gives the same signature has its files counted
-unchanged with no path token and no ledger lookup per file (when every settled entry's content is still
-staged: checked once per run); the files of other folders are matched one by one
-(`SettledMatcher.match`: one keyed HMAC and one dict lookup each). A save changing a few entries of a
-large ledger appends them to `ledger.json.journal`. The images table is kept as parts (`store/images/`,
-`table.json`): consolidation checks that the staged rows it considered last time are still exactly
-there (their count and multiset hash, over the batch files it covered) and that the new rows bring no
-image the table holds, then writes one part of the new rows (20 rows) and adds their hashes to the
-table's digest; the 50,000 earlier rows are neither sorted nor written.
+What a +20 rerun does: lists the landing with `os.scandir` through a descriptor per folder (each `lstat` an
+`fstatat` relative to it); a folder every file of which the last run found settled carries a listing
+signature in the ledger (a keyed token of its names, sizes and mtimes, under its folder's path token: no
+name in clear), and a folder whose listing gives the same signature has its files counted unchanged with no
+path token and no ledger lookup per file (when every settled entry's content is staged: claimed by the last
+run for this staging, else checked once); the files of other folders are matched one by one
+(`SettledMatcher.match`: one keyed HMAC and one dict lookup each). The ledger appends the 20 entries, the
+active set's new size and sum and the staged claim to `ledger.json.journal`. Consolidation extends the images
+table (`store/images/`, kept as parts) by one part of the 20 new rows and adds their hashes to the table's
+digest; the 50,000 earlier rows are neither sorted nor written, nor are their hashes read.
 """
 
 
