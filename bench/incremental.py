@@ -338,9 +338,12 @@ Read this run with its noise: one slow round in five moves a median by up to 0.1
 column), so the side-by-side rows at 50,000 images are the robust reading of what this session changed.
 
 This session (2026-12-04) took the O(N) work out of a +20 run except discovery's `lstat`s and the ledger's
-parse, each change checked side by side on the same saved homes (`cp -al` of a home, the same 20 files
-added, 7 rounds each, quiet machine; 50,000 and 1,000 images): before, +20 took 0.82 and 0.36 s (2.3x);
-after, 0.60-0.75 and 0.37-0.39 s (1.55-1.9x: two sessions of the same code, 20 minutes apart). What went:
+parse. On fresh homes (the table above; main = 7477c98, the code before this session) +20 files on 50,000
+images went from 0.65 to 0.61 s (CPU 0.52 to 0.45). On homes aged by about 60 earlier +20 rounds (a long
+ledger journal, 44 batch files the staged-rows index lacked), each change checked side by side on the same
+saved home (`cp -al`, the same 20 files added, 7 rounds, quiet machine): before, 0.82 and 0.36 s at 50,000
+and 1,000 images (2.3x); after, 0.60-0.75 and 0.37-0.39 s (1.55-1.9x: two runs of the same code, 20 minutes
+apart). What went:
 - **consolidation** no longer reads every active hash: the ledger keeps the active set's size and a keyed
   sum of its hashes (`ledger.json`'s `active`, updated by the terms of the hashes that join it;
   `medmeta/ingest/active.py`), the images table records the digest of the set it was made for, and when
