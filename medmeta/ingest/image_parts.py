@@ -201,6 +201,7 @@ class _Held:
     index: pa.Table
     delta: pa.Table
     missing: list[Path]
+    batches: frozenset[str]  # the names of the batch files there (among those asked for)
 
 
 def _indexed_rows(parts_root: Path, size: int, columns: list[str] | None = None,
@@ -219,7 +220,7 @@ def _indexed_rows(parts_root: Path, size: int, columns: list[str] | None = None,
     # a batch file in both (a run killed between writing the index and removing the delta): the index's rows
     delta = _rows_of(_read_index(folder / DELTA_FILE, INDEX_SCHEMA), names - held)
     held |= set(pc.unique(delta["batch"]).to_pylist())
-    return _Held(index, delta, [f for f in files if f.name not in held])
+    return _Held(index, delta, [f for f in files if f.name not in held], frozenset(names))
 
 
 def _read_index(path: Path, wanted: pa.Schema) -> pa.Table:
@@ -243,16 +244,25 @@ def _rows_of(table: pa.Table, batches: set[str]) -> pa.Table:
 
 def staged_image_rows(parts_root: Path, size: int) -> pa.Table:
     """Every staged row (no pixels) of images of ``size``, with its ``batch``; batch files the indexes
-    lack are read (older ones migrated first) and written into the delta index, or the index written again
-    with the delta's rows once they are more than 1/``INDEX_SLACK_SHARE`` of its own. Single writer only."""
-    held = _indexed_rows(parts_root, size)
-    recent = _recent_rows(parts_root, size, held)
-    if recent.num_rows * INDEX_SLACK_SHARE > held.index.num_rows:
+    lack are read (older ones migrated first) and the indexes kept up (``_held_and_recent``). Single writer only."""
+    held, recent, due = _held_and_recent(parts_root, size)
+    if due:
         _write_index(parts_root, size, INDEX_FILE, pa.concat_tables([held.index, recent]))
         (images_dir(parts_root, size) / DELTA_FILE).unlink(missing_ok=True)
-    elif held.missing:
-        _write_index(parts_root, size, DELTA_FILE, recent)
     return pa.concat_tables([held.index, recent])  # chunked: no copy of the 50,000 indexed rows
+
+
+def _held_and_recent(parts_root: Path, size: int, columns: list[str] | None = None) -> tuple[_Held, pa.Table, bool]:
+    """What the indexes hold (the index's ``columns``), the recent rows (the delta index's and those of the
+    batch files neither index holds, whole) and whether these are due to join the index (more than
+    1/``INDEX_SLACK_SHARE`` of its rows: the caller writes it again with them); when not, and a batch file
+    was read, the delta index is written with them. Single writer only."""
+    held = _indexed_rows(parts_root, size, columns)
+    recent = _recent_rows(parts_root, size, held)
+    due = recent.num_rows * INDEX_SLACK_SHARE > held.index.num_rows
+    if not due and held.missing:
+        _write_index(parts_root, size, DELTA_FILE, recent)
+    return held, recent, due
 
 
 def _recent_rows(parts_root: Path, size: int, held: _Held) -> pa.Table:
@@ -329,14 +339,9 @@ class StagedImages:
         file still there and the index holding no other, every new row's source in ``added``, and no new row
         of an image a covered row already is. None otherwise (``split`` then checks the long way). Reads the
         index's ``batch`` and ``image_id`` only, never every active hash."""
-        if not set(covered) <= set(staged_batches(self.parts_root, self.size)):
+        held, recent, due = _held_and_recent(self.parts_root, self.size, ["batch", "image_id"])
+        if due or not set(covered) <= held.batches:  # due: ``rows`` writes the index again
             return None
-        held = _indexed_rows(self.parts_root, self.size, columns=["batch", "image_id"])
-        recent = _recent_rows(self.parts_root, self.size, held)
-        if recent.num_rows * INDEX_SLACK_SHARE > held.index.num_rows:
-            return None  # the index is due to be written again: ``rows`` does it
-        if held.missing:
-            _write_index(self.parts_root, self.size, DELTA_FILE, recent)
         covered_names = pa.array(sorted(covered), pa.string())
         if held.index.num_rows and not pc.all(pc.is_in(held.index["batch"], value_set=covered_names)).as_py():
             return None
@@ -356,12 +361,9 @@ class StagedImages:
         (the delta index's and those of the batch files neither index holds), whole. When the others are
         due to join the index (``INDEX_SLACK_SHARE``), every row is read whole (``rows``, which writes the
         index again) and ``indexed`` is empty."""
-        held = _indexed_rows(self.parts_root, self.size, columns=CHECK_COLUMNS)
-        recent = _recent_rows(self.parts_root, self.size, held)
-        if recent.num_rows * INDEX_SLACK_SHARE > held.index.num_rows:
+        held, recent, due = _held_and_recent(self.parts_root, self.size, CHECK_COLUMNS)
+        if due:
             return held.index.schema.empty_table(), self.rows()
-        if held.missing:
-            _write_index(self.parts_root, self.size, DELTA_FILE, recent)
         return _active_rows(held.index, self._active), _active_rows(recent, self._active)
 
     def rows(self) -> pa.Table:
