@@ -86,13 +86,16 @@ async def _serve(settings: ServeSettings, deployments: list, token: str) -> None
     except BaseException:
         running.cancel()
         raise
+    journal = _change_journal(settings, token) if watcher.mode == "inotify" else None
     say(f"medmeta serve: {', '.join(d.name for d in deployments)} served; {WATCHING} {token} "
-        f"({watcher.mode}); stop with Ctrl-C or SIGTERM")
+        f"({watcher.mode}{', change journal kept' if journal else ''}); stop with Ctrl-C or SIGTERM")
     waiting = asyncio.create_task(stopping.wait())
     await asyncio.wait({running, waiting}, return_when=asyncio.FIRST_COMPLETED)
     reason = f"medmeta serve was stopped ({why[0] if why else 'its runner ended'})"
     say(f"{reason}: stopping the watcher, cancelling its runs, pausing its schedules")
     await asyncio.to_thread(watcher.stop)
+    if journal is not None:
+        journal.stop()
     if not running.done():
         try:
             await asyncio.wait_for(runner.astop(), STOP_TIMEOUT_S)
@@ -126,6 +129,24 @@ def _landing_watcher(settings: ServeSettings, token: str):
     return LandingWatcher(settings.landing, Home.at(settings.home).ledger, home_pseudonymizer(settings.home),
                           arrived, settle_s=settings.settle_s, polling=settings.watch_polling or polling_asked(),
                           poll_every_s=settings.watch_every_s)
+
+
+def _change_journal(settings: ServeSettings, token: str):
+    """The landing folder's change journal, kept while serving (``medmeta.landing.journal``): ingest runs
+    then skip the ``stat`` of each file in folders nothing touched. None, said in one line, when it can not
+    be kept (no inotify, out of watches, a network file system): runs then ``stat`` every file."""
+    from flows.landing_flow import home_pseudonymizer
+    from medmeta.home import Home
+    from medmeta.landing.journal import ChangeJournal, journal_file
+
+    keeper = ChangeJournal(settings.landing, journal_file(Home.at(settings.home).watch, token),
+                           home_pseudonymizer(settings.home), token)
+    try:
+        return keeper.start()
+    except (OSError, ValueError) as error:
+        say(f"no change journal for landing {token}: {error.strerror if isinstance(error, OSError) else error}; "
+            "ingest looks at every file")
+        return None
 
 
 async def stop_serving(deployment_ids: list[UUID], reason: str) -> tuple[int, int]:

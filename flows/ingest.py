@@ -61,8 +61,9 @@ def ingest_flow(source: str | None = None, home: str | None = None, settings: Se
             outcomes = sorted(outcomes, key=lambda outcome: outcome.path)  # the files read; the rest: a count
             manifest = build_snapshot(setup, quote(outcomes + listing.to_record),  # quote: not walked item by item
                                       quote(listing.stats), quote(listing.folders), quote(listing.archives),
-                                      listing.all_staged)
+                                      listing.all_staged, quote(listing.watch))
     summary = summarize(outcomes, manifest, setup.pseudonymizer, unchanged=listing.unchanged)
+    summary["folders_by_journal"] = listing.folders_by_journal
     report_ingest(setup, summary, datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ"))
     if run_validation:
         result = validate_flow(str(setup.home.root), rules)

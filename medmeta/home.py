@@ -103,6 +103,11 @@ class Home:
         return self.root / "ledger.json"
 
     @property
+    def watch(self) -> Path:
+        """The landing folders' change journals (``medmeta.landing.journal``), one file per landing token."""
+        return self.root / "watch"
+
+    @property
     def quarantine(self) -> Path:
         """The one PHI zone of the home (mode 0700): see ``quarantine_folder``."""
         return self.root / "quarantine"

@@ -58,6 +58,10 @@ def test_serve_registers_the_nightly_and_the_triggered_deployments_and_no_watche
     assert triggers[0].trigger.match.model_dump() == {"prefect.resource.id": arrival_resource(landing)}
     [action] = triggers[0].actions
     assert action.type == "run-deployment" and action.deployment_id == on_new_cases.id
+    # beside its watcher, serve keeps the landing's change journal (medmeta/landing/journal.py) in the home
+    assert "change journal kept" in served.log.read_text(errors="replace")
+    journal = json.loads((served.home / "watch" / f"{landing}.json").read_text())
+    assert journal["valid"] and journal["landing"] == landing and str(served.landing) not in json.dumps(journal)
 
 
 @pytest.mark.slow

@@ -56,6 +56,7 @@ from medmeta.atomic import write_bytes
 from medmeta.ingest.active import MODULUS, ActiveSet, keyed_sum, set_digest
 from medmeta.ingest.landings import landing_token
 from medmeta.ingest.outcome import INGESTED, UNCHANGED, FileOutcome
+from medmeta.landing.journal import JournalPosition, JournalView
 from medmeta.landing.names import name_bytes
 from medmeta.landing.walk import InputItem
 from medmeta.pseudonyms import Pseudonymizer
@@ -79,6 +80,9 @@ class Ledger:
         self.pseudonymizer = pseudonymizer
         self.sources = sources or {}
         self.folders: dict[str, dict[str, str]] = {}  # SOURCE token -> {folder token: listing signature}
+        # SOURCE token -> [journal session, seq, max_file_bytes]: the change journal's position (``medmeta.landing.
+        # journal``) the run that recorded ``folders`` synchronised at before listing, and its size limit.
+        self.watched: dict[str, list] = {}
         self._fingerprint = pseudonymizer.fingerprint
         self._changed = not path.exists()
         self._rewrite = True  # the next save writes the whole file (a new or migrated ledger)
@@ -121,12 +125,13 @@ class Ledger:
         doc = _parsed(path.read_bytes())
         sources = doc.get("sources", {})
         ledger = cls(path, pseudonymizer, sources)
-        ledger.folders = doc.get("folders", {})
+        ledger.folders, ledger.watched = doc.get("folders", {}), doc.get("watched", {})
         ledger.versions, ledger.claims = doc.get("versions", {}), doc.get("staged", {})
         ledger._active_loaded = _active_sum(doc.get("active"))
         if doc.get("version", 1) < VERSION:
             ledger.sources, ledger._changed = tokenised_v1(sources, pseudonymizer), True
             ledger.folders, ledger.versions, ledger.claims, ledger._active_loaded = {}, {}, {}, None
+            ledger.watched = {}
         else:
             ledger._generation, ledger._rewrite = doc.get("generation"), False
             if journal_key is not None and ledger._generation:
@@ -154,6 +159,7 @@ class Ledger:
                 if entries and source_token not in record.get("versions", {}):  # a line an older version wrote
                     self.versions.pop(source_token, None)
             self.folders.update(record.get("folders", {}))
+            self.watched = record.get("watched", {})  # the whole map; none in a line an older version wrote
             self.versions.update(record.get("versions", {}))
             self.claims.update(record.get("staged", {}))
             self._active_loaded = _active_sum(record.get("active"))  # none in a line an older version wrote
@@ -163,7 +169,7 @@ class Ledger:
                stats: Mapping[str, tuple[int, int]] | None = None,
                folders: Mapping[str, str] | None = None,
                archives: Mapping[str, tuple[int, int]] | None = None,
-               staged_after: str | None = None) -> None:
+               staged_after: str | None = None, watch: list | None = None) -> None:
         """The outcomes of one run over ``source`` (the resolved SOURCE path; held by its token);
         ``stats``: logical path -> (size, mtime_ns) as discovery listed it (``item_stats``);
         ``folders``: the listing signatures of the folders every file of which this run found settled
@@ -175,7 +181,10 @@ class Ledger:
         (``seen_matcher``) knows the archive as it was read; ``staged_after``: the staging's listing digest
         now (``image_parts.staging_listing``), given when this run found every settled entry of the SOURCE
         staged (``SettledMatcher.all_staged``): every entry it records as settled has its content staged
-        too, so the next save claims it for the SOURCE's entries as they will be then."""
+        too, so the next save claims it for the SOURCE's entries as they will be then; ``watch``: the change
+        journal's position this run synchronised at before it listed SOURCE, with its ``max_file_bytes``
+        (``[session, seq, max_file_bytes]``; None: it listed without the journal), kept with ``folders``:
+        the next run takes a signed folder the journal holds clean since then as settled, ``stat``-free."""
         if _LOADED and _LOADED[0][1] is self:
             _LOADED.clear()  # modified: no longer what the file holds
         source_token = landing_token(source, self.pseudonymizer)
@@ -201,6 +210,13 @@ class Ledger:
         else:
             self._claiming.pop(source_token, None)
         folders = dict(folders or {})
+        if watch is not None:  # saved with the next save: one that writes these very folders
+            held = self.watched.get(source_token)
+            if not isinstance(held, list) or held[:1] + held[2:] != [watch[0], watch[2]]:
+                self._changed = True  # a new session: saved even by a rerun that changed nothing else
+            self.watched[source_token] = list(watch)
+        else:
+            self.watched.pop(source_token, None)
         if self.folders.get(source_token, {}) != folders:
             self.folders[source_token] = folders
             self._dirty_folders[source_token] = folders
@@ -291,7 +307,7 @@ class Ledger:
                 and self._journal_lines < JOURNAL_MAX_LINES
                 and (self._journal_entries + dirty) * JOURNAL_SHARE <= total):
             line = _serialised({"generation": self._generation, "sources": self._dirty, "folders": self._dirty_folders,
-                                "versions": versions, "staged": claims, "active": active})
+                                "versions": versions, "staged": claims, "active": active, "watched": self.watched})
             with open(journal_path(self.path), "ab") as handle:
                 handle.write(line)
                 handle.flush()
@@ -303,7 +319,7 @@ class Ledger:
             write_bytes(self.path, _serialised({"version": VERSION, "generation": self._generation,
                                                 "sources": self.sources, "folders": self.folders,
                                                 "versions": self.versions, "staged": self.claims,
-                                                "active": active}))
+                                                "active": active, "watched": self.watched}))
             journal_path(self.path).unlink(missing_ok=True)  # its lines carry the old generation: ignored
             self._journal_lines = self._journal_entries = 0
             self._rewrite = False
@@ -313,7 +329,8 @@ class Ledger:
 
     def settled_matcher(self, source: Path, staged: Callable[[str], bool],
                         known: frozenset[str] | set[str] | Callable[[], frozenset[str]] = frozenset(),
-                        staging: str | None = None) -> "SettledMatcher":
+                        staging: str | None = None, watch: "JournalView | None" = None,
+                        max_file_bytes: int | None = None) -> "SettledMatcher":
         """For ``discover(..., settled=)``: ``(logical_path, size, mtime_ns)`` -> the content hash when the
         ledger holds that file as ingested or unchanged with that size and mtime and its content is still
         staged (in ``known``, else ``staged(sha256)``; the file is then ``unchanged`` without being
@@ -324,14 +341,21 @@ class Ledger:
         a function giving them, called when first needed. ``staging``: the staging's listing digest now
         (``image_parts.staging_listing``): when the last run claimed that every settled entry of the SOURCE,
         as they are, had its content staged in that very staging (``record(staged_after=)``), the matcher's
-        ``all_staged`` is true without a look at each content hash."""
+        ``all_staged`` is true without a look at each content hash. ``watch``: the landing folder's change
+        journal as this run synchronised with it (``medmeta.landing.journal.sync``): a folder signed by the
+        last run that recorded ``folders``, and clean in the journal since that run's position (same
+        session, same ``max_file_bytes``), is settled without its listing's ``stat`` (``folder_clean``)."""
         source_token = landing_token(source, self.pseudonymizer)
+        clean = None
+        held = self.watched.get(source_token)
+        if watch is not None and isinstance(held, list) and len(held) == 3 and held[2] == max_file_bytes:
+            clean = watch.clean_since(JournalPosition.from_list(held[:2]), self.pseudonymizer)
         claimed = (staging is not None and source_token not in self._changed_sources
                    and source_token in self.versions
                    and self.claims.get(source_token) == {"version": self.versions[source_token], "staging": staging})
         return SettledMatcher(self.sources.get(source_token, {}), self._tokens(), self.pseudonymizer, staged, known,
                               self.folders.get(source_token, {}), lambda: self.settled_hashes(source_token),
-                              claimed=claimed)
+                              claimed=claimed, clean=clean)
 
     def seen_matcher(self, source: Path) -> Callable[[str, int, int], bool]:
         """``(logical_path, size, mtime_ns)`` -> whether the last run over ``source`` accounted for this
@@ -383,8 +407,9 @@ class SettledMatcher:
                  staged: Callable[[str], bool],
                  known: frozenset[str] | set[str] | Callable[[], frozenset[str]] = frozenset(),
                  folders: Mapping[str, str] | None = None, settled_hashes: Callable[[], set[str]] | None = None,
-                 claimed: bool = False):
+                 claimed: bool = False, clean: Callable[[str], bool] | None = None):
         self._entries, self._tokens, self._pseudonymizer = entries, tokens, pseudonymizer
+        self._clean = clean
         self._settled_hashes = settled_hashes
         self._staged, self._known_given = staged, known
         self._known_set: frozenset[str] | set[str] | None = None
@@ -393,6 +418,23 @@ class SettledMatcher:
         self.to_record: list[tuple[str, str, int, int]] = []
         self.signatures: dict[str, str] = {}
         self.settled_in_folders = 0
+        self.folders_by_journal = 0
+
+    def folder_clean(self, prefix: str) -> bool:
+        """Whether the folder ``prefix`` is settled whole without a look at its files: the ledger signed
+        it and the change journal holds it clean since (``Ledger.settled_matcher(watch=)``); then the
+        caller lists its entries (no ``stat``) and counts its files with ``take_clean``."""
+        if self._clean is None or not self._folders:
+            return False
+        recorded = self._folders.get(self._pseudonymizer.path_token(prefix))
+        return recorded is not None and self._clean(prefix) and self.all_staged()
+
+    def take_clean(self, prefix: str, files: int) -> None:
+        """The folder ``folder_clean`` answered for, with its ``files`` files: settled, its signature kept."""
+        folder = self._pseudonymizer.path_token(prefix)
+        self.signatures[folder] = self._folders[folder]
+        self.settled_in_folders += files
+        self.folders_by_journal += 1
 
     def folder_settled(self, prefix: str, names: list[str], sizes: list[int], mtimes_ns: list[int]) -> bool:
         """Whether every file of the folder ``prefix`` (its logical path and ``/``; ``""`` for SOURCE

@@ -50,11 +50,16 @@ class LandingChanges:
 
 def listing(landing: Path) -> Iterator[tuple[str, int, int]]:
     """(logical path, size, mtime_ns) of every regular file under ``landing`` (symlinks not
-    followed); the logical path is POSIX and relative to ``landing``, as ingest's discovery names it."""
+    followed); the logical path is POSIX and relative to ``landing``, as ingest's discovery names it. A
+    change journal's sync cookie (``medmeta.landing.journal``) is no file of the landing."""
+    from medmeta.landing.journal import is_cookie
+
     top = str(landing)
     for folder, _, names in os.walk(landing):
         prefix = "" if folder == top else os.path.relpath(folder, top).replace(os.sep, "/") + "/"
         for name in names:
+            if not prefix and is_cookie(name):
+                continue
             path = os.path.join(folder, name)
             try:
                 info = os.lstat(path)

@@ -54,6 +54,7 @@ from medmeta.errors import (
     Rejected,
 )
 from medmeta.ingest.config import IngestConfig
+from medmeta.landing.journal import is_cookie
 
 ZIP_MAGIC = b"PK\x03\x04"
 GZIP_MAGIC = b"\x1f\x8b\x08"  # gzip, deflate method (RFC 1952)
@@ -179,6 +180,7 @@ def _folder_items(root: Path, config: IngestConfig,
     top = str(root)
     folders = [top]
     folder_settled = getattr(unchanged, "folder_settled", None)
+    folder_clean = getattr(unchanged, "folder_clean", None)
     sign_folder = getattr(unchanged, "sign_folder", None)
     whole: list[tuple[str, list[str], list[int], list[int], int]] = []  # folders to sign if all settle
     while folders:  # os.walk's folders and files, by os.scandir directly: one listing, no path joins
@@ -202,7 +204,16 @@ def _folder_items(root: Path, config: IngestConfig,
         sizes: list[int] = []
         mtimes: list[int] = []
         others = False  # an entry that is neither a folder nor a candidate
+        if folder == top:  # a change journal's sync cookie (medmeta.landing.journal) is no input
+            entries = [entry for entry in entries if not is_cookie(entry.name)]
         try:
+            if folder_clean is not None and folder_clean(prefix):
+                settled_folders = _clean_folder(entries, folder)
+                if settled_folders is not None:  # no stat: folders known by their type in the listing
+                    subfolders, files = settled_folders
+                    folders.extend(subfolders)
+                    unchanged.take_clean(prefix, files)
+                    continue
             for entry in entries:
                 try:
                     is_folder = entry.is_dir()  # follows a symlink, as os.walk does
@@ -255,6 +266,20 @@ def _folder_items(root: Path, config: IngestConfig,
             if all(answers[start:start + len(names)]):
                 sign_folder(prefix, names, sizes, mtimes)
     return items
+
+
+def _clean_folder(entries: list[os.DirEntry], folder: str) -> tuple[list[str], int] | None:
+    """The subfolders and the file count of a folder the change journal holds unchanged, from the
+    listing's entry types alone (no ``stat``); None when it holds a symlink (then looked at as ever)."""
+    subfolders, files = [], 0
+    for entry in entries:
+        if entry.is_symlink():
+            return None
+        if entry.is_dir(follow_symlinks=False):
+            subfolders.append(os.path.join(folder, entry.name))
+        else:
+            files += 1
+    return subfolders, files
 
 
 def _relative(root: Path, path: Path) -> str:

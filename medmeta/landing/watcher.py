@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from medmeta.landing.changes import LandingChanges, LandingLook
+from medmeta.landing.journal import is_cookie
 from medmeta.pseudonyms import Pseudonymizer
 
 POLLING_ENV = "MEDMETA_WATCH_POLLING"
@@ -91,6 +92,9 @@ class LandingWatcher:
             def on_any_event(self, event) -> None:
                 if event.event_type in ("opened", "closed_no_write"):
                     return  # reads (ingest reading the landing) change nothing
+                if is_cookie(os.path.basename(os.fsdecode(event.src_path))) and \
+                        os.path.dirname(os.fsdecode(event.src_path)) == str(watcher.landing):
+                    return  # an ingest's sync with the change journal
                 if event.is_directory and event.event_type in ("created", "moved") and watcher.mode == "inotify":
                     watcher._rewatch = True  # watchdog does not watch a folder moved in from outside: re-add
                 watcher._last_event = time.monotonic()
