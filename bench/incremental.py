@@ -146,9 +146,9 @@ def run_one(landing: Path, extra: Path, home: Path, rounds: int) -> dict:
 def start_keeper(landing: Path, home: Path) -> subprocess.Popen:
     """The landing's change journal kept by its own process, as ``medmeta serve`` keeps it (after the first
     ingest: the home's key exists then); back once it watches."""
-    keeper = subprocess.Popen([sys.executable, "-m", "medmeta.landing.journal", "--landing", str(landing),
-                               "--home", str(home)], stdout=subprocess.PIPE, text=True)
-    if not keeper.stdout.readline():
+    keeper = subprocess.Popen([sys.executable, "-m", "medmeta.cli", "journal", "--landing", str(landing),
+                               "--home", str(home)], stderr=subprocess.PIPE, text=True)
+    if "keeping the change journal" not in keeper.stderr.readline():
         raise SystemExit("the change journal's keeper did not start")
     return keeper
 

@@ -135,17 +135,12 @@ def _change_journal(settings: ServeSettings, token: str):
     """The landing folder's change journal, kept while serving (``medmeta.landing.journal``): ingest runs
     then skip the ``stat`` of each file in folders nothing touched. None, said in one line, when it can not
     be kept (no inotify, out of watches, a network file system): runs then ``stat`` every file."""
-    from flows.landing_flow import home_pseudonymizer
-    from medmeta.home import Home
-    from medmeta.landing.journal import ChangeJournal, journal_file
+    from medmeta.landing.journal import started
 
-    keeper = ChangeJournal(settings.landing, journal_file(Home.at(settings.home).watch, token),
-                           home_pseudonymizer(settings.home), token)
     try:
-        return keeper.start()
-    except (OSError, ValueError) as error:
-        say(f"no change journal for landing {token}: {error.strerror if isinstance(error, OSError) else error}; "
-            "ingest looks at every file")
+        return started(settings.landing, settings.home)
+    except MedmetaError as error:
+        say(f"{error}; ingest looks at every file")
         return None
 
 

@@ -482,6 +482,29 @@ def serve(
         _fail(str(error))
 
 
+@app.command()
+def journal(
+    landing: Path = typer.Option(..., "--landing", help="The landing folder whose changes the journal keeps."),
+    home: Optional[Path] = HomeOption,
+) -> None:
+    """Keep the landing folder's change journal (inotify) until SIGTERM or Ctrl-C, as `medmeta serve` does
+    beside its watcher: ingest runs then skip the stat of each file in the folders nothing touched since the
+    last run. For a home ingested by hand or by cron without `medmeta serve`."""
+    from medmeta.errors import MedmetaError
+    from medmeta.home import Home
+
+    the_home = Home.at(home)
+    try:
+        if not landing.is_dir():
+            raise MedmetaError(f"{_shown(landing)}: the landing folder does not exist")
+        _check_key(the_home)
+        from medmeta.landing.journal import keep
+
+        keep(landing, the_home.root, lambda line: typer.echo(line, err=True))
+    except MedmetaError as error:
+        _fail(str(error))
+
+
 def _settings_line(settings, config: Optional[Path]) -> str:
     """What `medmeta serve` says at start: which settings its deployments run with."""
     train, evaluate = settings.train, settings.evaluate

@@ -218,11 +218,11 @@ def test_the_ingest_flow_beside_a_keeper_process_skips_untouched_folders_and_rea
         if path.is_file():
             _old(path)
     first = ingest_flow(str(landing), str(home), run_validation=False)
-    keeper = subprocess.Popen([sys.executable, "-m", "medmeta.landing.journal", "--landing", str(landing),
-                               "--home", str(home)], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    keeper = subprocess.Popen([sys.executable, "-m", "medmeta.cli", "journal", "--landing", str(landing),
+                               "--home", str(home)], cwd=ROOT, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
-        assert "keeping the change journal" in keeper.stdout.readline()
+        assert "keeping the change journal" in keeper.stderr.readline()
         for _ in range(2):
             ingest_flow(str(landing), str(home), run_validation=False)
         clean = ingest_flow(str(landing), str(home), run_validation=False)
@@ -240,3 +240,11 @@ def test_the_ingest_flow_beside_a_keeper_process_skips_untouched_folders_and_rea
         keeper.terminate()
         keeper.wait(30)
     assert keeper.returncode == 0
+
+
+def test_medmeta_journal_refuses_a_missing_landing_folder_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "medmeta.cli", "journal", "--landing", str(tmp_path / "nowhere"),
+                             "--home", str(tmp_path / "home")], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "MEDMETA_PSEUDONYM_KEY": TEST_KEY})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "the landing folder does not exist" in result.stderr

@@ -1,7 +1,7 @@
 """A change journal for a landing folder: which of its folders changed since a position, so that a
 rerun need not ``lstat`` every file of the others (``git``'s fsmonitor, for a landing folder).
 
-``ChangeJournal`` (kept by ``medmeta serve``, or alone by ``python -m medmeta.landing.journal``) watches
+``ChangeJournal`` (kept by ``medmeta serve`` beside its watcher, or alone by ``medmeta journal``) watches
 the landing folder with inotify, read directly (watchdog drops the kernel's queue-overflow event, so
 with it a lost event could not be known), and writes ``<home>/watch/<landing token>.json``:
 
@@ -411,33 +411,33 @@ def _alive(doc: dict) -> bool:
     return True
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m medmeta.landing.journal --landing L --home H``: keep the journal until SIGTERM or Ctrl-C
-    (what ``medmeta serve`` does beside its watcher)."""
-    import argparse
-    import signal
-
+def started(landing: Path, home: Path) -> ChangeJournal:
+    """``landing``'s journal, kept in ``home`` from now on; ``MedmetaError`` (naming the landing by its
+    token) when it can not be kept: no inotify, out of watches, a network file system."""
+    from medmeta.errors import MedmetaError
     from medmeta.home import Home
     from medmeta.ingest.landings import landing_token
     from medmeta.pseudonyms import load_key
 
-    parser = argparse.ArgumentParser(prog="python -m medmeta.landing.journal")
-    parser.add_argument("--landing", type=Path, required=True)
-    parser.add_argument("--home", type=Path, required=True)
-    args = parser.parse_args(argv)
-    home = Home.at(args.home)
-    pseudonymizer = Pseudonymizer(load_key(home.key_file))
-    token = landing_token(args.landing.resolve(), pseudonymizer)
-    keeper = ChangeJournal(args.landing, journal_file(home.watch, token), pseudonymizer, token)
-    keeper.start()
-    print(f"keeping the change journal of landing {token}", flush=True)
+    the_home = Home.at(home)
+    pseudonymizer = Pseudonymizer(load_key(the_home.key_file))
+    token = landing_token(Path(landing).resolve(), pseudonymizer)
+    keeper = ChangeJournal(landing, journal_file(the_home.watch, token), pseudonymizer, token)
+    try:
+        return keeper.start()
+    except (OSError, ValueError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise MedmetaError(f"no change journal for landing {token}: {reason}") from None
+
+
+def keep(landing: Path, home: Path, say: Callable[[str], None] = print) -> None:
+    """Keep ``landing``'s journal in ``home`` until SIGTERM or SIGINT (``medmeta journal``)."""
+    import signal
+
+    keeper = started(landing, home)
     stopped = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())
+    say(f"keeping the change journal of landing {keeper.token}; stop with Ctrl-C or SIGTERM")
     stopped.wait()
     keeper.stop()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
