@@ -490,7 +490,10 @@ class SettledMatcher:
     def match(self, paths: list[str], sizes: list[int], mtimes_ns: list[int]) -> list[str | None]:
         """``many`` for a listing given as three aligned lists (what ``discover`` hands over: no tuple
         per file). One tight loop: a token per path (``Pseudonymizer.path_tokens``, remembered for
-        ``Ledger.record``), one dict lookup per file and the entry's fields compared."""
+        ``Ledger.record``), one dict lookup per file and the entry's fields compared; a matched entry's
+        content is looked up among the staged ones unless ``all_staged`` is already known true (claimed by
+        the last run, or checked once in this one): the 20 files a +20 run ingested are matched one by one by
+        the next run, which would otherwise make the set of 50,000 staged image hashes for them."""
         tokens = self._tokens
         try:
             path_tokens = [tokens[path] for path in paths]
@@ -500,6 +503,7 @@ class SettledMatcher:
                 tokens.clear()
             tokens.update(zip(paths, path_tokens))
         get, staged, to_record = self._entries.get, self._staged, self.to_record
+        staged_all = self._staged_all is True
         known: frozenset[str] | set[str] | None = None  # made when a file first needs it
         answers: list[str | None] = []
         append = answers.append
@@ -512,11 +516,12 @@ class SettledMatcher:
             if status not in _SETTLED_STATUSES or not sha256:
                 append(None)
                 continue
-            if known is None:
-                known = self._known
-            if not (sha256 in known or staged(sha256)):
-                append(None)
-                continue
+            if not staged_all:  # else every settled entry's content is staged (claimed, or checked once)
+                if known is None:
+                    known = self._known
+                if not (sha256 in known or staged(sha256)):
+                    append(None)
+                    continue
             if status != UNCHANGED or len(entry) != 4:  # sha256, status, size, mtime_ns: as unchanged records it
                 to_record.append((path, sha256, size, mtime_ns))
             append(sha256)
