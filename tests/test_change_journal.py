@@ -189,6 +189,17 @@ def test_a_sync_cookie_is_no_input_and_no_arrival(tmp_path):
     assert len(list(listing(landing))) == TOTAL + 1
 
 
+def test_one_keeper_per_journal(tmp_path):
+    landing = _landing(tmp_path)
+    keeper = Keeper(landing, tmp_path / "watch")
+    try:
+        with pytest.raises(ValueError, match="another process keeps it already"):
+            Keeper(landing, tmp_path / "watch")
+    finally:
+        keeper.stop()
+    Keeper(landing, tmp_path / "watch").stop()  # free again once the first stopped
+
+
 def test_a_landing_on_a_network_file_system_keeps_no_journal():
     mountinfo = ("22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
                  "40 22 0:40 / /mnt/pacs\\040share rw,relatime shared:9 - nfs4 server:/export rw\n")
@@ -203,7 +214,7 @@ def test_a_keeper_on_a_network_file_system_refuses(tmp_path, monkeypatch):
     monkeypatch.setattr(journal, "file_system_type", lambda path: "nfs4")
     with pytest.raises(ValueError, match="nfs4 file system"):
         ChangeJournal(tmp_path, journal_file(tmp_path / "watch", "x"), Pseudonymizer(TEST_KEY), "x").start()
-    assert not (tmp_path / "watch").exists()
+    assert not journal_file(tmp_path / "watch", "x").exists()
 
 
 def test_the_ingest_flow_beside_a_keeper_process_skips_untouched_folders_and_reads_a_rewritten_file(

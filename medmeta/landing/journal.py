@@ -131,7 +131,7 @@ class ChangeJournal:
         self.events = 0
         self._fd = -1
         self._paths: dict[int, str] = {}  # watch descriptor -> folder prefix ("", "a/b/")
-        self._stop_r, self._stop_w = -1, -1
+        self._stop_r, self._stop_w, self._lock = -1, -1, -1
         self._thread: threading.Thread | None = None
         self._tokens: dict[str, str] = {}
 
@@ -140,15 +140,18 @@ class ChangeJournal:
         if kind not in LOCAL_FILE_SYSTEMS:
             raise ValueError(f"the landing folder is on a {kind or 'unknown'} file system, whose writes from "
                              "other hosts inotify does not see")
+        self._lock = _locked(self.journal)
         libc = _libc()
         fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
+            os.close(self._lock)
             raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
         self._fd, self._libc = fd, libc
         try:
             self._watch_tree("")
         except OSError:
             os.close(fd)
+            os.close(self._lock)
             raise
         self._stop_r, self._stop_w = os.pipe()
         self._write()
@@ -164,10 +167,10 @@ class ChangeJournal:
             self._thread = None
         self.valid = False
         self._write()
-        for fd in (self._fd, self._stop_r, self._stop_w):
+        for fd in (self._fd, self._stop_r, self._stop_w, self._lock):
             if fd >= 0:
                 os.close(fd)
-        self._fd = self._stop_r = self._stop_w = -1
+        self._fd = self._stop_r = self._stop_w = self._lock = -1
 
     # watching
 
@@ -285,6 +288,21 @@ class ChangeJournal:
         temporary = self.journal.with_name(f".{self.journal.name}.{os.getpid()}.tmp")
         temporary.write_bytes(orjson.dumps(doc))
         os.replace(temporary, self.journal)  # atomic for the reader; durability is not needed (a dead keeper is not trusted)
+
+
+def _locked(journal: Path) -> int:
+    """A descriptor holding ``<journal>.lock`` (flock): one keeper per journal. ``ValueError`` when another
+    keeper holds it."""
+    import fcntl
+
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(journal.with_name(journal.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ValueError("another process keeps it already (medmeta serve or medmeta journal)") from None
+    return fd
 
 
 def parse_events(data: bytes) -> list[tuple[int, int, str]]:
