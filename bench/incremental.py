@@ -363,55 +363,42 @@ validation, the Prefect API started before the clock. "written" counts the bytes
 
 
 NOTE = """
-Read this run with its noise: one slow round in five moves a median by up to 0.1 s here (the min-max
-column), so the side-by-side rows at 50,000 images are the robust reading of what this session changed.
+Read this run with its noise: one slow round in seven moves a median by up to 0.1 s here (the min-max
+column), and the 1,000-image rerun, the ratio's denominator, is mostly fixed cost (Prefect's flow and task
+runs, the decode pool) that differs from session to session on this shared machine (0.36 s in session 11,
+0.42-0.46 s in session 12): the side-by-side rows at 50,000 images, and the growth in seconds from 1,000 to
+50,000 images, are the robust reading. Here that growth is 0.07 s with the change journal kept, 0.15 s
+without it, 0.18 s with the code before this session (main = 6e0906b, whose own ratio is 1.41x in this run
+against 1.70x in session 11's: the slower fixed cost flatters every ratio here).
 
-This session (2026-12-04) took the O(N) work out of a +20 run except discovery's `lstat`s and the ledger's
-parse. On fresh homes (the table above; main = 7477c98, the code before this session) +20 files on 50,000
-images went from 0.65 to 0.61 s (CPU 0.52 to 0.45). On homes aged by about 60 earlier +20 rounds (a long
-ledger journal, 44 batch files the staged-rows index lacked), each change checked side by side on the same
-saved home (`cp -al`, the same 20 files added, 7 rounds, quiet machine): before, 0.82 and 0.36 s at 50,000
-and 1,000 images (2.3x); after, 0.60-0.75 and 0.37-0.39 s (1.55-1.9x: two runs of the same code, 20 minutes
-apart). What went:
-- **consolidation** no longer reads every active hash: the ledger keeps the active set's size and a keyed
-  sum of its hashes (`ledger.json`'s `active`, updated by the terms of the hashes that join it;
-  `medmeta/ingest/active.py`), the images table records the digest of the set it was made for, and when
-  the ledger held that very set before the run and the set only grew, the table is extended by the rows
-  of the new batch files whose images joined it (`StagedImages.grown`: the staged-rows index's `batch` and
-  `image_id` read, no sort, no set of 50,000 hashes made); otherwise the long check runs, reading four
-  columns of the index instead of every row whole;
-- **a delta index** holds the rows staged since the staged-rows index was written, so small batch files
-  are not read again run after run (a home after 50 rounds read 44 of them each run);
-- **the staged check**: a run that found every settled file's content staged claims it in the ledger for
-  the entries it leaves and the staging's listing (`versions`, `staged`); the next run over the same
-  listing skips looking up 50,000 hashes (a lost batch file changes the listing: tests);
-- **decode workers read the staged image hashes themselves** (no 50,000-hash set built by the flow and
-  pickled to each), through `ParquetFile` and without `Schema.empty_table` (each imported pandas: 0.15 s per
-  worker);
-- **the garbage collector is paused while the ledger is parsed** (its 50,000 dicts set off a full collection
-  as long as the parse: 90 ms to 55 ms).
+**The change journal** (session 12; `medmeta/landing/journal.py`): `medmeta serve` (or `medmeta journal`)
+keeps an inotify journal of the landing folder's folders that anything happened in since a position; an
+ingest synchronises with it through a cookie file and takes a folder the ledger signed and nothing touched
+since as settled without a `stat` of its files (the "folders by journal" of the run summary: 50 of 50 at
+50,000 images). The 50,000 `lstat`s (120-170 ms a run here) were the largest O(N) cost left; what grows
+now is the ledger's parse (50-70 ms at 50,000 entries), the images table's extension (reading the
+staged-rows index's `batch` and `image_id`: 35-45 ms) and the listing of 50 folders (20-30 ms). Also this
+session, with or without the journal: a rerun matching the last round's 20 files one by one no longer makes
+the set of 50,000 staged image hashes for them when the ledger's staged claim already says they are staged
+(36 ms at 50,000 images).
 
-What still grows, wall milliseconds per +20 run at 50,000 images (py-spy, warm process): discovery 205
-(50,000 `lstat`s alone take 120-170 ms here: a file rewritten in place keeps its folder's mtime, so only a
-per-file `lstat` catches it), the ledger's parse 55, the images table's extension 10-40, the settled hashes
-made once for the added ones' membership 10-15. With the 1,000-image rerun near 0.38 s, 1.5x leaves 0.19 s
-for all of it, and the `lstat`s take most of that. Tried and not kept: signing the folders on the decode
-pool's workers while the flow parses the ledger (`git`'s preloaded index, in processes: the GIL made threads
-useless) gave 0.66 against 0.60 s: on 2 cores the workers, the flow and the Prefect server share the CPU.
-What would reach 1.5x: no per-file work for unchanged folders (a change journal from `medmeta serve`'s
-inotify watcher, as `git`'s fsmonitor) and a ledger split by folder, so a signed folder's entries are not
-parsed.
+Before (session 11): consolidation stopped reading every active hash (the ledger keeps the active set's
+size and a keyed sum of its hashes; the images table is extended by the new batch files' rows when the set
+only grew), a delta index holds the rows staged since the staged-rows index was written, the staged check
+is claimed in the ledger for the entries and the staging's listing, decode workers read the staged image
+hashes themselves, and the garbage collector is paused while the ledger is parsed.
 
-What a +20 rerun does: lists the landing with `os.scandir` through a descriptor per folder (each `lstat` an
-`fstatat` relative to it); a folder every file of which the last run found settled carries a listing
-signature in the ledger (a keyed token of its names, sizes and mtimes, under its folder's path token: no
-name in clear), and a folder whose listing gives the same signature has its files counted unchanged with no
-path token and no ledger lookup per file (when every settled entry's content is staged: claimed by the last
-run for this staging, else checked once); the files of other folders are matched one by one
-(`SettledMatcher.match`: one keyed HMAC and one dict lookup each). The ledger appends the 20 entries, the
-active set's new size and sum and the staged claim to `ledger.json.journal`. Consolidation extends the images
-table (`store/images/`, kept as parts) by one part of the 20 new rows and adds their hashes to the table's
-digest; the 50,000 earlier rows are neither sorted nor written, nor are their hashes read.
+What a +20 rerun does: synchronises with the change journal when one is kept (a cookie, 1-10 ms); lists the
+landing with `os.scandir` through a descriptor per folder; a folder the journal holds untouched since the
+last run, and which that run signed, is counted settled from its listing alone; otherwise each entry is
+`lstat`ed (an `fstatat` relative to the folder's descriptor) and a folder whose listing signature (a keyed
+token of its names, sizes and mtimes, under its folder's path token: no name in clear) is the ledger's has
+its files counted unchanged with no path token and no ledger lookup per file; the files of other folders
+are matched one by one (`SettledMatcher.match`: one keyed HMAC and one dict lookup each). The ledger appends
+the 20 entries, the active set's new size and sum, the staged claim and the journal's position to
+`ledger.json.journal`. Consolidation extends the images table (`store/images/`, kept as parts) by one part
+of the 20 new rows and adds their hashes to the table's digest; the 50,000 earlier rows are neither sorted
+nor written, nor are their hashes read.
 """
 
 
