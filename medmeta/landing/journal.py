@@ -31,6 +31,7 @@ that lives outside the landing folder, and writes through a shared ``mmap``.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -115,8 +116,9 @@ def _unescaped(field: str) -> str:
 
 class ChangeJournal:
     """Keeps the landing folder's journal from ``start()`` until ``stop()`` (a thread reading inotify).
-    ``start`` raises ``OSError`` when inotify can not watch the folder (no inotify, out of watches)
-    and ``ValueError`` when the folder is not on a local file system: then no journal is kept."""
+    ``start`` raises ``OSError`` when inotify can not watch the folder or one below it (no inotify, out of
+    watches, a folder it may not read) and ``ValueError`` when the folder is not on a local file system or
+    another keeper keeps its journal: then no journal is kept (by this keeper)."""
 
     def __init__(self, landing: Path, journal: Path, pseudonymizer: Pseudonymizer, token: str):
         self.landing = Path(os.path.realpath(landing))
@@ -183,9 +185,9 @@ class ChangeJournal:
             wd = self._libc.inotify_add_watch(self._fd, os.fsencode(folder), WATCHED)
             if wd < 0:
                 code = ctypes.get_errno()
-                if relative == "" or code in (errno.ENOSPC, errno.ENOMEM):
-                    raise OSError(code, os.strerror(code))
-                continue  # gone or not a folder any more: its parent's event dirtied it
+                if relative != "" and code in (errno.ENOENT, errno.ENOTDIR):
+                    continue  # gone or not a folder any more: its parent's event dirtied it
+                raise OSError(code, os.strerror(code))  # unwatched, changes there would go unseen
             self._paths[wd] = relative
 
     def _run(self) -> None:
@@ -205,10 +207,9 @@ class ChangeJournal:
                     self._write()
             except Exception:  # noqa: BLE001: no journal is better than a wrong one
                 self.valid = False
-                try:
+                with contextlib.suppress(OSError):
                     self._write()
-                finally:
-                    return
+                return
 
     def handle(self, events: list[tuple[int, int, str]]) -> bool:
         """Take in ``(watch descriptor, mask, name)`` events; whether the journal changed."""
@@ -254,7 +255,7 @@ class ChangeJournal:
                     try:
                         self._watch_tree(child)
                     except OSError:
-                        self.valid = False  # out of watches: changes below it could go unseen
+                        self.valid = False  # out of watches, or unreadable: changes below it would go unseen
             changed = True
         return changed
 
