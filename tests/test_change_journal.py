@@ -117,6 +117,25 @@ def test_an_untouched_signed_folder_is_settled_from_the_journal_and_a_touched_on
         keeper.stop()
 
 
+def test_the_position_survives_a_ledger_saved_as_journal_lines(tmp_path, monkeypatch):
+    """A large ledger appends each run's changes to ``ledger.json.journal``: the journal's position the run
+    synchronised at (``watched``) travels in those lines too, and a new session's is saved by a rerun that
+    changed nothing else."""
+    import medmeta.ingest.ledger as ledger_module
+
+    monkeypatch.setattr(ledger_module, "JOURNAL_MIN_ENTRIES", 1)
+    monkeypatch.setattr(ledger_module, "JOURNAL_SHARE", 1)
+    landing, ledger_path = _landing(tmp_path), tmp_path / "ledger.json"
+    _run(landing, ledger_path, None)  # written whole: the lines that follow apply to it
+    keeper = Keeper(landing, tmp_path / "watch")
+    try:
+        _settle(landing, ledger_path, keeper.file)
+        assert ledger_module.journal_path(ledger_path).exists()
+        assert _run(landing, ledger_path, keeper.file)["by_journal"] == 4
+    finally:
+        keeper.stop()
+
+
 def test_a_folder_replaced_under_its_name_is_read_again_with_the_folders_below_it(tmp_path):
     """No event happens inside a folder moved away and another moved in under its name: the journal
     marks the whole subtree of a folder that left or came, ``Thistlewood_Ines/`` below it too."""
