@@ -197,6 +197,24 @@ def test_a_lost_event_a_stopped_keeper_or_another_size_limit_means_a_full_look(t
     assert time.monotonic() - start < 1.0, "a stopped keeper is known from its journal: no wait for a cookie"
 
 
+def test_a_session_that_marked_too_many_folders_starts_anew(tmp_path, monkeypatch):
+    import medmeta.landing.journal as journal
+
+    monkeypatch.setattr(journal, "MAX_DIRTY", 3)
+    landing, ledger_path = _landing(tmp_path), tmp_path / "ledger.json"
+    keeper = Keeper(landing, tmp_path / "watch")
+    try:
+        _settle(landing, ledger_path, keeper.file)
+        session = keeper.journal.session
+        for n in range(3):
+            (landing / f"arrived_{n}").mkdir()  # each marks its parent and itself
+        view = sync(landing, keeper.file)
+        assert view is not None and view.position.session != session and len(view.dirty) <= 3
+        assert _run(landing, ledger_path, keeper.file)["by_journal"] == 0  # a position of the old session
+    finally:
+        keeper.stop()
+
+
 def test_a_sync_cookie_is_no_input_and_no_arrival(tmp_path):
     """A cookie a killed run left behind is neither ingested nor quarantined nor announced."""
     landing = _landing(tmp_path)

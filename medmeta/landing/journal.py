@@ -13,7 +13,8 @@ and a folder created, deleted or moved in or out dirties its whole subtree (the 
 folder itself: a folder that left and one of the same name that came in share no event inside).
 Folders are named by their ``Pseudonymizer.path_token`` (the prefix discovery gives them: ``""``,
 ``"a/b/"``), never by name. A queue overflow (events lost) starts a new session: a run's position of the
-old one is then worth nothing, and that run looks at every file once. The landing folder itself deleted or
+old one is then worth nothing, and that run looks at every file once; so does a session that has marked
+``MAX_DIRTY`` folders (the file every run reads stays small). The landing folder itself deleted or
 moved, an unmount, a new folder that can not be watched (out of watches) or an error in the keeper ends
 the journal: the file says ``valid: false`` and no run trusts it.
 
@@ -54,6 +55,7 @@ VERSION = 1
 COOKIE_PREFIX = ".medmeta-sync-"  # in the landing folder's top only, for the moment of a sync
 SYNC_TIMEOUT_S = 2.0
 COOKIES_KEPT = 64
+MAX_DIRTY = 20_000  # folders marked in one session; past that a new one starts (the file stays small to read)
 # The file systems whose writes inotify sees whoever makes them (a network one's remote writes it does not).
 LOCAL_FILE_SYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "overlay", "zfs", "f2fs", "jfs",
                                 "reiserfs", "bcachefs"})
@@ -130,7 +132,6 @@ class ChangeJournal:
         self.valid = True
         self.dirty: dict[str, list[int]] = {}
         self.cookies: dict[str, int] = {}
-        self.events = 0
         self._fd = -1
         self._paths: dict[int, str] = {}  # watch descriptor -> folder prefix ("", "a/b/")
         self._stop_r, self._stop_w, self._lock = -1, -1, -1
@@ -179,7 +180,7 @@ class ChangeJournal:
     def _watch_tree(self, prefix: str) -> None:
         """Watch the folder ``prefix`` and every folder below it (symlinks not followed)."""
         top = os.path.join(str(self.landing), prefix) if prefix else str(self.landing)
-        for folder, subfolders, _ in os.walk(top):
+        for folder, _, _ in os.walk(top):
             relative = "" if folder == str(self.landing) else \
                 os.path.relpath(folder, str(self.landing)).replace(os.sep, "/") + "/"
             wd = self._libc.inotify_add_watch(self._fd, os.fsencode(folder), WATCHED)
@@ -244,7 +245,6 @@ class ChangeJournal:
                         del self.cookies[next(iter(self.cookies))]
                     changed = True
                 continue
-            self.events += 1
             self._mark(prefix)
             if mask & IN_ISDIR and name:
                 child = f"{prefix}{name}/"
@@ -273,6 +273,8 @@ class ChangeJournal:
         mark[0] = self.seq
         if tree:
             mark[1] = self.seq
+        if len(self.dirty) > MAX_DIRTY:  # months of arrivals, one folder each: the next run looks at every file
+            self._new_session()
 
     def _forget(self, prefix: str) -> None:
         """Stop watching the folders at and below ``prefix`` (moved out: their paths mean nothing now)."""
