@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from medmeta.landing.journal import is_cookie
 from medmeta.pseudonyms import Pseudonymizer
 
 Signature = tuple[int, int]  # (size, mtime_ns)
@@ -52,8 +53,6 @@ def listing(landing: Path) -> Iterator[tuple[str, int, int]]:
     """(logical path, size, mtime_ns) of every regular file under ``landing`` (symlinks not
     followed); the logical path is POSIX and relative to ``landing``, as ingest's discovery names it. A
     change journal's sync cookie (``medmeta.landing.journal``) is no file of the landing."""
-    from medmeta.landing.journal import is_cookie
-
     top = str(landing)
     for folder, _, names in os.walk(landing):
         prefix = "" if folder == top else os.path.relpath(folder, top).replace(os.sep, "/") + "/"
