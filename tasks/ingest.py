@@ -14,13 +14,13 @@ from medmeta import progress
 from medmeta.atomic import sync_all, write_json
 from medmeta.ingest.consolidate import consolidate
 from medmeta.ingest.image_parts import known_image_sources, stage_batch, staging_listing
+from medmeta.ingest.landings import landing_token
 from medmeta.ingest.ledger import Ledger, archive_stats, item_stats
 from medmeta.ingest.outcome import UNCHANGED, FileOutcome
 from medmeta.ingest.parts import part_exists
 from medmeta.ingest.pool import WorkerPool
 from medmeta.ingest.setup import IngestSetup
 from medmeta.ingest.summary import summary_markdown
-from medmeta.ingest.landings import landing_token
 from medmeta.landing.journal import journal_file, sync
 from medmeta.landing.walk import InputItem, discover
 from tasks.options import NO_RESULTS

@@ -419,6 +419,14 @@ class SettledMatcher:
         self.signatures: dict[str, str] = {}
         self.settled_in_folders = 0
         self.folders_by_journal = 0
+        self._folder_tokens: dict[str, str] = {}
+
+    def _folder_token(self, prefix: str) -> str:
+        """The folder's path token, made once per run (``folder_clean`` and ``take_clean`` ask for the same)."""
+        token = self._folder_tokens.get(prefix)
+        if token is None:
+            token = self._folder_tokens[prefix] = self._pseudonymizer.path_token(prefix)
+        return token
 
     def folder_clean(self, prefix: str) -> bool:
         """Whether the folder ``prefix`` is settled whole without a look at its files: the ledger signed
@@ -426,12 +434,12 @@ class SettledMatcher:
         caller lists its entries (no ``stat``) and counts its files with ``take_clean``."""
         if self._clean is None or not self._folders:
             return False
-        recorded = self._folders.get(self._pseudonymizer.path_token(prefix))
+        recorded = self._folders.get(self._folder_token(prefix))
         return recorded is not None and self._clean(prefix) and self.all_staged()
 
     def take_clean(self, prefix: str, files: int) -> None:
         """The folder ``folder_clean`` answered for, with its ``files`` files: settled, its signature kept."""
-        folder = self._pseudonymizer.path_token(prefix)
+        folder = self._folder_token(prefix)
         self.signatures[folder] = self._folders[folder]
         self.settled_in_folders += files
         self.folders_by_journal += 1
@@ -442,7 +450,7 @@ class SettledMatcher:
         settled as a whole: its listing signature is the one recorded. Counted when so."""
         if not self._folders:
             return False
-        folder = self._pseudonymizer.path_token(prefix)
+        folder = self._folder_token(prefix)
         recorded = self._folders.get(folder)
         if recorded is None or recorded != _listing_signature(self._pseudonymizer, prefix, names, sizes, mtimes_ns):
             return False
@@ -455,7 +463,7 @@ class SettledMatcher:
     def sign_folder(self, prefix: str, names: list[str], sizes: list[int], mtimes_ns: list[int]) -> None:
         """Record (in ``signatures``) the folder ``prefix`` whose every file (``names``, all its entries
         but folders) ``match`` found settled in this run."""
-        self.signatures[self._pseudonymizer.path_token(prefix)] = _listing_signature(
+        self.signatures[self._folder_token(prefix)] = _listing_signature(
             self._pseudonymizer, prefix, names, sizes, mtimes_ns)
 
     @property

@@ -437,7 +437,7 @@ def started(landing: Path, home: Path) -> ChangeJournal:
     token) when it can not be kept: no inotify, out of watches, a network file system."""
     from medmeta.errors import MedmetaError
     from medmeta.home import Home
-    from medmeta.ingest.landings import landing_token
+    from medmeta.landing.changes import landing_token  # imports this module: not at the top
     from medmeta.pseudonyms import load_key
 
     the_home = Home.at(home)
